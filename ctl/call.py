@@ -1,0 +1,264 @@
+"""A call: its lifecycle state machine, its nursery (media + AI tasks) and its statistics."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from media.bridge import CallBridge
+from media.playout import PlayoutQueue
+from media.stream import MediaStream, close_socket
+from openai_flavor.session import RealtimeSession, RealtimeSessionError
+from openai_flavor.settings import RealtimeSettings
+
+log = logging.getLogger("rtpai.call")
+
+# Caller frames waiting for the WebSocket: 50 frames is a second of audio at 20 ms. Beyond
+# that the AI session is not keeping up and frames are dropped (and counted), never queued
+# without bound.
+CALLER_AUDIO_QUEUE_FRAMES = 50
+# The model speaks faster than real time; two minutes of queued speech is far more than any
+# answer, and caps a runaway response at ~1 MB.
+MAX_PLAYOUT_SECONDS = 120
+
+
+class CallState(enum.Enum):
+    OFFERED = "offered"  # ports bound, answer sent, AI session connecting; no caller RTP yet
+    ACTIVE = "active"  # caller RTP latched
+    ENDING = "ending"  # delete, media timeout or AI failure: tasks are being cancelled
+    ENDED = "ended"  # every socket and port released; kept until the proxy's delete
+
+
+_ALLOWED = {
+    CallState.OFFERED: {CallState.ACTIVE, CallState.ENDING},
+    CallState.ACTIVE: {CallState.ENDING},
+    CallState.ENDING: {CallState.ENDED},
+    CallState.ENDED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class CallMedia:
+    """What offer/answer settled for the call's audio stream."""
+
+    codec: str  # PCMU / PCMA
+    payload_type: int
+    ptime_ms: int
+    protocol: str
+    local_address: str  # advertised in SDP
+    local_port: int
+    remote: tuple[str, int] | None  # from the SDP; None while on hold (c=0.0.0.0)
+    sending: bool  # False when the caller holds the call
+
+
+class Call:
+    """One caller, one AI session. Owned by the engine's nursery; ``run`` holds its tasks."""
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        from_tag: str,
+        to_tag: str | None,
+        media: CallMedia,
+        answer_sdp: str,
+        sockets: tuple[socket.socket, socket.socket],
+        settings: RealtimeSettings,
+        release_ports: Callable[[], None],
+        media_timeout: float = 0,
+        send_silence: bool = True,
+    ) -> None:
+        self.call_id = call_id
+        self.from_tag = from_tag
+        self.to_tag = to_tag
+        self.media = media
+        self.answer_sdp = answer_sdp
+        self.settings = settings
+        self.state = CallState.OFFERED
+        self.created = time.time()
+        self.last_signal = self.created
+        self.end_reason: str | None = None
+        self.ended = trio.Event()
+        self._release_ports = release_ports
+        self._sockets = sockets
+        self._scope = trio.CancelScope()
+        audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
+        frame_bytes = media.ptime_ms * 8
+        self.bridge = CallBridge(
+            call_id=call_id,
+            codec=media.codec,
+            ptime_ms=media.ptime_ms,
+            caller_audio=audio_receive,
+            playout=PlayoutQueue(frame_bytes, max_bytes=MAX_PLAYOUT_SECONDS * 8000),
+            end_call=self.end,
+        )
+        self.bridge.mark("offer")
+        self.stream = MediaStream(
+            self.bridge,
+            sockets[0],
+            sockets[1],
+            payload_type=media.payload_type,
+            remote=media.remote,
+            caller_audio=audio_send,
+            send_silence=send_silence,
+            sending=media.sending,
+            timeout=media_timeout,
+        )
+        self.ai = RealtimeSession(settings, self.bridge)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def _to(self, state: CallState) -> None:
+        if state not in _ALLOWED[self.state]:
+            raise IllegalTransition(f"call {self.call_id}: {self.state.value} -> {state.value}")
+        self.state = state
+
+    def end(self, reason: str) -> None:
+        """End the call (idempotent); the first reason given is the one recorded."""
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            return
+        self.end_reason = reason
+        self._to(CallState.ENDING)
+        log.info("call %s: ending (%s)", self.call_id, reason)
+        self._scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the call's tasks until it ends; always release its sockets and ports."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._receive_media)
+                    nursery.start_soon(self.stream.receive_rtcp)
+                    nursery.start_soon(self.stream.send_paced)
+                    nursery.start_soon(self._run_ai)
+                    task_status.started()
+        finally:
+            for sock in self._sockets:
+                close_socket(sock)
+            self._release_ports()
+            if self.state is not CallState.ENDING:
+                self.end_reason = self.end_reason or "engine shutdown"
+                self.state = CallState.ENDING
+            self._to(CallState.ENDED)
+            self.bridge.mark("ended")
+            self.ended.set()
+
+    async def _receive_media(self) -> None:
+        latch_watch = self.bridge.media_started
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._activate_on_media, latch_watch)
+            await self.stream.receive_rtp()
+            nursery.cancel_scope.cancel()
+        if self.stream.timed_out:
+            self.end(f"media timeout ({self.stream.timeout:g} s without RTP)")
+
+    async def _activate_on_media(self, started: trio.Event) -> None:
+        await started.wait()
+        if self.state is CallState.OFFERED:
+            self._to(CallState.ACTIVE)
+
+    async def _run_ai(self) -> None:
+        try:
+            await self.ai.run()
+        except RealtimeSessionError as exc:
+            # One call's AI failure ends that call alone; the reason goes to the statistics.
+            log.warning("call %s: AI session failed: %s", self.call_id, exc)
+            self.end(f"AI session failed: {exc}")
+
+    # --- statistics (the shape of rtpengine's query reply) ------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self.stream.stats
+        media = self.media
+        family = "IP6" if ":" in media.local_address else "IP4"
+        remote = self.stream.remote
+        stream: dict[str, Any] = {
+            "local port": media.local_port,
+            "local address": media.local_address,
+            "family": family,
+            "endpoint": {"family": family, "address": remote[0], "port": remote[1]}
+            if remote
+            else {},
+            "advertised endpoint": {
+                "family": family,
+                "address": media.remote[0],
+                "port": media.remote[1],
+            }
+            if media.remote
+            else {},
+            "last packet": int(self._wall(stats.last_packet)) if stats.last_packet else 0,
+            "SSRC": stats.last_ssrc or 0,
+            "flags": ["RTP", "filled", "confirmed"] if self.stream.latched else ["RTP"],
+            "stats": stats.rtp_in.as_dict(),
+        }
+        tags: dict[str, Any] = {
+            self.from_tag: {
+                "tag": self.from_tag,
+                "created": int(self.created),
+                "medias": [
+                    {
+                        "index": 1,
+                        "type": "audio",
+                        "protocol": media.protocol,
+                        "codec": f"{media.codec}/8000",
+                        "flags": ["send", "recv"] if media.sending else ["recv"],
+                        "streams": [stream],
+                    }
+                ],
+            }
+        }
+        # Totals count what the engine received on all legs, as a relay's do: the caller's
+        # RTP plus the AI's audio (which we packetize), so $rtpestat reads familiar numbers.
+        totals_rtp = {
+            "packets": stats.rtp_in.packets + stats.rtp_out.packets,
+            "bytes": stats.rtp_in.bytes + stats.rtp_out.bytes,
+            "errors": stats.rtp_in.errors,
+        }
+        return {
+            "created": int(self.created),
+            "created_us": int((self.created % 1) * 1_000_000),
+            "last signal": int(self.last_signal),
+            "tags": tags,
+            "totals": {"RTP": totals_rtp, "RTCP": stats.rtcp_in.as_dict()},
+            "rtpai": self._rtpai_statistics(),
+        }
+
+    def _wall(self, trio_time: float) -> float:
+        """Turn a trio-clock instant into wall-clock seconds."""
+        return time.time() - (trio.current_time() - trio_time)
+
+    def _rtpai_statistics(self) -> dict[str, Any]:
+        stats = self.stream.stats
+        offer_at = self.bridge.timeline.get("offer", 0.0)
+        return {
+            "state": self.state.value,
+            "end reason": self.end_reason,
+            "codec": self.media.codec,
+            "ptime": self.media.ptime_ms,
+            "timeline ms": {
+                name: round((at - offer_at) * 1000, 1) for name, at in self.bridge.timeline.items()
+            },
+            "rtp in": stats.rtp_in.as_dict(),
+            "rtp out": stats.rtp_out.as_dict(),
+            "dropped": {
+                "malformed": stats.malformed,
+                "foreign source": stats.foreign_source,
+                "other payload": stats.other_payload,
+                "ai queue full": stats.ai_queue_full,
+                "send errors": stats.send_errors,
+                "playout overflow bytes": self.bridge.playout.bytes_dropped,
+            },
+            "pacer re-anchors": stats.pacer_reanchors,
+            "ai": self.ai.stats.snapshot(),
+        }

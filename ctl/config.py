@@ -1,0 +1,254 @@
+"""Configuration: an INI file (``--config``) and the environment, the environment winning.
+
+Every setting is declared once in :data:`SETTINGS` with its section, key (and aliases), the
+environment variable that overrides it, its default and its parser. Start-up validates all of
+them and names the setting (``[openai] temperature / OPENAI_TEMPERATURE``) in every error, so
+a typo never surfaces as a failed call hours later.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting that is missing or out of range; the message names it and its allowed values."""
+
+
+# --- value parsers: each raises ValueError with the allowed range --------------------------------
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true/false, yes/no, on/off or 1/0")
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number from {low} to {high}") from None
+        if not (low <= value <= high):  # also rejects nan
+            raise ValueError(f"expected a number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def max_tokens(text: str) -> int | float:
+    """1..4096 or ``inf`` (the Realtime API's own range for a response's output tokens)."""
+    value = text.strip().lower()
+    if value in {"inf", "infinity", "unlimited"}:
+        return math.inf
+    return int_range(1, 4096)(value)
+
+
+def ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError("expected an IPv4 or IPv6 address") from None
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or a bare port (then 127.0.0.1)."""
+    value = text.strip()
+    if value.isdigit():
+        host, port = "127.0.0.1", value
+    elif value.startswith("["):
+        host, _, port = value[1:].partition("]:")
+    else:
+        host, _, port = value.rpartition(":")
+    try:
+        return ip_address(host), int_range(1, 65535)(port)
+    except ValueError:
+        raise ValueError("expected HOST:PORT with an IP address, e.g. 127.0.0.1:2223") from None
+
+
+def text(value: str) -> str:
+    return value
+
+
+def optional_text(value: str) -> str | None:
+    return value or None
+
+
+def url(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("ws://", "wss://")):
+        raise ValueError("expected a ws:// or wss:// URL")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    env: str
+    default: str | None
+    parse: Callable[[str], Any]
+    aliases: tuple[str, ...] = ()
+    secret: bool = False
+    help: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"[{self.section}] {self.key} / {self.env}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ng", "listen", "NG_LISTEN", "127.0.0.1:2223", host_port,
+            help="UDP address of the ng control socket (bind a concrete address: the proxy "
+                 "expects the reply from the address it sent to)"),
+    Setting("ng", "max_sessions", "NG_MAX_SESSIONS", "0", int_range(0, 1_000_000),
+            help="concurrent calls before offers get 'load limit' (0 = unlimited)"),
+    Setting("rtp", "ip", "RTP_IP", None, optional_text,
+            help="address advertised in SDP answers (default: bind_ip)"),
+    Setting("rtp", "bind_ip", "RTP_BIND_IP", "127.0.0.1", ip_address,
+            help="address the RTP/RTCP sockets bind to"),
+    Setting("rtp", "min_port", "RTP_MIN_PORT", "30000", int_range(1024, 65534)),
+    Setting("rtp", "max_port", "RTP_MAX_PORT", "40000", int_range(1025, 65535)),
+    Setting("rtp", "timeout", "RTP_TIMEOUT", "60", int_range(0, 86400),
+            help="seconds without caller RTP before the call is ended (0 = never)"),
+    Setting("openai", "key", "OPENAI_API_KEY", None, optional_text, aliases=("openai_key",),
+            secret=True, help="API key (required unless disabled)"),
+    Setting("openai", "url", "OPENAI_URL", "wss://api.openai.com/v1/realtime", url,
+            help="Realtime endpoint; ?model= is added"),
+    Setting("openai", "model", "OPENAI_API_MODEL", "gpt-realtime-2.1", text),
+    Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
+    Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
+            help="refuse offers so the proxy fails over to another engine"),
+    Setting("openai", "voice", "OPENAI_VOICE", "alloy", text),
+    Setting("openai", "instructions", "OPENAI_INSTRUCTIONS", None, optional_text),
+    Setting("openai", "welcome_message", "OPENAI_WELCOME_MSG", None, optional_text),
+    Setting("openai", "temperature", "OPENAI_TEMPERATURE", "0.8", float_range(0.6, 1.2)),
+    Setting("openai", "max_tokens", "OPENAI_MAX_TOKENS", "inf", max_tokens),
+    Setting("openai", "turn_detection_type", "OPENAI_TURN_DETECT_TYPE", "server_vad",
+            one_of("server_vad", "semantic_vad", "none")),
+    Setting("openai", "turn_detection_silence_ms", "OPENAI_TURN_DETECT_SILENCE_MS", "200",
+            int_range(0, 10_000)),
+    Setting("openai", "turn_detection_threshold", "OPENAI_TURN_DETECT_THRESHOLD", "0.5",
+            float_range(0.0, 1.0)),
+    Setting("openai", "turn_detection_prefix_ms", "OPENAI_TURN_DETECT_PREFIX_MS", "300",
+            int_range(0, 10_000)),
+    Setting("log", "level", "LOG_LEVEL", "info",
+            one_of("debug", "info", "warning", "error", "critical")),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings by section; ``explicit`` records which ones the user set."""
+
+    values: Mapping[str, Mapping[str, Any]]
+    explicit: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+
+    def __getitem__(self, section: str) -> Mapping[str, Any]:
+        return self.values[section]
+
+    def is_set(self, section: str, key: str) -> bool:
+        return (section, key) in self.explicit
+
+    def __repr__(self) -> str:
+        # Secrets never reach logs: a Config printed anywhere shows only whether a key is set.
+        shown = {
+            s.label: ("<set>" if self.values[s.section][s.key] else "<unset>")
+            if s.secret
+            else self.values[s.section][s.key]
+            for s in SETTINGS
+        }
+        return f"Config({shown})"
+
+
+def _read_ini(path: str | None) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except configparser.Error as exc:
+            raise ConfigError(f"config file {path} is not valid INI: {exc}") from None
+    return parser
+
+
+def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the INI file, overlay the environment, validate. Raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    ini = _read_ini(path)
+    values: dict[str, dict[str, Any]] = {}
+    explicit: set[tuple[str, str]] = set()
+    for setting in SETTINGS:
+        raw = setting.default
+        source = "default"
+        if ini.has_section(setting.section):
+            for name in (setting.key, *setting.aliases):
+                if ini.has_option(setting.section, name):
+                    raw, source = ini.get(setting.section, name), "file"
+                    break
+        if setting.env in environ:
+            raw, source = environ[setting.env], "environment"
+        if source != "default":
+            explicit.add((setting.section, setting.key))
+        try:
+            value = setting.parse(raw) if raw is not None else None
+        except ValueError as exc:
+            # The offending value is echoed only for settings that are not secret.
+            shown = "" if setting.secret else f" (got {raw!r})"
+            raise ConfigError(f"{setting.label}: {exc}{shown}") from None
+        values.setdefault(setting.section, {})[setting.key] = value
+
+    rtp = values["rtp"]
+    if rtp["min_port"] > rtp["max_port"] - 1:
+        raise ConfigError(
+            "[rtp] min_port / RTP_MIN_PORT must be below [rtp] max_port / RTP_MAX_PORT "
+            "(a call needs an even RTP port and the odd RTCP port above it)"
+        )
+    if rtp["ip"] is None:
+        if ipaddress.ip_address(rtp["bind_ip"]).is_unspecified:
+            raise ConfigError(
+                "[rtp] ip / RTP_IP: required when [rtp] bind_ip is a wildcard address "
+                "(the SDP answer must carry an address the caller can reach)"
+            )
+        rtp["ip"] = rtp["bind_ip"]
+    else:
+        try:
+            rtp["ip"] = ip_address(rtp["ip"])
+        except ValueError as exc:
+            raise ConfigError(f"[rtp] ip / RTP_IP: {exc} (got {rtp['ip']!r})") from None
+    return Config(values=values, explicit=frozenset(explicit))

@@ -1,0 +1,55 @@
+"""``rtpai``: the daemon. Loads the configuration, then serves ng until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+
+from ctl.config import ConfigError, load_config
+from ctl.engine import Engine
+
+log = logging.getLogger("rtpai")
+
+
+async def serve(engine: Engine) -> None:
+    """Run the engine until a termination signal arrives, then cancel every call."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(engine.run)
+            log.info("rtpai ready: ng on %s:%s", *address)
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rtpai", description="RTP engine for AI voice agents (rtpengine ng protocol)"
+    )
+    parser.add_argument("--config", "-c", help="INI configuration file (environment wins)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"rtpai: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config["log"]["level"].upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log.info("configuration: %r", config)
+    try:
+        trio.run(serve, Engine(config))
+    except OSError as exc:
+        print(f"rtpai: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

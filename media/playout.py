@@ -1,0 +1,110 @@
+"""What we play to the caller, sans-IO: the playout queue and the pacer's clock arithmetic.
+
+The AI produces audio in bursts, faster than real time; the caller must receive one frame
+every ptime. The queue buffers the bursts and hands out exact frames; the pacer says when a
+frame is due. Both take time as an argument, so they are tested with plain numbers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+
+
+class PlayoutQueue:
+    """A bounded FIFO of codec bytes, handed out in frames, remembering which item each was.
+
+    Barge-in needs to know how much of each assistant item was actually *sent*, not received:
+    :attr:`frames_sent` counts that per item (the AI session turns it into the truncation
+    point). Audio past ``max_bytes`` is dropped and counted rather than growing without bound.
+    """
+
+    def __init__(self, frame_bytes: int, *, max_bytes: int) -> None:
+        self.frame_bytes = frame_bytes
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        # (item, bytes of that item still in the buffer), oldest first.
+        self._segments: deque[list] = deque()
+        self.frames_sent: dict[Hashable, int] = {}
+        self.bytes_dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def queued_frames(self) -> int:
+        return len(self._buffer) // self.frame_bytes
+
+    def push(self, audio: bytes, item: Hashable = None) -> None:
+        """Queue ``audio`` for ``item``; what does not fit in ``max_bytes`` is dropped."""
+        room = self.max_bytes - len(self._buffer)
+        if len(audio) > room:
+            self.bytes_dropped += len(audio) - max(room, 0)
+            audio = audio[: max(room, 0)]
+        if not audio:
+            return
+        self._buffer += audio
+        if self._segments and self._segments[-1][0] == item:
+            self._segments[-1][1] += len(audio)
+        else:
+            self._segments.append([item, len(audio)])
+
+    def finish_item(self, silence_byte: int) -> None:
+        """The item's audio is complete: pad a trailing partial frame so it plays out."""
+        partial = len(self._buffer) % self.frame_bytes
+        if partial and self._segments:
+            pad = self.frame_bytes - partial
+            self._buffer += bytes((silence_byte,)) * pad
+            self._segments[-1][1] += pad
+
+    def pop_frame(self) -> bytes | None:
+        """The next whole frame, or None when less than a frame is queued."""
+        size = self.frame_bytes
+        if len(self._buffer) < size:
+            return None
+        frame = bytes(self._buffer[:size])
+        # CPython deletes a bytearray's prefix in O(1) by moving its start pointer.
+        del self._buffer[:size]
+        item = self._segments[0][0]
+        self.frames_sent[item] = self.frames_sent.get(item, 0) + 1
+        taken = size
+        while taken and self._segments:
+            segment = self._segments[0]
+            used = min(segment[1], taken)
+            segment[1] -= used
+            taken -= used
+            if segment[1] == 0:
+                self._segments.popleft()
+        return frame
+
+    def clear(self) -> int:
+        """Drop everything queued (barge-in); returns the number of bytes dropped."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._segments.clear()
+        return dropped
+
+
+class Pacer:
+    """Absolute frame deadlines on a monotonic clock: ``start + n * ptime``, never drifting.
+
+    Sleeping "ptime after the last send" accumulates every wake-up's lateness; deadlines
+    computed from one anchor do not. After a stall longer than ``max_lag`` (the process was
+    descheduled, the machine was busy) the pacer re-anchors on ``now`` instead of bursting the
+    missed frames: a burst would overrun the caller's jitter buffer, a skipped slot only
+    shifts the stream.
+    """
+
+    def __init__(self, ptime: float, start: float, *, max_lag: float | None = None) -> None:
+        self.ptime = ptime
+        self.max_lag = 3 * ptime if max_lag is None else max_lag
+        self.next_deadline = start
+        self.reanchors = 0
+
+    def advance(self, now: float) -> None:
+        """A frame was sent for the current deadline (at time ``now``): move to the next."""
+        if now - self.next_deadline > self.max_lag:
+            self.reanchors += 1
+            self.next_deadline = now + self.ptime
+        else:
+            self.next_deadline += self.ptime

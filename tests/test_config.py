@@ -1,0 +1,76 @@
+"""Configuration: INI plus environment, environment winning, every error naming the setting."""
+
+import math
+
+import pytest
+
+from ctl.config import SETTINGS, ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "rtpai.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults():
+    config = load_config(None, environ={})
+    assert config["ng"]["listen"] == ("127.0.0.1", 2223)
+    assert config["openai"]["model"] == "gpt-realtime-2.1"
+    assert config["openai"]["dialect"] == "ga"
+    assert config["openai"]["voice"] == "alloy"
+    assert config["openai"]["temperature"] == 0.8
+    assert math.isinf(config["openai"]["max_tokens"])
+    assert config["openai"]["turn_detection_type"] == "server_vad"
+    assert config["openai"]["turn_detection_silence_ms"] == 200
+    assert config["openai"]["turn_detection_threshold"] == 0.5
+    assert config["openai"]["turn_detection_prefix_ms"] == 300
+    assert config["rtp"]["ip"] == "127.0.0.1"
+    assert config["openai"]["key"] is None
+
+
+def test_environment_wins_over_the_file(tmp_path):
+    path = write(tmp_path, "[openai]\nvoice = ash\nopenai_key = from-file\n[ng]\nlisten = 2300\n")
+    config = load_config(path, environ={"OPENAI_VOICE": "coral"})
+    assert config["openai"]["voice"] == "coral"
+    assert config["openai"]["key"] == "from-file"  # the alias openai_key
+    assert config["ng"]["listen"] == ("127.0.0.1", 2300)
+    assert config.is_set("openai", "voice") and not config.is_set("openai", "model")
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"OPENAI_TEMPERATURE": "1.5"}, "[openai] temperature / OPENAI_TEMPERATURE: expected a number from 0.6 to 1.2"),
+        ({"OPENAI_MAX_TOKENS": "5000"}, "[openai] max_tokens / OPENAI_MAX_TOKENS: expected an integer from 1 to 4096"),
+        ({"OPENAI_TURN_DETECT_TYPE": "loud"}, "OPENAI_TURN_DETECT_TYPE: expected one of server_vad, semantic_vad, none"),
+        ({"NG_LISTEN": "nowhere"}, "[ng] listen / NG_LISTEN"),
+        ({"RTP_MIN_PORT": "40000", "RTP_MAX_PORT": "40000"}, "RTP_MIN_PORT must be below"),
+        ({"RTP_BIND_IP": "0.0.0.0"}, "[rtp] ip / RTP_IP: required"),
+        ({"OPENAI_DISABLE": "maybe"}, "[openai] disable / OPENAI_DISABLE"),
+        ({"OPENAI_API_DIALECT": "v2"}, "OPENAI_API_DIALECT: expected one of ga, beta"),
+    ],
+)
+def test_invalid_values_name_the_setting_and_its_range(env, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ=env)
+    assert message in str(info.value)
+
+
+def test_max_tokens_inf_and_numbers():
+    assert load_config(None, environ={"OPENAI_MAX_TOKENS": "4096"})["openai"]["max_tokens"] == 4096
+    assert math.isinf(load_config(None, environ={"OPENAI_MAX_TOKENS": "inf"})["openai"]["max_tokens"])
+
+
+def test_secrets_never_appear_in_repr_or_errors(tmp_path):
+    config = load_config(None, environ={"OPENAI_API_KEY": "sk-very-secret"})
+    assert "sk-very-secret" not in repr(config)
+    key_setting = next(s for s in SETTINGS if s.key == "key")
+    assert key_setting.secret
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "missing.conf"), environ={})
+    with pytest.raises(ConfigError, match="not valid INI"):
+        load_config(write(tmp_path, "no section here\n"), environ={})

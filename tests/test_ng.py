@@ -1,0 +1,162 @@
+"""The ng codec, the reply cache and the dispatcher, without sockets."""
+
+import contextlib
+import json
+
+import bencode
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ctl.ng import (
+    NgError,
+    NgFramingError,
+    NgLoadLimit,
+    ReplyCache,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    split_cookie,
+)
+from ctl.ng_server import Dispatcher
+
+# What Kamailio 5.6's rtpengine module sends for rtpengine_offer("... to-tag=$ltt(t)"): note the
+# int and string forms of the same key and the flags list.
+KAMAILIO_OFFER = b"1_2603_5 " + bencode.bencode(
+    {
+        "command": "offer", "supports": ["load limit"], "flags": ["trust-address"],
+        "call-id": "abc@host1", "from-tag": "ft1", "to-tag": "tt1", "sdp": "v=0\r\n",
+        "delete delay": 0, "delete-delay": "0",
+    }
+)
+
+
+def test_split_cookie_and_decode_kamailio_offer():
+    cookie, body = split_cookie(KAMAILIO_OFFER)
+    assert cookie == b"1_2603_5"
+    request = decode_request(body)
+    assert request.command == "offer"
+    assert request.text("call-id") == "abc@host1"
+    assert request.text("from-tag") == "ft1"
+    assert request.supports("load limit")
+    assert "trust-address" in request.flags
+    # "delete delay" and "delete-delay" fold to one key; the int and the string both read.
+    assert request.integer("delete-delay") == 0
+
+
+def test_key_and_flag_spellings_are_folded():
+    request = decode_request(b"d7:command6:delete7:call_id1:x5:flagsl5:Fatalee")
+    assert request.text("call-id") == "x"
+    assert "fatal" in request.flags
+
+
+def test_numbers_as_strings_and_lists_as_strings():
+    request = decode_request(b"d7:command5:query5:limit2:103:ICE6:removee")
+    assert request.integer("limit") == 10
+    assert request.string_list("ICE") == ["remove"]
+    with pytest.raises(NgError):
+        decode_request(b"d7:command5:query5:limit3:tene").integer("limit")
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"garbage", "Could not decode bencode dictionary"),
+        (b"li1ee", "Could not decode bencode dictionary"),
+        (b"d3:fooi1ee", 'Dictionary contains no key "command"'),
+        (b"{not json", "Could not decode bencode dictionary"),
+    ],
+)
+def test_bad_bodies_get_rtpengine_reasons(body, reason):
+    with pytest.raises(NgError) as info:
+        decode_request(body)
+    assert info.value.reason == reason
+
+
+def test_no_cookie_is_a_framing_error():
+    with pytest.raises(NgFramingError):
+        split_cookie(b"d7:command4:pinge")
+
+
+def test_json_request_reads_like_bencode():
+    request = decode_request(b'{"command": "ping"}')
+    assert request.command == "ping" and request.is_json
+
+
+def test_reply_round_trip_golden_bytes():
+    datagram = encode_reply(b"c1", {"result": "pong"})
+    assert datagram == b"c1 d6:result4:ponge"
+    assert decode_reply(datagram) == (b"c1", {"result": "pong"})
+    assert encode_reply(b"c1", {"result": "ok", "x": None, "f": 1.6, "b": True}) == (
+        b"c1 d1:bi1e1:fi2e6:result2:oke"
+    )
+    assert json.loads(encode_reply(b"c", {"result": "pong"}, as_json=True)[2:]) == {
+        "result": "pong"
+    }
+
+
+@given(st.binary(max_size=200))
+def test_decode_request_never_raises_anything_else(body):
+    with contextlib.suppress(NgError):
+        decode_request(body)
+
+
+def test_reply_cache_answers_retransmits_and_expires():
+    cache = ReplyCache(ttl=45, max_entries=3)
+    key = (("127.0.0.1", 5060), b"c1")
+    assert cache.begin(key, now=0) is True
+    assert cache.begin(key, now=0.5) is None  # still being handled
+    assert cache.complete(key, b"reply", now=1) == 1  # one duplicate arrived meanwhile
+    assert cache.begin(key, now=2) == b"reply"
+    assert cache.begin(key, now=100) is True  # expired: a new request
+    for n in range(10):
+        cache.begin((("h", 1), str(n).encode()), now=101)
+    assert len(cache) <= 3  # bounded whatever a peer sends
+
+
+def test_same_cookie_from_another_source_is_another_request():
+    cache = ReplyCache()
+    assert cache.begin((("a", 1), b"c"), 0) is True
+    assert cache.begin((("b", 1), b"c"), 0) is True
+
+
+async def test_dispatcher_routes_and_reports_errors():
+    calls = []
+
+    async def ping(request):
+        calls.append(request.command)
+        return {"result": "pong"}
+
+    async def full(request):
+        raise NgLoadLimit()
+
+    async def broken(request):
+        raise RuntimeError("bug")
+
+    dispatcher = Dispatcher({"ping": ping, "offer": full, "delete": broken})
+
+    async def ask(datagram, source=("127.0.0.1", 9)):
+        action, value = dispatcher.begin(datagram, source, 0.0)
+        assert action == "handle"
+        reply, copies = await dispatcher.handle(*value, source, lambda: 0.0)
+        return decode_reply(reply)[1]
+
+    assert await ask(b"a d7:command4:pinge") == {"result": "pong"}
+    assert await ask(b"b d7:command4:xyzze") == {
+        "result": "error", "error-reason": "Unrecognized command"}
+    assert await ask(b"c d7:command5:offer8:supportsl10:load limitee") == {
+        "result": "load limit", "message": "Parallel session limit reached"}
+    assert await ask(b"d d7:command5:offere") == {
+        "result": "error", "error-reason": "Parallel session limit reached"}
+    assert (await ask(b"e d7:command6:deletee"))["result"] == "error"
+    assert await ask(b"f not bencode") == {
+        "result": "error", "error-reason": "Could not decode bencode dictionary"}
+    # A retransmit is answered from the cache, not handled again.
+    assert dispatcher.begin(b"a d7:command4:pinge", ("127.0.0.1", 9), 1.0)[0] == "resend"
+    assert calls == ["ping"]
+    assert dispatcher.begin(b"nocookie", ("127.0.0.1", 9), 1.0) == ("drop", None)
+
+
+def test_encode_request_is_what_a_proxy_sends():
+    assert encode_request(b"k", "ping") == b"k d7:command4:pinge"

@@ -1,0 +1,79 @@
+"""The playout queue and the pacer's arithmetic: plain numbers, no clock."""
+
+from media.playout import Pacer, PlayoutQueue
+from media.ports import PortPairAllocator, PortsExhausted
+
+
+def test_queue_hands_out_whole_frames_and_counts_per_item():
+    queue = PlayoutQueue(160, max_bytes=10_000)
+    queue.push(b"a" * 250, "item1")
+    assert queue.pop_frame() == b"a" * 160
+    assert queue.pop_frame() is None  # 90 bytes: wait for the next delta, no glitch
+    queue.push(b"b" * 70, "item1")
+    queue.push(b"c" * 160, "item2")
+    assert queue.pop_frame() == b"a" * 90 + b"b" * 70
+    assert queue.pop_frame() == b"c" * 160
+    assert queue.frames_sent == {"item1": 2, "item2": 1}
+
+
+def test_finish_item_pads_the_tail_with_silence():
+    queue = PlayoutQueue(160, max_bytes=10_000)
+    queue.push(b"x" * 100, "i")
+    queue.finish_item(0xFF)
+    assert queue.pop_frame() == b"x" * 100 + b"\xff" * 60
+    assert len(queue) == 0
+
+
+def test_queue_is_bounded_and_counts_drops():
+    queue = PlayoutQueue(160, max_bytes=320)
+    queue.push(b"x" * 500, "i")
+    assert len(queue) == 320 and queue.bytes_dropped == 180
+
+
+def test_clear_drops_everything_at_once():
+    queue = PlayoutQueue(160, max_bytes=10_000)
+    queue.push(b"x" * 1600, "i")
+    queue.pop_frame()
+    assert queue.clear() == 1440
+    assert queue.pop_frame() is None and queue.frames_sent == {"i": 1}
+
+
+def test_pacer_deadlines_do_not_drift():
+    pacer = Pacer(0.02, start=100.0)
+    for _ in range(1000):
+        # Every wake-up is 3 ms late, yet the deadlines stay on the 20 ms grid.
+        pacer.advance(pacer.next_deadline + 0.003)
+    assert abs(pacer.next_deadline - (100.0 + 1000 * 0.02)) < 1e-9
+    assert pacer.reanchors == 0
+
+
+def test_pacer_reanchors_after_a_stall_instead_of_bursting():
+    pacer = Pacer(0.02, start=0.0)
+    pacer.advance(0.0)
+    pacer.advance(0.5)  # woke 480 ms late
+    assert pacer.reanchors == 1
+    assert abs(pacer.next_deadline - 0.52) < 1e-9  # one frame later, not 24 frames at once
+
+
+def test_port_pairs_even_unique_and_exhausted():
+    ports = PortPairAllocator(30001, 30010)  # pairs 30002..30008 (30009 is the last RTCP)
+    taken = {ports.allocate() for _ in range(ports.capacity)}
+    assert taken == {30002, 30004, 30006, 30008}
+    try:
+        ports.allocate()
+        raise AssertionError("allocated past the range")
+    except PortsExhausted:
+        pass
+    ports.release(30004)
+    assert ports.allocate() == 30004
+
+
+def test_port_churn_never_hands_out_a_held_pair():
+    ports = PortPairAllocator(40000, 40019)
+    held: set[int] = set()
+    for n in range(5000):
+        if len(held) == ports.capacity or (held and n % 3 == 0):
+            ports.release(held.pop())
+        port = ports.allocate()
+        assert port not in held and port % 2 == 0 and 40000 <= port <= 40018
+        held.add(port)
