@@ -1,0 +1,510 @@
+"""Real peers for rtpai's tests: Kamailio, sipp, pcap files and a loopback sniffer.
+
+Helpers, not tests. Everything talks on 127.0.0.1 only.
+
+- `require_tool(name)`: a binary's path, or skip (fail when CI=true).
+- `write_rtp_pcap(path, payloads)`: a pcap that sipp's `play_pcap_audio` plays.
+- `start_kamailio(tmpdir, sip_port=..., ng_port=...)`: Kamailio 5.6 with
+  `kamailio.cfg`, the caller's UAS using an ng engine; async context manager.
+- `run_sipp(UAC_SCENARIO, target=..., local_port=..., media_port=..., pcap=...)`.
+- `LoopbackCapture(port)`: UDP datagrams to `port` as they cross `lo` (root).
+
+Start order: the ng engine first, then Kamailio (it pings the engine once at
+start-up), then sipp.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+HERE = Path(__file__).resolve().parent
+KAMAILIO_CFG = HERE / "kamailio.cfg"
+UAC_SCENARIO = HERE / "uac.xml"
+GOLDEN = HERE / "golden"
+LOOPBACK = "127.0.0.1"
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def _unavailable(reason: str) -> None:
+    """Skip on a developer machine; fail in CI, where every peer must run."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The absolute path of the executable `name` (PATH, then /usr/sbin)."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+    if path is None:
+        _unavailable(f"{name} is not installed")
+    return os.path.abspath(path)
+
+
+def require_root() -> None:
+    """Raw sockets (sipp's pcap player, LoopbackCapture) need root."""
+    if os.geteuid() != 0:
+        _unavailable("raw sockets need root (CAP_NET_RAW)")
+
+
+def unused_port(kind: socket.SocketKind = socket.SOCK_DGRAM) -> int:
+    """A port the kernel just handed out on 127.0.0.1 (free, barring a race)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def unused_media_port() -> int:
+    """An even UDP port P with P+2 also free: sipp binds both (audio, video)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+            if port % 2 or port + 2 > 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as video:
+                try:
+                    video.bind((LOOPBACK, port + 2))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free even UDP port pair on 127.0.0.1")
+
+
+# --------------------------------------------------------------------------- pcap
+
+# Classic libpcap, microsecond timestamps. sipp's prepare_pcap.c accepts only the
+# Ethernet (1) and Linux cooked (113) link types, and packets captured whole
+# (caplen == len): Ethernet it is, with zero MACs like on `lo`.
+_PCAP_GLOBAL = struct.Struct("<IHHiIII")
+_PCAP_RECORD = struct.Struct("<IIII")
+_PCAP_MAGIC = 0xA1B2C3D4
+_LINKTYPE_ETHERNET = 1
+_ETHERTYPE_IPV4 = 0x0800
+_ETHERNET = struct.Struct("!6s6sH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_UDP = struct.Struct("!HHHH")
+_RTP = struct.Struct("!BBHII")
+_RTP_VERSION_2 = 0x80
+
+
+def _ipv4_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ipv4_udp_frame(
+    src: tuple[str, int], dst: tuple[str, int], payload: bytes, ident: int
+) -> bytes:
+    udp = _UDP.pack(src[1], dst[1], _UDP.size + len(payload), 0) + payload  # sipp redoes the sum
+    src_ip = ipaddress.IPv4Address(src[0]).packed
+    dst_ip = ipaddress.IPv4Address(dst[0]).packed
+    header = _IPV4.pack(
+        0x45,
+        0,
+        _IPV4.size + len(udp),
+        ident & 0xFFFF,
+        0x4000,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        src_ip,
+        dst_ip,
+    )
+    header = header[:10] + struct.pack("!H", _ipv4_checksum(header)) + header[12:]
+    return _ETHERNET.pack(b"\0" * 6, b"\0" * 6, _ETHERTYPE_IPV4) + header + udp
+
+
+def write_rtp_pcap(
+    path: str | os.PathLike[str],
+    payloads: Sequence[bytes],
+    *,
+    payload_type: int = 0,
+    ssrc: int = 0x5EED_CA11,
+    seq: int = 1000,
+    timestamp: int = 160_000,
+    src: tuple[str, int] = (LOOPBACK, 4000),
+    dst: tuple[str, int] = (LOOPBACK, 5000),
+    ptime_ms: int = 20,
+    clock_rate: int = 8000,
+) -> list[bytes]:
+    """Write one RTP packet per payload, `ptime_ms` apart, and return the RTP datagrams.
+
+    Headers per RFC 3550: V=2, marker on the first packet (start of a talkspurt),
+    sequence +1 and timestamp +ptime*clock (160 for 20 ms at 8 kHz) per packet.
+    sipp replays the UDP payloads byte for byte; it rewrites only the ports
+    (src -> its -mp port, dst -> the answered port) and the UDP checksum.
+    """
+    samples = ptime_ms * clock_rate // 1000
+    datagrams = []
+    with open(path, "wb") as f:
+        f.write(_PCAP_GLOBAL.pack(_PCAP_MAGIC, 2, 4, 0, 0, 65535, _LINKTYPE_ETHERNET))
+        for i, payload in enumerate(payloads):
+            marker = 0x80 if i == 0 else 0
+            rtp = (
+                _RTP.pack(
+                    _RTP_VERSION_2,
+                    marker | payload_type,
+                    (seq + i) & 0xFFFF,
+                    (timestamp + i * samples) & 0xFFFFFFFF,
+                    ssrc,
+                )
+                + payload
+            )
+            frame = _ipv4_udp_frame(src, dst, rtp, ident=i)
+            usec = i * ptime_ms * 1000
+            f.write(_PCAP_RECORD.pack(usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)))
+            f.write(frame)
+            datagrams.append(rtp)
+    return datagrams
+
+
+# --------------------------------------------------------------------------- Kamailio
+
+
+def _tail(path: Path, lines: int = 80) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Kamailio:
+    """A running Kamailio from `start_kamailio`."""
+
+    process: trio.Process
+    sip_port: int  # the edge socket: send the caller here
+    inner_port: int  # the UAS socket, reached through the edge
+    http_port: int  # JSON-RPC at http://127.0.0.1:<http_port>/RPC
+    ng_port: int
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def rpc(self, method: str, *params: object) -> object:
+        """Call a Kamailio RPC command over JSON-RPC/HTTP; return its `result`.
+
+        E.g. `await kamailio.rpc("dlg.list")`,
+        `await kamailio.rpc("dlg.terminate_dlg", call_id, from_tag, to_tag)`.
+        """
+        body = json.dumps(
+            {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+        ).encode()
+        request = (
+            f"POST /RPC HTTP/1.1\r\nHost: {LOOPBACK}:{self.http_port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+        stream = await trio.open_tcp_stream(LOOPBACK, self.http_port)
+        async with stream:
+            await stream.send_all(request)
+            response = await _read_http_response(stream)
+        reply = json.loads(response)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result")
+
+
+async def _read_http_response(stream: trio.abc.ReceiveStream) -> bytes:
+    """The body of one HTTP/1.1 response with a Content-Length (as xhttp sends)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some()
+        if not chunk:
+            raise RuntimeError(f"HTTP connection closed mid-header: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200 " not in status + b" ":
+        raise RuntimeError(f"HTTP error: {status!r}")
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while length is None or len(body) < length:
+        chunk = await stream.receive_some()
+        if not chunk:
+            break
+        body += chunk
+    return body if length is None else body[:length]
+
+
+async def _sip_options_answered(port: int) -> None:
+    """Return once something answers a SIP OPTIONS on 127.0.0.1:port.
+
+    Retransmitted every 100 ms, like a SIP client would (T1 is 500 ms): this is
+    the readiness signal; the caller bounds it.
+    """
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind((LOOPBACK, 0))
+        local = sock.getsockname()[1]
+        options = (
+            f"OPTIONS sip:probe@{LOOPBACK}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {LOOPBACK}:{local};branch=z9hG4bK-probe-{port}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:harness@{LOOPBACK}>;tag=probe\r\n"
+            f"To: <sip:probe@{LOOPBACK}:{port}>\r\n"
+            f"Call-ID: probe-{local}@{LOOPBACK}\r\n"
+            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        while True:
+            # ICMP port unreachable from the previous probe: nobody listening yet
+            with suppress(ConnectionRefusedError):
+                await sock.sendto(options, (LOOPBACK, port))
+            with trio.move_on_after(0.1):
+                while True:
+                    try:
+                        data = await sock.recv(65535)
+                    except ConnectionRefusedError:
+                        break
+                    if data.startswith(b"SIP/2.0 "):
+                        return
+
+
+@asynccontextmanager
+async def start_kamailio(
+    tmpdir: str | os.PathLike[str],
+    *,
+    sip_port: int,
+    ng_port: int,
+    http_port: int | None = None,
+    inner_port: int | None = None,
+    ready_timeout: float = 10.0,
+) -> AsyncIterator[Kamailio]:
+    """Run `kamailio.cfg` in the foreground until the block ends.
+
+    Start the ng engine at 127.0.0.1:ng_port first: Kamailio pings it once at
+    start-up. Ready means both SIP sockets answer an OPTIONS. On exit: SIGTERM,
+    then SIGKILL to the process group after 5 s. Kamailio's stderr log is
+    `<tmpdir>/kamailio.log`; its tail is attached to any exception from the block.
+    """
+    kamailio = require_tool("kamailio")
+    tmp = Path(tmpdir)
+    rundir = tmp / "kamailio-run"
+    rundir.mkdir(parents=True, exist_ok=True)
+    http_port = http_port or unused_port(socket.SOCK_STREAM)
+    inner_port = inner_port or unused_port()
+    log_path = tmp / "kamailio.log"
+    # -A defines are tokens, not expanded inside quoted strings: NG_SOCK brings its quotes.
+    defines = {
+        "SIP_PORT": sip_port,
+        "INNER_PORT": inner_port,
+        "HTTP_PORT": http_port,
+        "NG_SOCK": f'"udp:{LOOPBACK}:{ng_port}"',
+    }
+    command = [kamailio, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(rundir), "-w", str(rundir)]
+    for name, value in defines.items():
+        command += ["-A", f"{name}={value}"]
+    with open(log_path, "wb") as log:
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    handle = Kamailio(process, sip_port, inner_port, http_port, ng_port, log_path)
+    try:
+        answered = False
+        with trio.move_on_after(ready_timeout):
+            async with trio.open_nursery() as nursery:
+
+                async def exited() -> None:
+                    await process.wait()
+                    nursery.cancel_scope.cancel()
+
+                async def ready() -> None:
+                    nonlocal answered
+                    await _sip_options_answered(sip_port)
+                    await _sip_options_answered(inner_port)
+                    answered = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(exited)
+                nursery.start_soon(ready)
+        if not answered:
+            why = (
+                f"exited with {process.returncode}"
+                if process.returncode is not None
+                else f"no answer to OPTIONS within {ready_timeout} s"
+            )
+            raise RuntimeError(f"kamailio did not start: {why}\n{_tail(log_path)}")
+        try:
+            yield handle
+        except Exception as exc:
+            exc.add_note(f"--- kamailio log ({log_path}), tail ---\n{_tail(log_path)}")
+            raise
+    finally:
+        await _stop(process)
+
+
+async def _stop(process: trio.Process, grace: float = 5.0) -> None:
+    """SIGTERM, wait `grace` seconds, then SIGKILL the whole process group."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await process.wait()
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+# --------------------------------------------------------------------------- sipp
+
+
+class SippFailed(AssertionError):
+    """sipp ended with a failed call; the message carries its logs."""
+
+
+async def run_sipp(
+    scenario: str | os.PathLike[str],
+    *,
+    target: tuple[str, int],
+    local_port: int,
+    media_port: int,
+    pcap: str | os.PathLike[str],
+    pause_ms: int = 1000,
+    extra: Sequence[str] = (),
+    timeout: float = 30.0,
+    check: bool = True,
+    logdir: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one call of `scenario` (e.g. UAC_SCENARIO) against `target`.
+
+    The pcap is the `[pcap]` keyword (-key), `pause_ms` sipp's -d (the
+    scenario's `<pause/>`). Bounded twice: sipp's own -timeout / -recv_timeout,
+    and `timeout` here (the process is killed). With `check`, a non-zero exit
+    raises SippFailed with sipp's error and message logs.
+    """
+    sipp = require_tool("sipp")
+    logs = Path(logdir) if logdir is not None else Path(pcap).resolve().parent
+    error_file = logs / f"sipp-{local_port}-errors.log"
+    message_file = logs / f"sipp-{local_port}-messages.log"
+    sipp_timeout_s = max(1, int(timeout) - 2)
+    command = [sipp, f"{target[0]}:{target[1]}", "-sf", str(scenario), "-m", "1", "-l", "1"]
+    command += ["-i", LOOPBACK, "-p", str(local_port), "-mi", LOOPBACK, "-mp", str(media_port)]
+    command += ["-key", "pcap", str(Path(pcap).resolve()), "-d", str(pause_ms)]
+    command += ["-timeout", f"{sipp_timeout_s}s", "-timeout_error", "-recv_timeout", "5000"]
+    command += ["-nostdin", "-trace_err", "-error_file", str(error_file)]
+    command += ["-trace_msg", "-message_file", str(message_file), *extra]
+    with trio.fail_after(timeout):
+        result = await trio.run_process(
+            command,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    if check and result.returncode != 0:
+        raise SippFailed(
+            f"sipp exited with {result.returncode}: {' '.join(command)}\n"
+            f"--- stderr ---\n{result.stderr.decode(errors='replace')[-3000:]}\n"
+            f"--- errors ({error_file}) ---\n{_tail(error_file)}\n"
+            f"--- messages ({message_file}) ---\n{_tail(message_file, 120)}"
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- loopback sniffer
+
+_ETH_P_ALL = 0x0003
+_PACKET_OUTGOING = 4  # linux/if_packet.h: lo shows each packet out and in; keep "in"
+
+
+@dataclass(frozen=True)
+class UdpDatagram:
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    payload: bytes
+
+
+def parse_loopback_frame(frame: bytes) -> UdpDatagram | None:
+    """An Ethernet (zero MACs on lo) / IPv4 / UDP frame, or None if it is anything else."""
+    if len(frame) < _ETHERNET.size + _IPV4.size + _UDP.size:
+        return None
+    if _ETHERNET.unpack_from(frame)[2] != _ETHERTYPE_IPV4:
+        return None
+    ip = _ETHERNET.size
+    ver_ihl, _, total_length, _, flags_fragment, _, proto, _, src, dst = _IPV4.unpack_from(
+        frame, ip
+    )
+    if ver_ihl >> 4 != 4 or proto != socket.IPPROTO_UDP:
+        return None
+    if flags_fragment & 0x3FFF:  # a fragment (MF or offset): not a whole datagram
+        return None
+    udp = ip + (ver_ihl & 0x0F) * 4
+    sport, dport, length, _ = _UDP.unpack_from(frame, udp)
+    if length < _UDP.size or udp + length > ip + total_length:
+        return None
+    return UdpDatagram(
+        (socket.inet_ntoa(src), sport),
+        (socket.inet_ntoa(dst), dport),
+        bytes(frame[udp + _UDP.size : udp + length]),
+    )
+
+
+class LoopbackCapture:
+    """UDP datagrams to `port` as they cross `lo`, whoever sends or receives them.
+
+    A raw AF_PACKET socket (root) bound to lo; the kernel queues what it sees
+    from `__aenter__` on, so open it before the traffic starts:
+
+        async with LoopbackCapture(media_port) as capture:
+            ...
+            datagram = await capture.receive()   # UdpDatagram(src, dst, payload)
+    """
+
+    def __init__(self, port: int, *, interface: str = "lo", rcvbuf: int = 4 << 20) -> None:
+        self.port = port
+        self.interface = interface
+        self._rcvbuf = rcvbuf
+        self._sock: trio.socket.SocketType | None = None
+
+    async def __aenter__(self) -> LoopbackCapture:
+        require_root()
+        sock = trio.socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
+            await sock.bind((self.interface, 0))
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def receive(self) -> UdpDatagram:
+        """The next datagram to `port` (bound it with trio.fail_after)."""
+        if self._sock is None:
+            raise RuntimeError("LoopbackCapture is not open")
+        while True:
+            frame, address = await self._sock.recvfrom(65536)
+            if address[2] == _PACKET_OUTGOING:
+                continue
+            datagram = parse_loopback_frame(frame)
+            if datagram is not None and datagram.dst[1] == self.port:
+                return datagram
