@@ -55,17 +55,22 @@ def canonical_name(name: str) -> str:
     return name.replace(" ", "-").replace("_", "-")
 
 
-def _text(value: Any) -> Any:
-    """bencode.py yields ``bytes`` for anything that is not UTF-8; keep those, decode the rest."""
+def _text(value: Any, fold_keys: bool = True) -> Any:
+    """bencode.py yields ``bytes`` for what is not UTF-8: decode it (latin-1 keeps every byte).
+
+    Request keys are folded with :func:`canonical_name`; reply keys (``"local port"``) are
+    kept as the engine wrote them.
+    """
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
             return value.decode("latin-1")
     if isinstance(value, Mapping):
-        return {canonical_name(str(_text(k))): _text(v) for k, v in value.items()}
+        fold = canonical_name if fold_keys else str
+        return {fold(str(_text(k))): _text(v, fold_keys) for k, v in value.items()}
     if isinstance(value, list):
-        return [_text(v) for v in value]
+        return [_text(v, fold_keys) for v in value]
     return value
 
 
@@ -202,7 +207,7 @@ def decode_reply(datagram: bytes) -> tuple[bytes, dict[str, Any]]:
     raw = json.loads(body) if body.lstrip().startswith(b"{") else bencode.bdecode(body)
     if not isinstance(raw, Mapping):
         raise NgError(REASON_BAD_BENCODE)
-    return cookie, {str(_text(k)): _text(v) for k, v in raw.items()}
+    return cookie, _text(raw, fold_keys=False)
 
 
 # --- retransmissions ---------------------------------------------------------------------------

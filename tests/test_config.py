@@ -74,3 +74,12 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
         load_config(str(tmp_path / "missing.conf"), environ={})
     with pytest.raises(ConfigError, match="not valid INI"):
         load_config(write(tmp_path, "no section here\n"), environ={})
+
+
+def test_every_setting_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for setting in SETTINGS:
+        assert f"`{setting.env}`" in doc, setting.label
+        assert f"`{setting.key}`" in doc, setting.label

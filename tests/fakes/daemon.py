@@ -1,0 +1,53 @@
+"""Run the real ``rtpai`` daemon as a child process, ready when it says so."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+
+READY_LINE = b"rtpai ready"
+
+
+@asynccontextmanager
+async def running_daemon(
+    env: Mapping[str, str], *args: str, ready_timeout: float = 15.0
+) -> AsyncIterator[tuple[trio.Process, bytearray]]:
+    """Start ``python -m ctl.daemon`` and wait for its ready line on stderr (LOG_LEVEL info).
+
+    Yields the process and its stderr so far (kept growing by a drain task so the pipe never
+    fills). On exit: SIGTERM, then the exit code is awaited.
+    """
+    env = {**env, "LOG_LEVEL": env.get("LOG_LEVEL", "info")}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "ctl.daemon", *args], env=env, stderr=subprocess.PIPE
+    )
+    log = bytearray()
+    ready = trio.Event()
+
+    async def drain() -> None:
+        assert process.stderr is not None
+        async for chunk in process.stderr:
+            log.extend(chunk)
+            if READY_LINE in log:
+                ready.set()
+        ready.set()  # exited: let the waiter see it
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            with trio.fail_after(ready_timeout):
+                await ready.wait()
+            if READY_LINE not in log:
+                raise RuntimeError(f"rtpai did not start:\n{log.decode(errors='replace')}")
+            yield process, log
+            process.terminate()
+            await process.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -1,0 +1,201 @@
+"""A whole call through the engine: fake proxy -> rtpai -> fake Realtime server -> fake caller.
+
+Real sockets on 127.0.0.1, real trio-websocket; only the peers are fakes.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from ctl.config import load_config
+from ctl.engine import Engine
+from media.sdp import parse_sdp
+from tests.fakes.caller import FakeCaller
+from tests.fakes.proxy import FakeProxy
+from tests.fakes.realtime import FakeRealtimeServer, tone
+
+pytestmark = pytest.mark.trio
+
+CALL_ID = "call-1@test"
+
+
+def engine_config(url: str, **env: str):
+    return load_config(
+        None,
+        environ={
+            "NG_LISTEN": "127.0.0.1:0",
+            "RTP_MIN_PORT": "41000",
+            "RTP_MAX_PORT": "41099",
+            "OPENAI_URL": url,
+            "OPENAI_API_KEY": "test-key",
+            **env,
+        },
+    )
+
+
+def caller_speech(frames: int) -> list[bytes]:
+    """Distinct frames, so the server's copy can be compared byte for byte."""
+    return [bytes([(n * 7 + i) % 251 for i in range(160)]) for n in range(frames)]
+
+
+def answer_port(sdp_text: str) -> int:
+    return parse_sdp(sdp_text).media[0].port
+
+
+async def start_engine(nursery, url: str, **env: str):
+    engine = Engine(engine_config(url, **env))
+    address = await nursery.start(engine.run)
+    return engine, address
+
+
+async def test_offer_media_both_ways_and_delete():
+    reply_audio = tone("pcmu", 400)  # 400 ms, 20 frames
+    server = FakeRealtimeServer(reply_audio=reply_audio, respond_after_ms=600, speed=0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url)
+            caller = FakeCaller()
+            await caller.bind()
+            nursery.start_soon(caller.receive)
+            async with FakeProxy(ng) as proxy:
+                reply = await proxy.command(
+                    "offer", **{"call-id": CALL_ID, "from-tag": "ft", "sdp": caller.sdp_offer()}
+                )
+                assert reply["result"] == "ok", reply
+                answer = parse_sdp(reply["sdp"])
+                audio = answer.media[0]
+                assert [c.encoding for c in audio.codecs][0] == "PCMU"
+                rtp_port = audio.port
+                assert rtp_port % 2 == 0 and 41000 <= rtp_port < 41099
+
+                # The session opens at offer time, before any media.
+                session = await server.wait_for_session(1)
+                assert session.headers["authorization"] == "Bearer test-key"
+                assert session.model == "gpt-realtime-2.1"
+
+                speech = caller_speech(50)
+                await caller.stream(("127.0.0.1", rtp_port), speech)
+                await session.wait_until(lambda s: len(s.audio_in) >= len(speech) * 160)
+                assert bytes(session.audio_in) == b"".join(speech)  # byte for byte
+                assert session.session["audio"]["input"]["format"]["type"] == "audio/pcmu"
+
+                await caller.wait_for(lambda got: reply_audio in b"".join(p.payload for p in got))
+                packets = caller.received
+                # One SSRC, consecutive sequence numbers, timestamps 160 apart.
+                assert len({p.ssrc for p in packets}) == 1
+                for a, b in zip(packets, packets[1:], strict=False):
+                    assert b.sequence == (a.sequence + 1) & 0xFFFF
+                    assert b.timestamp == (a.timestamp + 160) & 0xFFFFFFFF
+                # The marker bit starts the AI's talkspurt.
+                first_ai = next(p for p in packets if p.payload == reply_audio[:160])
+                assert first_ai.marker
+
+                query = await proxy.command("query", **{"call-id": CALL_ID})
+                assert query["rtpai"]["state"] == "active"
+
+                deleted = await proxy.command("delete", **{"call-id": CALL_ID, "from-tag": "ft"})
+                assert deleted["result"] == "ok"
+                assert deleted["totals"]["RTP"]["packets"] >= 50 + 20
+                stream = deleted["tags"]["ft"]["medias"][0]["streams"][0]
+                assert stream["local port"] == rtp_port
+                assert stream["stats"]["packets"] == 50
+                assert stream["endpoint"]["port"] == caller.port
+                ai = deleted["rtpai"]["ai"]
+                assert ai["audio sent bytes"] == 50 * 160
+                assert ai["audio received bytes"] == len(reply_audio)
+                assert deleted["rtpai"]["end reason"] == "deleted by the proxy"
+                await session.closed.wait()  # delete closed the WebSocket
+
+                # The ports are free again.
+                for port in (rtp_port, rtp_port + 1):
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                        probe.bind(("127.0.0.1", port))
+                assert engine.ports.in_use == 0
+                again = await proxy.command("delete", **{"call-id": CALL_ID})
+                assert again["result"] == "ok" and "warning" in again
+            nursery.cancel_scope.cancel()
+
+
+async def test_failing_ai_session_ends_that_call_only():
+    server = FakeRealtimeServer(api_key="the-right-key", respond_after_ms=None)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url, OPENAI_API_KEY="a-wrong-key")
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                reply = await proxy.command(
+                    "offer", **{"call-id": "bad", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                assert reply["result"] == "ok"
+                call = engine.calls["bad"]
+                await call.ended.wait()
+                assert call.end_reason.startswith("AI session failed")
+                assert "a-wrong-key" not in call.end_reason
+                deleted = await proxy.command("delete", **{"call-id": "bad"})
+                assert deleted["rtpai"]["ai"]["state"] == "failed"
+                assert "a-wrong-key" not in repr(deleted)
+                assert engine.ports.in_use == 0
+                pong = await proxy.command("ping")
+                assert pong == {"result": "pong"}
+            nursery.cancel_scope.cancel()
+
+
+async def test_offer_refused_without_key_and_when_disabled():
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            _, ng = await start_engine(nursery, "ws://127.0.0.1:9/v1/realtime", OPENAI_API_KEY="")
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                reply = await proxy.command(
+                    "offer", **{"call-id": "c", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                assert reply["result"] == "error"
+                assert "OPENAI_API_KEY" in reply["error-reason"]
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "params, reason",
+    [
+        ({"from-tag": "f", "sdp": "v=0"}, "No call-id in message"),
+        ({"call-id": "c", "sdp": "v=0"}, "No from-tag in message"),
+        ({"call-id": "c", "from-tag": "f"}, "No SDP body in message"),
+    ],
+)
+async def test_offer_missing_keys(params, reason):
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            _, ng = await start_engine(nursery, "ws://127.0.0.1:9/v1/realtime")
+            async with FakeProxy(ng) as proxy:
+                reply = await proxy.command("offer", **params)
+                assert reply == {"result": "error", "error-reason": reason}
+            nursery.cancel_scope.cancel()
+
+
+async def test_capacity_limit_answers_load_limit():
+    server = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            _, ng = await start_engine(nursery, url, NG_MAX_SESSIONS="1")
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                first = await proxy.command(
+                    "offer", **{"call-id": "1", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                assert first["result"] == "ok"
+                second = await proxy.command(
+                    "offer", **{"call-id": "2", "from-tag": "f", "sdp": caller.sdp_offer(),
+                                "supports": ["load limit"]}
+                )
+                assert second == {"result": "load limit",
+                                  "message": "Parallel session limit reached"}
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,122 @@
+"""The whole path on real parts: sipp -> Kamailio 5.6 (rtpengine module) -> rtpai -> Realtime.
+
+sipp places a call and plays the caller's RTP from a pcap; Kamailio answers it with the SDP
+rtpai returns from ``offer``; rtpai streams the caller's audio to the fake Realtime server and
+the server's reply back to sipp's RTP port (seen on lo, byte for byte); BYE -> ``delete`` ends
+the call and frees its ports. Breaking rtpai's SDP, media or delete handling fails this test.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from ctl.config import load_config
+from ctl.engine import Engine
+from media.rtp import parse_rtp
+from tests.fakes.realtime import FakeRealtimeServer, tone
+from tests.peers import (
+    LOOPBACK,
+    UAC_SCENARIO,
+    LoopbackCapture,
+    require_root,
+    require_tool,
+    run_sipp,
+    start_kamailio,
+    unused_media_port,
+    unused_port,
+    write_rtp_pcap,
+)
+
+pytestmark = pytest.mark.realpeers
+
+CALLER_FRAMES = 40  # 800 ms of caller audio from the pcap
+REPLY_MS = 400
+
+
+def caller_payloads() -> list[bytes]:
+    return [bytes([(n * 13 + i) % 251 for i in range(160)]) for n in range(CALLER_FRAMES)]
+
+
+async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
+    require_tool("kamailio")
+    require_tool("sipp")
+    require_root()  # sipp's pcap player and LoopbackCapture use raw sockets
+
+    payloads = caller_payloads()
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, payloads)
+    reply_audio = tone("pcmu", REPLY_MS, hz=440)
+    server = FakeRealtimeServer(reply_audio=reply_audio, respond_after_ms=300, speed=0)
+    sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine = Engine(
+                load_config(
+                    None,
+                    environ={
+                        "NG_LISTEN": "127.0.0.1:0",
+                        "RTP_MIN_PORT": "42000",
+                        "RTP_MAX_PORT": "42099",
+                        "OPENAI_URL": url,
+                        "OPENAI_API_KEY": "test-key",
+                    },
+                )
+            )
+            ng_address = await nursery.start(engine.run)  # the engine first: Kamailio pings it
+            async with (
+                start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]),
+                LoopbackCapture(media_port) as capture,
+            ):
+                sipp_done = trio.Event()
+
+                async def call() -> None:
+                    await run_sipp(
+                        UAC_SCENARIO,
+                        target=(LOOPBACK, sip_port),
+                        local_port=sipp_port,
+                        media_port=media_port,
+                        pcap=pcap,
+                        # Long enough for the reply to play out before BYE; the assertions
+                        # below wait on what arrives, not on this pause.
+                        pause_ms=CALLER_FRAMES * 20 + REPLY_MS + 2500,
+                    )
+                    sipp_done.set()
+
+                nursery.start_soon(call)
+
+                # The session opened at offer time; the caller's audio reaches it unchanged.
+                session = await server.wait_for_session(1)
+                assert session.headers["authorization"] == "Bearer test-key"
+                await session.wait_until(lambda s: len(s.audio_in) >= CALLER_FRAMES * 160)
+                assert bytes(session.audio_in) == b"".join(payloads)
+                call = next(iter(engine.calls.values()))
+                rtp_port = call.media.local_port
+
+                # The model's reply reaches sipp's RTP port, paced RTP from rtpai's port.
+                heard = bytearray()
+                packets = []
+                while reply_audio not in heard:
+                    datagram = await capture.receive()
+                    assert datagram.src == (LOOPBACK, rtp_port)
+                    packet = parse_rtp(datagram.payload)
+                    packets.append(packet)
+                    heard += packet.payload
+                assert len({p.ssrc for p in packets}) == 1
+                assert all(p.payload_type == 0 for p in packets)
+
+                await sipp_done.wait()
+
+            # BYE -> rtpengine_delete: the call is gone, its ports are free.
+            assert engine.calls == {}
+            assert engine.ports.in_use == 0
+            for port in (rtp_port, rtp_port + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    probe.bind((LOOPBACK, port))
+            assert engine.dispatcher.commands["delete"] == 1
+            await session.closed.wait()
+            nursery.cancel_scope.cancel()
