@@ -73,6 +73,9 @@ class Call:
         to_tag: str | None,
         media: CallMedia,
         answer_sdp: str,
+        branch: str = "",
+        profile: str | None = None,
+        sdp_origin: tuple[int, int] = (0, 1),
         sockets: tuple[socket.socket, socket.socket],
         settings: RealtimeSettings,
         release_ports: Callable[[], None],
@@ -80,10 +83,13 @@ class Call:
         send_silence: bool = True,
     ) -> None:
         self.call_id = call_id
+        self.branch = branch  # the offer's via-branch ("" when none: matches any)
         self.from_tag = from_tag
         self.to_tag = to_tag
+        self.profile = profile
         self.media = media
         self.answer_sdp = answer_sdp
+        self.sdp_origin = sdp_origin  # (o= session id, version) of our answer
         self.settings = settings
         self.state = CallState.OFFERED
         self.created = time.time()
@@ -123,6 +129,16 @@ class Call:
         if state not in _ALLOWED[self.state]:
             raise IllegalTransition(f"call {self.call_id}: {self.state.value} -> {state.value}")
         self.state = state
+
+    def update_media(self, media: CallMedia, answer_sdp: str) -> None:
+        """A re-INVITE changed the caller's side (hold, resume, new address): apply it.
+
+        The local port, codec and ptime stay; a new remote address in the SDP is the one
+        case where the latched address may change (anything else could be a hijack).
+        """
+        self.media = media
+        self.answer_sdp = answer_sdp
+        self.stream.retarget(media.remote, sending=media.sending)
 
     def end(self, reason: str) -> None:
         """End the call (idempotent); the first reason given is the one recorded."""

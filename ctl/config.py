@@ -170,12 +170,21 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+PROFILE_PREFIX = "openai:"
+
+
 @dataclass(frozen=True)
 class Config:
-    """Validated settings by section; ``explicit`` records which ones the user set."""
+    """Validated settings by section; ``explicit`` records which ones the user set.
+
+    ``profiles`` maps a profile name to its complete ``[openai]`` values: the section
+    ``[openai:NAME]`` layered over ``[openai]`` (file and environment). An ng offer selects
+    one with ``profile=NAME``, so a proxy can give each number its own voice and prompt.
+    """
 
     values: Mapping[str, Mapping[str, Any]]
     explicit: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self.values[section]
@@ -207,10 +216,53 @@ def _read_ini(path: str | None) -> configparser.ConfigParser:
     return parser
 
 
+def _check_known_keys(ini: configparser.ConfigParser) -> None:
+    """A misspelt key would silently keep its default: refuse it, naming the known ones."""
+    known: dict[str, set[str]] = {}
+    for setting in SETTINGS:
+        known.setdefault(setting.section, set()).update((setting.key, *setting.aliases))
+    for section in ini.sections():
+        base = "openai" if section.startswith(PROFILE_PREFIX) else section
+        if base not in known:
+            continue  # sections of other tools may share the file
+        for key in ini.options(section):
+            if key not in known[base]:
+                raise ConfigError(
+                    f"[{section}] {key}: unknown setting (known: {', '.join(sorted(known[base]))})"
+                )
+
+
+def _profiles(
+    ini: configparser.ConfigParser, base: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    openai_settings = [s for s in SETTINGS if s.section == "openai"]
+    profiles: dict[str, dict[str, Any]] = {}
+    for section in ini.sections():
+        if not section.startswith(PROFILE_PREFIX):
+            continue
+        name = section[len(PROFILE_PREFIX):].strip()
+        if not name:
+            raise ConfigError(f"[{section}]: a profile needs a name, e.g. [openai:sales]")
+        values = dict(base)
+        for setting in openai_settings:
+            for key in (setting.key, *setting.aliases):
+                if ini.has_option(section, key):
+                    raw = ini.get(section, key)
+                    try:
+                        values[setting.key] = setting.parse(raw)
+                    except ValueError as exc:
+                        shown = "" if setting.secret else f" (got {raw!r})"
+                        raise ConfigError(f"[{section}] {setting.key}: {exc}{shown}") from None
+                    break
+        profiles[name] = values
+    return profiles
+
+
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the INI file, overlay the environment, validate. Raises :class:`ConfigError`."""
     environ = os.environ if environ is None else environ
     ini = _read_ini(path)
+    _check_known_keys(ini)
     values: dict[str, dict[str, Any]] = {}
     explicit: set[tuple[str, str]] = set()
     for setting in SETTINGS:
@@ -251,4 +303,6 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
             rtp["ip"] = ip_address(rtp["ip"])
         except ValueError as exc:
             raise ConfigError(f"[rtp] ip / RTP_IP: {exc} (got {rtp['ip']!r})") from None
-    return Config(values=values, explicit=frozenset(explicit))
+    return Config(
+        values=values, explicit=frozenset(explicit), profiles=_profiles(ini, values["openai"])
+    )

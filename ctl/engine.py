@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import secrets
@@ -21,8 +22,10 @@ from ctl.ng import (
     NgError,
     NgLoadLimit,
     NgRequest,
+    canonical_name,
 )
 from ctl.ng_server import Dispatcher, serve_ng
+from ctl.registry import CallRegistry
 from media import sdp
 from media.ports import PortPairAllocator, PortsExhausted
 from media.stream import bind_pair
@@ -37,6 +40,33 @@ HOUSEKEEPING_INTERVAL = 30.0
 # Binding retries when another process holds a port of our range.
 BIND_ATTEMPTS = 16
 
+# Commands the proxy modules can send that an AI endpoint does not implement: each gets a
+# clear error (never silence, which would make the module retransmit and then disable us).
+UNSUPPORTED_COMMANDS = (
+    "play media", "stop media", "play DTMF", "block DTMF", "unblock DTMF", "block media",
+    "unblock media", "silence media", "unsilence media", "start recording", "stop recording",
+    "pause recording", "start forwarding", "stop forwarding",
+)
+G711 = ("PCMU", "PCMA")
+
+
+def codec_exclusions(request: NgRequest) -> set[str]:
+    """Codecs the proxy stripped or masked: Kamailio sends ``codec: {strip: [X]}``, OpenSIPS
+    the flag ``codec-strip-X``. For an endpoint, masking a codec means the same: not ours."""
+    excluded: set[str] = set()
+    codec = request.get("codec")
+    if isinstance(codec, dict):
+        for key in ("strip", "mask"):
+            value = codec.get(key) or []
+            excluded.update(str(v).upper() for v in ([value] if isinstance(value, str) else value))
+    for flag in request.flags:
+        for prefix in ("codec-strip-", "codec-mask-"):
+            if flag.startswith(prefix):
+                excluded.add(flag[len(prefix):].upper())
+    if "ALL" in excluded:
+        excluded.update(G711)
+    return excluded
+
 
 class Engine:
     """Owns the calls. ``run`` opens the engine nursery and serves ng until cancelled."""
@@ -45,10 +75,15 @@ class Engine:
         self.config = config
         rtp = config["rtp"]
         self.ports = PortPairAllocator(rtp["min_port"], rtp["max_port"])
+        temperature_set = config.is_set("openai", "temperature")
         self.settings = RealtimeSettings.from_config(
-            config["openai"], temperature_set=config.is_set("openai", "temperature")
+            config["openai"], temperature_set=temperature_set
         )
-        self.calls: dict[str, Call] = {}
+        self.profiles = {
+            name: RealtimeSettings.from_config(values, temperature_set=temperature_set)
+            for name, values in config.profiles.items()
+        }
+        self.calls: CallRegistry[Call] = CallRegistry()
         self.started = time.time()
         self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0}
         self.dispatcher = Dispatcher(
@@ -60,6 +95,7 @@ class Engine:
                 "query": self.query,
                 "list": self.list_calls,
                 "statistics": self.statistics,
+                **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
             }
         )
         self._calls_nursery: trio.Nursery | None = None
@@ -84,9 +120,9 @@ class Engine:
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
             now = time.time()
-            for call_id, call in list(self.calls.items()):
+            for call in list(self.calls):
                 if call.state is CallState.ENDED and now - call.last_signal > ENDED_CALL_LINGER:
-                    del self.calls[call_id]
+                    self.calls.remove(call)
 
     # --- ng handlers --------------------------------------------------------------------------
 
@@ -97,58 +133,47 @@ class Engine:
         call_id = request.require("call-id", REASON_NO_CALL_ID)
         from_tag = request.require("from-tag", REASON_NO_FROM_TAG)
         offer_sdp = request.require("sdp", REASON_NO_SDP)
-        existing = self.calls.get(call_id)
-        if existing is not None and existing.state is not CallState.ENDED:
-            # A re-INVITE or a retransmit with a new cookie: the call keeps its ports.
-            existing.last_signal = time.time()
-            return {"sdp": existing.answer_sdp}
-        refusal = self.settings.refusal_reason()
+        branch = request.text("via-branch") or ""
+        to_tag = request.text("to-tag")
+        existing = self.calls.for_offer(call_id, branch=branch, from_tag=from_tag, to_tag=to_tag)
+        if existing is not None and existing.state is CallState.ENDED:
+            self.calls.remove(existing)  # timed out or failed: a new offer starts afresh
+            existing = None
+        if existing is not None:
+            return self._reoffer(existing, request, offer_sdp)
+
+        settings = self._settings_for(request)
+        refusal = settings.refusal_reason()
         if refusal:
             raise NgError(refusal)
         max_sessions = self.config["ng"]["max_sessions"]
         if max_sessions and self.active_calls() >= max_sessions:
             raise NgLoadLimit()
-        try:
-            offer = sdp.parse_sdp(offer_sdp)
-            negotiated = sdp.negotiate(offer)
-        except sdp.SdpError as exc:
-            raise NgError(exc.reason) from None
+        offer, negotiated = self._negotiate(offer_sdp, request)
 
         rtp_port, sockets = self._bind_port_pair()
         rtp_config = self.config["rtp"]
         advertised = rtp_config["ip"]
+        session_id = secrets.randbelow(2**31)
         try:
             answer_sdp = sdp.build_answer(
-                offer,
-                negotiated,
-                local_address=advertised,
-                local_port=rtp_port,
-                session_id=secrets.randbelow(2**31),
-                session_version=1,
+                offer, negotiated, local_address=advertised, local_port=rtp_port,
+                session_id=session_id, session_version=1,
             )
-            remote = None
-            if negotiated.remote_address and not negotiated.on_hold:
-                remote = (negotiated.remote_address, negotiated.remote_port)
-            media = CallMedia(
-                codec=negotiated.codec.encoding,
-                payload_type=negotiated.codec.payload_type,
-                ptime_ms=negotiated.ptime,
-                protocol=offer.media[negotiated.media_index].protocol,
-                local_address=advertised,
-                local_port=rtp_port,
-                remote=remote,
-                sending=not negotiated.on_hold,
-            )
+            media = self._call_media(negotiated, advertised, rtp_port)
             call = Call(
                 call_id=call_id,
+                branch=branch,
                 from_tag=from_tag,
-                to_tag=request.text("to-tag"),
+                to_tag=to_tag,
+                profile=request.text("profile"),
                 media=media,
                 answer_sdp=answer_sdp,
                 sockets=sockets,
-                settings=self.settings,
+                settings=settings,
                 release_ports=lambda: self.ports.release(rtp_port),
                 media_timeout=rtp_config["timeout"],
+                sdp_origin=(session_id, 1),
             )
         except BaseException:
             for sock in sockets:
@@ -158,12 +183,92 @@ class Engine:
         assert self._calls_nursery is not None
         # From here the call's own task closes its sockets and releases its ports.
         await self._calls_nursery.start(call.run)
-        self.calls[call_id] = call
+        self.calls.add(call)
         self.totals["calls"] += 1
         log.info(
             "call %s: offer from-tag %s, %s/%d ms, local port %d, remote %s",
-            call_id, from_tag, media.codec, media.ptime_ms, rtp_port, remote,
+            call_id, from_tag, media.codec, media.ptime_ms, rtp_port, media.remote,
         )
+        return {"sdp": answer_sdp}
+
+    def _settings_for(self, request: NgRequest) -> RealtimeSettings:
+        """``profile=NAME`` (a custom key from the proxy script) picks ``[openai:NAME]``."""
+        profile = request.text("profile")
+        if not profile:
+            return self.settings
+        try:
+            return self.profiles[profile]
+        except KeyError:
+            raise NgError(f"Unknown profile '{profile}'") from None
+
+    def _negotiate(self, offer_sdp: str, request: NgRequest, keep_codec: str | None = None):
+        excluded = codec_exclusions(request)
+        allowed = [c for c in G711 if c not in excluded]
+        if keep_codec is not None:
+            # A re-INVITE keeps the call's codec (RFC 3264 s.8.3.2 lets the answerer stay with
+            # it): the AI session's audio format is fixed for the call.
+            allowed = [keep_codec] if keep_codec in allowed else []
+        if not allowed:
+            raise NgError("No common codec")
+        try:
+            offer = sdp.parse_sdp(offer_sdp)
+            # None lets the offer's order choose between PCMU and PCMA (what the caller prefers).
+            preference = None if len(allowed) == len(G711) else allowed
+            return offer, sdp.negotiate(offer, preference)
+        except sdp.SdpError as exc:
+            raise NgError(exc.reason) from None
+
+    @staticmethod
+    def _call_media(negotiated, advertised: str, rtp_port: int) -> CallMedia:
+        # c=0.0.0.0 (RFC 2543 hold) gives no address; a=sendonly hold keeps it, silent.
+        remote = None
+        if negotiated.remote_address:
+            remote = (negotiated.remote_address, negotiated.remote_port)
+        return CallMedia(
+            codec=negotiated.codec.encoding,
+            payload_type=negotiated.codec.payload_type,
+            ptime_ms=negotiated.ptime,
+            protocol=negotiated.protocol,
+            local_address=advertised,
+            local_port=rtp_port,
+            remote=remote,
+            sending=not negotiated.on_hold,
+        )
+
+    def _reoffer(self, call: Call, request: NgRequest, offer_sdp: str) -> dict[str, Any]:
+        """A re-INVITE (hold, resume, new address): same ports, codec and ptime.
+
+        The answer's o= version goes up only when the answer itself changes (RFC 3264 s.8).
+        """
+        call.last_signal = time.time()
+        try:
+            offer, negotiated = self._negotiate(offer_sdp, request, keep_codec=call.media.codec)
+        except NgError as exc:
+            if exc.reason != "No common codec":
+                raise
+            raise NgError(
+                f"No common codec: the call uses {call.media.codec}, and a codec change "
+                "mid-call is not supported"
+            ) from None
+        negotiated = dataclasses.replace(negotiated, ptime=call.media.ptime_ms)
+        session_id, version = call.sdp_origin
+        local = call.media.local_address, call.media.local_port
+
+        def answer(at_version: int) -> str:
+            return sdp.build_answer(
+                offer, negotiated, local_address=local[0], local_port=local[1],
+                session_id=session_id, session_version=at_version,
+            )
+
+        answer_sdp = answer(version)
+        if _without_origin(answer_sdp) != _without_origin(call.answer_sdp):
+            version += 1
+            answer_sdp = answer(version)
+            call.sdp_origin = (session_id, version)
+        media = self._call_media(negotiated, local[0], local[1])
+        call.update_media(media, answer_sdp)
+        log.info("call %s: re-offer, remote %s, %s", call.call_id, media.remote,
+                 "sending" if media.sending else "on hold")
         return {"sdp": answer_sdp}
 
     def _bind_port_pair(self):
@@ -182,31 +287,60 @@ class Engine:
                     raise NgError(f"Cannot bind RTP port: {exc.strerror}") from None
         raise NgError(REASON_NO_PORTS)
 
-    def _known_call(self, request: NgRequest) -> Call:
+    def _select(self, request: NgRequest) -> list[Call]:
         call_id = request.require("call-id", REASON_NO_CALL_ID)
-        call = self.calls.get(call_id)
-        if call is None:
+        return self.calls.select(
+            call_id,
+            branch=request.text("via-branch"),
+            from_tag=request.text("from-tag"),
+            to_tag=request.text("to-tag"),
+        )
+
+    def _known_call(self, request: NgRequest) -> Call:
+        calls = self._select(request)
+        if not calls:
             raise NgError(REASON_UNKNOWN_CALL)
-        return call
+        return calls[0]
 
     async def answer(self, request: NgRequest) -> dict[str, Any]:
+        """The callee's answer: we are the callee, so the current answer SDP is the reply."""
+        request.require("from-tag", REASON_NO_FROM_TAG)
         call = self._known_call(request)
         call.last_signal = time.time()
+        if call.to_tag is None:
+            call.to_tag = request.text("to-tag")  # learn our side's tag from the 2xx
         return {"sdp": call.answer_sdp}
 
     async def delete(self, request: NgRequest) -> dict[str, Any]:
-        call_id = request.require("call-id", REASON_NO_CALL_ID)
-        call = self.calls.get(call_id)
-        if call is None:
+        calls = self._select(request)
+        if not calls:
             if "fatal" in request.flags:
                 raise NgError(REASON_UNKNOWN_CALL)
             return {"warning": "Call-ID not found or tags didn't match"}
-        call.last_signal = time.time()
-        call.end("deleted by the proxy")
+        delay = request.integer("delete-delay", 0) or 0
+        for call in calls:
+            call.last_signal = time.time()
+        if delay > 0:
+            # rtpengine keeps a deleted call for the delay (late retransmits, queries);
+            # the statistics are those of now.
+            assert self._calls_nursery is not None
+            for call in calls:
+                self._calls_nursery.start_soon(self._delete_later, call, delay)
+            return calls[0].statistics()
+        for call in calls:
+            await self._end_and_forget(call, "deleted by the proxy")
+        return calls[0].statistics()
+
+    async def _end_and_forget(self, call: Call, reason: str) -> None:
+        call.end(reason)
         await call.ended.wait()
-        del self.calls[call_id]
-        self._count_end(call)
-        return call.statistics()
+        if call.state is CallState.ENDED and call in list(self.calls):
+            self.calls.remove(call)
+            self._count_end(call)
+
+    async def _delete_later(self, call: Call, delay: float) -> None:
+        await trio.sleep(delay)
+        await self._end_and_forget(call, f"deleted by the proxy (after {delay:g} s delay)")
 
     def _count_end(self, call: Call) -> None:
         self.totals["ended"] += 1
@@ -220,11 +354,14 @@ class Engine:
         return self._known_call(request).statistics()
 
     async def list_calls(self, request: NgRequest) -> dict[str, Any]:
-        limit = request.integer("limit", 32)
-        return {"calls": list(self.calls)[: max(limit or 0, 0)]}
+        limit = request.integer("limit", 32) or 0
+        return {"calls": self.calls.call_ids()[: max(limit, 0)]}
+
+    async def unsupported(self, request: NgRequest) -> dict[str, Any]:
+        raise NgError(f"Command not supported by rtpai (an AI endpoint): {request.command}")
 
     def active_calls(self) -> int:
-        return sum(1 for call in self.calls.values() if call.state is not CallState.ENDED)
+        return sum(1 for call in self.calls if call.state is not CallState.ENDED)
 
     async def statistics(self, request: NgRequest) -> dict[str, Any]:
         return {
@@ -249,3 +386,8 @@ class Engine:
                 },
             }
         }
+
+
+def _without_origin(answer_sdp: str) -> str:
+    """The answer minus its o= line, to tell whether a re-offer changed anything."""
+    return "\n".join(line for line in answer_sdp.splitlines() if not line.startswith("o="))

@@ -103,6 +103,16 @@ class MediaStream:
         self.packetizer = RtpPacketizer(payload_type)
         self._timeout_scope: trio.CancelScope | None = None
 
+    def retarget(self, remote: tuple[str, int] | None, *, sending: bool) -> None:
+        """Apply a new SDP: a changed remote address allows one new latch, to anyone.
+
+        Only signalling (the proxy's re-INVITE) may move the stream; stray packets never do.
+        """
+        self.sending = sending
+        if remote is not None and remote != self.remote:
+            self.remote = remote
+            self.latched = None
+
     # --- receive ------------------------------------------------------------------------------
 
     async def receive_rtp(self) -> None:

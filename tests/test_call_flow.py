@@ -133,7 +133,7 @@ async def test_failing_ai_session_ends_that_call_only():
                     "offer", **{"call-id": "bad", "from-tag": "f", "sdp": caller.sdp_offer()}
                 )
                 assert reply["result"] == "ok"
-                call = engine.calls["bad"]
+                (call,) = engine.calls.select("bad")
                 await call.ended.wait()
                 assert call.end_reason.startswith("AI session failed")
                 assert "a-wrong-key" not in call.end_reason

@@ -94,7 +94,7 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
                 assert session.headers["authorization"] == "Bearer test-key"
                 await session.wait_until(lambda s: len(s.audio_in) >= CALLER_FRAMES * 160)
                 assert bytes(session.audio_in) == b"".join(payloads)
-                call = next(iter(engine.calls.values()))
+                call = next(iter(engine.calls))
                 rtp_port = call.media.local_port
 
                 # The model's reply reaches sipp's RTP port, paced RTP from rtpai's port.
@@ -112,7 +112,7 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
                 await sipp_done.wait()
 
             # BYE -> rtpengine_delete: the call is gone, its ports are free.
-            assert engine.calls == {}
+            assert len(engine.calls) == 0
             assert engine.ports.in_use == 0
             for port in (rtp_port, rtp_port + 1):
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

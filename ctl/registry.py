@@ -1,0 +1,92 @@
+"""The call registry: which Call an ng command means.
+
+A call-id can hold several calls: rtpengine treats offers with different ``via-branch`` values
+as forks of one call, and so do we. Tags name the parties: a ``from-tag`` (or ``to-tag``) in a
+command matches a call whether it names the caller or our side, since a BYE can come from
+either party. A call created without a via-branch matches any branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
+
+
+class Tagged(Protocol):
+    call_id: str
+    branch: str
+    from_tag: str
+    to_tag: str | None
+
+
+def _names_a_party(call: Tagged, tag: str | None) -> bool:
+    return tag is None or tag in (call.from_tag, call.to_tag)
+
+
+C = TypeVar("C", bound=Tagged)
+
+
+class CallRegistry(Generic[C]):
+    """Calls by call-id, then by via-branch; insertion-ordered (``list`` shows oldest first)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, dict[str, C]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(branches) for branches in self._calls.values())
+
+    def __iter__(self) -> Iterator[C]:
+        for branches in self._calls.values():
+            yield from branches.values()
+
+    def call_ids(self) -> list[str]:
+        return list(self._calls)
+
+    def add(self, call: C) -> None:
+        self._calls.setdefault(call.call_id, {})[call.branch] = call
+
+    def remove(self, call: C) -> None:
+        branches = self._calls.get(call.call_id)
+        if branches and branches.get(call.branch) is call:
+            del branches[call.branch]
+            if not branches:
+                del self._calls[call.call_id]
+
+    def select(
+        self,
+        call_id: str,
+        *,
+        branch: str | None = None,
+        from_tag: str | None = None,
+        to_tag: str | None = None,
+    ) -> list[C]:
+        """Every call of ``call_id`` that the branch and tags (when given) point at."""
+        found = []
+        for call in self._calls.get(call_id, {}).values():
+            if branch and call.branch and call.branch != branch:
+                continue
+            # A call whose To-tag we never learnt (no to-tag in the offer) matches any to-tag.
+            to_matches = call.to_tag is None or _names_a_party(call, to_tag)
+            if _names_a_party(call, from_tag) and to_matches:
+                found.append(call)
+        return found
+
+    def for_offer(
+        self, call_id: str, *, branch: str | None, from_tag: str, to_tag: str | None
+    ) -> C | None:
+        """The call a repeated offer updates (a re-INVITE), or None for a new call (or fork).
+
+        In-dialog re-INVITEs carry a new Via branch but our To-tag; a fork carries the same
+        from-tag under a new via-branch and no To-tag of ours.
+        """
+        branches = self._calls.get(call_id, {})
+        if branch and branch in branches:
+            return branches[branch]
+        for call in branches.values():
+            if to_tag and call.to_tag == to_tag and from_tag in (call.from_tag, call.to_tag):
+                return call
+        if not branch:
+            for call in branches.values():
+                if from_tag in (call.from_tag, call.to_tag):
+                    return call
+        return None
