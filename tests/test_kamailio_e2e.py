@@ -16,9 +16,11 @@ import trio
 from ctl.config import load_config
 from ctl.engine import Engine
 from media.rtp import parse_rtp
+from media.sdp import parse_sdp
 from tests.fakes.realtime import FakeRealtimeServer, tone
 from tests.peers import (
     LOOPBACK,
+    UAC_HOLD_SCENARIO,
     UAC_SCENARIO,
     LoopbackCapture,
     require_root,
@@ -120,3 +122,58 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
             assert engine.dispatcher.commands["delete"] == 1
             await session.closed.wait()
             nursery.cancel_scope.cancel()
+
+
+async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
+    """sipp holds (a=sendonly) and resumes the call: one call, same port, the right answers.
+
+    sipp's scenario fails the call unless the 200 to the hold carries a=recvonly and the 200
+    to the resume a=sendrecv.
+    """
+    require_tool("kamailio")
+    require_tool("sipp")
+    require_root()
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, caller_payloads()[:10])
+    server = FakeRealtimeServer(respond_after_ms=None)
+    sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine = Engine(load_config(None, environ={
+                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "42100", "RTP_MAX_PORT": "42199",
+                "OPENAI_URL": url, "OPENAI_API_KEY": "test-key"}))
+            offers: list[tuple[dict, dict, int]] = []  # (request, reply, calls after it)
+            handle_offer = engine.dispatcher.handlers["offer"]
+
+            async def recording_offer(request):
+                reply = await handle_offer(request)
+                offers.append((dict(request.params), reply, len(engine.calls)))
+                return reply
+
+            engine.dispatcher.handlers["offer"] = recording_offer
+            ng_address = await nursery.start(engine.run)
+            async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
+                await run_sipp(
+                    UAC_HOLD_SCENARIO,
+                    target=(LOOPBACK, sip_port),
+                    local_port=sipp_port,
+                    media_port=media_port,
+                    pcap=pcap,
+                    pause_ms=400,
+                )
+            nursery.cancel_scope.cancel()
+
+    assert len(offers) == 3
+    ports = {parse_sdp(reply["sdp"]).media[0].port for _, reply, _ in offers}
+    assert len(ports) == 1  # the re-INVITEs kept the call's port
+    assert [calls for _, _, calls in offers] == [1, 1, 1]  # updated in place, never a new call
+    directions = [parse_sdp(reply["sdp"]).media[0].direction for _, reply, _ in offers]
+    assert directions == ["sendrecv", "recvonly", "sendrecv"]
+    versions = [int(parse_sdp(reply["sdp"]).origin.session_version) for _, reply, _ in offers]
+    assert versions == [1, 2, 3]
+    # Kamailio named the dialog with the To-tag rtpai got in the first offer.
+    first_to_tag = offers[0][0]["to-tag"]
+    assert all(request["to-tag"] == first_to_tag for request, _, _ in offers)
+    assert len(engine.calls) == 0 and engine.ports.in_use == 0

@@ -34,6 +34,7 @@ import trio
 HERE = Path(__file__).resolve().parent
 KAMAILIO_CFG = HERE / "kamailio.cfg"
 UAC_SCENARIO = HERE / "uac.xml"
+UAC_HOLD_SCENARIO = HERE / "uac_hold.xml"  # re-INVITE: hold, then resume
 GOLDEN = HERE / "golden"
 LOOPBACK = "127.0.0.1"
 
