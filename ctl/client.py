@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 from typing import Any
 
 from ctl.config import host_port
@@ -47,6 +48,74 @@ def send_command(
     raise NgClientError(f"no reply from {address[0]}:{address[1]}")
 
 
+def _endpoint(stream: dict[str, Any]) -> str:
+    endpoint = stream.get("endpoint") or {}
+    return f"{endpoint['address']}:{endpoint['port']}" if endpoint.get("address") else "-"
+
+
+def _first_stream(reply: dict[str, Any]) -> dict[str, Any]:
+    for tag in (reply.get("tags") or {}).values():
+        for media in tag.get("medias") or []:
+            for stream in media.get("streams") or []:
+                return stream
+    return {}
+
+
+def format_sessions(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """A table of calls, one line each, as ``rtpengine-ctl list sessions`` shows them."""
+    header = ("CALL-ID", "STATE", "AGE", "CODEC", "LOCAL", "REMOTE", "IN", "OUT", "AI")
+    lines = [header]
+    now = time.time()
+    for call_id, reply in rows:
+        if reply.get("result") != "ok":
+            lines.append((call_id, "gone", "-", "-", "-", "-", "-", "-", "-"))
+            continue
+        ours = reply.get("rtpai") or {}
+        stream = _first_stream(reply)
+        lines.append((
+            call_id,
+            str(ours.get("state", "?")),
+            f"{now - int(reply.get('created', now)):.0f}s",
+            f"{ours.get('codec', '?')}/{ours.get('ptime', '?')}ms",
+            str(stream.get("local port", "-")),
+            _endpoint(stream),
+            str((ours.get("rtp in") or {}).get("packets", 0)),
+            str((ours.get("rtp out") or {}).get("packets", 0)),
+            str((ours.get("ai") or {}).get("state", "-")),
+        ))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    )
+
+
+def format_query(call_id: str, reply: dict[str, Any]) -> str:
+    """One call, readable: media, counters, the AI session, usage and transcript."""
+    ours = reply.get("rtpai") or {}
+    ai = ours.get("ai") or {}
+    stream = _first_stream(reply)
+    totals = reply.get("totals") or {}
+    usage = ai.get("usage") or {}
+    lines = [
+        f"call {call_id}: {ours.get('state')}"
+        + (f" ({ours['end reason']})" if ours.get("end reason") else ""),
+        f"  media    {ours.get('codec')}/{ours.get('ptime')} ms, local "
+        f"{stream.get('local address')}:{stream.get('local port')}, remote {_endpoint(stream)}",
+        f"  rtp in   {ours.get('rtp in')}",
+        f"  rtp out  {ours.get('rtp out')}",
+        f"  totals   RTP {totals.get('RTP')}  RTCP {totals.get('RTCP')}",
+        f"  dropped  {ours.get('dropped')}",
+        f"  ai       {ai.get('state')} {ai.get('model')} ({ai.get('dialect')}), "
+        f"{ai.get('responses', 0)} responses, {ai.get('barge-ins', 0)} barge-ins",
+        f"  usage    {usage.get('total_tokens', 0)} tokens "
+        f"(in {usage.get('input_tokens', 0)}, out {usage.get('output_tokens', 0)})",
+    ]
+    for line in ai.get("transcript") or []:
+        lines.append(f"  {line.get('role', '?'):>9}: {line.get('text', '')}")
+    return "\n".join(lines)
+
+
 def _read_sdp(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
@@ -64,9 +133,15 @@ def _print_reply(reply: dict[str, Any], args: argparse.Namespace) -> int:
         sys.stdout.write(reply.get("sdp", ""))
     elif args.command == "ping":
         print(reply["result"])
-    elif args.command == "list":
+    elif args.command == "list" and args.ids_only:
         for call_id in reply.get("calls", []):
             print(call_id)
+    elif args.command == "list":
+        rows = [(call_id, send_command(args.address, "query", {"call-id": call_id}))
+                for call_id in reply.get("calls", [])]
+        print(format_sessions(rows))
+    elif args.command == "query":
+        print(format_query(args.call_id, reply))
     else:
         if reply.get("warning"):
             print(f"warning: {reply['warning']}", file=sys.stderr)
@@ -95,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--to-tag")
     sub = commands.add_parser("list")
     sub.add_argument("--limit", type=int, default=32)
+    sub.add_argument("--ids-only", action="store_true", help="print call-ids only")
     commands.add_parser("statistics")
     args = parser.parse_args(argv)
 
@@ -107,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         params["limit"] = args.limit
     try:
-        reply = send_command(host_port(args.ng), args.command, params)
+        args.address = host_port(args.ng)
+        reply = send_command(args.address, args.command, params)
+        return _print_reply(reply, args)
     except (NgClientError, ValueError, OSError) as exc:
         print(f"rtpai-ctl: {exc}", file=sys.stderr)
         return 2
-    return _print_reply(reply, args)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,15 @@ async def test_daemon_and_ctl_ping_offer_delete(tmp_path):
                 assert answer.media[0].codecs[0].encoding == "PCMA"  # the offer's order
                 await server.wait_for_session(1)
 
-                listing = await ctl(ng, "list")
+                listing = await ctl(ng, "list", "--ids-only")
                 assert listing.stdout.split() == [b"cli-1"]
+                table = (await ctl(ng, "list")).stdout.decode().splitlines()
+                assert table[0].split()[:4] == ["CALL-ID", "STATE", "AGE", "CODEC"]
+                assert table[1].split()[0] == "cli-1" and "PCMA/20ms" in table[1]
+
+                summary = (await ctl(ng, "query", "--call-id", "cli-1")).stdout.decode()
+                assert summary.startswith("call cli-1: offered")
+                assert "PCMA/20 ms" in summary and "gpt-realtime-2.1 (ga)" in summary
 
                 deleted = await ctl(ng, "--json", "delete", "--call-id", "cli-1")
                 reply = json.loads(deleted.stdout)
