@@ -31,6 +31,15 @@ log = logging.getLogger("rtpai.ng")
 
 Handler = Callable[[NgRequest], Awaitable[dict[str, Any]]]
 
+# Keys the proxy modules send that rtpai reads or knowingly ignores (a relay's options: ICE,
+# DTLS, replace, ...). Anything else is logged at debug and ignored, as rtpengine does.
+KNOWN_KEYS = frozenset({
+    "command", "call-id", "from-tag", "to-tag", "via-branch", "sdp", "flags", "supports",
+    "received-from", "delete-delay", "profile", "limit", "codec", "replace", "direction",
+    "transport-protocol", "ICE", "DTLS", "SDES", "rtcp-mux", "label", "set-label", "address-family",
+    "media-address", "record-call", "metadata", "xmlrpc-callback", "interface",
+})
+
 # Kamailio reads replies of up to 256 KiB; a UDP datagram carries at most 65507 bytes over IPv4.
 MAX_DATAGRAM = 65535
 # Requests handled at once. Past this the receive loop waits: control-path back-pressure.
@@ -72,6 +81,10 @@ class Dispatcher:
             request = decode_request(body)
             as_json = request.is_json
             self.commands[request.command] += 1
+            if log.isEnabledFor(logging.DEBUG):
+                unknown = sorted(set(request.params) - KNOWN_KEYS)
+                if unknown:
+                    log.debug("ng: %s: ignoring keys %s", request.command, unknown)
             handler = self.handlers.get(request.command)
             if handler is None:
                 raise NgError(REASON_UNKNOWN_COMMAND)

@@ -160,3 +160,15 @@ async def test_dispatcher_routes_and_reports_errors():
 
 def test_encode_request_is_what_a_proxy_sends():
     assert encode_request(b"k", "ping") == b"k d7:command4:pinge"
+
+
+async def test_unknown_keys_are_ignored_and_logged_at_debug(caplog):
+    async def ping(request):
+        return {"result": "pong"}
+
+    dispatcher = Dispatcher({"ping": ping})
+    caplog.set_level("DEBUG", logger="rtpai.ng")
+    body = b"d7:command4:ping13:custom-thing1:xe"
+    reply, _ = await dispatcher.handle(b"k", body, ("h", 1), lambda: 0.0)
+    assert decode_reply(reply)[1] == {"result": "pong"}
+    assert "ignoring keys ['custom-thing']" in caplog.text
