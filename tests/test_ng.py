@@ -168,7 +168,7 @@ async def test_unknown_keys_are_ignored_and_logged_at_debug(caplog):
 
     dispatcher = Dispatcher({"ping": ping})
     caplog.set_level("DEBUG", logger="rtpai.ng")
-    body = b"d7:command4:ping13:custom-thing1:xe"
+    body = b"d7:command4:ping12:custom-thing1:xe"
     reply, _ = await dispatcher.handle(b"k", body, ("h", 1), lambda: 0.0)
     assert decode_reply(reply)[1] == {"result": "pong"}
     assert "ignoring keys ['custom-thing']" in caplog.text
