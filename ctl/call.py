@@ -76,6 +76,7 @@ class Call:
         branch: str = "",
         profile: str | None = None,
         sdp_origin: tuple[int, int] = (0, 1),
+        on_end: Callable[[Call, str, bool], None] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         settings: RealtimeSettings,
         release_ports: Callable[[], None],
@@ -97,6 +98,9 @@ class Call:
         self.end_reason: str | None = None
         self.ended = trio.Event()
         self._release_ports = release_ports
+        # Told when the call starts ending: (call, reason, whether the proxy must be told to
+        # hang up, i.e. the end did not come from the proxy itself).
+        self._on_end = on_end
         self._sockets = sockets
         self._scope = trio.CancelScope()
         audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
@@ -140,14 +144,20 @@ class Call:
         self.answer_sdp = answer_sdp
         self.stream.retarget(media.remote, sending=media.sending)
 
-    def end(self, reason: str) -> None:
-        """End the call (idempotent); the first reason given is the one recorded."""
+    def end(self, reason: str, *, tell_proxy: bool = True) -> None:
+        """End the call (idempotent); the first reason given is the one recorded.
+
+        ``tell_proxy`` is False when the proxy asked (delete): otherwise the caller is still
+        on the line and the proxy must send the BYE.
+        """
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
         self.end_reason = reason
         self._to(CallState.ENDING)
         log.info("call %s: ending (%s)", self.call_id, reason)
         self._scope.cancel()
+        if self._on_end is not None:
+            self._on_end(self, reason, tell_proxy)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the call's tasks until it ends; always release its sockets and ports."""

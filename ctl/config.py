@@ -107,6 +107,15 @@ def optional_text(value: str) -> str | None:
     return value or None
 
 
+def optional_http_url(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
 def url(value: str) -> str:
     value = value.strip()
     if not value.startswith(("ws://", "wss://")):
@@ -165,6 +174,16 @@ SETTINGS: tuple[Setting, ...] = (
             float_range(0.0, 1.0)),
     Setting("openai", "turn_detection_prefix_ms", "OPENAI_TURN_DETECT_PREFIX_MS", "300",
             int_range(0, 10_000)),
+    Setting("ng", "shutdown_grace", "NG_SHUTDOWN_GRACE", "30", int_range(0, 3600),
+            help="on SIGTERM: seconds for calls to finish (new offers get 'load limit') before "
+                 "the rest are hung up through the proxy"),
+    Setting("proxy", "type", "PROXY_TYPE", "none",
+            one_of("none", "kamailio", "opensips", "webhook"),
+            help="how rtpai ends and transfers calls"),
+    Setting("proxy", "url", "PROXY_URL", None, optional_http_url,
+            help="the proxy's management URL (Kamailio JSON-RPC, OpenSIPS MI) or the webhook"),
+    Setting("proxy", "timeout", "PROXY_TIMEOUT", "2", float_range(0.1, 60.0)),
+    Setting("proxy", "retries", "PROXY_RETRIES", "2", int_range(0, 10)),
     Setting("log", "level", "LOG_LEVEL", "info",
             one_of("debug", "info", "warning", "error", "critical")),
 )
@@ -285,6 +304,9 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
             raise ConfigError(f"{setting.label}: {exc}{shown}") from None
         values.setdefault(setting.section, {})[setting.key] = value
 
+    proxy = values["proxy"]
+    if proxy["type"] != "none" and not proxy["url"]:
+        raise ConfigError(f"[proxy] url / PROXY_URL: required with [proxy] type = {proxy['type']}")
     rtp = values["rtp"]
     if rtp["min_port"] > rtp["max_port"] - 1:
         raise ConfigError(

@@ -22,9 +22,19 @@ async def serve(engine: Engine) -> None:
             address = await nursery.start(engine.run)
             log.info("rtpai ready: ng on %s:%s", *address)
             async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
+                log.info("received %s: draining, then shutting down", signal.Signals(signum).name)
+                # A second signal during the drain stops at once.
+                nursery.start_soon(_cancel_on_next_signal, signals, nursery.cancel_scope)
+                await engine.drain(engine.config["ng"]["shutdown_grace"])
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _cancel_on_next_signal(signals, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.warning("received %s again: stopping now", signal.Signals(signum).name)
+        scope.cancel()
+        return
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from ctl.ng import (
     canonical_name,
 )
 from ctl.ng_server import Dispatcher, serve_ng
+from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import sdp
 from media.ports import PortPairAllocator, PortsExhausted
@@ -98,6 +99,11 @@ class Engine:
                 **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
             }
         )
+        proxy = config["proxy"]
+        self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
+                                   retries=proxy["retries"])
+        self.draining = False
+        self._notifications: set[trio.Event] = set()  # proxy requests under way
         self._calls_nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -147,7 +153,8 @@ class Engine:
         if refusal:
             raise NgError(refusal)
         max_sessions = self.config["ng"]["max_sessions"]
-        if max_sessions and self.active_calls() >= max_sessions:
+        if self.draining or (max_sessions and self.active_calls() >= max_sessions):
+            # Kamailio then tries the next engine of its set.
             raise NgLoadLimit()
         offer, negotiated = self._negotiate(offer_sdp, request)
 
@@ -174,6 +181,7 @@ class Engine:
                 release_ports=lambda: self.ports.release(rtp_port),
                 media_timeout=rtp_config["timeout"],
                 sdp_origin=(session_id, 1),
+                on_end=self._call_ending,
             )
         except BaseException:
             for sock in sockets:
@@ -331,8 +339,39 @@ class Engine:
             await self._end_and_forget(call, "deleted by the proxy")
         return calls[0].statistics()
 
+    def _call_ending(self, call: Call, reason: str, tell_proxy: bool) -> None:
+        """A call ends: unless the proxy asked, have the proxy hang the caller up."""
+        if tell_proxy and self._calls_nursery is not None:
+            event = ProxyEvent("hangup", call.call_id, call.from_tag, call.to_tag, reason)
+            done = trio.Event()
+            self._notifications.add(done)
+            self._calls_nursery.start_soon(self._notify_proxy, event, done)
+
+    async def _notify_proxy(self, event: ProxyEvent, done: trio.Event) -> None:
+        try:
+            await self.proxy.notify(event)
+        finally:
+            self._notifications.discard(done)
+            done.set()
+
+    async def drain(self, grace: float) -> None:
+        """Graceful shutdown: refuse new calls, let calls finish for ``grace`` seconds, then
+        hang up the rest through the proxy (and wait, bounded, for those requests)."""
+        self.draining = True
+        log.info("draining: %d calls, up to %g s", self.active_calls(), grace)
+        with trio.move_on_after(grace):
+            for call in list(self.calls):
+                await call.ended.wait()
+        for call in list(self.calls):
+            call.end("engine shutdown")
+        with trio.move_on_after(self.proxy.timeout * (1 + self.proxy.retries) + 1):
+            for call in list(self.calls):
+                await call.ended.wait()
+            for done in list(self._notifications):  # the hang-up requests, sent or given up
+                await done.wait()
+
     async def _end_and_forget(self, call: Call, reason: str) -> None:
-        call.end(reason)
+        call.end(reason, tell_proxy=False)
         await call.ended.wait()
         if call.state is CallState.ENDED and call in list(self.calls):
             self.calls.remove(call)

@@ -35,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 KAMAILIO_CFG = HERE / "kamailio.cfg"
 UAC_SCENARIO = HERE / "uac.xml"
 UAC_HOLD_SCENARIO = HERE / "uac_hold.xml"  # re-INVITE: hold, then resume
+UAC_WAIT_BYE_SCENARIO = HERE / "uac_wait_bye.xml"  # expects the proxy's BYE
+UAC_TRANSFER_SCENARIO = HERE / "uac_transfer.xml"  # expects a REFER to -key target
 GOLDEN = HERE / "golden"
 LOOPBACK = "127.0.0.1"
 

@@ -1,0 +1,205 @@
+"""Talking back to the SIP proxy: hang a call up, transfer it.
+
+The ng protocol has no callback, so rtpai calls the proxy's own management interface, as
+rtpengine does with its XML-RPC teardown of timed-out calls:
+
+- ``kamailio``: JSON-RPC over HTTP (jsonrpcs + xhttp). Hang-up is ``dlg.terminate_dlg
+  callid from_tag to_tag``; transfer is an HTTP GET to the config's ``/rtpai/transfer`` xhttp
+  route, which finds the dialog (``dlg_get``) and sends the caller a REFER (``dlg_refer``).
+- ``opensips``: MI over HTTP (mi_http, JSON-RPC): ``dlg_end_dlg`` with the dialog's Call-ID;
+  transfer is left to the webhook type (OpenSIPS has no MI command that sends a REFER).
+- ``webhook``: a JSON event ``{event, call_id, from_tag, to_tag, reason, target}`` POSTed to
+  any URL, for B2BUAs and call-control services.
+
+The request bodies are built by pure functions; :func:`http_request` is a small HTTP/1.1
+client over h11 (the sans-IO HTTP library trio-websocket already depends on, through wsproto).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import h11
+import trio
+
+log = logging.getLogger("rtpai.proxy")
+
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class ProxyError(Exception):
+    """The proxy could not be told; the message is safe to log."""
+
+
+@dataclass(frozen=True)
+class ProxyEvent:
+    event: str  # "hangup" or "transfer"
+    call_id: str
+    from_tag: str
+    to_tag: str | None
+    reason: str
+    target: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "call_id": self.call_id,
+            "from_tag": self.from_tag,
+            "to_tag": self.to_tag,
+            "reason": self.reason,
+            "target": self.target,
+        }
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    url: str
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+def _json_rpc(method: str, params: Any, request_id: int) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": request_id},
+                      separators=(",", ":")).encode()
+
+
+def build_request(kind: str, url: str, event: ProxyEvent, request_id: int = 1) -> HttpRequest:
+    """The HTTP request that makes proxy ``kind`` carry out ``event``.
+
+    Raises :class:`ProxyError` when the proxy cannot do it (e.g. no To-tag to name the dialog
+    with Kamailio, or a transfer through OpenSIPS's MI).
+    """
+    if kind == "webhook":
+        return HttpRequest("POST", url, json.dumps(event.as_dict()).encode())
+    if kind == "kamailio":
+        if not event.to_tag:
+            # dlg.terminate_dlg and dlg_get need all three identifiers; the proxy must pass
+            # its local To-tag in the offer (to-tag=$ltt(t)), see docs/kamailio.md.
+            raise ProxyError("no To-tag known for the call: pass to-tag=$ltt(t) in the offer")
+        if event.event == "hangup":
+            body = _json_rpc("dlg.terminate_dlg", [event.call_id, event.from_tag, event.to_tag],
+                             request_id)
+            return HttpRequest("POST", url, body)
+        base = url.split("?", 1)[0].rstrip("/")
+        if base.endswith("/RPC"):
+            base = base[: -len("/RPC")]
+        query = "&".join(
+            f"{name}={quote(value, safe='')}"
+            for name, value in (("callid", event.call_id), ("ftag", event.from_tag),
+                                ("ttag", event.to_tag), ("target", event.target or ""))
+        )
+        return HttpRequest("GET", f"{base}/rtpai/transfer?{query}")
+    if kind == "opensips":
+        if event.event != "hangup":
+            raise ProxyError("OpenSIPS's MI cannot send a REFER: use [proxy] type = webhook")
+        return HttpRequest("POST", url, _json_rpc("dlg_end_dlg", {"dialog_id": event.call_id},
+                                                  request_id))
+    raise ProxyError(f"unknown proxy type {kind!r}")
+
+
+def check_response(kind: str, status: int, body: bytes) -> None:
+    """Raise :class:`ProxyError` unless the proxy says it did it."""
+    if not 200 <= status < 300:
+        raise ProxyError(f"HTTP {status}: {body[:200].decode(errors='replace').strip()}")
+    if kind in ("kamailio", "opensips") and body.lstrip().startswith(b"{"):
+        reply = json.loads(body)
+        if isinstance(reply, dict) and reply.get("error"):
+            error = reply["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise ProxyError(f"JSON-RPC error: {message}")
+
+
+async def http_request(request: HttpRequest, *, timeout: float) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange (Connection: close), bounded by ``timeout`` seconds."""
+    parts = urlsplit(request.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProxyError(f"not an http(s) URL: {request.url}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection = h11.Connection(h11.CLIENT)
+    headers = [
+        ("Host", parts.netloc),
+        ("User-Agent", "rtpai"),
+        ("Connection", "close"),
+        ("Content-Length", str(len(request.body))),
+    ]
+    if request.body:
+        headers.append(("Content-Type", request.content_type))
+    with trio.fail_after(timeout):
+        stream: trio.abc.Stream = await trio.open_tcp_stream(parts.hostname, port)
+        if parts.scheme == "https":
+            stream = trio.SSLStream(stream, ssl.create_default_context(),
+                                    server_hostname=parts.hostname)
+        async with stream:
+            await stream.send_all(connection.send(h11.Request(
+                method=request.method, target=target, headers=headers)))
+            if request.body:
+                await stream.send_all(connection.send(h11.Data(data=request.body)))
+            await stream.send_all(connection.send(h11.EndOfMessage()))
+            status, body = 0, bytearray()
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await stream.receive_some(16384))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ProxyError("response too large")
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, bytes(body)
+
+
+class ProxyNotifier:
+    """Carries out hang-ups and transfers through the configured proxy, with retries."""
+
+    def __init__(self, kind: str, url: str | None, *, timeout: float = 2.0, retries: int = 2,
+                 retry_delay: float = 0.5) -> None:
+        self.kind = kind
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self._ids = 0
+        self.sent: list[ProxyEvent] = []  # what was carried out, for statistics and tests
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none" and bool(self.url)
+
+    async def notify(self, event: ProxyEvent) -> bool:
+        """Try up to ``1 + retries`` times; log and return False when the proxy cannot be told."""
+        if not self.enabled:
+            log.warning("call %s: cannot %s (%s): no [proxy] configured", event.call_id,
+                        event.event, event.reason)
+            return False
+        assert self.url is not None
+        self._ids += 1
+        try:
+            request = build_request(self.kind, self.url, event, self._ids)
+        except ProxyError as exc:
+            log.warning("call %s: cannot %s: %s", event.call_id, event.event, exc)
+            return False
+        for attempt in range(1 + self.retries):
+            try:
+                status, body = await http_request(request, timeout=self.timeout)
+                check_response(self.kind, status, body)
+            except (ProxyError, OSError, trio.TooSlowError, h11.ProtocolError, ValueError) as exc:
+                detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+                log.warning("call %s: %s through %s failed (attempt %d): %s", event.call_id,
+                            event.event, self.kind, attempt + 1, detail)
+                if attempt < self.retries:
+                    await trio.sleep(self.retry_delay * 2**attempt)
+                continue
+            log.info("call %s: %s through %s (%s)", event.call_id, event.event, self.kind,
+                     event.reason)
+            self.sent.append(event)
+            return True
+        return False

@@ -1,0 +1,93 @@
+"""rtpai ends and transfers calls through the real Kamailio (dialog + jsonrpcs + xhttp).
+
+The ng protocol has no callback: rtpai calls Kamailio's management interface, and sipp, the
+caller, must receive the BYE or the REFER (its scenarios fail otherwise).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from ctl.config import load_config
+from ctl.engine import Engine
+from ctl.proxy import ProxyEvent
+from tests.fakes.realtime import FakeRealtimeServer
+from tests.peers import (
+    LOOPBACK,
+    UAC_TRANSFER_SCENARIO,
+    UAC_WAIT_BYE_SCENARIO,
+    require_root,
+    require_tool,
+    run_sipp,
+    start_kamailio,
+    unused_media_port,
+    unused_port,
+    write_rtp_pcap,
+)
+
+pytestmark = pytest.mark.realpeers
+
+
+async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None):
+    """sipp -> Kamailio -> rtpai with [proxy] type = kamailio; returns the engine after it."""
+    require_tool("kamailio")
+    require_tool("sipp")
+    require_root()
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, [bytes([n]) * 160 for n in range(10)])
+    server = FakeRealtimeServer(respond_after_ms=None)
+    sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
+    http_port = unused_port(socket.SOCK_STREAM)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine = Engine(load_config(None, environ={
+                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "42200", "RTP_MAX_PORT": "42299",
+                "RTP_TIMEOUT": rtp_timeout, "OPENAI_URL": url, "OPENAI_API_KEY": "test-key",
+                "PROXY_TYPE": "kamailio", "PROXY_URL": f"http://127.0.0.1:{http_port}/RPC"}))
+            ng_address = await nursery.start(engine.run)
+            async with (
+                start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1],
+                               http_port=http_port),
+                trio.open_nursery() as call_nursery,
+            ):
+                call_nursery.start_soon(lambda: run_sipp(
+                    scenario, target=(LOOPBACK, sip_port), local_port=sipp_port,
+                    media_port=media_port, pcap=pcap))
+                if during_call is not None:
+                    await during_call(engine, server)
+            nursery.cancel_scope.cancel()
+    return engine
+
+
+async def test_media_timeout_makes_kamailio_send_bye_to_the_caller(tmp_path):
+    engine = await run_call(tmp_path, UAC_WAIT_BYE_SCENARIO, rtp_timeout="1")
+    # sipp got the BYE (its scenario passed); rtpai asked for it, for the right reason.
+    (event,) = engine.proxy.sent
+    assert event.event == "hangup" and event.reason.startswith("media timeout")
+    assert event.to_tag  # the To-tag Kamailio passed in the offer names the dialog
+    # Kamailio's BYE to the inner UAS deleted the call on rtpai.
+    assert len(engine.calls) == 0 and engine.ports.in_use == 0
+    assert engine.dispatcher.commands["delete"] == 1
+
+
+async def test_transfer_makes_kamailio_send_refer_to_the_caller(tmp_path):
+    async def transfer(engine, server):
+        session = await server.wait_for_session(1)
+        await session.wait_until(lambda s: len(s.audio_in) >= 160)  # media flows
+        (call,) = engine.calls
+        ok = await engine.proxy.notify(ProxyEvent(
+            "transfer", call.call_id, call.from_tag, call.to_tag, "caller asked for an agent",
+            target="sip:agent@127.0.0.1"))
+        assert ok
+        # Kamailio then releases the old dialog: its BYE to the inner UAS deletes the call.
+        await call.ended.wait()
+
+    engine = await run_call(tmp_path, UAC_TRANSFER_SCENARIO, rtp_timeout="60",
+                            during_call=transfer)
+    # sipp checked the Refer-To, answered 202 and got the BYE; the call is gone from rtpai.
+    assert [e.event for e in engine.proxy.sent] == ["transfer"]
+    assert len(engine.calls) == 0 and engine.dispatcher.commands["delete"] == 1

@@ -1,0 +1,129 @@
+"""Talking back to the proxy: request bodies, the HTTP client, retries, drain on shutdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from ctl.config import load_config
+from ctl.engine import Engine
+from ctl.proxy import ProxyError, ProxyEvent, ProxyNotifier, build_request, check_response
+from tests.fakes.caller import FakeCaller
+from tests.fakes.http import FakeHttpServer
+from tests.fakes.proxy import FakeProxy
+from tests.fakes.realtime import FakeRealtimeServer
+
+HANGUP = ProxyEvent("hangup", "c1@h", "ft", "tt", "media timeout (60 s without RTP)")
+TRANSFER = ProxyEvent("transfer", "c1@h", "ft", "tt", "caller asked", target="sip:a&b@h")
+
+
+def test_kamailio_hangup_is_dlg_terminate_dlg():
+    request = build_request("kamailio", "http://127.0.0.1:5080/RPC", HANGUP, 7)
+    assert request.method == "POST" and request.url == "http://127.0.0.1:5080/RPC"
+    assert json.loads(request.body) == {
+        "jsonrpc": "2.0", "method": "dlg.terminate_dlg", "params": ["c1@h", "ft", "tt"], "id": 7}
+
+
+def test_kamailio_transfer_is_the_xhttp_route_with_encoded_values():
+    request = build_request("kamailio", "http://127.0.0.1:5080/RPC", TRANSFER)
+    assert request.method == "GET"
+    assert request.url == ("http://127.0.0.1:5080/rtpai/transfer?callid=c1%40h&ftag=ft&ttag=tt"
+                           "&target=sip%3Aa%26b%40h")
+
+
+def test_kamailio_needs_the_to_tag():
+    with pytest.raises(ProxyError, match="to-tag"):
+        build_request("kamailio", "http://h/RPC", ProxyEvent("hangup", "c", "f", None, "r"))
+
+
+def test_opensips_hangup_and_no_transfer():
+    request = build_request("opensips", "http://127.0.0.1:8888/mi", HANGUP, 3)
+    assert json.loads(request.body) == {
+        "jsonrpc": "2.0", "method": "dlg_end_dlg", "params": {"dialog_id": "c1@h"}, "id": 3}
+    with pytest.raises(ProxyError, match="webhook"):
+        build_request("opensips", "http://127.0.0.1:8888/mi", TRANSFER)
+
+
+def test_webhook_body():
+    request = build_request("webhook", "https://example.invalid/hook", TRANSFER)
+    assert json.loads(request.body) == {
+        "event": "transfer", "call_id": "c1@h", "from_tag": "ft", "to_tag": "tt",
+        "reason": "caller asked", "target": "sip:a&b@h"}
+
+
+def test_json_rpc_errors_are_failures():
+    check_response("kamailio", 200, b'{"jsonrpc":"2.0","result":"ok","id":1}')
+    with pytest.raises(ProxyError, match="No such dialog"):
+        check_response("kamailio", 200, b'{"jsonrpc":"2.0","error":{"code":404,'
+                                         b'"message":"No such dialog"},"id":1}')
+    with pytest.raises(ProxyError, match="HTTP 500"):
+        check_response("webhook", 500, b"boom")
+
+
+async def test_notifier_retries_then_succeeds():
+    server = FakeHttpServer(statuses=[500, 503])
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(server.serve)
+        notifier = ProxyNotifier("webhook", f"{base}/hook", timeout=2, retries=2,
+                                 retry_delay=0.01)
+        assert await notifier.notify(HANGUP)
+        assert len(server.requests) == 3
+        last = server.requests[-1]
+        assert last.method == "POST" and last.target == "/hook"
+        assert last.headers["content-type"] == "application/json"
+        assert json.loads(last.body)["reason"].startswith("media timeout")
+        assert notifier.sent == [HANGUP]
+        nursery.cancel_scope.cancel()
+
+
+async def test_notifier_gives_up_after_its_retries():
+    server = FakeHttpServer(statuses=[500, 500, 500])
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(server.serve)
+        notifier = ProxyNotifier("webhook", base, timeout=2, retries=1, retry_delay=0.01)
+        assert not await notifier.notify(HANGUP)
+        assert len(server.requests) == 2 and notifier.sent == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_notifier_without_proxy_only_logs(caplog):
+    assert not await ProxyNotifier("none", None).notify(HANGUP)
+    assert "no [proxy] configured" in caplog.text
+
+
+async def test_drain_refuses_new_calls_then_hangs_up_the_rest():
+    http = FakeHttpServer()
+    realtime = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            hook = await nursery.start(http.serve)
+            url = await nursery.start(realtime.serve)
+            engine = Engine(load_config(None, environ={
+                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "45000", "RTP_MAX_PORT": "45099",
+                "OPENAI_URL": url, "OPENAI_API_KEY": "test-key", "PROXY_TYPE": "webhook",
+                "PROXY_URL": hook}))
+            address = await nursery.start(engine.run)
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(address) as proxy:
+                offer = {"from-tag": "ft", "to-tag": "tt", "sdp": caller.sdp_offer()}
+                assert (await proxy.command("offer", **{"call-id": "up"}, **offer))["result"] == "ok"
+                drained = trio.Event()
+
+                async def drain():
+                    await engine.drain(grace=0.2)
+                    drained.set()
+
+                nursery.start_soon(drain)
+                await trio.testing.wait_all_tasks_blocked()
+                refused = await proxy.command("offer", **{"call-id": "new"}, **offer,
+                                              supports=["load limit"])
+                assert refused["result"] == "load limit"
+                await drained.wait()
+            (request,) = http.requests
+            event = json.loads(request.body)
+            assert event["event"] == "hangup" and event["call_id"] == "up"
+            assert event["reason"] == "engine shutdown"
+            nursery.cancel_scope.cancel()
