@@ -204,32 +204,52 @@ class Call:
 
     # --- statistics (the shape of rtpengine's query reply) ------------------------------------
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self, *, parties: bool = True) -> dict[str, Any]:
+        """The query/delete reply: rtpengine 10.5's shape, plus rtpai's own ``rtpai`` key.
+
+        ``parties=False`` lists no party (rtpengine's answer when the tags name nobody).
+        """
         stats = self.stream.stats
         media = self.media
-        family = "IP6" if ":" in media.local_address else "IP4"
+        family = "IPv6" if ":" in media.local_address else "IPv4"
         remote = self.stream.remote
-        stream: dict[str, Any] = {
-            "local port": media.local_port,
-            "local address": media.local_address,
-            "family": family,
-            "endpoint": {"family": family, "address": remote[0], "port": remote[1]}
-            if remote
-            else {},
-            "advertised endpoint": {
+
+        def endpoint(address: tuple[str, int] | None) -> dict[str, Any]:
+            if address is None:
+                return {}
+            return {"family": family, "address": address[0], "port": address[1]}
+
+        def rtcp_of(address: tuple[str, int] | None) -> tuple[str, int] | None:
+            return (address[0], address[1] + 1) if address else None
+
+        last_packet = int(self._wall(stats.last_packet)) if stats.last_packet else 0
+        streams = [
+            {
+                "local port": media.local_port,
+                "local address": media.local_address,
                 "family": family,
-                "address": media.remote[0],
-                "port": media.remote[1],
-            }
-            if media.remote
-            else {},
-            "last packet": int(self._wall(stats.last_packet)) if stats.last_packet else 0,
-            "SSRC": stats.last_ssrc or 0,
-            "flags": ["RTP", "filled", "confirmed"] if self.stream.latched else ["RTP"],
-            "stats": stats.rtp_in.as_dict(),
-        }
-        tags: dict[str, Any] = {
-            self.from_tag: {
+                "endpoint": endpoint(remote),
+                "advertised endpoint": endpoint(media.remote),
+                "last packet": last_packet,
+                "SSRC": stats.last_ssrc or 0,
+                "flags": ["RTP", "filled", "confirmed"] if self.stream.latched else ["RTP"],
+                "stats": stats.rtp_in.as_dict(),
+            },
+            {
+                # RTCP on the odd port above (RFC 3550 s.11); its packets are counted.
+                "local port": media.local_port + 1,
+                "local address": media.local_address,
+                "family": family,
+                "endpoint": endpoint(rtcp_of(remote)),
+                "advertised endpoint": endpoint(rtcp_of(media.remote)),
+                "last packet": last_packet,
+                "flags": ["RTCP", "filled"] if stats.rtcp_in.packets else ["RTCP"],
+                "stats": stats.rtcp_in.as_dict(),
+            },
+        ]
+        tags: dict[str, Any] = {}
+        if parties:
+            tags[self.from_tag] = {
                 "tag": self.from_tag,
                 "created": int(self.created),
                 "medias": [
@@ -239,11 +259,10 @@ class Call:
                         "protocol": media.protocol,
                         "codec": f"{media.codec}/8000",
                         "flags": ["send", "recv"] if media.sending else ["recv"],
-                        "streams": [stream],
+                        "streams": streams,
                     }
                 ],
             }
-        }
         # Totals count what the engine received on all legs, as a relay's do: the caller's
         # RTP plus the AI's audio (which we packetize), so $rtpestat reads familiar numbers.
         totals_rtp = {
@@ -251,12 +270,19 @@ class Call:
             "bytes": stats.rtp_in.bytes + stats.rtp_out.bytes,
             "errors": stats.rtp_in.errors,
         }
+        empty = {"packets": 0, "bytes": 0, "errors": 0}
         return {
             "created": int(self.created),
             "created_us": int((self.created % 1) * 1_000_000),
             "last signal": int(self.last_signal),
             "tags": tags,
-            "totals": {"RTP": totals_rtp, "RTCP": stats.rtcp_in.as_dict()},
+            "totals": {
+                "RTP": totals_rtp if parties else empty,
+                "RTCP": stats.rtcp_in.as_dict() if parties else empty,
+            },
+            # Per-SSRC quality (MOS) from the caller's RTCP reports, as Kamailio's mos_*_pv
+            # read it; empty until reports are parsed.
+            "SSRC": {},
             "rtpai": self._rtpai_statistics(),
         }
 

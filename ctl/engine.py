@@ -14,10 +14,13 @@ import trio
 from ctl.call import Call, CallMedia, CallState
 from ctl.config import Config
 from ctl.ng import (
+    REASON_BAD_SDP,
     REASON_NO_CALL_ID,
     REASON_NO_FROM_TAG,
     REASON_NO_PORTS,
     REASON_NO_SDP,
+    REASON_NO_TO_TAG,
+    REASON_NOT_FOUND,
     REASON_UNKNOWN_CALL,
     NgError,
     NgLoadLimit,
@@ -220,8 +223,13 @@ class Engine:
             raise NgError("No common codec")
         try:
             offer = sdp.parse_sdp(offer_sdp)
-            # None lets the offer's order choose between PCMU and PCMA (what the caller prefers).
-            preference = None if len(allowed) == len(G711) else allowed
+        except sdp.SdpError as exc:
+            # rtpengine's reason, so the proxy's logs read the same; the detail goes to ours.
+            log.info("call %s: %s", request.text("call-id"), exc.reason)
+            raise NgError(REASON_BAD_SDP) from None
+        # None lets the offer's order choose between PCMU and PCMA (what the caller prefers).
+        preference = None if len(allowed) == len(G711) else allowed
+        try:
             return offer, sdp.negotiate(offer, preference)
         except sdp.SdpError as exc:
             raise NgError(exc.reason) from None
@@ -313,6 +321,7 @@ class Engine:
     async def answer(self, request: NgRequest) -> dict[str, Any]:
         """The callee's answer: we are the callee, so the current answer SDP is the reply."""
         request.require("from-tag", REASON_NO_FROM_TAG)
+        request.require("to-tag", REASON_NO_TO_TAG)
         call = self._known_call(request)
         call.last_signal = time.time()
         if call.to_tag is None:
@@ -323,8 +332,8 @@ class Engine:
         calls = self._select(request)
         if not calls:
             if "fatal" in request.flags:
-                raise NgError(REASON_UNKNOWN_CALL)
-            return {"warning": "Call-ID not found or tags didn't match"}
+                raise NgError(REASON_NOT_FOUND)
+            return {"warning": REASON_NOT_FOUND}
         delay = request.integer("delete-delay", 0) or 0
         for call in calls:
             call.last_signal = time.time()
@@ -390,7 +399,14 @@ class Engine:
             self.totals["ai failures"] += 1
 
     async def query(self, request: NgRequest) -> dict[str, Any]:
-        return self._known_call(request).statistics()
+        calls = self._select(request)
+        if calls:
+            return calls[0].statistics()
+        # As rtpengine: a known call-id with tags naming nobody lists no party.
+        others = self.calls.select(request.require("call-id", REASON_NO_CALL_ID))
+        if not others:
+            raise NgError(REASON_UNKNOWN_CALL)
+        return others[0].statistics(parties=False)
 
     async def list_calls(self, request: NgRequest) -> dict[str, Any]:
         limit = request.integer("limit", 32) or 0
@@ -423,6 +439,20 @@ class Engine:
                     "commands": dict(self.dispatcher.commands),
                     "errors": dict(self.dispatcher.errors),
                 },
+                "interfaces": [
+                    {
+                        "name": "default",
+                        "address": self.config["rtp"]["ip"],
+                        "ports": {
+                            "min": self.config["rtp"]["min_port"],
+                            "max": self.config["rtp"]["max_port"],
+                            "used": 2 * self.ports.in_use,
+                            "free": 2 * (self.ports.capacity - self.ports.in_use),
+                            "totals": 2 * self.ports.capacity,
+                            "used_pct": round(100 * self.ports.in_use / self.ports.capacity, 2),
+                        },
+                    }
+                ],
             }
         }
 

@@ -21,11 +21,15 @@ import bencode
 
 # rtpengine's own reason strings: the proxies and the people reading their logs know them.
 REASON_BAD_BENCODE = "Could not decode bencode dictionary"
+REASON_NOT_A_DICTIONARY = "Invalid NG data format"  # valid bencode, but not a dictionary
 REASON_NO_COMMAND = 'Dictionary contains no key "command"'
 REASON_UNKNOWN_COMMAND = "Unrecognized command"
 REASON_NO_CALL_ID = "No call-id in message"
 REASON_NO_FROM_TAG = "No from-tag in message"
+REASON_NO_TO_TAG = "No to-tag in message"
 REASON_NO_SDP = "No SDP body in message"
+REASON_BAD_SDP = "Failed to parse SDP"
+REASON_NOT_FOUND = "Call-ID not found or tags didn't match"
 REASON_UNKNOWN_CALL = "Unknown call-id"
 REASON_NO_PORTS = "Ran out of ports"
 REASON_SESSION_LIMIT = "Parallel session limit reached"
@@ -159,7 +163,7 @@ def decode_request(body: bytes) -> NgRequest:
     except Exception:
         raise NgError(REASON_BAD_BENCODE) from None
     if not isinstance(raw, Mapping):
-        raise NgError(REASON_BAD_BENCODE)
+        raise NgError(REASON_NOT_A_DICTIONARY)
     params = _text(raw)
     command = params.get("command")
     if not isinstance(command, str) or not command:

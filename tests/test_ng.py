@@ -63,7 +63,7 @@ def test_numbers_as_strings_and_lists_as_strings():
     "body, reason",
     [
         (b"garbage", "Could not decode bencode dictionary"),
-        (b"li1ee", "Could not decode bencode dictionary"),
+        (b"li1ee", "Invalid NG data format"),  # bencode, but not a dictionary
         (b"d3:fooi1ee", 'Dictionary contains no key "command"'),
         (b"{not json", "Could not decode bencode dictionary"),
     ],

@@ -111,8 +111,10 @@ async def test_answer_returns_the_current_sdp_or_unknown_call():
         offered = await proxy.command("offer", sdp=offer_sdp(), **ids())
         answered = await proxy.command("answer", sdp=offer_sdp(), **ids(**{"to-tag": "tt"}))
         assert answered["sdp"] == offered["sdp"]
-        unknown = await proxy.command("answer", sdp=offer_sdp(), **ids("nope"))
+        unknown = await proxy.command("answer", sdp=offer_sdp(), **ids("nope", **{"to-tag": "t"}))
         assert unknown == {"result": "error", "error-reason": "Unknown call-id"}
+        no_to_tag = await proxy.command("answer", sdp=offer_sdp(), **ids())
+        assert no_to_tag == {"result": "error", "error-reason": "No to-tag in message"}
 
 
 async def test_via_branches_are_separate_calls_under_one_call_id():
@@ -153,7 +155,8 @@ async def test_delete_unknown_call_or_tags_warns_and_fatal_errors():
         assert wrong_tag == {"result": "ok", "warning": "Call-ID not found or tags didn't match"}
         assert len(proxy.engine_obj.calls) == 1
         fatal = await proxy.command("delete", **{"call-id": "zz", "flags": ["fatal"]})
-        assert fatal == {"result": "error", "error-reason": "Unknown call-id"}
+        assert fatal == {"result": "error",
+                         "error-reason": "Call-ID not found or tags didn't match"}
         missing = await proxy.command("delete")
         assert missing == {"result": "error", "error-reason": "No call-id in message"}
 
