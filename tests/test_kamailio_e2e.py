@@ -4,6 +4,9 @@ sipp places a call and plays the caller's RTP from a pcap; Kamailio answers it w
 rtpai returns from ``offer``; rtpai streams the caller's audio to the fake Realtime server and
 the server's reply back to sipp's RTP port (seen on lo, byte for byte); BYE -> ``delete`` ends
 the call and frees its ports. Breaking rtpai's SDP, media or delete handling fails this test.
+
+The calls end on events, not on timers: the first waits for the whole reply to arrive and then
+has rtpai hang up through Kamailio (sipp expects that BYE); the second is sipp's own BYE.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from tests.fakes.realtime import FakeRealtimeServer, tone
 from tests.peers import (
     LOOPBACK,
     UAC_HOLD_SCENARIO,
-    UAC_SCENARIO,
+    UAC_WAIT_BYE_SCENARIO,
     LoopbackCapture,
     require_root,
     require_tool,
@@ -53,6 +56,7 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
     reply_audio = tone("pcmu", REPLY_MS, hz=440)
     server = FakeRealtimeServer(reply_audio=reply_audio, respond_after_ms=300, speed=0)
     sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
+    http_port = unused_port(socket.SOCK_STREAM)
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -66,26 +70,36 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
                         "RTP_MAX_PORT": "42099",
                         "OPENAI_URL": url,
                         "OPENAI_API_KEY": "test-key",
+                        "PROXY_TYPE": "kamailio",
+                        "PROXY_URL": f"http://127.0.0.1:{http_port}/RPC",
                     },
                 )
             )
+            deleted = trio.Event()
+            handle_delete = engine.dispatcher.handlers["delete"]
+
+            async def delete_and_tell(request):
+                reply = await handle_delete(request)
+                deleted.set()
+                return reply
+
+            engine.dispatcher.handlers["delete"] = delete_and_tell
             ng_address = await nursery.start(engine.run)  # the engine first: Kamailio pings it
             async with (
-                start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]),
+                start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1],
+                               http_port=http_port),
                 LoopbackCapture(media_port) as capture,
             ):
                 sipp_done = trio.Event()
 
                 async def call() -> None:
                     await run_sipp(
-                        UAC_SCENARIO,
+                        UAC_WAIT_BYE_SCENARIO,
                         target=(LOOPBACK, sip_port),
                         local_port=sipp_port,
                         media_port=media_port,
                         pcap=pcap,
-                        # Long enough for the reply to play out before BYE; the assertions
-                        # below wait on what arrives, not on this pause.
-                        pause_ms=CALLER_FRAMES * 20 + REPLY_MS + 2500,
+                        extra=("-recv_timeout", "30000"),  # it waits for the BYE below
                     )
                     sipp_done.set()
 
@@ -111,15 +125,17 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
                 assert len({p.ssrc for p in packets}) == 1
                 assert all(p.payload_type == 0 for p in packets)
 
+                # Done: rtpai ends the call; Kamailio BYEs sipp and deletes the call on rtpai.
+                call.end("test done")
                 await sipp_done.wait()
+                await deleted.wait()  # Kamailio's BYE to its inner UAS -> rtpengine_delete
 
-            # BYE -> rtpengine_delete: the call is gone, its ports are free.
+            assert engine.proxy.sent[0].reason == "test done"
             assert len(engine.calls) == 0
             assert engine.ports.in_use == 0
             for port in (rtp_port, rtp_port + 1):
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
                     probe.bind((LOOPBACK, port))
-            assert engine.dispatcher.commands["delete"] == 1
             await session.closed.wait()
             nursery.cancel_scope.cancel()
 
@@ -176,4 +192,6 @@ async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
     # Kamailio named the dialog with the To-tag rtpai got in the first offer.
     first_to_tag = offers[0][0]["to-tag"]
     assert all(request["to-tag"] == first_to_tag for request, _, _ in offers)
+    # sipp's BYE -> rtpengine_delete: the call is gone, its ports are free.
     assert len(engine.calls) == 0 and engine.ports.in_use == 0
+    assert engine.dispatcher.commands["delete"] == 1
