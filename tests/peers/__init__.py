@@ -466,6 +466,9 @@ def parse_loopback_frame(frame: bytes) -> UdpDatagram | None:
     )
 
 
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not name it
+
+
 class LoopbackCapture:
     """UDP datagrams to `port` as they cross `lo`, whoever sends or receives them.
 
@@ -487,7 +490,13 @@ class LoopbackCapture:
         require_root()
         sock = trio.socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
+            # A raw socket on lo sees every packet of the test (both copies of each), and
+            # SO_RCVBUF is capped by net.core.rmem_max (~208 KiB): the early packets were
+            # dropped before the test read them. Root may go past the cap.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self._rcvbuf)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
             await sock.bind((self.interface, 0))
         except BaseException:
             sock.close()
