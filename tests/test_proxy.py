@@ -127,3 +127,28 @@ async def test_drain_refuses_new_calls_then_hangs_up_the_rest():
             assert event["event"] == "hangup" and event["call_id"] == "up"
             assert event["reason"] == "engine shutdown"
             nursery.cancel_scope.cancel()
+
+
+async def test_without_a_to_tag_rtpai_says_why_it_cannot_hang_up(caplog):
+    """Kamailio needs all three dialog ids; without to-tag=$ltt(t) rtpai ends its side only."""
+    realtime = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(realtime.serve)
+            engine = Engine(load_config(None, environ={
+                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "45100", "RTP_MAX_PORT": "45199",
+                "RTP_TIMEOUT": "1", "OPENAI_URL": url, "OPENAI_API_KEY": "test-key",
+                "PROXY_TYPE": "kamailio", "PROXY_URL": "http://127.0.0.1:9/RPC"}))
+            address = await nursery.start(engine.run)
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(address) as proxy:
+                await proxy.command("offer", **{"call-id": "c", "from-tag": "ft",
+                                                "sdp": caller.sdp_offer()})
+                (call,) = engine.calls
+                await call.ended.wait()  # no RTP at all: the media timeout
+                await trio.testing.wait_all_tasks_blocked()
+            assert call.end_reason.startswith("media timeout")
+            assert "cannot hangup: no To-tag known for the call" in caplog.text
+            assert engine.ports.in_use == 0
+            nursery.cancel_scope.cancel()
