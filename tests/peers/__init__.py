@@ -472,27 +472,33 @@ _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does no
 class LoopbackCapture:
     """UDP datagrams to `port` as they cross `lo`, whoever sends or receives them.
 
-    A raw AF_PACKET socket (root) bound to lo; the kernel queues what it sees
-    from `__aenter__` on, so open it before the traffic starts:
+    A raw AF_PACKET socket (root) bound to lo, read from `__aenter__` on by a task of its
+    own, so open it before the traffic starts:
 
         async with LoopbackCapture(media_port) as capture:
             ...
             datagram = await capture.receive()   # UdpDatagram(src, dst, payload)
+
+    The raw socket sees every packet on lo (twice: out and in), WebSocket and SIP included.
+    Left unread while a test waits for something else, its kernel buffer filled and the
+    kernel dropped what came next, our RTP too: so a reader drains it continuously and keeps
+    the datagrams to `port`, in a channel bounded at `keep` datagrams.
     """
 
-    def __init__(self, port: int, *, interface: str = "lo", rcvbuf: int = 4 << 20) -> None:
+    def __init__(self, port: int, *, interface: str = "lo", rcvbuf: int = 16 << 20,
+                 keep: int = 100_000) -> None:
         self.port = port
         self.interface = interface
         self._rcvbuf = rcvbuf
-        self._sock: trio.socket.SocketType | None = None
+        self._send, self._receive = trio.open_memory_channel[UdpDatagram](keep)
+        self.dropped = 0  # datagrams to `port` that did not fit in `keep`
+        self._nursery_manager = trio.open_nursery()
 
     async def __aenter__(self) -> LoopbackCapture:
         require_root()
         sock = trio.socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
         try:
-            # A raw socket on lo sees every packet of the test (both copies of each), and
-            # SO_RCVBUF is capped by net.core.rmem_max (~208 KiB): the early packets were
-            # dropped before the test read them. Root may go past the cap.
+            # Root may go past net.core.rmem_max (~208 KiB) with SO_RCVBUFFORCE.
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self._rcvbuf)
             except PermissionError:
@@ -501,22 +507,28 @@ class LoopbackCapture:
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
+        nursery = await self._nursery_manager.__aenter__()
+        nursery.start_soon(self._read, sock)
+        self._nursery = nursery
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+    async def _read(self, sock: trio.socket.SocketType) -> None:
+        with sock:
+            while True:
+                frame, address = await sock.recvfrom(65536)
+                if address[2] == _PACKET_OUTGOING:
+                    continue
+                datagram = parse_loopback_frame(frame)
+                if datagram is not None and datagram.dst[1] == self.port:
+                    try:
+                        self._send.send_nowait(datagram)
+                    except trio.WouldBlock:
+                        self.dropped += 1
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(*exc_info)
 
     async def receive(self) -> UdpDatagram:
         """The next datagram to `port` (bound it with trio.fail_after)."""
-        if self._sock is None:
-            raise RuntimeError("LoopbackCapture is not open")
-        while True:
-            frame, address = await self._sock.recvfrom(65536)
-            if address[2] == _PACKET_OUTGOING:
-                continue
-            datagram = parse_loopback_frame(frame)
-            if datagram is not None and datagram.dst[1] == self.port:
-                return datagram
+        return await self._receive.receive()
