@@ -46,7 +46,8 @@ class Engine:
         rtp = config["rtp"]
         self.ports = PortPairAllocator(rtp["min_port"], rtp["max_port"])
         self.settings = RealtimeSettings.from_config(
-            config["openai"], temperature_set=config.is_set("openai", "temperature")
+            config["openai"],
+            explicit=frozenset(key for section, key in config.explicit if section == "openai"),
         )
         self.calls: dict[str, Call] = {}
         self.started = time.time()
@@ -69,11 +70,8 @@ class Engine:
         refusal = self.settings.refusal_reason()
         if refusal:
             log.error("offers will be refused: %s", refusal)
-        if self.settings.dialect == "ga" and self.settings.temperature_set:
-            log.warning(
-                "[openai] temperature is set but the GA Realtime API has no temperature; "
-                "it is not sent (it applies to dialect = beta only)"
-            )
+        for note in self.settings.startup_notes():
+            log.warning("%s", note)
         async with trio.open_nursery() as nursery:
             self._calls_nursery = nursery
             nursery.start_soon(self._housekeeping)
