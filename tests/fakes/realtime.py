@@ -821,7 +821,7 @@ class FakeSession:
         self._changed = trio.Event()
 
     async def wait_until(self, predicate: Callable[[FakeSession], bool]) -> None:
-        """Block until ``predicate(self)`` holds; it is re-checked after each client event."""
+        """Block until ``predicate(self)`` holds; re-checked after each client or server event."""
         while not predicate(self):
             if self.closed.is_set():
                 raise RuntimeError("the connection closed before the condition held")
@@ -1060,6 +1060,7 @@ class _Connection:
             record["type"] = event_type
         self.fake.server_events.append(event if record is None else record)
         await self.ws.send_message(json.dumps(event))
+        self.fake._notify()
 
     async def send_error(
         self, code: str, message: str, param: str | None, client_event_id: str | None
