@@ -44,6 +44,9 @@ log = logging.getLogger("rtpai.openai")
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
+# The clean close when a call ends must not hold up the delete reply: Kamailio's rtpengine
+# module waits 1 s by default (rtpengine_tout_ms) before it gives up on an engine.
+CLOSE_ON_END = 0.5
 # trio-websocket's defaults (4 KiB reads, a 1-message queue) cost a task switch per delta.
 RECEIVE_BUFFER_SIZE = 64 * 1024
 MESSAGE_QUEUE_SIZE = 16
@@ -227,7 +230,13 @@ class RealtimeSession:
                 connect_timeout=CONNECT_TIMEOUT,
                 disconnect_timeout=CLOSE_TIMEOUT,
             ) as ws:
-                await self._converse(ws)
+                try:
+                    await self._converse(ws)
+                finally:
+                    # Also when the call is deleted (cancelled): close with 1000 so the server
+                    # ends the session at once, shielded but bounded so delete never hangs.
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_ON_END):
+                        await ws.aclose()
         except ConnectionTimeout:
             raise _Lost("connecting to the Realtime API timed out") from None
         except ConnectionRejected as exc:
