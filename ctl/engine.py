@@ -202,8 +202,11 @@ class Engine:
         call.last_signal = time.time()
         call.end("deleted by the proxy")
         await call.ended.wait()
-        del self.calls[call_id]
-        self._count_end(call)
+        # A second delete may arrive while the first waits (the proxy retransmits after its
+        # timeout with a new cookie): both get the statistics, only one forgets the call.
+        if self.calls.get(call_id) is call:
+            del self.calls[call_id]
+            self._count_end(call)
         return call.statistics()
 
     def _count_end(self, call: Call) -> None:

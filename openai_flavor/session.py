@@ -44,9 +44,11 @@ log = logging.getLogger("rtpai.openai")
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
-# The clean close when a call ends must not hold up the delete reply: Kamailio's rtpengine
-# module waits 1 s by default (rtpengine_tout_ms) before it gives up on an engine.
-CLOSE_ON_END = 0.5
+# When a call is deleted its scope is cancelled, and with it trio-websocket's reader task, so
+# the server's close reply can never be read: the bound is only how long the close frame gets
+# to leave (a socket write, immediate in practice). It must not hold up the delete reply,
+# which Kamailio abandons after rtpengine_tout_ms (1 s by default, often set lower).
+CLOSE_ON_END = 0.05
 # trio-websocket's defaults (4 KiB reads, a 1-message queue) cost a task switch per delta.
 RECEIVE_BUFFER_SIZE = 64 * 1024
 MESSAGE_QUEUE_SIZE = 16

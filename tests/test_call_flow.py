@@ -360,3 +360,30 @@ async def test_transfer_tool_is_recorded_in_the_call_statistics():
                 assert transfer["target"] == "sip:desk@example.com"
                 assert query["rtpai"]["state"] == "active"  # #6 makes the proxy act on it
             nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_deletes_of_one_call_both_get_its_statistics():
+    server = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url)
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as first, FakeProxy(ng) as second:
+                await first.command(
+                    "offer", **{"call-id": "dd", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                await (await server.wait_for_session(1)).wait_for_client_event("session.update")
+                replies = []
+
+                async def delete(proxy):
+                    replies.append(await proxy.command("delete", **{"call-id": "dd"}))
+
+                async with trio.open_nursery() as both:
+                    both.start_soon(delete, first)
+                    both.start_soon(delete, second)
+                assert [r["result"] for r in replies] == ["ok", "ok"]
+                assert all(r["rtpai"]["end reason"] == "deleted by the proxy" for r in replies)
+                assert engine.calls == {} and engine.totals["ended"] == 1
+            nursery.cancel_scope.cancel()
