@@ -24,6 +24,9 @@ log = logging.getLogger("rtpai.call")
 # that the AI session is not keeping up and frames are dropped (and counted), never queued
 # without bound.
 CALLER_AUDIO_QUEUE_FRAMES = 50
+# Caller events (DTMF digits) waiting for the AI session: a digit is a keypress, so a few
+# dozen is far beyond any burst a person types; the media plane drops past it.
+CALLER_EVENTS_QUEUE = 32
 # The model speaks faster than real time; two minutes of queued speech is far more than any
 # answer, and caps a runaway response at ~1 MB.
 MAX_PLAYOUT_SECONDS = 120
@@ -96,6 +99,7 @@ class Call:
         self.created = time.time()
         self.last_signal = self.created
         self.end_reason: str | None = None
+        self.transfers: list[dict[str, Any]] = []  # requested by the AI; #6 tells the proxy
         self.ended = trio.Event()
         self._release_ports = release_ports
         # Told when the call starts ending: (call, reason, whether the proxy must be told to
@@ -104,6 +108,8 @@ class Call:
         self._sockets = sockets
         self._scope = trio.CancelScope()
         audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
+        # The media plane's end of the caller-events channel (DTMF digits for the AI).
+        self.caller_events, events_receive = trio.open_memory_channel[Any](CALLER_EVENTS_QUEUE)
         frame_bytes = media.ptime_ms * 8
         self.bridge = CallBridge(
             call_id=call_id,
@@ -112,6 +118,8 @@ class Call:
             caller_audio=audio_receive,
             playout=PlayoutQueue(frame_bytes, max_bytes=MAX_PLAYOUT_SECONDS * 8000),
             end_call=self.end,
+            transfer=self.transfer,
+            caller_events=events_receive,
         )
         self.bridge.mark("offer")
         self.stream = MediaStream(
@@ -159,6 +167,12 @@ class Call:
         if self._on_end is not None:
             self._on_end(self, reason, tell_proxy)
 
+    def transfer(self, target: str) -> None:
+        """The AI asks for the caller to be transferred. Recorded and logged for now: telling
+        the proxy (REFER) is the proxy-notification issue's job, and it hooks in here."""
+        self.transfers.append({"target": target, "at": int(time.time())})
+        log.info("call %s: transfer to %s requested", self.call_id, target)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the call's tasks until it ends; always release its sockets and ports."""
         try:
@@ -195,12 +209,17 @@ class Call:
             self._to(CallState.ACTIVE)
 
     async def _run_ai(self) -> None:
+        # One call's AI failure ends that call alone (through the bridge, where the proxy
+        # notification will hook in); the reason goes to the statistics.
         try:
             await self.ai.run()
         except RealtimeSessionError as exc:
-            # One call's AI failure ends that call alone; the reason goes to the statistics.
             log.warning("call %s: AI session failed: %s", self.call_id, exc)
-            self.end(f"AI session failed: {exc}")
+            self.bridge.end_call(f"AI session failed: {exc}")
+        except Exception:
+            # A bug must not escape into the engine nursery and take every other call with it.
+            log.exception("call %s: AI session crashed", self.call_id)
+            self.bridge.end_call("AI session failed: internal error")
 
     # --- statistics (the shape of rtpengine's query reply) ------------------------------------
 
@@ -312,5 +331,6 @@ class Call:
                 "playout overflow bytes": self.bridge.playout.bytes_dropped,
             },
             "pacer re-anchors": stats.pacer_reanchors,
+            "transfers": list(self.transfers),
             "ai": self.ai.stats.snapshot(),
         }

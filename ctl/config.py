@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from openai_flavor.settings import VOICES, parse_tools
 
 
 class ConfigError(Exception):
@@ -123,6 +126,28 @@ def url(value: str) -> str:
     return value
 
 
+def word_list(value: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks are ignored."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def tool_declarations(value: str) -> tuple[dict[str, Any], ...]:
+    """A JSON array of tools (``name``, ``description``, ``parameters``), or ``@/path/to.json``."""
+    value = value.strip()
+    if not value:
+        return ()
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as handle:
+                value = handle.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        return parse_tools(json.loads(value))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON array of tools: {exc.msg}") from None
+
+
 @dataclass(frozen=True)
 class Setting:
     section: str
@@ -161,9 +186,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
     Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
             help="refuse offers so the proxy fails over to another engine"),
-    Setting("openai", "voice", "OPENAI_VOICE", "alloy", text),
+    Setting("openai", "voice", "OPENAI_VOICE", "alloy", one_of(*VOICES)),
     Setting("openai", "instructions", "OPENAI_INSTRUCTIONS", None, optional_text),
     Setting("openai", "welcome_message", "OPENAI_WELCOME_MSG", None, optional_text),
+    Setting("openai", "welcome_interruptible", "OPENAI_WELCOME_INTERRUPTIBLE", "true", parse_bool,
+            help="false: the caller cannot barge in until the welcome message has played"),
     Setting("openai", "temperature", "OPENAI_TEMPERATURE", "0.8", float_range(0.6, 1.2)),
     Setting("openai", "max_tokens", "OPENAI_MAX_TOKENS", "inf", max_tokens),
     Setting("openai", "turn_detection_type", "OPENAI_TURN_DETECT_TYPE", "server_vad",
@@ -174,6 +201,20 @@ SETTINGS: tuple[Setting, ...] = (
             float_range(0.0, 1.0)),
     Setting("openai", "turn_detection_prefix_ms", "OPENAI_TURN_DETECT_PREFIX_MS", "300",
             int_range(0, 10_000)),
+    Setting("openai", "turn_detection_eagerness", "OPENAI_TURN_DETECT_EAGERNESS", "auto",
+            one_of("low", "medium", "high", "auto")),
+    Setting("openai", "transcription_model", "OPENAI_TRANSCRIPTION_MODEL",
+            "gpt-4o-mini-transcribe", text,
+            help="model transcribing the caller; 'none' turns caller transcripts off"),
+    Setting("openai", "end_call_tool", "OPENAI_END_CALL_TOOL", "true", parse_bool),
+    Setting("openai", "transfer_target", "OPENAI_TRANSFER_TARGET", None, optional_text),
+    Setting("openai", "transfer_allow", "OPENAI_TRANSFER_ALLOW", "", word_list),
+    Setting("openai", "tools", "OPENAI_TOOLS", "", tool_declarations),
+    # Secret: webhook URLs often carry a token; the start-up log shows only <set>/<unset>.
+    Setting("openai", "tool_webhook", "OPENAI_TOOL_WEBHOOK", "", optional_http_url, secret=True),
+    Setting("openai", "tool_timeout", "OPENAI_TOOL_TIMEOUT", "5", float_range(0.1, 60.0)),
+    Setting("openai", "reconnect_timeout", "OPENAI_RECONNECT_TIMEOUT", "20",
+            float_range(0.0, 600.0)),
     Setting("ng", "shutdown_grace", "NG_SHUTDOWN_GRACE", "30", int_range(0, 3600),
             help="on SIGTERM: seconds for calls to finish (new offers get 'load limit') before "
                  "the rest are hung up through the proxy"),
@@ -325,6 +366,16 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
             rtp["ip"] = ip_address(rtp["ip"])
         except ValueError as exc:
             raise ConfigError(f"[rtp] ip / RTP_IP: {exc} (got {rtp['ip']!r})") from None
+    _check_tools(values["openai"])
     return Config(
         values=values, explicit=frozenset(explicit), profiles=_profiles(ini, values["openai"])
     )
+
+
+def _check_tools(openai: dict[str, Any]) -> None:
+    """Checks across the tool settings, which no single parser can make."""
+    if openai["tools"] and not openai["tool_webhook"]:
+        raise ConfigError(
+            "[openai] tool_webhook / OPENAI_TOOL_WEBHOOK: required when [openai] tools / "
+            "OPENAI_TOOLS declares tools (their calls are forwarded to it)"
+        )

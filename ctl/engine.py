@@ -79,12 +79,12 @@ class Engine:
         self.config = config
         rtp = config["rtp"]
         self.ports = PortPairAllocator(rtp["min_port"], rtp["max_port"])
-        temperature_set = config.is_set("openai", "temperature")
+        explicit_openai = frozenset(key for section, key in config.explicit if section == "openai")
         self.settings = RealtimeSettings.from_config(
-            config["openai"], temperature_set=temperature_set
+            config["openai"], explicit=explicit_openai
         )
         self.profiles = {
-            name: RealtimeSettings.from_config(values, temperature_set=temperature_set)
+            name: RealtimeSettings.from_config(values, explicit=explicit_openai)
             for name, values in config.profiles.items()
         }
         self.calls: CallRegistry[Call] = CallRegistry()
@@ -114,11 +114,8 @@ class Engine:
         refusal = self.settings.refusal_reason()
         if refusal:
             log.error("offers will be refused: %s", refusal)
-        if self.settings.dialect == "ga" and self.settings.temperature_set:
-            log.warning(
-                "[openai] temperature is set but the GA Realtime API has no temperature; "
-                "it is not sent (it applies to dialect = beta only)"
-            )
+        for note in self.settings.startup_notes():
+            log.warning("%s", note)
         async with trio.open_nursery() as nursery:
             self._calls_nursery = nursery
             nursery.start_soon(self._housekeeping)

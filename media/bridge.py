@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -26,14 +27,51 @@ class CallBridge:
     caller_audio: trio.MemoryReceiveChannel[bytes]
     playout: PlayoutQueue
     end_call: Callable[[str], None]  # ask for the call to end, with a reason for the stats
+    transfer: Callable[[str], None]  # ask for the caller to be transferred to a target
     media_started: trio.Event = field(default_factory=trio.Event)  # first valid caller RTP
+    # What the caller does besides speaking, for the AI: for now objects with ``.digit`` (DTMF,
+    # RFC 4733), produced by the media plane. Bounded; None when nothing produces events.
+    caller_events: trio.MemoryReceiveChannel[Any] | None = None
     # Milestones of the call on trio's clock (offer, ai_session_open, first_caller_rtp, ...),
     # first occurrence only: they make the demo's timeline and the latency figures.
     timeline: dict[str, float] = field(default_factory=dict)
+    _hangup_reason: str | None = field(default=None, init=False, repr=False)
+    _ran_dry: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
 
     def mark(self, milestone: str) -> None:
         if milestone not in self.timeline:
             self.timeline[milestone] = trio.current_time()
+
+    # --- actions the AI asks for, and the playout signal they need ----------------------------
+
+    @property
+    def playout_idle(self) -> bool:
+        """No whole frame is left to play (a partial one only exists while audio arrives)."""
+        return self.playout.queued_frames == 0
+
+    def hang_up_after_playout(self, reason: str) -> None:
+        """End the call once everything queued has been sent: a goodbye is never cut off.
+
+        The generator being done (the model's "response done") says nothing about playback;
+        only the paced sender knows when the last frame left, so it calls
+        :meth:`playout_ran_dry` and the hang-up happens there.
+        """
+        if self.playout_idle:
+            self.end_call(reason)
+        elif self._hangup_reason is None:
+            self._hangup_reason = reason
+
+    def playout_ran_dry(self) -> None:
+        """The paced sender found nothing more to play: a talkspurt just ended."""
+        if self._hangup_reason is not None:
+            self.end_call(self._hangup_reason)
+        self._ran_dry.set()
+        self._ran_dry = trio.Event()
+
+    async def wait_playout_idle(self) -> None:
+        """Return once everything queued so far has been played."""
+        while not self.playout_idle:
+            await self._ran_dry.wait()
 
     @property
     def silence_byte(self) -> int:

@@ -49,6 +49,10 @@ class PlayoutQueue:
         else:
             self._segments.append([item, len(audio)])
 
+    def holds(self, item: Hashable) -> bool:
+        """Some of ``item``'s audio is still waiting to be played."""
+        return any(segment[0] == item for segment in self._segments)
+
     def finish_item(self, silence_byte: int) -> None:
         """The item's audio is complete: pad a trailing partial frame so it plays out."""
         partial = len(self._buffer) % self.frame_bytes

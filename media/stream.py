@@ -220,12 +220,14 @@ class MediaStream:
                     talking = True
                     bridge.mark("first_rtp_to_caller")
                 self._send(packetizer.packet(frame, samples))
-            elif self.send_silence:
-                talking = False
-                self._send(packetizer.packet(silence, samples))
             else:
-                talking = False
-                packetizer.silence_gap(samples)
+                if talking:
+                    talking = False
+                    bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
+                if self.send_silence:
+                    self._send(packetizer.packet(silence, samples))
+                else:
+                    packetizer.silence_gap(samples)
             before = pacer.reanchors
             pacer.advance(now)
             if pacer.reanchors != before:

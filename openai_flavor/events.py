@@ -12,15 +12,11 @@ import json
 import math
 from typing import Any
 
-from openai_flavor.settings import RealtimeSettings
+from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 
 # The G.711 format names of each dialect.
 GA_FORMAT = {"PCMU": {"type": "audio/pcmu"}, "PCMA": {"type": "audio/pcma"}}
 BETA_FORMAT = {"PCMU": "g711_ulaw", "PCMA": "g711_alaw"}
-
-# Caller transcripts come from a separate transcription model; the realtime model itself only
-# hears audio.
-TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
 AUDIO_DELTA = frozenset({"response.output_audio.delta", "response.audio.delta"})
 AUDIO_DONE = frozenset({"response.output_audio.done", "response.audio.done"})
@@ -28,61 +24,199 @@ ASSISTANT_TRANSCRIPT_DONE = frozenset(
     {"response.output_audio_transcript.done", "response.audio_transcript.done"}
 )
 CALLER_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
+SPEECH_STARTED = "input_audio_buffer.speech_started"
+RESPONSE_CREATED = "response.created"
+RESPONSE_DONE = "response.done"
+FUNCTION_CALL_DONE = "response.function_call_arguments.done"
+
+# Errors after which retrying cannot help: the call ends at once instead of reconnecting.
+FATAL_ERROR_CODES = frozenset(
+    {"invalid_api_key", "beta_api_shape_disabled", "insufficient_quota", "model_not_found"}
+)
+# Close codes: 3000 invalid key and 4000 wrong API shape are configuration mistakes (fatal);
+# 1001 is the 60-minute session cap, after which a new session is opened at once.
+FATAL_CLOSE_CODES = frozenset({3000, 4000})
+CLOSE_SESSION_CAP = 1001
+# HTTP answers to the upgrade that no retry will change: bad key, forbidden, no such endpoint.
+FATAL_HTTP_STATUS = frozenset({400, 401, 403, 404})
 
 
-def _turn_detection(settings: RealtimeSettings) -> dict[str, Any] | None:
+def _turn_detection(settings: RealtimeSettings, *, interrupt: bool = True) -> dict[str, Any] | None:
     kind = settings.turn_detection_type
     if kind == "none":
         return None
     if kind == "semantic_vad":
         # semantic_vad rejects threshold/prefix/silence: it decides turns from meaning.
-        return {"type": "semantic_vad", "eagerness": "auto", "create_response": True,
-                "interrupt_response": True}
+        return {"type": "semantic_vad", "eagerness": settings.turn_detection_eagerness,
+                "create_response": True, "interrupt_response": interrupt}
     return {
         "type": "server_vad",
         "threshold": settings.turn_detection_threshold,
         "prefix_padding_ms": settings.turn_detection_prefix_ms,
         "silence_duration_ms": settings.turn_detection_silence_ms,
         "create_response": True,
-        "interrupt_response": True,
+        # False only while an uninterruptible welcome message plays: the server must not
+        # cancel it when the caller speaks (rtpai also keeps playing it).
+        "interrupt_response": interrupt,
     }
 
 
-def session_update(settings: RealtimeSettings, codec: str) -> dict[str, Any]:
-    """The ``session.update`` that configures a call's session for G.711 ``codec``."""
+def tool_definitions(settings: RealtimeSettings) -> list[dict[str, Any]]:
+    """The function tools offered to the model (same shape in both dialects)."""
+    tools: list[dict[str, Any]] = []
+    if settings.end_call_tool:
+        tools.append({
+            "type": "function",
+            "name": END_CALL_TOOL,
+            "description": "End the phone call. Say a short goodbye first: the call ends once "
+                           "everything you said has been played to the caller.",
+            "parameters": {"type": "object", "properties": {
+                "reason": {"type": "string", "description": "Why the call ends."}}},
+        })
+    if settings.transfer_enabled:
+        targets = sorted({*settings.transfer_allow, *filter(None, [settings.transfer_target])})
+        target: dict[str, Any] = {"type": "string", "enum": targets,
+                                  "description": "Where to transfer the caller."}
+        if settings.transfer_target:
+            target["description"] += f" Default: {settings.transfer_target}."
+        tools.append({
+            "type": "function",
+            "name": TRANSFER_TOOL,
+            "description": "Transfer the caller to a person or department. Tell the caller "
+                           "first that you are transferring them.",
+            "parameters": {"type": "object", "properties": {"target": target},
+                           "required": [] if settings.transfer_target else ["target"]},
+        })
+    for tool in settings.tools:
+        tools.append({"type": "function", "name": tool.name, "description": tool.description,
+                      "parameters": dict(tool.parameters)})
+    return tools
+
+
+def session_update(
+    settings: RealtimeSettings,
+    codec: str,
+    *,
+    instructions: str | None = None,
+    interrupt: bool = True,
+) -> dict[str, Any]:
+    """The ``session.update`` that configures a call's session for G.711 ``codec``.
+
+    ``instructions`` overrides the configured ones (a reconnect adds a recap); ``interrupt``
+    False keeps the server from cancelling a response when the caller speaks.
+    """
     max_tokens: int | str = "inf" if math.isinf(settings.max_tokens) else int(settings.max_tokens)
+    instructions = instructions if instructions is not None else settings.instructions
+    transcription = (
+        {"model": settings.transcription_model} if settings.transcription_model else None
+    )
+    tools = tool_definitions(settings)
     if settings.dialect == "beta":
         session: dict[str, Any] = {
             "modalities": ["audio", "text"],
             "voice": settings.voice,
             "input_audio_format": BETA_FORMAT[codec],
-            "input_audio_transcription": {"model": TRANSCRIPTION_MODEL},
             "output_audio_format": BETA_FORMAT[codec],
-            "turn_detection": _turn_detection(settings),
+            "turn_detection": _turn_detection(settings, interrupt=interrupt),
             "temperature": settings.temperature,
             "max_response_output_tokens": max_tokens,
         }
-        if settings.instructions:
-            session["instructions"] = settings.instructions
-        return {"type": "session.update", "session": session}
-
-    # GA. There is no temperature any more: the server rejects it as an unknown parameter.
-    session = {
-        "type": "realtime",
-        "output_modalities": ["audio"],
-        "max_output_tokens": max_tokens,
-        "audio": {
-            "input": {
-                "format": GA_FORMAT[codec],
-                "transcription": {"model": TRANSCRIPTION_MODEL},
-                "turn_detection": _turn_detection(settings),
+        if transcription:
+            session["input_audio_transcription"] = transcription
+    else:
+        # GA. There is no temperature any more: the server rejects it as an unknown parameter.
+        audio_input: dict[str, Any] = {
+            "format": GA_FORMAT[codec],
+            "turn_detection": _turn_detection(settings, interrupt=interrupt),
+        }
+        if transcription:
+            audio_input["transcription"] = transcription
+        session = {
+            "type": "realtime",
+            "output_modalities": ["audio"],
+            "max_output_tokens": max_tokens,
+            "audio": {
+                "input": audio_input,
+                "output": {"format": GA_FORMAT[codec], "voice": settings.voice},
             },
-            "output": {"format": GA_FORMAT[codec], "voice": settings.voice},
-        },
-    }
-    if settings.instructions:
-        session["instructions"] = settings.instructions
+        }
+    if instructions:
+        session["instructions"] = instructions
+    if tools:
+        session["tools"] = tools
+        session["tool_choice"] = "auto"
     return {"type": "session.update", "session": session}
+
+
+def interrupt_update(settings: RealtimeSettings, interrupt: bool) -> dict[str, Any]:
+    """Switch the server's barge-in (``interrupt_response``) on or off, nothing else."""
+    detection = _turn_detection(settings, interrupt=interrupt)
+    if settings.dialect == "beta":
+        return {"type": "session.update", "session": {"turn_detection": detection}}
+    # GA requires the session type on every update; turn_detection is replaced whole.
+    return {"type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}}
+
+
+# Recaps are bounded: instructions are re-read on every response, and a long call's whole
+# transcript would cost tokens on each of them. The most recent turns matter most.
+RECAP_MAX_CHARS = 2000
+
+
+def recap_instructions(instructions: str | None, transcript: list[dict[str, str]]) -> str | None:
+    """The instructions for a session that replaces a lost one, with the conversation so far."""
+    if not transcript:
+        return instructions
+    lines: list[str] = []
+    size = 0
+    for entry in reversed(transcript):
+        line = f"{entry['role']}: {entry['text']}"
+        if size + len(line) > RECAP_MAX_CHARS:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    recap = (
+        "This phone call is already in progress; the connection to you was renewed. "
+        "Continue the conversation naturally without greeting the caller again. "
+        "The conversation so far (most recent last):\n" + "\n".join(reversed(lines))
+    )
+    return f"{instructions}\n\n{recap}" if instructions else recap
+
+
+def response_create(instructions: str | None = None) -> dict[str, Any]:
+    if instructions is None:
+        return {"type": "response.create"}
+    return {"type": "response.create", "response": {"instructions": instructions}}
+
+
+def function_call_output(call_id: str, output: str) -> dict[str, Any]:
+    """The result of a tool call, as the conversation item the model reads."""
+    return {"type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call_id, "output": output}}
+
+
+def caller_text(text: str) -> dict[str, Any]:
+    """Something the caller did, told to the model as a user message (e.g. DTMF digits)."""
+    return {"type": "conversation.item.create",
+            "item": {"type": "message", "role": "user",
+                     "content": [{"type": "input_text", "text": text}]}}
+
+
+def dtmf_text(digits: str) -> str:
+    return f"[The caller pressed these keys on the phone keypad: {digits}]"
+
+
+def parse_function_call(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    """``(call_id, name, arguments)`` of a finished function call; arguments None if invalid."""
+    call_id = str(event.get("call_id") or "")
+    name = str(event.get("name") or "")
+    try:
+        arguments = json.loads(event.get("arguments") or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        arguments = None
+    return call_id, name, arguments
 
 
 def welcome_response(settings: RealtimeSettings) -> dict[str, Any]:
@@ -101,6 +235,7 @@ def audio_append(audio: bytes) -> str:
 
 
 def truncate_item(item_id: str, audio_end_ms: int) -> dict[str, Any]:
+    """Tell the server the caller heard only ``audio_end_ms`` of an assistant item."""
     return {
         "type": "conversation.item.truncate",
         "item_id": item_id,

@@ -1,9 +1,16 @@
-"""One call's OpenAI Realtime session: a WebSocket, a reader and a writer in a nursery.
+"""One call's OpenAI Realtime session: connections, their tasks, and reconnects.
 
-The writer forwards caller audio (G.711 as received, no transcoding) as
-``input_audio_buffer.append``; the reader turns the model's audio deltas into playout and
-handles barge-in. The session ends with the call (its scope is cancelled) or fails on its own
-with :class:`RealtimeSessionError`, which ends that call only.
+:meth:`RealtimeSession.run` lives in the call's nursery. It opens a WebSocket at once (the
+phone is still ringing), configures the session and runs, in a nursery per connection:
+
+* the reader: server events -> playout, barge-in, transcripts, usage, tool calls;
+* the writer: caller audio (G.711 as received, never transcoded) -> ``input_audio_buffer.append``;
+* the welcome message, once caller media flows; the caller's DTMF digits; tool calls.
+
+A lost connection is reopened with back-off while the call stays up, the new session getting
+the instructions plus a recap of the conversation; a fatal failure (a refused key, a wrong API
+shape) or a loss longer than ``reconnect_timeout`` raises :class:`RealtimeSessionError`, which
+ends this call only. The assistant's response/playout state lives in :class:`Turns`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from trio_websocket import (
 
 from media.bridge import CallBridge
 from openai_flavor import events
-from openai_flavor.settings import RealtimeSettings
+from openai_flavor.reconnect import Backoff
+from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
+from openai_flavor.turns import FunctionCall, ResponseDone, Turns
+from openai_flavor.webhook import WebhookError, post_json
 
 log = logging.getLogger("rtpai.openai")
 
@@ -34,46 +44,86 @@ log = logging.getLogger("rtpai.openai")
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
+# When a call is deleted its scope is cancelled, and with it trio-websocket's reader task, so
+# the server's close reply can never be read: the bound is only how long the close frame gets
+# to leave (a socket write, immediate in practice). It must not hold up the delete reply,
+# which Kamailio abandons after rtpengine_tout_ms (1 s by default, often set lower).
+CLOSE_ON_END = 0.05
 # trio-websocket's defaults (4 KiB reads, a 1-message queue) cost a task switch per delta.
 RECEIVE_BUFFER_SIZE = 64 * 1024
 MESSAGE_QUEUE_SIZE = 16
+# Keypad digits typed in one go (a PIN, an extension) reach the model as one message: a
+# sequence ends at '#' or after this pause.
+DTMF_PAUSE = 1.5
+# The ng reply carries the transcript; a UDP datagram holds at most ~64 KB, and a long call's
+# transcript could exceed it. The reply keeps the most recent part; the log has all of it.
+TRANSCRIPT_REPLY_CHARS = 16_000
 
 
 class RealtimeSessionError(Exception):
     """The AI session cannot go on; the reason is safe to log and to return in statistics."""
 
 
+class _Lost(Exception):
+    """One connection ended; ``fatal`` when retrying cannot help."""
+
+    def __init__(self, reason: str, *, fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fatal = fatal
+
+
 @dataclass
 class RealtimeStats:
-    state: str = "connecting"  # connecting -> open -> closed | failed
+    state: str = "connecting"  # connecting -> open <-> reconnecting -> closed | failed
     model: str = ""
     dialect: str = ""
     session_id: str | None = None
+    connections: int = 0
+    reconnects: int = 0
     audio_sent_bytes: int = 0
     appends_sent: int = 0
     audio_received_bytes: int = 0
     responses: int = 0
     barge_ins: int = 0
+    barge_ins_ignored: int = 0  # during a protected welcome message
     truncations: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    dtmf_digits: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
     usage: dict[str, Any] = field(default_factory=dict)
     transcript: list[dict[str, str]] = field(default_factory=list)
     failure: str | None = None
 
     def snapshot(self) -> dict[str, Any]:
+        # The most recent transcript entries that fit the reply (see TRANSCRIPT_REPLY_CHARS).
+        shown: list[dict[str, str]] = []
+        size = 0
+        for entry in reversed(self.transcript):
+            size += len(entry["text"]) + 16
+            if size > TRANSCRIPT_REPLY_CHARS:
+                break
+            shown.append(entry)
+        shown.reverse()
         return {
             "state": self.state,
             "model": self.model,
             "dialect": self.dialect,
             "session id": self.session_id,
+            "connections": self.connections,
+            "reconnects": self.reconnects,
             "audio sent bytes": self.audio_sent_bytes,
             "audio received bytes": self.audio_received_bytes,
             "responses": self.responses,
             "barge-ins": self.barge_ins,
+            "barge-ins ignored": self.barge_ins_ignored,
             "truncations": self.truncations,
+            "tool calls": list(self.tool_calls[-20:]),
+            "dtmf digits": self.dtmf_digits,
             "errors": list(self.errors[-10:]),
             "usage": self.usage,
-            "transcript": list(self.transcript),
+            "transcript": shown,
+            "transcript omitted": len(self.transcript) - len(shown),
             "failure": self.failure,
         }
 
@@ -92,13 +142,37 @@ class RealtimeSession:
         self.settings = settings
         self.bridge = bridge
         self.stats = RealtimeStats(model=settings.model, dialect=settings.dialect)
-        self._session_ready = trio.Event()
-        # Barge-in bookkeeping: the assistant item being played, audio received per item, and
-        # responses whose late deltas must be dropped after an interruption.
-        self._current_item: str | None = None
-        self._current_response: str | None = None
-        self._received_bytes: dict[str, int] = {}
-        self._cancelled_responses: set[str] = set()
+        # Across connections: the welcome is spoken once, and protected until it has played.
+        self._welcome_sent = False
+        self._welcome_played = not settings.welcome_guarded
+        # A hang-up the model asked for in a response without a goodbye: after the next one.
+        self._hang_up_after_next: str | None = None
+        self._backoff = Backoff(settings.reconnect_timeout)
+        # Per connection (reset by _converse).
+        self._ws: WebSocketConnection | None = None
+        self._turns = self._new_turns()
+        self._ready = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate) -> None:
+        """Block until ``predicate(self)`` holds; re-checked after every event and action.
+
+        For tests and diagnostics: it lets them wait for the session's state without sleeping.
+        """
+        while not predicate(self):
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _new_turns(self) -> Turns:
+        return Turns(
+            ptime_ms=self.bridge.ptime_ms,
+            bytes_per_ms=self.bridge.bytes_per_ms,
+            guard_welcome=not self._welcome_played,
+        )
 
     def _headers(self) -> list[tuple[str, str]]:
         headers = [("Authorization", f"Bearer {self.settings.api_key}")]
@@ -106,74 +180,154 @@ class RealtimeSession:
             headers.append(("OpenAI-Beta", "realtime=v1"))
         return headers
 
+    # --- connections and reconnects -----------------------------------------------------------
+
     async def run(self) -> None:
-        """Connect at once (the phone is still ringing), configure, then stream both ways."""
-        url = self.settings.session_url()
+        """Connect at once, converse, reconnect on transient losses; raise when giving up."""
+        backoff = self._backoff
+        try:
+            while True:
+                try:
+                    await self._connect_once()
+                    return  # the caller's audio channel closed: nothing more to do
+                except _Lost as lost:
+                    reason = redact(lost.reason, self.settings.api_key)
+                    if lost.fatal:
+                        self._fail(reason)
+                    delay = backoff.failed(trio.current_time())
+                    if delay is None:
+                        self._fail(
+                            f"the Realtime API could not be reached within "
+                            f"{self.settings.reconnect_timeout:g} s ({reason})"
+                        )
+                    self.stats.state = "reconnecting"
+                    self.stats.reconnects += 1
+                    log.warning(
+                        "call %s: Realtime connection lost (%s); reconnecting in %.1f s",
+                        self.bridge.call_id, reason, delay,
+                    )
+                    await trio.sleep(delay)
+        finally:
+            if self.stats.state != "failed":
+                self.stats.state = "closed"
+            if self.stats.usage:
+                log.info("call %s: AI usage %s", self.bridge.call_id, json.dumps(self.stats.usage))
+
+    def _fail(self, reason: str) -> None:
+        self.stats.state = "failed"
+        if not self.stats.failure:
+            self.stats.failure = reason
+        raise RealtimeSessionError(self.stats.failure)
+
+    async def _connect_once(self) -> None:
+        """One WebSocket connection, from handshake to close; raises :class:`_Lost`."""
+        self.stats.connections += 1
         try:
             # connect_timeout bounds the TCP, TLS and WebSocket handshakes only, not the call.
             async with open_websocket_url(
-                url,
+                self.settings.session_url(),
                 extra_headers=self._headers(),
                 message_queue_size=MESSAGE_QUEUE_SIZE,
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
                 connect_timeout=CONNECT_TIMEOUT,
                 disconnect_timeout=CLOSE_TIMEOUT,
             ) as ws:
-                await self._converse(ws)
+                try:
+                    await self._converse(ws)
+                finally:
+                    # Also when the call is deleted (cancelled): close with 1000 so the server
+                    # ends the session at once, shielded but bounded so delete never hangs.
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_ON_END):
+                        await ws.aclose()
         except ConnectionTimeout:
-            self._fail("connecting to the Realtime API timed out")
+            raise _Lost("connecting to the Realtime API timed out") from None
         except ConnectionRejected as exc:
-            self._fail(f"the Realtime API rejected the connection (HTTP {exc.status_code})")
+            status = exc.status_code
+            raise _Lost(
+                f"the Realtime API rejected the connection (HTTP {status})",
+                fatal=status in events.FATAL_HTTP_STATUS,
+            ) from None
         except HandshakeError as exc:
-            self._fail(f"WebSocket handshake failed: {type(exc).__name__}")
+            raise _Lost(f"WebSocket handshake failed: {type(exc).__name__}") from None
         except ConnectionClosed as exc:
-            reason = exc.reason
-            detail = f"{reason.code} {reason.reason or ''}".strip() if reason else "unknown"
-            self._fail(f"the Realtime API closed the session ({detail})")
+            code = exc.reason.code if exc.reason else None
+            detail = f"{code} {exc.reason.reason or ''}".strip() if exc.reason else "unknown"
+            raise _Lost(
+                f"the Realtime API closed the session ({detail})",
+                fatal=code in events.FATAL_CLOSE_CODES,
+            ) from None
         except OSError as exc:
-            self._fail(f"cannot reach the Realtime API: {exc.strerror or type(exc).__name__}")
-        finally:
-            if self.stats.state != "failed":
-                self.stats.state = "closed"
-
-    def _fail(self, reason: str) -> None:
-        reason = redact(reason, self.settings.api_key)
-        self.stats.state = "failed"
-        if not self.stats.failure:
-            self.stats.failure = reason
-        raise RealtimeSessionError(self.stats.failure)
+            raise _Lost(
+                f"cannot reach the Realtime API: {exc.strerror or type(exc).__name__}"
+            ) from None
 
     async def _converse(self, ws: WebSocketConnection) -> None:
+        reconnect = self.stats.connections > 1
+        self._ws = ws
+        self._turns = self._new_turns()
+        self._ready = trio.Event()
         self.stats.state = "open"
         self.bridge.mark("ai_session_open")
-        await ws.send_message(json.dumps(events.session_update(self.settings, self.bridge.codec)))
-        closed: list[ConnectionClosed] = []
+        instructions = self.settings.instructions
+        if reconnect:
+            # The new session knows nothing: give it the conversation so far.
+            instructions = events.recap_instructions(instructions, self.stats.transcript)
+            self._drop_stale_caller_audio()
+        await self._send(
+            events.session_update(
+                self.settings, self.bridge.codec, instructions=instructions,
+                interrupt=self._welcome_played,
+            )
+        )
+        ended: list[BaseException] = []
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             tasks = [self._read_events, self._send_caller_audio]
-            if self.settings.welcome_message:
+            if self.settings.welcome_message and not self._welcome_sent:
                 tasks.append(self._welcome)
+            if self.bridge.caller_events is not None:
+                tasks.append(self._forward_dtmf)
             for task in tasks:
-                nursery.start_soon(self._until_closed, task, ws, nursery.cancel_scope, closed)
-        if closed:
-            # Re-raised bare (not in an ExceptionGroup) so that run() reports the close code.
-            raise closed[0]
+                nursery.start_soon(self._until_lost, task, ended)
+        if ended:
+            # Re-raised bare (not in an ExceptionGroup) so that the close code is classified.
+            raise ended[0]
 
-    @staticmethod
-    async def _until_closed(task, ws, scope: trio.CancelScope, closed: list) -> None:
-        """Run one side of the conversation; a closed socket ends both sides."""
+    async def _until_lost(self, task, ended: list[BaseException]) -> None:
+        """Run one side of the conversation; a lost connection ends every side."""
         try:
-            await task(ws)
-        except ConnectionClosed as exc:
-            closed.append(exc)
-            scope.cancel()
+            await task()
+        except (ConnectionClosed, _Lost) as exc:
+            ended.append(exc)
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
 
-    async def _welcome(self, ws: WebSocketConnection) -> None:
+    def _drop_stale_caller_audio(self) -> None:
+        """Audio queued while disconnected is old: the new session must not answer it."""
+        while True:
+            try:
+                self.bridge.caller_audio.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send_message(json.dumps(event))
+
+    # --- the writer side ------------------------------------------------------------------------
+
+    async def _welcome(self) -> None:
         """Greet as soon as media flows: before that the caller would miss the first words."""
-        await self._session_ready.wait()
+        await self._ready.wait()
         await self.bridge.media_started.wait()
-        await ws.send_message(json.dumps(events.welcome_response(self.settings)))
+        if self._welcome_sent:
+            return
+        self._welcome_sent = True
+        if self._turns.request_response(welcome=True):
+            await self._send(events.welcome_response(self.settings))
 
-    async def _send_caller_audio(self, ws: WebSocketConnection) -> None:
+    async def _send_caller_audio(self) -> None:
+        assert self._ws is not None
         receive = self.bridge.caller_audio
         async for frame in receive:
             frames = [frame]
@@ -183,34 +337,75 @@ class RealtimeSession:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             audio = b"".join(frames) if len(frames) > 1 else frame
-            await ws.send_message(events.audio_append(audio))
+            await self._ws.send_message(events.audio_append(audio))
             self.stats.audio_sent_bytes += len(audio)
             self.stats.appends_sent += 1
             self.bridge.mark("first_audio_to_ai")
 
-    async def _read_events(self, ws: WebSocketConnection) -> None:
+    async def _forward_dtmf(self) -> None:
+        """The caller's keypad digits, to the model as a user message, then a response."""
+        caller_events = self.bridge.caller_events
+        assert caller_events is not None
+        await self._ready.wait()
+        async for event in caller_events:
+            digits = [event.digit]
+            with trio.move_on_after(DTMF_PAUSE):
+                while digits[-1] != "#":
+                    try:
+                        digits.append((await caller_events.receive()).digit)
+                    except trio.EndOfChannel:
+                        break
+            self.stats.dtmf_digits += len(digits)
+            log.info("call %s: caller pressed %s", self.bridge.call_id, "".join(digits))
+            await self._send(events.caller_text(events.dtmf_text("".join(digits))))
+            await self._want_response()
+            self._notify()
+
+    async def _want_response(self) -> None:
+        if self._turns.request_response():
+            await self._send(events.response_create())
+
+    # --- the reader side ------------------------------------------------------------------------
+
+    async def _read_events(self) -> None:
+        assert self._ws is not None
         while True:
-            message = await ws.get_message()
+            message = await self._ws.get_message()
             try:
                 event = events.decode_event(message)
             except ValueError:
                 log.warning("call %s: ignoring a malformed Realtime event", self.bridge.call_id)
                 continue
-            await self._on_event(ws, event)
+            await self._on_event(event)
+            self._notify()
 
-    async def _on_event(self, ws: WebSocketConnection, event: dict[str, Any]) -> None:
+    async def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
+        turns = self._turns
         if kind in events.AUDIO_DELTA:
-            self._on_audio_delta(event)
+            audio = events.decode_audio_delta(event)
+            item_id = event.get("item_id") or ""
+            # False for a late delta of an interrupted response: the caller must not hear it.
+            if turns.audio_delta(event.get("response_id"), item_id, len(audio)):
+                self.stats.audio_received_bytes += len(audio)
+                self.bridge.mark("first_ai_audio")
+                self.bridge.playout.push(audio, item_id)
         elif kind in events.AUDIO_DONE:
-            if event.get("response_id") not in self._cancelled_responses:
+            if turns.audio_done(event.get("response_id"), event.get("item_id") or ""):
                 self.bridge.playout.finish_item(self.bridge.silence_byte)
-        elif kind == "input_audio_buffer.speech_started":
-            await self._barge_in(ws)
-        elif kind == "response.done":
+        elif kind == events.SPEECH_STARTED:
+            await self._barge_in()
+        elif kind == events.RESPONSE_CREATED:
+            response = event.get("response") or {}
+            turns.response_created(str(response.get("id")), self.bridge.playout)
+        elif kind == events.FUNCTION_CALL_DONE:
+            call_id, name, arguments = events.parse_function_call(event)
+            turns.function_call(event.get("response_id"), FunctionCall(call_id, name, arguments))
+        elif kind == events.RESPONSE_DONE:
             response = event.get("response") or {}
             self.stats.responses += 1
             events.add_usage(self.stats.usage, response.get("usage"))
+            await self._on_response_done(turns.response_done(response.get("id")))
         elif kind in events.ASSISTANT_TRANSCRIPT_DONE:
             self._transcript("assistant", event.get("transcript"))
         elif kind == events.CALLER_TRANSCRIPT_DONE:
@@ -218,50 +413,144 @@ class RealtimeSession:
         elif kind in {"session.created", "session.updated"}:
             session = event.get("session") or {}
             self.stats.session_id = session.get("id") or self.stats.session_id
-            if kind == "session.updated":
-                self._session_ready.set()
+            if kind == "session.updated" and not self._ready.is_set():
+                self._ready.set()
+                self._backoff.connected(trio.current_time())
         elif kind == "error":
             self._on_error(event.get("error") or {})
 
-    def _on_audio_delta(self, event: dict[str, Any]) -> None:
-        if event.get("response_id") in self._cancelled_responses:
-            return  # a late delta of an interrupted response: the caller must not hear it
-        audio = events.decode_audio_delta(event)
-        item_id = event.get("item_id")
-        self._current_item = item_id
-        self._received_bytes[item_id] = self._received_bytes.get(item_id, 0) + len(audio)
-        self._current_response = event.get("response_id")
-        self.stats.audio_received_bytes += len(audio)
-        self.bridge.mark("first_ai_audio")
-        self.bridge.playout.push(audio, item_id)
+    async def _barge_in(self) -> None:
+        """The caller started speaking: stop playing at once and tell the server what was heard.
 
-    async def _barge_in(self, ws: WebSocketConnection) -> None:
-        """The caller started speaking: stop playing and tell the server what was heard.
-
-        Only the pacer knows what the caller heard: ``frames_sent x ptime`` is the truncation
-        point, clamped to the audio received for the item. Wall-clock estimates overshoot and
-        the server rejects a truncation past the item's audio.
+        The decision and the clear happen in one step with no checkpoint between them, so
+        the frames counted are exactly the frames sent: the caller hears at most the one
+        frame already on the wire. The server cancels the response itself (interrupt_response
+        is on whenever barge-in is honoured), so no response.cancel is sent.
         """
-        item_id = self._current_item
-        playout = self.bridge.playout
-        if item_id is None or len(playout) == 0:
-            return  # nothing is playing: the caller is not interrupting anyone
-        playout.clear()
+        decision = self._turns.barge_in(self.bridge.playout)
+        if decision.ignored:
+            self.stats.barge_ins_ignored += 1
+            return
+        if not decision.interrupted:
+            return
+        self.bridge.playout.clear()
         self.stats.barge_ins += 1
-        if self._current_response:
-            self._cancelled_responses.add(self._current_response)
-        sent_ms = playout.frames_sent.get(item_id, 0) * self.bridge.ptime_ms
-        received_ms = self._received_bytes.get(item_id, 0) // self.bridge.bytes_per_ms
-        end_ms = min(sent_ms, received_ms)
-        if 0 < end_ms < received_ms:
-            await ws.send_message(json.dumps(events.truncate_item(item_id, end_ms)))
+        for item_id, end_ms in decision.truncate:
+            await self._send(events.truncate_item(item_id, end_ms))
             self.stats.truncations += 1
+
+    async def _on_response_done(self, done: ResponseDone) -> None:
+        if done.was_welcome and not self._welcome_played:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._unguard_welcome)
+        if self._hang_up_after_next is not None and not done.calls:
+            self.bridge.hang_up_after_playout(self._hang_up_after_next)
+            return
+        if done.calls:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_tools, done)
+        elif done.send_response:
+            await self._send(events.response_create())
+
+    async def _unguard_welcome(self) -> None:
+        """The welcome has been generated; once it has played, barge-in works again."""
+        await self.bridge.wait_playout_idle()
+        self._welcome_played = True
+        self._turns.guard_welcome = False
+        await self._send(events.interrupt_update(self.settings, True))
+
+    # --- tools ----------------------------------------------------------------------------------
+
+    async def _run_tools(self, done: ResponseDone) -> None:
+        """Answer a response's function calls, then let the model go on (or hang up)."""
+        outputs: dict[str, str] = {}
+        hang_up: str | None = None
+        records = []
+        async with trio.open_nursery() as nursery:
+            for call in done.calls:
+                records.append({"name": call.name, "call id": call.call_id})
+                log.info("call %s: the model calls %s(%s)", self.bridge.call_id, call.name,
+                         json.dumps(call.arguments))
+                if call.name == END_CALL_TOOL and self.settings.end_call_tool:
+                    reason = (call.arguments or {}).get("reason")
+                    hang_up = "the AI ended the call" + (f": {reason}" if reason else "")
+                elif call.name == TRANSFER_TOOL and self.settings.transfer_enabled:
+                    outputs[call.call_id] = self._transfer(call)
+                elif any(tool.name == call.name for tool in self.settings.tools):
+                    nursery.start_soon(self._call_webhook, call, outputs)
+                else:
+                    outputs[call.call_id] = json.dumps({"error": f"unknown tool {call.name}"})
+        for call, record in zip(done.calls, records, strict=True):
+            output = outputs.get(call.call_id)
+            # The outcome only, not the output: it may carry the webhook's customer data.
+            record["result"] = "hang up" if output is None else (
+                "error" if output.startswith(('{"error"', '{"ok": false')) else "ok")
+            self.stats.tool_calls.append(record)
+            if output is not None:
+                await self._send(events.function_call_output(call.call_id, output))
+        if hang_up is not None:
+            if done.had_audio:
+                # The goodbye was in this response: end once it has been heard.
+                self.bridge.hang_up_after_playout(hang_up)
+                self._notify()
+                return
+            # No goodbye yet: let the model say it, and hang up after that response.
+            self._hang_up_after_next = hang_up
+            end_call = next(c for c in done.calls if c.name == END_CALL_TOOL)
+            await self._send(events.function_call_output(
+                end_call.call_id, json.dumps({"ok": True, "note": "Say goodbye now; the call "
+                                              "ends when you finish."})))
+        if done.send_response:
+            # A response.create was deferred while this response ran (turns counts it as
+            # on its way): it also makes the model read these outputs.
+            await self._send(events.response_create())
+        elif outputs or hang_up is not None:
+            await self._want_response()
+        self._notify()
+
+    def _transfer(self, call: FunctionCall) -> str:
+        target = (call.arguments or {}).get("target") or self.settings.transfer_target
+        if not isinstance(target, str) or not self.settings.transfer_allowed(target):
+            log.warning("call %s: transfer to %r refused: not in the allow-list",
+                        self.bridge.call_id, target)
+            allowed = sorted({*self.settings.transfer_allow,
+                              *filter(None, [self.settings.transfer_target])})
+            return json.dumps({"ok": False, "error": "this target is not allowed",
+                               "allowed targets": allowed})
+        self.bridge.transfer(target)
+        return json.dumps({"ok": True, "target": target})
+
+    async def _call_webhook(self, call: FunctionCall, outputs: dict[str, str]) -> None:
+        url = self.settings.tool_webhook
+        assert url is not None  # the configuration requires it with tools
+        payload = {"call_id": self.bridge.call_id, "tool": call.name,
+                   "arguments": call.arguments}
+        output = None
+        with trio.move_on_after(self.settings.tool_timeout):
+            try:
+                status, body = await post_json(url, payload)
+            except WebhookError as exc:
+                output = json.dumps({"error": f"the tool failed: {exc}"})
+            else:
+                text = body.decode("utf-8", "replace")
+                output = text if 200 <= status < 300 else json.dumps(
+                    {"error": f"the tool failed (HTTP {status})"})
+        if output is None:
+            output = json.dumps({"error": "the tool did not answer in time"})
+        if output.startswith('{"error"'):
+            log.warning("call %s: tool %s: %s", self.bridge.call_id, call.name, output)
+        outputs[call.call_id] = output
+
+    # --- errors and transcripts ---------------------------------------------------------------
 
     def _on_error(self, error: dict[str, Any]) -> None:
         code = str(error.get("code") or error.get("type") or "error")
         message = redact(str(error.get("message") or ""), self.settings.api_key)
         self.stats.errors.append({"code": code, "message": message})
         log.warning("call %s: Realtime error %s: %s", self.bridge.call_id, code, message)
+        if code in events.FATAL_ERROR_CODES:
+            # Retrying cannot help (a bad key, no quota): end the call now, not after a close.
+            raise _Lost(f"the Realtime API refused the session ({code})", fatal=True)
 
     def _transcript(self, role: str, text: Any) -> None:
         if isinstance(text, str) and text:

@@ -6,6 +6,7 @@ Real sockets on 127.0.0.1, real trio-websocket; only the peers are fakes.
 from __future__ import annotations
 
 import socket
+from functools import partial
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ from ctl.engine import Engine
 from media.sdp import parse_sdp
 from tests.fakes.caller import FakeCaller
 from tests.fakes.proxy import FakeProxy
-from tests.fakes.realtime import FakeRealtimeServer, tone
+from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
 
 pytestmark = pytest.mark.trio
 
@@ -107,6 +108,15 @@ async def test_offer_media_both_ways_and_delete():
                 ai = deleted["rtpai"]["ai"]
                 assert ai["audio sent bytes"] == 50 * 160
                 assert ai["audio received bytes"] == len(reply_audio)
+                # Transcripts and usage, under rtpai's own key in the delete reply.
+                assert ai["transcript"] == [
+                    {"role": "caller", "text": "hello"},
+                    {"role": "assistant", "text": "Hello! How can I help you today?"},
+                ]
+                usage = next(e for e in session.server_events if e["type"] == "response.done")[
+                    "response"]["usage"]
+                assert ai["usage"] == usage and usage["total_tokens"] > 0
+                assert query["rtpai"]["ai"]["transcript"] == ai["transcript"]
                 assert deleted["rtpai"]["end reason"] == "deleted by the proxy"
                 await session.closed.wait()  # delete closed the WebSocket
 
@@ -198,4 +208,182 @@ async def test_capacity_limit_answers_load_limit():
                 )
                 assert second == {"result": "load limit",
                                   "message": "Parallel session limit reached"}
+            nursery.cancel_scope.cancel()
+
+
+async def test_deleted_while_ringing_the_session_closes_cleanly():
+    server = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url)
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                await proxy.command(
+                    "offer", **{"call-id": "ringing", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                # The session opened at offer time: the phone is still ringing, no media yet.
+                session = await server.wait_for_session(1)
+                await session.wait_for_client_event("session.update")
+                deleted = await proxy.command("delete", **{"call-id": "ringing"})
+                await session.closed.wait()
+                assert session.close_code == 1000  # a clean WebSocket close, not a drop
+                ai = deleted["rtpai"]["ai"]
+                assert ai["state"] == "closed" and ai.get("failure") is None  # bencode drops None
+                assert deleted["rtpai"]["end reason"] == "deleted by the proxy"
+                assert engine.ports.in_use == 0 and server.crashes == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_deleted_during_the_handshake_the_session_is_abandoned_promptly():
+    """A server that accepts TCP and never answers the upgrade: delete must not wait for it."""
+    accepted = trio.Event()
+    connections = []
+
+    async def silent(stream):
+        connections.append(stream)
+        accepted.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):  # well under the 10 s connect timeout
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            engine, ng = await start_engine(nursery, f"ws://127.0.0.1:{port}/v1/realtime")
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                await proxy.command(
+                    "offer", **{"call-id": "hs", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                await accepted.wait()
+                deleted = await proxy.command("delete", **{"call-id": "hs"})
+                assert deleted["result"] == "ok"
+                assert deleted["rtpai"]["ai"]["state"] == "closed"
+                assert deleted["rtpai"]["ai"].get("failure") is None
+                assert engine.ports.in_use == 0
+            nursery.cancel_scope.cancel()
+
+
+def ai_frames(caller: FakeCaller, audio: bytes) -> list[bytes]:
+    """The payloads the caller received that are frames of ``audio``."""
+    frames = {audio[i:i + 160] for i in range(0, len(audio), 160)}
+    return [p.payload for p in caller.received if p.payload in frames]
+
+
+async def test_barge_in_over_real_rtp_truncates_at_exactly_what_the_caller_heard():
+    # 150 frames, each unlike any other and unlike the caller's (step 2, not 1): the caller
+    # can count exactly which frames of the answer it heard.
+    answer = b"".join(bytes((n + 2 * i) % 256 for i in range(160)) for n in range(150))
+    server = FakeRealtimeServer(reply_audio=tone("pcmu", 400), respond_after_ms=600, speed=0)
+    server.queue_response(ScriptedResponse(audio=answer))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url)
+            caller = FakeCaller()
+            await caller.bind()
+            nursery.start_soon(caller.receive)
+            async with FakeProxy(ng) as proxy:
+                offer = await proxy.command(
+                    "offer", **{"call-id": "b", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                port = answer_port(offer["sdp"])
+                session = await server.wait_for_session(1)
+                await caller.stream(("127.0.0.1", port), caller_speech(30))
+                await caller.wait_for(lambda got: len(ai_frames(caller, answer)) >= 10)
+                await caller.stream(("127.0.0.1", port), caller_speech(30))  # talks over it
+                await session.wait_until(lambda s: s.truncations)
+                (truncation,) = session.truncations
+                assert truncation["accepted"]
+                heard = truncation["audio_end_ms"] // 20
+                assert truncation["audio_end_ms"] == heard * 20 and 10 < heard < 150
+                # The caller heard exactly those frames: all of them arrive, and no more after
+                # a further round trip (the next answer is a different sound).
+                await caller.wait_for(lambda got: len(ai_frames(caller, answer)) >= heard)
+                await proxy.command("query", **{"call-id": "b"})
+                assert len(ai_frames(caller, answer)) == heard
+                assert ai_frames(caller, answer) == [
+                    answer[i * 160:(i + 1) * 160] for i in range(heard)
+                ]
+            nursery.cancel_scope.cancel()
+
+
+async def test_end_call_tool_ends_the_call_after_the_caller_heard_the_whole_goodbye():
+    goodbye = tone("pcmu", 600, hz=523)
+    server = FakeRealtimeServer(respond_after_ms=600, speed=0)
+    server.queue_response(ScriptedResponse(audio=goodbye, transcript="Goodbye!",
+                                           function_call=("end_call", {"reason": "resolved"})))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url)
+            caller = FakeCaller()
+            await caller.bind()
+            nursery.start_soon(caller.receive)
+            async with FakeProxy(ng) as proxy:
+                offer = await proxy.command(
+                    "offer", **{"call-id": "bye", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                await caller.stream(("127.0.0.1", answer_port(offer["sdp"])), caller_speech(30))
+                (call,) = engine.calls.select("bye")
+                await call.ended.wait()
+                assert call.end_reason == "the AI ended the call: resolved"
+                assert goodbye in b"".join(p.payload for p in caller.received)
+                deleted = await proxy.command("delete", **{"call-id": "bye"})
+                assert deleted["rtpai"]["end reason"] == "the AI ended the call: resolved"
+                assert deleted["rtpai"]["ai"]["tool calls"][0]["name"] == "end_call"
+            nursery.cancel_scope.cancel()
+
+
+async def test_transfer_tool_is_recorded_in_the_call_statistics():
+    server = FakeRealtimeServer(respond_after_ms=600, speed=0, reply_audio=tone("pcmu", 200))
+    server.queue_response(ScriptedResponse(audio=tone("pcmu", 200),
+                                           function_call=("transfer_call", {})))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url,
+                                            OPENAI_TRANSFER_TARGET="sip:desk@example.com")
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                offer = await proxy.command(
+                    "offer", **{"call-id": "t", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                await caller.stream(("127.0.0.1", answer_port(offer["sdp"])), caller_speech(30))
+                session = await server.wait_for_session(1)
+                await session.wait_for_client_event("response.create")
+                query = await proxy.command("query", **{"call-id": "t"})
+                (transfer,) = query["rtpai"]["transfers"]
+                assert transfer["target"] == "sip:desk@example.com"
+                assert query["rtpai"]["state"] == "active"  # #6 makes the proxy act on it
+            nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_deletes_of_one_call_both_get_its_statistics():
+    server = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url)
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as first, FakeProxy(ng) as second:
+                await first.command(
+                    "offer", **{"call-id": "dd", "from-tag": "f", "sdp": caller.sdp_offer()}
+                )
+                await (await server.wait_for_session(1)).wait_for_client_event("session.update")
+                replies = []
+
+                async def delete(proxy):
+                    replies.append(await proxy.command("delete", **{"call-id": "dd"}))
+
+                async with trio.open_nursery() as both:
+                    both.start_soon(delete, first)
+                    both.start_soon(delete, second)
+                assert [r["result"] for r in replies] == ["ok", "ok"]
+                assert all(r["rtpai"]["end reason"] == "deleted by the proxy" for r in replies)
+                assert len(engine.calls) == 0 and engine.totals["ended"] == 1
             nursery.cancel_scope.cancel()

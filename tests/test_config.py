@@ -49,6 +49,18 @@ def test_environment_wins_over_the_file(tmp_path):
         ({"RTP_BIND_IP": "0.0.0.0"}, "[rtp] ip / RTP_IP: required"),
         ({"OPENAI_DISABLE": "maybe"}, "[openai] disable / OPENAI_DISABLE"),
         ({"OPENAI_API_DIALECT": "v2"}, "OPENAI_API_DIALECT: expected one of ga, beta"),
+        ({"OPENAI_VOICE": "nova"}, "[openai] voice / OPENAI_VOICE: expected one of alloy, ash, ballad, coral, echo, sage, shimmer, verse, marin, cedar"),
+        ({"OPENAI_TURN_DETECT_EAGERNESS": "eager"}, "OPENAI_TURN_DETECT_EAGERNESS: expected one of low, medium, high, auto"),
+        ({"OPENAI_TOOLS": "{}"}, "[openai] tools / OPENAI_TOOLS: expected a JSON array of tools"),
+        ({"OPENAI_TOOLS": "[{"}, "[openai] tools / OPENAI_TOOLS: expected a JSON array of tools"),
+        ({"OPENAI_TOOLS": '[{"name": "end_call"}]'}, "tool 0: the name 'end_call' is taken"),
+        ({"OPENAI_TOOLS": '[{"name": "has space"}]'}, "tool 0: name must be"),
+        ({"OPENAI_TOOLS": '[{"name": "x", "parameters": {"type": "string"}}]'}, "parameters must be a JSON schema of type object"),
+        ({"OPENAI_TOOLS": '[{"name": "x"}]'}, "[openai] tool_webhook / OPENAI_TOOL_WEBHOOK: required"),
+        ({"OPENAI_TOOL_WEBHOOK": "ftp://x"}, "expected an http:// or https:// URL"),
+        ({"OPENAI_TOOL_TIMEOUT": "0"}, "[openai] tool_timeout / OPENAI_TOOL_TIMEOUT: expected a number from 0.1 to 60.0"),
+        ({"OPENAI_RECONNECT_TIMEOUT": "-1"}, "[openai] reconnect_timeout / OPENAI_RECONNECT_TIMEOUT: expected a number from 0.0 to 600.0"),
+        ({"OPENAI_WELCOME_INTERRUPTIBLE": "perhaps"}, "[openai] welcome_interruptible / OPENAI_WELCOME_INTERRUPTIBLE"),
     ],
 )
 def test_invalid_values_name_the_setting_and_its_range(env, message):
@@ -83,3 +95,57 @@ def test_every_setting_is_documented():
     for setting in SETTINGS:
         assert f"`{setting.env}`" in doc, setting.label
         assert f"`{setting.key}`" in doc, setting.label
+
+
+def test_tools_from_json_or_a_file(tmp_path):
+    from openai_flavor.settings import RealtimeSettings
+
+    declared = '[{"name": "lookup_order", "description": "Find an order", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}]'
+    env = {"OPENAI_TOOLS": declared, "OPENAI_TOOL_WEBHOOK": "http://127.0.0.1:9/tools"}
+    config = load_config(None, environ=env)
+    (tool,) = config["openai"]["tools"]
+    assert tool.name == "lookup_order" and tool.parameters["properties"]["id"]["type"] == "string"
+    path = tmp_path / "tools.json"
+    path.write_text(declared)
+    from_file = load_config(None, environ={**env, "OPENAI_TOOLS": f"@{path}"})
+    assert from_file["openai"]["tools"] == config["openai"]["tools"]
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(None, environ={**env, "OPENAI_TOOLS": f"@{tmp_path}/absent.json"})
+    settings = RealtimeSettings.from_config(config["openai"])
+    assert settings.tools == config["openai"]["tools"]
+
+
+def test_transcription_transfer_and_welcome_settings():
+    from openai_flavor.settings import RealtimeSettings
+
+    config = load_config(None, environ={
+        "OPENAI_TRANSCRIPTION_MODEL": "none",
+        "OPENAI_TRANSFER_ALLOW": "sip:sales@example.com, sip:support@example.com,",
+        "OPENAI_WELCOME_MSG": "Hi", "OPENAI_WELCOME_INTERRUPTIBLE": "no",
+    })
+    settings = RealtimeSettings.from_config(config["openai"])
+    assert settings.transcription_model is None
+    assert settings.transfer_allow == ("sip:sales@example.com", "sip:support@example.com")
+    assert settings.transfer_enabled and settings.transfer_allowed("sip:sales@example.com")
+    assert not settings.transfer_allowed("sip:premium-rate@example.com")
+    assert settings.welcome_guarded
+    defaults = RealtimeSettings.from_config(load_config(None, environ={})["openai"])
+    assert defaults.transcription_model == "gpt-4o-mini-transcribe"
+    assert not defaults.transfer_enabled and not defaults.welcome_guarded
+    assert defaults.end_call_tool and defaults.reconnect_timeout == 20
+
+
+def test_start_up_notes_for_settings_the_dialect_does_not_send():
+    from openai_flavor.settings import RealtimeSettings
+
+    def notes(env):
+        config = load_config(None, environ=env)
+        explicit = frozenset(k for s, k in config.explicit if s == "openai")
+        return RealtimeSettings.from_config(config["openai"], explicit=explicit).startup_notes()
+
+    assert notes({}) == []
+    assert notes({"OPENAI_API_DIALECT": "beta", "OPENAI_TEMPERATURE": "0.9"}) == []
+    (note,) = notes({"OPENAI_TEMPERATURE": "0.9"})
+    assert "temperature" in note and "not sent" in note
+    (note,) = notes({"OPENAI_TURN_DETECT_TYPE": "semantic_vad", "OPENAI_TURN_DETECT_THRESHOLD": "0.7"})
+    assert "turn_detection_threshold" in note and "semantic_vad" in note

@@ -6,7 +6,7 @@ import math
 
 from openai_flavor import events
 from openai_flavor.session import redact
-from openai_flavor.settings import RealtimeSettings
+from openai_flavor.settings import RealtimeSettings, ToolSpec
 
 
 def settings(**overrides):
@@ -15,7 +15,9 @@ def settings(**overrides):
 
 
 def test_ga_session_update_for_pcmu():
-    update = events.session_update(settings(instructions="Be brief.", max_tokens=512), "PCMU")
+    update = events.session_update(
+        settings(instructions="Be brief.", max_tokens=512, end_call_tool=False), "PCMU"
+    )
     assert update == {
         "type": "session.update",
         "session": {
@@ -106,3 +108,66 @@ def test_refusal_reasons_and_secret_redaction():
     assert redact("Incorrect API key provided: sk-secret-1", "sk-secret-1") == (
         "Incorrect API key provided: <redacted>"
     )
+
+
+def test_tools_end_call_transfer_and_custom():
+    lookup = ToolSpec("lookup_order", "Find an order", {"type": "object", "properties": {}})
+    tools = events.tool_definitions(settings(
+        transfer_target="sip:desk@example.com", transfer_allow=("sip:sales@example.com",),
+        tools=(lookup,),
+    ))
+    assert [t["name"] for t in tools] == ["end_call", "transfer_call", "lookup_order"]
+    assert all(t["type"] == "function" for t in tools)
+    target = tools[1]["parameters"]["properties"]["target"]
+    # The allow-list is the enum the model chooses from; the default makes it optional.
+    assert target["enum"] == ["sip:desk@example.com", "sip:sales@example.com"]
+    assert tools[1]["parameters"]["required"] == []
+    assert events.tool_definitions(settings(end_call_tool=False)) == []
+    update = events.session_update(settings(tools=(lookup,)), "PCMU")["session"]
+    assert update["tool_choice"] == "auto" and len(update["tools"]) == 2
+
+
+def test_transcription_model_and_eagerness():
+    session = events.session_update(
+        settings(transcription_model=None, turn_detection_type="semantic_vad",
+                 turn_detection_eagerness="low"), "PCMU")["session"]
+    assert "transcription" not in session["audio"]["input"]
+    assert session["audio"]["input"]["turn_detection"]["eagerness"] == "low"
+    beta = events.session_update(settings(dialect="beta", transcription_model="whisper-1"), "PCMU")
+    assert beta["session"]["input_audio_transcription"] == {"model": "whisper-1"}
+
+
+def test_interrupt_update_switches_only_barge_in():
+    ga = events.interrupt_update(settings(), False)
+    assert ga["session"]["type"] == "realtime"
+    assert ga["session"]["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    assert set(ga["session"]) == {"type", "audio"}
+    beta = events.interrupt_update(settings(dialect="beta"), True)
+    assert beta["session"]["turn_detection"]["interrupt_response"] is True
+    first = events.session_update(settings(), "PCMU", interrupt=False)["session"]
+    assert first["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+
+
+def test_recap_keeps_the_instructions_and_the_latest_turns():
+    transcript = [{"role": "caller", "text": f"turn {n}"} for n in range(1000)]
+    recap = events.recap_instructions("Be brief.", transcript)
+    assert recap.startswith("Be brief.\n\n")
+    assert recap.endswith("caller: turn 999")
+    assert "caller: turn 0\n" not in recap
+    assert len(recap) < events.RECAP_MAX_CHARS + 400
+    assert events.recap_instructions("Be brief.", []) == "Be brief."
+    assert "caller: hi" in events.recap_instructions(None, [{"role": "caller", "text": "hi"}])
+
+
+def test_function_call_parsing_and_outputs():
+    done = {"type": "response.function_call_arguments.done", "call_id": "call_1",
+            "name": "end_call", "arguments": '{"reason": "done"}'}
+    assert events.parse_function_call(done) == ("call_1", "end_call", {"reason": "done"})
+    assert events.parse_function_call({**done, "arguments": "[1"})[2] is None
+    assert events.parse_function_call({**done, "arguments": "[1]"})[2] is None
+    output = events.function_call_output("call_1", '{"ok": true}')
+    assert output["item"] == {"type": "function_call_output", "call_id": "call_1",
+                              "output": '{"ok": true}'}
+    text = events.caller_text(events.dtmf_text("12#"))
+    assert text["item"]["content"] == [
+        {"type": "input_text", "text": "[The caller pressed these keys on the phone keypad: 12#]"}]

@@ -629,3 +629,74 @@ async def test_standalone_prints_its_url_and_serves():
         process.kill()
         await process.wait()
         await process.stdout.aclose()
+
+
+# -- scripted responses, stalls, rejections, errors (what rtpai's feature tests drive) ------
+
+
+END_CALL_TOOL = {"type": "function", "name": "end_call", "description": "Hang up.",
+                 "parameters": {"type": "object", "properties": {}}}
+
+
+async def test_scripted_function_call_streams_a_function_call_item():
+    from tests.fakes.realtime import ScriptedResponse
+
+    async with ga_call(respond_after_ms=None, speed=0) as (server, client):
+        assert (await client.update({"type": "realtime", "tools": [END_CALL_TOOL]}))[
+            "type"] == "session.updated"
+        server.queue_response(ScriptedResponse(audio=tone("pcmu", 100), transcript="Bye!",
+                                               function_call=("end_call", {"reason": "done"})))
+        await client.send("response.create")
+        events = await client.recv_until("response.done")
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    assert done["name"] == "end_call" and json.loads(done["arguments"]) == {"reason": "done"}
+    assert delta_audio(events) == tone("pcmu", 100)
+    response = events[-1]["response"]
+    assert [o["type"] for o in response["output"]] == ["message", "function_call"]
+    assert response["output"][1]["call_id"] == done["call_id"]
+    assert types(events).index("response.output_audio.done") < types(events).index(
+        "response.function_call_arguments.done")
+
+
+async def test_stall_keeps_the_response_generating_until_barge_in():
+    async with ga_call(respond_after_ms=600, speed=0, stall_after_ms=200) as (server, client):
+        for _ in range(30):
+            await client.append(FRAME)
+        events = await client.recv_until("response.output_audio.delta")
+        more = [await client.recv(), await client.recv()]
+        for _ in range(30):  # the caller speaks again: the server cancels the stalled response
+            await client.append(FRAME)
+        rest = await client.recv_until("response.done")
+        item_id = next(e for e in events if e["type"] == "response.output_audio.delta")["item_id"]
+        # The server's item holds exactly the 200 ms it produced: 201 is rejected.
+        await client.send("conversation.item.truncate", item_id=item_id, content_index=0,
+                          audio_end_ms=201)
+        rejected = (await client.recv_until("error"))[-1]
+    audio = delta_audio(events + more + rest)
+    assert len(audio) == 200 * 8
+    assert rest[-1]["response"]["status"] == "cancelled"
+    assert rejected["error"]["param"] == "audio_end_ms"
+
+
+async def test_reject_first_then_accept():
+    async with running(reject_first=1, reject_status=429) as (server, url):
+        with pytest.raises(ConnectionRejected) as info:
+            async with connect(url):
+                pass
+        assert info.value.status_code == 429
+        async with connect(url) as client:
+            assert (await client.recv())["type"] == "session.created"
+        assert server.rejected == 1
+
+
+async def test_error_injection_and_abort():
+    async with running() as (server, url), connect(url) as client:
+        assert (await client.recv())["type"] == "session.created"
+        await server.wait_for_session(1)
+        await server.send_error_all("rate_limit_exceeded", "Slow down.", "rate_limit_error")
+        error = await client.recv()
+        assert error["error"]["code"] == "rate_limit_exceeded"
+        await server.abort_all()
+        with pytest.raises(ConnectionClosed) as info:
+            await client.recv()
+        assert info.value.reason.code == 1006

@@ -48,6 +48,15 @@ async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None):
                 "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "42200", "RTP_MAX_PORT": "42299",
                 "RTP_TIMEOUT": rtp_timeout, "OPENAI_URL": url, "OPENAI_API_KEY": "test-key",
                 "PROXY_TYPE": "kamailio", "PROXY_URL": f"http://127.0.0.1:{http_port}/RPC"}))
+            deleted = trio.Event()
+            handle_delete = engine.dispatcher.handlers["delete"]
+
+            async def delete_and_tell(request):
+                reply = await handle_delete(request)
+                deleted.set()
+                return reply
+
+            engine.dispatcher.handlers["delete"] = delete_and_tell
             ng_address = await nursery.start(engine.run)
             async with (
                 start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1],
@@ -59,6 +68,8 @@ async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None):
                     media_port=media_port, pcap=pcap))
                 if during_call is not None:
                     await during_call(engine, server)
+                # Either way the proxy's BYE reaches its inner UAS: rtpengine_delete.
+                await deleted.wait()
             nursery.cancel_scope.cancel()
     return engine
 
@@ -83,8 +94,6 @@ async def test_transfer_makes_kamailio_send_refer_to_the_caller(tmp_path):
             "transfer", call.call_id, call.from_tag, call.to_tag, "caller asked for an agent",
             target="sip:agent@127.0.0.1"))
         assert ok
-        # Kamailio then releases the old dialog: its BYE to the inner UAS deletes the call.
-        await call.ended.wait()
 
     engine = await run_call(tmp_path, UAC_TRANSFER_SCENARIO, rtp_timeout="60",
                             during_call=transfer)

@@ -804,6 +804,8 @@ class FakeSession:
     """Every server event sent, in order; audio deltas as ``{'type', 'item_id', 'bytes': n}``."""
     audio_in: bytearray = field(default_factory=bytearray)
     """Caller audio decoded from ``input_audio_buffer.append``."""
+    function_calls: dict[str, str] = field(default_factory=dict)
+    """``call_id -> name`` of every function call the fake's model made."""
     truncations: list[dict] = field(default_factory=list)
     """``{'item_id', 'content_index', 'audio_end_ms', 'accepted': bool}`` per truncate request."""
     closed: trio.Event = field(default_factory=trio.Event)
@@ -819,7 +821,7 @@ class FakeSession:
         self._changed = trio.Event()
 
     async def wait_until(self, predicate: Callable[[FakeSession], bool]) -> None:
-        """Block until ``predicate(self)`` holds; it is re-checked after each client event."""
+        """Block until ``predicate(self)`` holds; re-checked after each client or server event."""
         while not predicate(self):
             if self.closed.is_set():
                 raise RuntimeError("the connection closed before the condition held")
@@ -837,11 +839,25 @@ class _Item:
     audio_ms: int = 0
 
 
+@dataclass(frozen=True)
+class ScriptedResponse:
+    """What one response produces, instead of the default reply: used by tests of tools.
+
+    ``audio`` None: no audio item (a function call alone). ``function_call``: ``(name,
+    arguments)``; the fake refuses to call a function the session did not declare.
+    """
+
+    audio: bytes | None = b""
+    transcript: str | None = None
+    function_call: tuple[str, dict] | None = None
+
+
 @dataclass
 class _Response:
     id: str
     item_id: str | None
     text_only: bool
+    script: ScriptedResponse | None = None
     cancel_requested: trio.Event = field(default_factory=trio.Event)
     cancel_reason: str = "client_cancelled"
     finished: trio.Event = field(default_factory=trio.Event)
@@ -865,6 +881,12 @@ class FakeRealtimeServer:
     :param close_after_s: close each connection after this long, as the 60-minute cap does
         (``session_expired`` error, close 1001 "maximum duration").
     :param reject_connections: answer the HTTP upgrade with ``reject_status`` instead.
+    :param reject_first: answer only the first this-many upgrades with ``reject_status`` (429
+        for a rate limit, 503 for an outage), then accept.
+    :param stall_after_ms: stop streaming a response's audio after this much (the response
+        stays active until cancelled): a response "still being generated", deterministically.
+
+    Tests script responses with :meth:`queue_response` (e.g. a function call).
     """
 
     def __init__(
@@ -883,6 +905,8 @@ class FakeRealtimeServer:
         reject_connections: bool = False,
         reject_status: int = 503,
         close_timeout_s: float = 2.0,
+        reject_first: int = 0,
+        stall_after_ms: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.beta = beta
@@ -897,6 +921,10 @@ class FakeRealtimeServer:
         self.reject_connections = reject_connections
         self.reject_status = reject_status
         self.close_timeout_s = close_timeout_s
+        self.reject_first = reject_first
+        self.rejected = 0
+        self.stall_after_ms = stall_after_ms
+        self.scripted: list[ScriptedResponse] = []
         self.dialect: _Dialect = _Beta() if beta else _GA()
         self.schemas = _client_schemas(self.dialect)
         self.sessions: list[FakeSession] = []
@@ -936,14 +964,39 @@ class FakeRealtimeServer:
             await self._session_added.wait()
         return self.sessions[n - 1]
 
+    def queue_response(self, script: ScriptedResponse) -> None:
+        """The next response (not an empty one) produces ``script`` instead of the default."""
+        self.scripted.append(script)
+
+    async def send_error_all(self, code: str, message: str, error_type: str) -> None:
+        """Send an ``error`` event on every open connection (a rate limit, a server error)."""
+        for connection in list(self._connections):
+            with contextlib.suppress(ConnectionClosed):
+                await connection.send(
+                    {"type": "error", "error": {"type": error_type, "code": code,
+                                                "message": message, "param": None,
+                                                "event_id": None}}
+                )
+
+    async def abort_all(self) -> None:
+        """Drop every connection without a close frame, as a network failure does.
+
+        trio-websocket has no public way to do that, so the fake closes the TCP stream
+        under the connection (a private attribute: acceptable in a test double).
+        """
+        for connection in list(self._connections):
+            connection.fake.close_code = 1006  # "abnormal closure", never sent on the wire
+            await connection.ws._close_stream()
+
     async def close_all(self, code: int = 1000, reason: str | None = None) -> None:
         """Close every open connection with ``code``, e.g. 1001 to mimic the session cap."""
         for connection in list(self._connections):
             await connection.close(code, reason)
 
     async def _handle(self, request: WebSocketRequest) -> None:
-        if self.reject_connections:
-            await request.reject(self.reject_status, body=b"service unavailable (fake)")
+        if self.reject_connections or self.rejected < self.reject_first:
+            self.rejected += 1
+            await request.reject(self.reject_status, body=b"rejected (fake)")
             return
         url = urlsplit(request.path)
         if url.path != REALTIME_PATH:
@@ -1007,6 +1060,7 @@ class _Connection:
             record["type"] = event_type
         self.fake.server_events.append(event if record is None else record)
         await self.ws.send_message(json.dumps(event))
+        self.fake._notify()
 
     async def send_error(
         self, code: str, message: str, param: str | None, client_event_id: str | None
@@ -1382,10 +1436,17 @@ class _Connection:
         text_only = self.dialect.text_only(config)
         if text_only is None:
             text_only = bool(self.dialect.text_only(self.fake.session))
+        script = self.server.scripted.pop(0) if self.server.scripted and not empty else None
+        if script is not None and script.function_call is not None:
+            declared = {t.get("name") for t in self.fake.session.get("tools") or []}
+            # A test that scripts a call to an undeclared tool is wrong; the model never does.
+            assert script.function_call[0] in declared, f"{script.function_call[0]} not declared"
+        no_audio_item = empty or (script is not None and script.audio is None)
         response = _Response(
             id=self.server.new_id("resp"),
-            item_id=None if empty else self.server.new_id("item"),
+            item_id=None if no_audio_item else self.server.new_id("item"),
             text_only=text_only,
+            script=script,
         )
         self.active = response
         self.since_turn = 0
@@ -1411,7 +1472,9 @@ class _Connection:
         assert self._nursery is not None
         self._nursery.start_soon(self._stream_response, response)
 
-    def _reply_audio(self, kind: str) -> bytes:
+    def _reply_audio(self, kind: str, response: _Response) -> bytes:
+        if response.script is not None and response.script.audio:
+            return response.script.audio
         if self.server.reply_audio is not None:
             return self.server.reply_audio
         return _default_reply(kind)
@@ -1436,6 +1499,8 @@ class _Connection:
         ids = {"response_id": response.id, "item_id": response.item_id, "output_index": 0,
                "content_index": 0}
         transcript = self.server.reply_transcript
+        if response.script is not None and response.script.transcript is not None:
+            transcript = response.script.transcript
         audio_ms = 0
         if response.item_id is None:
             output: list = []
@@ -1447,12 +1512,15 @@ class _Connection:
         else:
             kind = self.dialect.output_kind(self.fake.session)
             bpms = bytes_per_ms(kind)
-            audio = self._reply_audio(kind)
+            audio = self._reply_audio(kind, response)
             chunk = self.server.chunk_ms * bpms
             item = self.items[response.item_id]
             for offset in range(0, len(audio), chunk):
                 if offset:
                     await self._pause(response)
+                stall = self.server.stall_after_ms
+                if stall is not None and item.audio_ms >= stall:
+                    await response.cancel_requested.wait()  # generating... until cancelled
                 if response.cancel_requested.is_set():
                     break
                 piece = audio[offset:offset + chunk]
@@ -1508,6 +1576,8 @@ class _Connection:
             await self.send({"type": "response.output_item.done", "response_id": response.id,
                              "output_index": 0, "item": item_done})
             outputs = [item_done]
+        if response.script is not None and response.script.function_call is not None:
+            outputs.append(await self._function_call(response, len(outputs)))
         # Clear `active` before response.done goes out: a client may answer it at once with
         # response.create, and that must not race into conversation_already_has_active_response.
         self.active = None
@@ -1522,6 +1592,31 @@ class _Connection:
              "rate_limits": [{"name": "tokens", "limit": 40000, "remaining": 39000,
                               "reset_seconds": 1.5}]}
         )
+
+    async def _function_call(self, response: _Response, output_index: int) -> dict:
+        """Stream a scripted function call item; returns the completed item."""
+        assert response.script is not None and response.script.function_call is not None
+        name, arguments = response.script.function_call
+        item_id = self.server.new_id("item")
+        call_id = self.server.new_id("call")
+        text = json.dumps(arguments)
+        item = {"id": item_id, "object": "realtime.item", "type": "function_call",
+                "status": "in_progress", "call_id": call_id, "name": name, "arguments": ""}
+        previous, self.last_item_id = self.last_item_id, item_id
+        self.items[item_id] = _Item(role="function_call")
+        ids = {"response_id": response.id, "item_id": item_id, "output_index": output_index,
+               "call_id": call_id}
+        await self.send({"type": "response.output_item.added", "response_id": response.id,
+                         "output_index": output_index, "previous_item_id": previous,
+                         "item": item})
+        await self.send({"type": "response.function_call_arguments.delta", **ids, "delta": text})
+        await self.send({"type": "response.function_call_arguments.done", **ids, "name": name,
+                         "arguments": text})
+        item = {**item, "status": "completed", "arguments": text}
+        await self.send({"type": "response.output_item.done", "response_id": response.id,
+                         "output_index": output_index, "item": item})
+        self.fake.function_calls[call_id] = name
+        return item
 
     def _usage(self, audio_ms: int, transcript: str) -> dict:
         """Plausible, deterministic token counts (about 10 input / 20 output audio tokens a second)."""
