@@ -80,6 +80,7 @@ class Call:
         profile: str | None = None,
         sdp_origin: tuple[int, int] = (0, 1),
         on_end: Callable[[Call, str, bool], None] | None = None,
+        on_transfer: Callable[[Call, dict[str, Any]], None] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         settings: RealtimeSettings,
         release_ports: Callable[[], None],
@@ -105,6 +106,7 @@ class Call:
         # Told when the call starts ending: (call, reason, whether the proxy must be told to
         # hang up, i.e. the end did not come from the proxy itself).
         self._on_end = on_end
+        self._on_transfer = on_transfer  # carries a transfer out (the engine: the proxy)
         self._sockets = sockets
         self._scope = trio.CancelScope()
         audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
@@ -168,10 +170,13 @@ class Call:
             self._on_end(self, reason, tell_proxy)
 
     def transfer(self, target: str) -> None:
-        """The AI asks for the caller to be transferred. Recorded and logged for now: telling
-        the proxy (REFER) is the proxy-notification issue's job, and it hooks in here."""
-        self.transfers.append({"target": target, "at": int(time.time())})
+        """The AI asks for the caller to be transferred: recorded in the statistics, and
+        handed to ``on_transfer`` (the engine tells the proxy, which sends the REFER)."""
+        record = {"target": target, "at": int(time.time()), "status": "requested"}
+        self.transfers.append(record)
         log.info("call %s: transfer to %s requested", self.call_id, target)
+        if self._on_transfer is not None:
+            self._on_transfer(self, record)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the call's tasks until it ends; always release its sockets and ports."""

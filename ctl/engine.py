@@ -44,6 +44,9 @@ HOUSEKEEPING_INTERVAL = 30.0
 # Binding retries when another process holds a port of our range.
 BIND_ATTEMPTS = 16
 
+# How long a transfer waits for the words the AI said before it to finish playing.
+TRANSFER_PLAYOUT_WAIT = 15.0
+
 # Commands the proxy modules can send that an AI endpoint does not implement: each gets a
 # clear error (never silence, which would make the module retransmit and then disable us).
 UNSUPPORTED_COMMANDS = (
@@ -182,6 +185,7 @@ class Engine:
                 media_timeout=rtp_config["timeout"],
                 sdp_origin=(session_id, 1),
                 on_end=self._call_ending,
+                on_transfer=self._call_transfer,
             )
         except BaseException:
             for sock in sockets:
@@ -353,12 +357,34 @@ class Engine:
             self._notifications.add(done)
             self._calls_nursery.start_soon(self._notify_proxy, event, done)
 
-    async def _notify_proxy(self, event: ProxyEvent, done: trio.Event) -> None:
+    async def _notify_proxy(
+        self, event: ProxyEvent, done: trio.Event, record: dict[str, Any] | None = None
+    ) -> None:
         try:
-            await self.proxy.notify(event)
+            sent = await self.proxy.notify(event)
+            if record is not None:
+                record["status"] = "sent" if sent else "failed"
         finally:
             self._notifications.discard(done)
             done.set()
+
+    def _call_transfer(self, call: Call, record: dict[str, Any]) -> None:
+        """The AI asked for a transfer: once what it said so far has played, REFER."""
+        if self._calls_nursery is not None:
+            done = trio.Event()
+            self._notifications.add(done)
+            self._calls_nursery.start_soon(self._transfer_after_playout, call, record, done)
+
+    async def _transfer_after_playout(
+        self, call: Call, record: dict[str, Any], done: trio.Event
+    ) -> None:
+        # "I'm transferring you now" must reach the caller before the REFER moves them; a
+        # bound keeps a stuck queue from holding the transfer back for ever.
+        with trio.move_on_after(TRANSFER_PLAYOUT_WAIT):
+            await call.bridge.wait_playout_idle()
+        event = ProxyEvent("transfer", call.call_id, call.from_tag, call.to_tag,
+                           "requested by the AI", target=record["target"])
+        await self._notify_proxy(event, done, record)
 
     async def drain(self, grace: float) -> None:
         """Graceful shutdown: refuse new calls, let calls finish for ``grace`` seconds, then

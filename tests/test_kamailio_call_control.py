@@ -14,11 +14,13 @@ import trio
 from ctl.config import load_config
 from ctl.engine import Engine
 from ctl.proxy import ProxyEvent
-from tests.fakes.realtime import FakeRealtimeServer
+from media.rtp import parse_rtp
+from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
 from tests.peers import (
     LOOPBACK,
     UAC_TRANSFER_SCENARIO,
     UAC_WAIT_BYE_SCENARIO,
+    LoopbackCapture,
     require_root,
     require_tool,
     run_sipp,
@@ -31,14 +33,15 @@ from tests.peers import (
 pytestmark = pytest.mark.realpeers
 
 
-async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None):
+async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None, server=None,
+                   **env: str):
     """sipp -> Kamailio -> rtpai with [proxy] type = kamailio; returns the engine after it."""
     require_tool("kamailio")
     require_tool("sipp")
     require_root()
     pcap = tmp_path / "caller.pcap"
     write_rtp_pcap(pcap, [bytes([n]) * 160 for n in range(10)])
-    server = FakeRealtimeServer(respond_after_ms=None)
+    server = server or FakeRealtimeServer(respond_after_ms=None)
     sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
     http_port = unused_port(socket.SOCK_STREAM)
     with trio.fail_after(60):
@@ -47,7 +50,8 @@ async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None):
             engine = Engine(load_config(None, environ={
                 "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "42200", "RTP_MAX_PORT": "42299",
                 "RTP_TIMEOUT": rtp_timeout, "OPENAI_URL": url, "OPENAI_API_KEY": "test-key",
-                "PROXY_TYPE": "kamailio", "PROXY_URL": f"http://127.0.0.1:{http_port}/RPC"}))
+                "PROXY_TYPE": "kamailio", "PROXY_URL": f"http://127.0.0.1:{http_port}/RPC",
+                **env}))
             deleted = trio.Event()
             handle_delete = engine.dispatcher.handlers["delete"]
 
@@ -67,7 +71,7 @@ async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None):
                     scenario, target=(LOOPBACK, sip_port), local_port=sipp_port,
                     media_port=media_port, pcap=pcap))
                 if during_call is not None:
-                    await during_call(engine, server)
+                    await during_call(engine, server, media_port)
                 # Either way the proxy's BYE reaches its inner UAS: rtpengine_delete.
                 await deleted.wait()
             nursery.cancel_scope.cancel()
@@ -86,7 +90,7 @@ async def test_media_timeout_makes_kamailio_send_bye_to_the_caller(tmp_path):
 
 
 async def test_transfer_makes_kamailio_send_refer_to_the_caller(tmp_path):
-    async def transfer(engine, server):
+    async def transfer(engine, server, media_port):
         session = await server.wait_for_session(1)
         await session.wait_until(lambda s: len(s.audio_in) >= 160)  # media flows
         (call,) = engine.calls
@@ -100,3 +104,49 @@ async def test_transfer_makes_kamailio_send_refer_to_the_caller(tmp_path):
     # sipp checked the Refer-To, answered 202 and got the BYE; the call is gone from rtpai.
     assert [e.event for e in engine.proxy.sent] == ["transfer"]
     assert len(engine.calls) == 0 and engine.dispatcher.commands["delete"] == 1
+
+
+async def test_the_models_end_call_plays_the_goodbye_then_kamailio_sends_bye(tmp_path):
+    """The model says goodbye and calls end_call: every goodbye frame reaches the caller
+    before rtpai asks Kamailio to hang up, and sipp then gets the BYE."""
+    goodbye = tone("pcmu", 600, hz=523)
+    # One caller turn: the pcap's 200 ms. A second turn would be a barge-in on the goodbye.
+    server = FakeRealtimeServer(respond_after_ms=200, speed=0)
+    server.queue_response(ScriptedResponse(audio=goodbye, transcript="Goodbye!",
+                                           function_call=("end_call", {"reason": "done"})))
+    heard_at: list[float] = []
+    hangup_at: list[float] = []
+
+    async def listen(engine, server, media_port):
+        notify = engine.proxy.notify
+
+        async def timed_notify(event):
+            hangup_at.append(trio.current_time())
+            return await notify(event)
+
+        engine.proxy.notify = timed_notify
+        async with LoopbackCapture(media_port) as capture:
+            heard = bytearray()
+            while goodbye not in heard:
+                heard += parse_rtp((await capture.receive()).payload).payload
+            heard_at.append(trio.current_time())
+
+    engine = await run_call(tmp_path, UAC_WAIT_BYE_SCENARIO, rtp_timeout="60",
+                            during_call=listen, server=server)
+    (event,) = engine.proxy.sent
+    assert event.event == "hangup" and event.reason == "the AI ended the call: done"
+    # The whole goodbye was on the wire before the hang-up request left.
+    assert heard_at and hangup_at and heard_at[0] <= hangup_at[0]
+    assert len(engine.calls) == 0
+
+
+async def test_the_models_transfer_call_makes_kamailio_send_refer(tmp_path):
+    server = FakeRealtimeServer(respond_after_ms=100, speed=0)
+    server.queue_response(ScriptedResponse(audio=tone("pcmu", 200),
+                                           function_call=("transfer_call", {})))
+    engine = await run_call(tmp_path, UAC_TRANSFER_SCENARIO, rtp_timeout="60", server=server,
+                            OPENAI_TRANSFER_TARGET="sip:agent@127.0.0.1")
+    # sipp checked Refer-To: sip:agent@127.0.0.1, answered 202 and got the BYE.
+    (event,) = engine.proxy.sent
+    assert event.event == "transfer" and event.target == "sip:agent@127.0.0.1"
+    assert len(engine.calls) == 0
