@@ -12,9 +12,9 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge
+from media.bridge import CallBridge, CallerEvent
 from media.playout import PlayoutQueue
-from media.stream import MediaStream, close_socket
+from media.stream import MediaStream, Relatch, close_socket
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings
 
@@ -27,6 +27,8 @@ CALLER_AUDIO_QUEUE_FRAMES = 50
 # The model speaks faster than real time; two minutes of queued speech is far more than any
 # answer, and caps a runaway response at ~1 MB.
 MAX_PLAYOUT_SECONDS = 120
+# Key presses waiting for the AI session: nobody types 32 digits faster than a session reads.
+CALLER_EVENTS_QUEUE = 32
 
 
 class CallState(enum.Enum):
@@ -60,6 +62,10 @@ class CallMedia:
     local_port: int
     remote: tuple[str, int] | None  # from the SDP; None while on hold (c=0.0.0.0)
     sending: bool  # False when the caller holds the call
+    telephone_event: int | None = None  # RFC 4733 payload type, if negotiated
+    rtcp_remote: tuple[str, int] | None = None  # RFC 3605 a=rtcp, else the RTP port + 1
+    rtcp_mux: bool = False  # RFC 5761
+    caller_sends: bool = True  # False for a=inactive / recvonly / c=0.0.0.0: no RTP expected
 
 
 class Call:
@@ -78,6 +84,9 @@ class Call:
         release_ports: Callable[[], None],
         media_timeout: float = 0,
         send_silence: bool = True,
+        reorder_packets: int = 2,
+        strict_source: bool = False,
+        relatch: str = "sdp",
     ) -> None:
         self.call_id = call_id
         self.from_tag = from_tag
@@ -89,11 +98,16 @@ class Call:
         self.created = time.time()
         self.last_signal = self.created
         self.end_reason: str | None = None
+        # For re-offers: the offer last answered, and our SDP o= line's id and version.
+        self.offer_sdp = ""
+        self.session_id = 0
+        self.session_version = 1
         self.ended = trio.Event()
         self._release_ports = release_ports
         self._sockets = sockets
         self._scope = trio.CancelScope()
         audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
+        events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
         frame_bytes = media.ptime_ms * 8
         self.bridge = CallBridge(
             call_id=call_id,
@@ -102,6 +116,7 @@ class Call:
             caller_audio=audio_receive,
             playout=PlayoutQueue(frame_bytes, max_bytes=MAX_PLAYOUT_SECONDS * 8000),
             end_call=self.end,
+            caller_events=events_receive,
         )
         self.bridge.mark("offer")
         self.stream = MediaStream(
@@ -111,9 +126,17 @@ class Call:
             payload_type=media.payload_type,
             remote=media.remote,
             caller_audio=audio_send,
+            caller_events=events_send,
+            telephone_event=media.telephone_event,
+            rtcp_remote=media.rtcp_remote,
+            rtcp_mux=media.rtcp_mux,
             send_silence=send_silence,
             sending=media.sending,
+            caller_sends=media.caller_sends,
             timeout=media_timeout,
+            reorder_packets=reorder_packets,
+            strict_source=strict_source,
+            relatch=Relatch(relatch),
         )
         self.ai = RealtimeSession(settings, self.bridge)
 
@@ -141,6 +164,7 @@ class Call:
                     nursery.start_soon(self._receive_media)
                     nursery.start_soon(self.stream.receive_rtcp)
                     nursery.start_soon(self.stream.send_paced)
+                    nursery.start_soon(self.stream.send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
@@ -153,6 +177,17 @@ class Call:
             self._to(CallState.ENDED)
             self.bridge.mark("ended")
             self.ended.set()
+
+    def update_media(self, media: CallMedia, answer_sdp: str) -> None:
+        """A re-offer (hold, resume, moved endpoint): same ports, codec and ptime, new SDP."""
+        self.media = media
+        self.answer_sdp = answer_sdp
+        self.stream.update(
+            remote=media.remote,
+            rtcp_remote=media.rtcp_remote,
+            sending=media.sending,
+            caller_sends=media.caller_sends,
+        )
 
     async def _receive_media(self) -> None:
         latch_watch = self.bridge.media_started
@@ -229,17 +264,38 @@ class Call:
             "created": int(self.created),
             "created_us": int((self.created % 1) * 1_000_000),
             "last signal": int(self.last_signal),
+            "SSRC": self._ssrc_statistics(),
             "tags": tags,
             "totals": {"RTP": totals_rtp, "RTCP": stats.rtcp_in.as_dict()},
             "rtpai": self._rtpai_statistics(),
         }
+
+    def _ssrc_statistics(self) -> dict[str, Any]:
+        """rtpengine's top-level ``SSRC`` dict, which Kamailio's rtpengine mos pvs read.
+
+        Keyed by SSRC (as a decimal string: bencode keys are strings). The caller's SSRC
+        carries our reception quality of its stream, one sample per report we send; ours
+        carries what the caller's RTCP reports about the stream we send it.
+        """
+        stream = self.stream
+        entries: dict[str, Any] = {}
+        ssrcs = [stream.packetizer.ssrc]
+        if stream.reorder.ssrc is not None:
+            ssrcs.insert(0, stream.reorder.ssrc)
+        for ssrc in ssrcs:
+            quality = stream.quality.get(ssrc)
+            entries[str(ssrc)] = quality.as_dict() if quality else {}
+        return entries
 
     def _wall(self, trio_time: float) -> float:
         """Turn a trio-clock instant into wall-clock seconds."""
         return time.time() - (trio.current_time() - trio_time)
 
     def _rtpai_statistics(self) -> dict[str, Any]:
-        stats = self.stream.stats
+        stream = self.stream
+        stats = stream.stats
+        reorder = stream.reorder
+        report = stream.caller_report
         offer_at = self.bridge.timeline.get("offer", 0.0)
         return {
             "state": self.state.value,
@@ -251,14 +307,35 @@ class Call:
             },
             "rtp in": stats.rtp_in.as_dict(),
             "rtp out": stats.rtp_out.as_dict(),
+            "rtcp in": stats.rtcp_in.as_dict(),
+            "rtcp out": stats.rtcp_out.as_dict(),
             "dropped": {
                 "malformed": stats.malformed,
+                "rtcp malformed": stats.rtcp_malformed,
                 "foreign source": stats.foreign_source,
                 "other payload": stats.other_payload,
+                "late": reorder.late,
+                "duplicate": reorder.duplicates,
                 "ai queue full": stats.ai_queue_full,
+                "events dropped": stats.events_dropped,
                 "send errors": stats.send_errors,
                 "playout overflow bytes": self.bridge.playout.bytes_dropped,
             },
+            "lost": reorder.lost,
+            "jitter ms": round(stream.jitter.milliseconds, 2),
+            "round-trip time us": stream.rtt_us,
+            "caller report": {
+                "fraction lost": report.fraction_lost,
+                "cumulative lost": report.cumulative_lost,
+                "jitter ms": round(report.jitter / 8, 2),
+            }
+            if report
+            else None,
+            "ssrc changes": reorder.ssrc_changes,
+            "sequence restarts": reorder.restarts,
+            "relatches": stats.relatches,
+            "comfort noise": stats.comfort_noise,
+            "dtmf": stats.dtmf_events,
             "pacer re-anchors": stats.pacer_reanchors,
             "ai": self.ai.stats.snapshot(),
         }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import ipaddress
 import logging
 import secrets
 import time
@@ -101,7 +103,7 @@ class Engine:
         if existing is not None and existing.state is not CallState.ENDED:
             # A re-INVITE or a retransmit with a new cookie: the call keeps its ports.
             existing.last_signal = time.time()
-            return {"sdp": existing.answer_sdp}
+            return {"sdp": self._reoffer(existing, offer_sdp)}
         refusal = self.settings.refusal_reason()
         if refusal:
             raise NgError(refusal)
@@ -117,28 +119,18 @@ class Engine:
         rtp_port, sockets = self._bind_port_pair()
         rtp_config = self.config["rtp"]
         advertised = rtp_config["ip"]
+        session_id = secrets.randbelow(2**31)
         try:
             answer_sdp = sdp.build_answer(
                 offer,
                 negotiated,
                 local_address=advertised,
                 local_port=rtp_port,
-                session_id=secrets.randbelow(2**31),
+                session_id=session_id,
                 session_version=1,
             )
-            remote = None
-            if negotiated.remote_address and not negotiated.on_hold:
-                remote = (negotiated.remote_address, negotiated.remote_port)
-            media = CallMedia(
-                codec=negotiated.codec.encoding,
-                payload_type=negotiated.codec.payload_type,
-                ptime_ms=negotiated.ptime,
-                protocol=offer.media[negotiated.media_index].protocol,
-                local_address=advertised,
-                local_port=rtp_port,
-                remote=remote,
-                sending=not negotiated.on_hold,
-            )
+            media = self._call_media(offer, negotiated, advertised, rtp_port)
+            remote = media.remote
             call = Call(
                 call_id=call_id,
                 from_tag=from_tag,
@@ -149,6 +141,10 @@ class Engine:
                 settings=self.settings,
                 release_ports=lambda: self.ports.release(rtp_port),
                 media_timeout=rtp_config["timeout"],
+                send_silence=rtp_config["send_silence"],
+                reorder_packets=rtp_config["reorder_packets"],
+                strict_source=rtp_config["strict_source"],
+                relatch=rtp_config["relatch"],
             )
         except BaseException:
             for sock in sockets:
@@ -159,12 +155,85 @@ class Engine:
         # From here the call's own task closes its sockets and releases its ports.
         await self._calls_nursery.start(call.run)
         self.calls[call_id] = call
+        call.offer_sdp = offer_sdp
+        call.session_id = session_id
         self.totals["calls"] += 1
         log.info(
             "call %s: offer from-tag %s, %s/%d ms, local port %d, remote %s",
             call_id, from_tag, media.codec, media.ptime_ms, rtp_port, remote,
         )
         return {"sdp": answer_sdp}
+
+    def _call_media(
+        self, offer: sdp.SessionDescription, negotiated: sdp.Negotiated, advertised: str,
+        rtp_port: int,
+    ) -> CallMedia:
+        """What the call's media stream needs from an offer/answer exchange."""
+        remote = rtcp_remote = None
+        if negotiated.remote_address:  # None for c=0.0.0.0 (negotiate drops it)
+            address = self._sendable(negotiated.remote_address)
+            remote = (address, negotiated.remote_port)
+            rtcp_remote = (address, negotiated.remote_rtcp_port)
+        event = negotiated.telephone_event
+        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive);
+        # c=0.0.0.0 is RFC 2543 hold, which stops the caller's RTP as well as ours.
+        caller_sends = negotiated.answer_direction in ("sendrecv", "recvonly") and not (
+            negotiated.remote_address is None and negotiated.on_hold
+        )
+        return CallMedia(
+            codec=negotiated.codec.encoding,
+            payload_type=negotiated.codec.payload_type,
+            ptime_ms=negotiated.ptime,
+            protocol=offer.media[negotiated.media_index].protocol,
+            local_address=advertised,
+            local_port=rtp_port,
+            remote=remote,
+            sending=not negotiated.on_hold,
+            telephone_event=event.payload_type if event is not None else None,
+            rtcp_remote=rtcp_remote,
+            rtcp_mux=negotiated.rtcp_mux,
+            caller_sends=caller_sends,
+        )
+
+    def _sendable(self, address: str) -> str:
+        """An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address  # an FQDN: left to the resolver, and latching fixes it anyway
+        if ip.version == 4 and ":" in self.config["rtp"]["bind_ip"]:
+            return f"::ffff:{ip}"
+        return str(ip)
+
+    def _reoffer(self, call: Call, offer_sdp: str) -> str:
+        """Answer a repeated offer: the cached answer, or a new one if the SDP changed."""
+        if offer_sdp == call.offer_sdp:
+            return call.answer_sdp  # a retransmission with a new cookie
+        try:
+            offer = sdp.parse_sdp(offer_sdp)
+            # The call keeps its codec and ptime: the pacer and the AI session are set up.
+            negotiated = sdp.negotiate(offer, preference=(call.media.codec,))
+        except sdp.SdpError as exc:
+            raise NgError(exc.reason) from None
+        negotiated = dataclasses.replace(negotiated, ptime=call.media.ptime_ms)
+        media = self._call_media(offer, negotiated, call.media.local_address,
+                                 call.media.local_port)
+        call.session_version += 1
+        answer_sdp = sdp.build_answer(
+            offer,
+            negotiated,
+            local_address=call.media.local_address,
+            local_port=call.media.local_port,
+            session_id=call.session_id,
+            session_version=call.session_version,
+        )
+        call.offer_sdp = offer_sdp
+        call.update_media(media, answer_sdp)
+        log.info(
+            "call %s: re-offer, remote %s, %s", call.call_id, media.remote,
+            negotiated.answer_direction,
+        )
+        return answer_sdp
 
     def _bind_port_pair(self):
         """Reserve a pair and bind it; a port taken by another process is skipped."""

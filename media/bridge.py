@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 import trio
 
 from media.playout import PlayoutQueue
+from media.rfc4733 import Dtmf
 from media.rtp import SILENCE_BYTE
+
+# What the media plane tells the AI session about the caller besides audio. Only DTMF today;
+# hold and hang-up would join it here, as flavor-neutral dataclasses.
+CallerEvent = Dtmf
 
 
 @dataclass
@@ -26,6 +31,9 @@ class CallBridge:
     caller_audio: trio.MemoryReceiveChannel[bytes]
     playout: PlayoutQueue
     end_call: Callable[[str], None]  # ask for the call to end, with a reason for the stats
+    # Key presses (RFC 4733) in the order pressed; bounded, the media plane drops and counts
+    # when the AI session does not read them. None in tests that build a bare bridge.
+    caller_events: trio.MemoryReceiveChannel[CallerEvent] | None = None
     media_started: trio.Event = field(default_factory=trio.Event)  # first valid caller RTP
     # Milestones of the call on trio's clock (offer, ai_session_open, first_caller_rtp, ...),
     # first occurrence only: they make the demo's timeline and the latency figures.
