@@ -150,6 +150,8 @@ class RealtimeSession:
         closed: list[ConnectionClosed] = []
         async with trio.open_nursery() as nursery:
             tasks = [self._read_events, self._send_caller_audio]
+            if self.bridge.caller_events is not None:
+                tasks.append(self._send_caller_events)
             if self.settings.welcome_message:
                 tasks.append(self._welcome)
             for task in tasks:
@@ -187,6 +189,19 @@ class RealtimeSession:
             self.stats.audio_sent_bytes += len(audio)
             self.stats.appends_sent += 1
             self.bridge.mark("first_audio_to_ai")
+
+    async def _send_caller_events(self, ws: WebSocketConnection) -> None:
+        """Tell the model about key presses (RFC 4733 DTMF from the media plane) as user text.
+
+        Minimal on purpose: the DTMF/tools work in this package will refine it.
+        """
+        async for event in self.bridge.caller_events:
+            item = {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": f"The caller pressed {event.digit}"}],
+            }
+            await ws.send_message(json.dumps({"type": "conversation.item.create", "item": item}))
 
     async def _read_events(self, ws: WebSocketConnection) -> None:
         while True:

@@ -289,3 +289,44 @@ async def test_query_carries_the_ssrc_mos_entries_kamailio_reads():
             assert 40 <= average["MOS"] <= 45
             assert reply["rtpai"]["lost"] == 0 and reply["totals"]["RTCP"]["packets"] == 1
             nursery.cancel_scope.cancel()
+
+
+# --- DTMF to the AI session ----------------------------------------------------------------------
+
+
+def item_texts(session):
+    return [
+        part["text"]
+        for event in session.events_of("conversation.item.create")
+        for part in event["item"]["content"]
+        if part.get("type") == "input_text"
+    ]
+
+
+async def test_dtmf_reaches_the_ai_session_as_a_user_text_item():
+    server = FakeRealtimeServer(respond_after_ms=None)
+    caller = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with caller, trio.fail_after(10):
+        await caller.bind(("127.0.0.1", 0))
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine = Engine(config(OPENAI_URL=url))
+            await nursery.start(engine.run)
+            port = answer_port(await offer(engine, "dtmf", address="127.0.0.1",
+                                           port=caller.getsockname()[1]))
+            session = await server.wait_for_session(1)
+            seq = 0
+            for n, event in enumerate((4, 2, 11)):  # "4", "2", "#", on the offer's PT 96
+                for duration, end in ((0, 0), (160, 0), (320, 0x80), (320, 0x80), (320, 0x80)):
+                    payload = struct.pack("!BBH", event, end | 10, duration)
+                    header = struct.pack("!BBHII", 0x80, 96, seq, 8000 * n, 0xD7)
+                    await caller.sendto(header + payload, ("127.0.0.1", port))
+                    seq += 1
+            await session.wait_until(lambda s: len(item_texts(s)) >= 3)
+            assert item_texts(session) == [
+                "The caller pressed 4", "The caller pressed 2", "The caller pressed #",
+            ]
+            assert not [e for e in session.server_events if e.get("type") == "error"]
+            stats = await engine.query(request("query", **{"call-id": "dtmf"}))
+            assert stats["rtpai"]["dtmf"] == 3
+            nursery.cancel_scope.cancel()
