@@ -35,9 +35,17 @@ class ReorderBuffer:
     """
 
     def __init__(
-        self, deliver: Callable[[RtpPacket], None], *, depth: int = 2, max_wait: float = 0.04
+        self,
+        deliver: Callable[[RtpPacket], None],
+        *,
+        depth: int = 2,
+        max_wait: float = 0.04,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self._deliver = deliver
+        # Called when a new SSRC or a sequence restart begins a new stream, after what was
+        # held of the old one has been delivered and before the new one's first packet.
+        self._on_restart = on_restart
         self.depth = depth
         self.max_wait = max_wait
         self.ssrc: int | None = None
@@ -162,6 +170,8 @@ class ReorderBuffer:
         self._deliver_next(packet)
 
     def _restart(self, seq: int) -> None:
+        if self._on_restart is not None:
+            self._on_restart()
         self.expected = seq
         self._history = 0
         self._bad_seq = None

@@ -123,6 +123,15 @@ class DtmfDecoder:
             return self._finish() or finished
         return finished
 
+    def restart(self) -> Dtmf | None:
+        """The stream restarted (new SSRC or sequence restart): its timestamps start afresh.
+
+        Returns the press that was still open, which is over now.
+        """
+        finished = self._finish()
+        self._timestamp = None
+        return finished
+
     def audio(self, timestamp: int) -> Dtmf | None:
         """Audio at ``timestamp`` arrived: if it is well past the event, the event is over."""
         if self._reported or self._timestamp is None:

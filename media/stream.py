@@ -188,7 +188,10 @@ class MediaStream:
         self.packetizer = RtpPacketizer(payload_type)
         ptime = bridge.ptime_ms / 1000
         self.reorder = ReorderBuffer(
-            self._deliver, depth=reorder_packets, max_wait=max(reorder_packets, 1) * ptime
+            self._deliver,
+            depth=reorder_packets,
+            max_wait=max(reorder_packets, 1) * ptime,
+            on_restart=self._on_stream_restart,
         )
         self.jitter = JitterEstimator()
         self.dtmf = DtmfDecoder()
@@ -301,11 +304,14 @@ class MediaStream:
         stats.rtp_in.bytes += len(data)
         stats.last_packet = now
         stats.last_ssrc = packet.ssrc
-        if packet.ssrc != self.reorder.ssrc:
-            self.jitter.reset()
+        self.reorder.push(packet, now)
         if packet.payload_type == self.payload_type:
             self.jitter.update(packet.timestamp, now)  # RFC 3550: at arrival, audio only
-        self.reorder.push(packet, now)
+
+    def _on_stream_restart(self) -> None:
+        """A new SSRC or a sequence restart: timestamps start afresh (RFC 3550 A.1)."""
+        self.jitter.reset()
+        self._emit(self.dtmf.restart())
 
     def _accept_source(self, source: tuple[str, int]) -> bool:
         """Latching policy for a packet not from the latched source (RTP Bleed defence)."""

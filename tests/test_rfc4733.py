@@ -80,3 +80,10 @@ def test_unknown_events_and_short_payloads_are_counted_not_reported():
     assert decoder.packet(0, struct.pack("!BBH", 70, 0x80, 800)) is None  # RFC 4734 tone
     assert decoder.packet(0, b"\x01") is None
     assert decoder.ignored == 2
+
+
+def test_restart_reports_the_open_press_and_forgets_timestamps():
+    decoder = DtmfDecoder()
+    decoder.packet(90000, build_event(8, end=False, duration=320))
+    assert decoder.restart() == Dtmf("8", 40)
+    assert decoder.packet(100, build_event(9, end=True, duration=160)) == Dtmf("9", 20)

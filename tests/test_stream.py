@@ -445,3 +445,16 @@ async def test_open_reorder_gap_is_given_up_without_further_packets(autojump_clo
     finally:
         for sock in sockets:
             sock.close()
+
+
+async def test_dtmf_after_a_sequence_restart_with_earlier_timestamps():
+    """sipp's dtmf_2833_0.pcap follows the others with sequence 12080 and timestamp 17632:
+    a sender that restarted. The restart is believed on its second packet and the press,
+    although "older" by timestamp, is a new one."""
+    stream, _, events = make_stream()
+    for n in range(3):
+        stream.on_datagram(rtp(8436 + n, build_event(11, end=n == 2, duration=160 * n), pt=101, ts=92640), CALLER)
+    for n in range(4):
+        stream.on_datagram(rtp(12080 + n, build_event(0, end=n == 3, duration=160 * n), pt=101, ts=17632), CALLER)
+    assert drain(events) == [Dtmf("#", 40), Dtmf("0", 60)]
+    assert stream.reorder.restarts == 1
