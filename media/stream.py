@@ -465,7 +465,9 @@ class MediaStream:
             sock, destination = self.rtp_socket, self.remote
         else:
             sock, destination = self.rtcp_socket, self._rtcp_destination()
-        if destination is None or not self.sending:
+        # Unlike RTP, RTCP goes on while the caller holds (RFC 3264 section 5.1): only a
+        # missing address (c=0.0.0.0) stops it.
+        if destination is None:
             return
         try:
             sock.sendto(packet, destination)

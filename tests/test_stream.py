@@ -187,10 +187,12 @@ async def test_pacer_reanchors_after_a_stall_instead_of_bursting(autojump_clock)
     assert len(times) == 1 + 9 + 1 + 15
 
 
-async def test_nothing_sent_while_the_caller_holds(autojump_clock):
+async def test_no_rtp_while_the_caller_holds_but_rtcp_goes_on(autojump_clock):
     stream, _, _ = make_stream(sending=False)
     await run_for(0.2, stream.send_paced)
     assert stream.rtp_socket.sent == []
+    stream.send_report()  # RFC 3264 s5.1: RTCP is sent whatever the direction
+    assert len(stream.rtcp_socket.sent) == 1
 
 
 # --- inbound: latching and RTP Bleed ----------------------------------------------------------
