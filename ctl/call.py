@@ -12,9 +12,9 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge
+from media.bridge import CallBridge, CallerEvent
 from media.playout import PlayoutQueue
-from media.stream import MediaStream, close_socket
+from media.stream import MediaStream, Relatch, close_socket
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings
 
@@ -30,6 +30,8 @@ CALLER_EVENTS_QUEUE = 32
 # The model speaks faster than real time; two minutes of queued speech is far more than any
 # answer, and caps a runaway response at ~1 MB.
 MAX_PLAYOUT_SECONDS = 120
+# Key presses waiting for the AI session: nobody types 32 digits faster than a session reads.
+CALLER_EVENTS_QUEUE = 32
 
 
 class CallState(enum.Enum):
@@ -63,6 +65,10 @@ class CallMedia:
     local_port: int
     remote: tuple[str, int] | None  # from the SDP; None while on hold (c=0.0.0.0)
     sending: bool  # False when the caller holds the call
+    telephone_event: int | None = None  # RFC 4733 payload type, if negotiated
+    rtcp_remote: tuple[str, int] | None = None  # RFC 3605 a=rtcp, else the RTP port + 1
+    rtcp_mux: bool = False  # RFC 5761
+    caller_sends: bool = True  # False for a=inactive / recvonly / c=0.0.0.0: no RTP expected
 
 
 class Call:
@@ -86,6 +92,9 @@ class Call:
         release_ports: Callable[[], None],
         media_timeout: float = 0,
         send_silence: bool = True,
+        reorder_packets: int = 2,
+        strict_source: bool = False,
+        relatch: str = "sdp",
     ) -> None:
         self.call_id = call_id
         self.branch = branch  # the offer's via-branch ("" when none: matches any)
@@ -110,8 +119,7 @@ class Call:
         self._sockets = sockets
         self._scope = trio.CancelScope()
         audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
-        # The media plane's end of the caller-events channel (DTMF digits for the AI).
-        self.caller_events, events_receive = trio.open_memory_channel[Any](CALLER_EVENTS_QUEUE)
+        events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
         frame_bytes = media.ptime_ms * 8
         self.bridge = CallBridge(
             call_id=call_id,
@@ -131,9 +139,17 @@ class Call:
             payload_type=media.payload_type,
             remote=media.remote,
             caller_audio=audio_send,
+            caller_events=events_send,
+            telephone_event=media.telephone_event,
+            rtcp_remote=media.rtcp_remote,
+            rtcp_mux=media.rtcp_mux,
             send_silence=send_silence,
             sending=media.sending,
+            caller_sends=media.caller_sends,
             timeout=media_timeout,
+            reorder_packets=reorder_packets,
+            strict_source=strict_source,
+            relatch=Relatch(relatch),
         )
         self.ai = RealtimeSession(settings, self.bridge)
 
@@ -143,16 +159,6 @@ class Call:
         if state not in _ALLOWED[self.state]:
             raise IllegalTransition(f"call {self.call_id}: {self.state.value} -> {state.value}")
         self.state = state
-
-    def update_media(self, media: CallMedia, answer_sdp: str) -> None:
-        """A re-INVITE changed the caller's side (hold, resume, new address): apply it.
-
-        The local port, codec and ptime stay; a new remote address in the SDP is the one
-        case where the latched address may change (anything else could be a hijack).
-        """
-        self.media = media
-        self.answer_sdp = answer_sdp
-        self.stream.retarget(media.remote, sending=media.sending)
 
     def end(self, reason: str, *, tell_proxy: bool = True) -> None:
         """End the call (idempotent); the first reason given is the one recorded.
@@ -186,6 +192,7 @@ class Call:
                     nursery.start_soon(self._receive_media)
                     nursery.start_soon(self.stream.receive_rtcp)
                     nursery.start_soon(self.stream.send_paced)
+                    nursery.start_soon(self.stream.send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
@@ -198,6 +205,17 @@ class Call:
             self._to(CallState.ENDED)
             self.bridge.mark("ended")
             self.ended.set()
+
+    def update_media(self, media: CallMedia, answer_sdp: str) -> None:
+        """A re-offer (hold, resume, moved endpoint): same ports, codec and ptime, new SDP."""
+        self.media = media
+        self.answer_sdp = answer_sdp
+        self.stream.update(
+            remote=media.remote,
+            rtcp_remote=media.rtcp_remote,
+            sending=media.sending,
+            caller_sends=media.caller_sends,
+        )
 
     async def _receive_media(self) -> None:
         latch_watch = self.bridge.media_started
@@ -264,8 +282,8 @@ class Call:
                 "local port": media.local_port + 1,
                 "local address": media.local_address,
                 "family": family,
-                "endpoint": endpoint(rtcp_of(remote)),
-                "advertised endpoint": endpoint(rtcp_of(media.remote)),
+                "endpoint": endpoint(self.stream.rtcp_latched or rtcp_of(remote)),
+                "advertised endpoint": endpoint(media.rtcp_remote or rtcp_of(media.remote)),
                 "last packet": last_packet,
                 "flags": ["RTCP", "filled"] if stats.rtcp_in.packets else ["RTCP"],
                 "stats": stats.rtcp_in.as_dict(),
@@ -299,23 +317,43 @@ class Call:
             "created": int(self.created),
             "created_us": int((self.created % 1) * 1_000_000),
             "last signal": int(self.last_signal),
+            # Per-SSRC quality (MOS) from the caller's RTCP reports, as Kamailio's mos_*_pv
+            # read it.
+            "SSRC": self._ssrc_statistics() if parties else {},
             "tags": tags,
             "totals": {
                 "RTP": totals_rtp if parties else empty,
                 "RTCP": stats.rtcp_in.as_dict() if parties else empty,
             },
-            # Per-SSRC quality (MOS) from the caller's RTCP reports, as Kamailio's mos_*_pv
-            # read it; empty until reports are parsed.
-            "SSRC": {},
             "rtpai": self._rtpai_statistics(),
         }
+
+    def _ssrc_statistics(self) -> dict[str, Any]:
+        """rtpengine's top-level ``SSRC`` dict, which Kamailio's rtpengine mos pvs read.
+
+        Keyed by SSRC (as a decimal string: bencode keys are strings). The caller's SSRC
+        carries our reception quality of its stream, one sample per report we send; ours
+        carries what the caller's RTCP reports about the stream we send it.
+        """
+        stream = self.stream
+        entries: dict[str, Any] = {}
+        ssrcs = [stream.packetizer.ssrc]
+        if stream.reorder.ssrc is not None:
+            ssrcs.insert(0, stream.reorder.ssrc)
+        for ssrc in ssrcs:
+            quality = stream.quality.get(ssrc)
+            entries[str(ssrc)] = quality.as_dict() if quality else {}
+        return entries
 
     def _wall(self, trio_time: float) -> float:
         """Turn a trio-clock instant into wall-clock seconds."""
         return time.time() - (trio.current_time() - trio_time)
 
     def _rtpai_statistics(self) -> dict[str, Any]:
-        stats = self.stream.stats
+        stream = self.stream
+        stats = stream.stats
+        reorder = stream.reorder
+        report = stream.caller_report
         offer_at = self.bridge.timeline.get("offer", 0.0)
         return {
             "state": self.state.value,
@@ -327,14 +365,35 @@ class Call:
             },
             "rtp in": stats.rtp_in.as_dict(),
             "rtp out": stats.rtp_out.as_dict(),
+            "rtcp in": stats.rtcp_in.as_dict(),
+            "rtcp out": stats.rtcp_out.as_dict(),
             "dropped": {
                 "malformed": stats.malformed,
+                "rtcp malformed": stats.rtcp_malformed,
                 "foreign source": stats.foreign_source,
                 "other payload": stats.other_payload,
+                "late": reorder.late,
+                "duplicate": reorder.duplicates,
                 "ai queue full": stats.ai_queue_full,
+                "events dropped": stats.events_dropped,
                 "send errors": stats.send_errors,
                 "playout overflow bytes": self.bridge.playout.bytes_dropped,
             },
+            "lost": reorder.lost,
+            "jitter ms": round(stream.jitter.milliseconds, 2),
+            "round-trip time us": stream.rtt_us,
+            "caller report": {
+                "fraction lost": report.fraction_lost,
+                "cumulative lost": report.cumulative_lost,
+                "jitter ms": round(report.jitter / 8, 2),
+            }
+            if report
+            else None,
+            "ssrc changes": reorder.ssrc_changes,
+            "sequence restarts": reorder.restarts,
+            "relatches": stats.relatches,
+            "comfort noise": stats.comfort_noise,
+            "dtmf": stats.dtmf_events,
             "pacer re-anchors": stats.pacer_reanchors,
             "transfers": list(self.transfers),
             "ai": self.ai.stats.snapshot(),

@@ -178,6 +178,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rtp", "max_port", "RTP_MAX_PORT", "40000", int_range(1025, 65535)),
     Setting("rtp", "timeout", "RTP_TIMEOUT", "60", int_range(0, 86400),
             help="seconds without caller RTP before the call is ended (0 = never)"),
+    Setting("rtp", "send_silence", "RTP_SEND_SILENCE", "true", parse_bool,
+            help="send G.711 silence frames while the AI is quiet (false: send nothing, the "
+                 "timestamps still advance)"),
+    Setting("rtp", "reorder_packets", "RTP_REORDER_PACKETS", "2", int_range(0, 16),
+            help="packets held waiting for a missing one before it is counted lost"),
+    Setting("rtp", "strict_source", "RTP_STRICT_SOURCE", "false", parse_bool,
+            help="accept RTP only from the address:port of the SDP (no NAT latching)"),
+    Setting("rtp", "relatch", "RTP_RELATCH", "sdp", one_of("never", "sdp", "silence"),
+            help="when another source may take over a latched call: never, sdp (only the "
+                 "SDP's address), silence (also any, after 2 s without the latched source)"),
     Setting("openai", "key", "OPENAI_API_KEY", None, optional_text, aliases=("openai_key",),
             secret=True, help="API key (required unless disabled)"),
     Setting("openai", "url", "OPENAI_URL", "wss://api.openai.com/v1/realtime", url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
 import logging
 import secrets
 import time
@@ -186,6 +187,10 @@ class Engine:
                 sdp_origin=(session_id, 1),
                 on_end=self._call_ending,
                 on_transfer=self._call_transfer,
+                send_silence=rtp_config["send_silence"],
+                reorder_packets=rtp_config["reorder_packets"],
+                strict_source=rtp_config["strict_source"],
+                relatch=rtp_config["relatch"],
             )
         except BaseException:
             for sock in sockets:
@@ -235,12 +240,21 @@ class Engine:
         except sdp.SdpError as exc:
             raise NgError(exc.reason) from None
 
-    @staticmethod
-    def _call_media(negotiated, advertised: str, rtp_port: int) -> CallMedia:
-        # c=0.0.0.0 (RFC 2543 hold) gives no address; a=sendonly hold keeps it, silent.
-        remote = None
-        if negotiated.remote_address:
-            remote = (negotiated.remote_address, negotiated.remote_port)
+    def _call_media(
+        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int
+    ) -> CallMedia:
+        """What the call's media stream needs from an offer/answer exchange."""
+        remote = rtcp_remote = None
+        if negotiated.remote_address:  # None for c=0.0.0.0 (negotiate drops it)
+            address = self._sendable(negotiated.remote_address)
+            remote = (address, negotiated.remote_port)
+            rtcp_remote = (address, negotiated.remote_rtcp_port)
+        event = negotiated.telephone_event
+        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive);
+        # c=0.0.0.0 is RFC 2543 hold, which stops the caller's RTP as well as ours.
+        caller_sends = negotiated.answer_direction in ("sendrecv", "recvonly") and not (
+            negotiated.remote_address is None and negotiated.on_hold
+        )
         return CallMedia(
             codec=negotiated.codec.encoding,
             payload_type=negotiated.codec.payload_type,
@@ -250,7 +264,21 @@ class Engine:
             local_port=rtp_port,
             remote=remote,
             sending=not negotiated.on_hold,
+            telephone_event=event.payload_type if event is not None else None,
+            rtcp_remote=rtcp_remote,
+            rtcp_mux=negotiated.rtcp_mux,
+            caller_sends=caller_sends,
         )
+
+    def _sendable(self, address: str) -> str:
+        """An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address  # an FQDN: left to the resolver, and latching fixes it anyway
+        if ip.version == 4 and ":" in self.config["rtp"]["bind_ip"]:
+            return f"::ffff:{ip}"
+        return str(ip)
 
     def _reoffer(self, call: Call, request: NgRequest, offer_sdp: str) -> dict[str, Any]:
         """A re-INVITE (hold, resume, new address): same ports, codec and ptime.

@@ -39,6 +39,14 @@ class CallRegistry(Generic[C]):
         for branches in self._calls.values():
             yield from branches.values()
 
+    def __getitem__(self, call_id: str) -> C:
+        """The call of ``call_id`` (its first branch): for tools and tests, which name calls
+        by call-id; commands resolve branches and tags with :meth:`select`."""
+        branches = self._calls.get(call_id)
+        if not branches:
+            raise KeyError(call_id)
+        return next(iter(branches.values()))
+
     def call_ids(self) -> list[str]:
         return list(self._calls)
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from media.playout import PlayoutQueue
+from media.rfc4733 import Dtmf
 from media.rtp import SILENCE_BYTE
+
+# What the media plane tells the AI session about the caller besides audio. Only DTMF today;
+# hold and hang-up would join it here, as flavor-neutral dataclasses.
+CallerEvent = Dtmf
 
 
 @dataclass
@@ -29,9 +33,10 @@ class CallBridge:
     end_call: Callable[[str], None]  # ask for the call to end, with a reason for the stats
     transfer: Callable[[str], None]  # ask for the caller to be transferred to a target
     media_started: trio.Event = field(default_factory=trio.Event)  # first valid caller RTP
-    # What the caller does besides speaking, for the AI: for now objects with ``.digit`` (DTMF,
-    # RFC 4733), produced by the media plane. Bounded; None when nothing produces events.
-    caller_events: trio.MemoryReceiveChannel[Any] | None = None
+    # What the caller does besides speaking, for the AI: key presses (RFC 4733) in the order
+    # pressed. Bounded: the media plane drops and counts when the AI session does not read
+    # them. None in tests that build a bare bridge.
+    caller_events: trio.MemoryReceiveChannel[CallerEvent] | None = None
     # Milestones of the call on trio's clock (offer, ai_session_open, first_caller_rtp, ...),
     # first occurrence only: they make the demo's timeline and the latency figures.
     timeline: dict[str, float] = field(default_factory=dict)

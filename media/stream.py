@@ -1,27 +1,65 @@
-"""One call's media: the RTP/RTCP sockets, the receiver and the paced sender.
+"""One call's media: the RTP/RTCP sockets, the receiver, the paced sender and RTCP reports.
 
 Sockets are plain non-blocking stdlib sockets driven by ``trio.lowlevel.wait_readable``:
 one wake-up drains every datagram that is waiting, instead of paying a trio checkpoint (a
 scheduler pass) per packet as ``trio.socket`` would (python-trio/trio#1595).
+
+The protocol work is done by sans-IO cores that take time as an argument: ``rtp`` (parsing,
+packetizing), ``jitter`` (reorder buffer, RFC 3550 statistics), ``rfc4733`` (key presses),
+``rtcp`` (reports, MOS) and ``playout`` (pacing). This module only moves bytes and time.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
+import ipaddress
 import logging
+import math
+import random
 import socket
+import time
 from dataclasses import dataclass, field
 
 import trio
 
-from media.bridge import CallBridge
+from media.bridge import CallBridge, CallerEvent
+from media.jitter import JitterEstimator, ReorderBuffer
 from media.playout import Pacer
-from media.rtp import PT_COMFORT_NOISE, RtpError, RtpPacketizer, is_rtcp, parse_rtp
+from media.rfc4733 import DtmfDecoder
+from media.rtcp import (
+    Bye,
+    ReportBlock,
+    RtcpError,
+    SenderReport,
+    StreamQuality,
+    build_report,
+    ntp_middle,
+    ntp_timestamp,
+    parse_compound,
+    round_trip_us,
+)
+from media.rtp import PT_COMFORT_NOISE, RtpError, RtpPacket, RtpPacketizer, is_rtcp, parse_rtp
 
 log = logging.getLogger("rtpai.media")
 
 MAX_DATAGRAM = 2048  # G.711 at 40 ms is 332 bytes; anything near this is not ours to take
 BATCH_LIMIT = 64  # datagrams per wake-up, so one flooded call cannot starve the others
+# RFC 3550 section 6.2: 5 s is the minimum report interval, randomised over [0.5, 1.5] of it
+# (section 6.3.1) so that calls started together do not report in lockstep.
+RTCP_INTERVAL = 5.0
+# The `silence` re-latch policy: the latched source must have been quiet this long before
+# another source may take over (a NAT rebinding or a mobile handover, not an attacker
+# racing a live stream).
+RELATCH_SILENCE = 2.0
+
+
+class Relatch(enum.Enum):
+    """When RTP from a source other than the latched one may take the call over."""
+
+    NEVER = "never"  # the first valid packet's source holds for the whole call
+    SDP = "sdp"  # only the address:port the (latest) SDP names; a re-offer that moves it re-latches
+    SILENCE = "silence"  # also any source, once the latched one has been quiet RELATCH_SILENCE
 
 
 @dataclass
@@ -39,9 +77,15 @@ class MediaStats:
     rtp_in: DirectionStats = field(default_factory=DirectionStats)
     rtp_out: DirectionStats = field(default_factory=DirectionStats)
     rtcp_in: DirectionStats = field(default_factory=DirectionStats)
+    rtcp_out: DirectionStats = field(default_factory=DirectionStats)
     malformed: int = 0  # not RTP at all, or lengths that do not add up
+    rtcp_malformed: int = 0  # RTCP failing the RFC 3550 A.2 checks
     foreign_source: int = 0  # RTP from an address other than the latched one
+    relatches: int = 0  # the latched address moved (policy or SDP allowed it)
     other_payload: int = 0  # payload types we did not negotiate (counted, not forwarded)
+    comfort_noise: int = 0  # RFC 3389 packets, accepted and not forwarded
+    dtmf_events: int = 0  # key presses decoded (RFC 4733)
+    events_dropped: int = 0  # key presses the AI session did not take in time
     ai_queue_full: int = 0  # caller frames dropped because the AI session fell behind
     send_errors: int = 0
     pacer_reanchors: int = 0
@@ -58,6 +102,9 @@ def bind_pair(bind_ip: str, rtp_port: int) -> tuple[socket.socket, socket.socket
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sockets.append(sock)
             sock.setblocking(False)
+            if family == socket.AF_INET6 and ipaddress.ip_address(bind_ip).is_unspecified:
+                # `::` takes IPv4 callers too (as ::ffff:a.b.c.d): one engine, both families.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((bind_ip, port))
     except OSError:
         for sock in sockets:
@@ -71,8 +118,29 @@ def close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
+def _same_endpoint(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:
+    """Address equality that survives spelling: 2001:DB8::1 vs 2001:db8::1, v4-mapped v6."""
+    if a is None or b is None or a[1] != b[1]:
+        return False
+    if a[0] == b[0]:
+        return True
+    try:
+        x, y = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+    except ValueError:
+        return False
+    x = getattr(x, "ipv4_mapped", None) or x
+    y = getattr(y, "ipv4_mapped", None) or y
+    return x == y
+
+
 class MediaStream:
-    """The caller's RTP in, our paced RTP out, for one call."""
+    """The caller's RTP in, our paced RTP out, and RTCP both ways, for one call.
+
+    ``remote`` is where the SDP says the caller receives RTP (None while it holds with
+    c=0.0.0.0); ``rtcp_remote`` the same for RTCP (ignored with ``rtcp_mux``). Symmetric RTP
+    (RFC 4961): until the first valid packet we send to the SDP's address, then to the source
+    of that packet, which is what gets through the caller's NAT.
+    """
 
     def __init__(
         self,
@@ -83,46 +151,107 @@ class MediaStream:
         payload_type: int,
         remote: tuple[str, int] | None,
         caller_audio: trio.MemorySendChannel[bytes],
+        caller_events: trio.MemorySendChannel[CallerEvent] | None = None,
+        telephone_event: int | None = None,
+        rtcp_remote: tuple[str, int] | None = None,
+        rtcp_mux: bool = False,
         send_silence: bool = True,
         sending: bool = True,
+        caller_sends: bool = True,
         timeout: float = 0,
+        reorder_packets: int = 2,
+        strict_source: bool = False,
+        relatch: Relatch = Relatch.SDP,
+        wall_clock=time.time,
     ) -> None:
         self.bridge = bridge
         self.rtp_socket = rtp_socket
         self.rtcp_socket = rtcp_socket
         self.payload_type = payload_type
-        # Where we send: the SDP's address until the first valid packet, then that packet's
-        # source (symmetric RTP: it gets through the caller's NAT).
+        self.telephone_event = telephone_event
+        self.sdp_remote = remote
+        self.sdp_rtcp_remote = rtcp_remote
+        self.rtcp_mux = rtcp_mux
+        # Where we send: the SDP's address until the first valid packet, then its source.
         self.remote = remote
         self.latched: tuple[str, int] | None = None
+        self.rtcp_latched: tuple[str, int] | None = None
         self.caller_audio = caller_audio
+        self.caller_events = caller_events
         self.send_silence = send_silence
         self.sending = sending  # False while the caller holds the call (sendonly/inactive)
+        self.caller_sends = caller_sends  # False when the caller says it will not (inactive)
         self.timeout = timeout
+        self.strict_source = strict_source
+        self.relatch = relatch
         self.stats = MediaStats()
         self.packetizer = RtpPacketizer(payload_type)
+        ptime = bridge.ptime_ms / 1000
+        self.reorder = ReorderBuffer(
+            self._deliver,
+            depth=reorder_packets,
+            max_wait=max(reorder_packets, 1) * ptime,
+            on_restart=self._on_stream_restart,
+        )
+        self.jitter = JitterEstimator()
+        self.dtmf = DtmfDecoder()
+        # RTCP state: the caller's last SR (LSR, when it arrived), the latest RTT, and MOS
+        # samples per SSRC in rtpengine's query shape.
+        self.cname = f"rtpai-{self.packetizer.ssrc:08x}".encode()
+        self._caller_sr: tuple[int, float] | None = None
+        self.rtt_us: int | None = None
+        self.caller_report: ReportBlock | None = None  # the caller's latest block about us
+        self.quality: dict[int, StreamQuality] = {}
+        self._sent_since_report = False
+        self._wall = wall_clock
+        self._now = 0.0  # trio time of the datagram being handled
+        self._latched_at = 0.0  # trio time of the latched source's last valid packet
         self._timeout_scope: trio.CancelScope | None = None
 
-    def retarget(self, remote: tuple[str, int] | None, *, sending: bool) -> None:
-        """Apply a new SDP: a changed remote address allows one new latch, to anyone.
+    # --- re-offer -----------------------------------------------------------------------------
 
-        Only signalling (the proxy's re-INVITE) may move the stream; stray packets never do.
-        """
+    def update(
+        self,
+        *,
+        remote: tuple[str, int] | None,
+        rtcp_remote: tuple[str, int] | None,
+        sending: bool,
+        caller_sends: bool,
+    ) -> None:
+        """A re-offer (hold, resume, a moved endpoint) changed what the SDP says."""
+        moved = remote is not None and not _same_endpoint(remote, self.sdp_remote)
+        self.sdp_remote = remote
+        self.sdp_rtcp_remote = rtcp_remote
         self.sending = sending
-        if remote is not None and remote != self.remote:
-            self.remote = remote
+        self.caller_sends = caller_sends
+        if moved and (self.latched is None or self.relatch is not Relatch.NEVER):
+            # Signalling moved the media (the proxy vouches for it): send there now and latch
+            # afresh on the first packet, as for a new call.
             self.latched = None
+            self.rtcp_latched = None
+            self.remote = remote
+        self._extend_timeout()
 
     # --- receive ------------------------------------------------------------------------------
 
     async def receive_rtp(self) -> None:
         """Read caller RTP until cancelled; returns if the media timeout expires."""
         sock = self.rtp_socket
+        reorder = self.reorder
         with trio.CancelScope() as scope:
             self._timeout_scope = scope
             self._extend_timeout()
             while True:
-                await trio.lowlevel.wait_readable(sock)
+                deadline = reorder.deadline
+                if deadline is None:
+                    await trio.lowlevel.wait_readable(sock)
+                else:
+                    # A gap is open: wake up to give up on it even if nothing else arrives.
+                    with trio.move_on_at(deadline):
+                        await trio.lowlevel.wait_readable(sock)
+                    reorder.expire(trio.current_time())
+                self._now = trio.current_time()
+                valid_before = self.stats.rtp_in.packets
                 for _ in range(BATCH_LIMIT):
                     try:
                         data, source = sock.recvfrom(MAX_DATAGRAM)
@@ -132,7 +261,9 @@ class MediaStream:
                         # ICMP port unreachable from an earlier send surfaces here on Linux.
                         self.stats.send_errors += 1
                         continue
-                    self._on_rtp(data, source)
+                    self.on_datagram(data, source)
+                if self.stats.rtp_in.packets != valid_before:
+                    self._extend_timeout()  # once per wake-up, not per packet
         # Only the media timeout cancels this scope from inside; the caller checks the clock.
 
     @property
@@ -141,14 +272,20 @@ class MediaStream:
         return scope is not None and scope.cancelled_caught
 
     def _extend_timeout(self) -> None:
-        if self.timeout and self._timeout_scope is not None:
-            self._timeout_scope.deadline = trio.current_time() + self.timeout
+        scope = self._timeout_scope
+        if scope is None:
+            return
+        if self.timeout and self.caller_sends:
+            scope.deadline = trio.current_time() + self.timeout
+        else:
+            # A caller on hold with a=inactive (or c=0.0.0.0) legitimately sends nothing.
+            scope.deadline = math.inf
 
-    def _on_rtp(self, data: bytes, source: tuple) -> None:
+    def on_datagram(self, data: bytes, source: tuple) -> None:
+        """One datagram on the RTP port (``self._now`` is its arrival time)."""
         stats = self.stats
         if is_rtcp(data):  # RFC 5761 muxed RTCP
-            stats.rtcp_in.packets += 1
-            stats.rtcp_in.bytes += len(data)
+            self._on_rtcp(data, source[:2])
             return
         try:
             packet = parse_rtp(data)
@@ -157,46 +294,196 @@ class MediaStream:
             stats.rtp_in.errors += 1
             return
         source = source[:2]
-        if self.latched is None:
-            self.latched = source
-            self.remote = source
-            self.bridge.mark("first_caller_rtp")
-            self.bridge.media_started.set()
-        elif source != self.latched:
-            # Never re-latch to a stranger: that is how "RTP Bleed" hijacks calls.
+        if source != self.latched and not self._accept_source(source):
             stats.foreign_source += 1
             stats.rtp_in.errors += 1
             return
+        now = self._now
+        self._latched_at = now
         stats.rtp_in.packets += 1
         stats.rtp_in.bytes += len(data)
-        stats.last_packet = trio.current_time()
+        stats.last_packet = now
         stats.last_ssrc = packet.ssrc
-        self._extend_timeout()
-        if packet.payload_type != self.payload_type:
-            if packet.payload_type != PT_COMFORT_NOISE:
-                stats.other_payload += 1
+        self.reorder.push(packet, now)
+        if packet.payload_type == self.payload_type:
+            self.jitter.update(packet.timestamp, now)  # RFC 3550: at arrival, audio only
+
+    def _on_stream_restart(self) -> None:
+        """A new SSRC or a sequence restart: timestamps start afresh (RFC 3550 A.1)."""
+        self.jitter.reset()
+        self._emit(self.dtmf.restart())
+
+    def _accept_source(self, source: tuple[str, int]) -> bool:
+        """Latching policy for a packet not from the latched source (RTP Bleed defence)."""
+        if self.strict_source and not _same_endpoint(source, self.sdp_remote):
+            return False  # only the SDP's address:port, ever
+        if self.latched is None:
+            self._latch(source)
+            self.bridge.mark("first_caller_rtp")
+            self.bridge.media_started.set()
+            return True
+        # Never re-latch to a stranger on its word alone: that is how "RTP Bleed" hijacks calls.
+        policy = self.relatch
+        if policy is Relatch.NEVER:
+            return False
+        if _same_endpoint(source, self.sdp_remote) or (
+            policy is Relatch.SILENCE and self._now - self._latched_at >= RELATCH_SILENCE
+        ):
+            self.stats.relatches += 1
+            self._latch(source)
+            return True
+        return False
+
+    def _latch(self, source: tuple[str, int]) -> None:
+        self.latched = source
+        self.remote = source
+
+    def _deliver(self, packet: RtpPacket) -> None:
+        """The reorder buffer's output, in sequence order."""
+        pt = packet.payload_type
+        if pt == self.payload_type:
+            if self.dtmf.pending:  # an event is open: audio may show it has ended
+                self._emit(self.dtmf.audio(packet.timestamp))
+            try:
+                self.caller_audio.send_nowait(packet.payload)
+            except trio.WouldBlock:
+                self.stats.ai_queue_full += 1  # the media path never waits for the AI
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the AI session has ended; media keeps flowing until the call ends
+        elif pt == self.telephone_event:
+            self._emit(self.dtmf.packet(packet.timestamp, packet.payload))
+        elif pt == PT_COMFORT_NOISE:
+            self.stats.comfort_noise += 1  # RFC 3389: the caller is silent; nothing to forward
+        else:
+            self.stats.other_payload += 1
+
+    def _emit(self, event: CallerEvent | None) -> None:
+        if event is None:
+            return
+        self.stats.dtmf_events += 1
+        if self.caller_events is None:
             return
         try:
-            self.caller_audio.send_nowait(packet.payload)
+            self.caller_events.send_nowait(event)
         except trio.WouldBlock:
-            stats.ai_queue_full += 1  # the media path never waits for the AI
+            self.stats.events_dropped += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the AI session has ended; media keeps flowing until the call ends
+            self.stats.events_dropped += 1
+
+    # --- RTCP ---------------------------------------------------------------------------------
 
     async def receive_rtcp(self) -> None:
-        """Count the caller's RTCP (reports are parsed in a later version)."""
+        """Read the caller's RTCP on the RTCP port (with rtcp-mux it arrives with the RTP)."""
         sock = self.rtcp_socket
         while True:
             await trio.lowlevel.wait_readable(sock)
+            self._now = trio.current_time()
             for _ in range(BATCH_LIMIT):
                 try:
-                    data, _source = sock.recvfrom(MAX_DATAGRAM)
+                    data, source = sock.recvfrom(MAX_DATAGRAM)
                 except BlockingIOError:
                     break
                 except OSError:
                     continue
-                self.stats.rtcp_in.packets += 1
-                self.stats.rtcp_in.bytes += len(data)
+                self._on_rtcp(data, source[:2])
+
+    def _on_rtcp(self, data: bytes, source: tuple[str, int]) -> None:
+        stats = self.stats
+        # RTCP is accepted from the latched RTP host (any port: NATs pick their own) or, before
+        # latching, from the SDP's host; anything else could feed us forged reports.
+        expected = self.latched or self.sdp_remote
+        if expected is None or not _same_endpoint((source[0], 0), (expected[0], 0)):
+            stats.foreign_source += 1
+            stats.rtcp_in.errors += 1
+            return
+        try:
+            reports = parse_compound(data)
+        except RtcpError:
+            stats.rtcp_malformed += 1
+            stats.rtcp_in.errors += 1
+            return
+        stats.rtcp_in.packets += 1
+        stats.rtcp_in.bytes += len(data)
+        if not self.rtcp_mux:
+            self.rtcp_latched = source
+        wall = self._wall()
+        arrival = ntp_timestamp(wall)
+        our_ssrc = self.packetizer.ssrc
+        for report in reports:
+            if isinstance(report, Bye):
+                continue
+            if isinstance(report, SenderReport):
+                self._caller_sr = (ntp_middle(report.ntp), self._now)
+            for block in report.blocks:
+                if block.ssrc != our_ssrc:
+                    continue
+                self.caller_report = block
+                rtt = round_trip_us(block, arrival)
+                if rtt is not None:
+                    self.rtt_us = rtt
+                # The caller's view of our stream: its jitter and loss, our RTT.
+                self.quality.setdefault(our_ssrc, StreamQuality()).add(
+                    self.rtt_us or 0, block.jitter * 1000 / 8000,
+                    block.fraction_lost * 100 / 256, wall,
+                )
+
+    async def send_rtcp(self) -> None:
+        """An SR (while we send) or RR, with SDES CNAME, every ~5 s (RFC 3550 section 6.2)."""
+        while True:
+            await trio.sleep(RTCP_INTERVAL * random.uniform(0.5, 1.5))
+            self._now = trio.current_time()
+            self.send_report()
+
+    def send_report(self) -> None:
+        """Build and send one compound RTCP report now; also samples the caller's quality."""
+        wall = self._wall()
+        ntp = ntp_timestamp(wall)
+        blocks = []
+        reorder = self.reorder
+        if reorder.ssrc is not None:
+            fraction, cumulative = reorder.report_interval()
+            lsr = dlsr = 0
+            if self._caller_sr is not None:
+                lsr, received_at = self._caller_sr
+                dlsr = int((self._now - received_at) * 65536)
+            jitter = int(self.jitter.jitter)
+            blocks.append(
+                ReportBlock(reorder.ssrc, fraction, cumulative, reorder.extended_max, jitter,
+                            lsr, dlsr)
+            )
+            # Our view of the caller's stream, rtpengine-style: one sample per report.
+            self.quality.setdefault(reorder.ssrc, StreamQuality()).add(
+                self.rtt_us or 0, self.jitter.milliseconds, fraction * 100 / 256, wall
+            )
+        sender = None
+        if self._sent_since_report:
+            out = self.stats.rtp_out
+            sender = (ntp, self.packetizer.timestamp, out.packets, out.bytes)
+            self._sent_since_report = False
+        packet = build_report(self.packetizer.ssrc, self.cname, blocks, sender=sender)
+        if self.rtcp_mux:
+            sock, destination = self.rtp_socket, self.remote
+        else:
+            sock, destination = self.rtcp_socket, self._rtcp_destination()
+        # Unlike RTP, RTCP goes on while the caller holds (RFC 3264 section 5.1): only a
+        # missing address (c=0.0.0.0) stops it.
+        if destination is None:
+            return
+        try:
+            sock.sendto(packet, destination)
+        except OSError:
+            self.stats.send_errors += 1
+            return
+        self.stats.rtcp_out.packets += 1
+        self.stats.rtcp_out.bytes += len(packet)
+
+    def _rtcp_destination(self) -> tuple[str, int] | None:
+        if self.rtcp_latched is not None:
+            return self.rtcp_latched
+        latched = self.latched
+        if latched is None or _same_endpoint(latched, self.sdp_remote):
+            return self.sdp_rtcp_remote
+        return (latched[0], latched[1] + 1)  # behind a NAT: RFC 3550 section 11's next port
 
     # --- send ---------------------------------------------------------------------------------
 
@@ -227,7 +514,7 @@ class MediaStream:
                 if self.send_silence:
                     self._send(packetizer.packet(silence, samples))
                 else:
-                    packetizer.silence_gap(samples)
+                    packetizer.silence_gap(samples)  # the timestamp still advances
             before = pacer.reanchors
             pacer.advance(now)
             if pacer.reanchors != before:
@@ -246,5 +533,6 @@ class MediaStream:
                 log.debug("call %s: RTP send failed: %s", self.bridge.call_id, exc)
             self.stats.send_errors += 1
             return
+        self._sent_since_report = True
         self.stats.rtp_out.packets += 1
         self.stats.rtp_out.bytes += len(packet)
