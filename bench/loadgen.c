@@ -107,12 +107,13 @@ static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 int main(int argc, char **argv) {
     int ncalls = 50;
     double warmup = 5, duration = 20, spurt_ms = 1000, silence_ms = 2000, drain = 0.5;
-    int continuous = 0;
+    int continuous = 0, wake_on_receive = 0;
     static struct option opts[] = {
         {"calls", required_argument, 0, 'n'},   {"warmup", required_argument, 0, 'w'},
         {"duration", required_argument, 0, 'd'}, {"spurt-ms", required_argument, 0, 's'},
         {"silence-ms", required_argument, 0, 'S'}, {"continuous", no_argument, 0, 'c'},
-        {"drain", required_argument, 0, 'D'},   {0, 0, 0, 0}};
+        {"drain", required_argument, 0, 'D'},   {"wake-on-receive", no_argument, 0, 'W'},
+        {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -123,6 +124,7 @@ int main(int argc, char **argv) {
         case 'S': silence_ms = atof(optarg); break;
         case 'c': continuous = 1; break;
         case 'D': drain = atof(optarg); break;
+        case 'W': wake_on_receive = 1; break;
         default: fprintf(stderr, "usage: loadgen --calls N --warmup S --duration S\n"); return 2;
         }
     }
@@ -179,8 +181,14 @@ int main(int argc, char **argv) {
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = tfd};
     epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
-    ev.data.fd = sock;
-    epoll_ctl(ep, EPOLL_CTL_ADD, sock, &ev);
+    /* By default the socket is drained on each 1 ms tick, not waited on: a receiver asleep
+     * in epoll makes every packet rtpai sends pay a cross-CPU wake-up (an IPI, a VM exit
+     * under KVM) that a phone on another machine never costs it. SO_TIMESTAMPNS stamps
+     * packets when they are queued, so arrival times keep their precision. */
+    if (wake_on_receive) {
+        ev.data.fd = sock;
+        epoll_ctl(ep, EPOLL_CTL_ADD, sock, &ev);
+    }
 
     /* send buffers */
     uint8_t (*sbuf)[RTP_HDR + FRAME] = calloc(SEND_CHUNK, RTP_HDR + FRAME);
@@ -221,10 +229,12 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
         for (int e = 0; e < ne; e++) {
+            int do_recv = 1;
             if (evs[e].data.fd == tfd) {
                 uint64_t exp;
                 if (read(tfd, &exp, sizeof exp) < 0) {}
-                if (state >= 2) continue;
+                do_recv = !wake_on_receive;
+                if (state >= 2) goto sent;
                 int n = 0;
                 int64_t rt = now_ns(CLOCK_REALTIME);
                 for (int i = 0; i < ncalls; i++) {
@@ -283,7 +293,9 @@ int main(int argc, char **argv) {
                         done += r;
                     }
                 }
-            } else {
+            sent:;
+            }
+            if (do_recv) {
                 for (;;) {
                     for (int k = 0; k < BATCH; k++) {
                         riov[k].iov_base = rbuf[k];

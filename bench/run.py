@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -41,8 +42,8 @@ LOADGEN = BUILD / "loadgen"
 API_KEY = "bench-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-RTPAI_PORTS = (40000, 47999)
-RTPENGINE_PORTS = (50000, 57999)
+RTPAI_PORTS = (20000, 25999)
+RTPENGINE_PORTS = (26000, 29999)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -114,11 +115,22 @@ class Child:
             self.stderr_file.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (proc(5): fields 14 and 15)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of every thread of ``pid`` in seconds (proc(5): fields 14 and 15)."""
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent on anything but idle/iowait, all cores (proc(5): /proc/stat)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
 
 
 def rss_kib(pid: int) -> int:
@@ -203,7 +215,8 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         time.sleep(0.5)
         rss_idle = rss_kib(rtpai.pid)
         loadgen = Child("loadgen", [str(LOADGEN), "--calls", str(n), "--warmup",
-                                    str(args.warmup), "--duration", str(args.duration)])
+                                    str(args.warmup), "--duration", str(args.duration),
+                                    *(["--wake-on-receive"] if args.gen_wake else [])])
         caller_port = int(loadgen.expect("PORT", 5))
         targets = []
         offer_times = []
@@ -222,6 +235,8 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         loadgen.expect("WINDOW_START", args.warmup + 10)
         server.write("WINDOW_START")
         cpu0 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
+        split0 = cpu_times(rtpai.pid)
+        busy0 = machine_busy_seconds()
         t0 = time.monotonic()
         if profile:
             spy = Child("py-spy", [str(ROOT / ".venv" / "bin" / "py-spy"), "record",
@@ -233,6 +248,8 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         loadgen.expect("WINDOW_END", args.duration + 10)
         window = time.monotonic() - t0
         cpu1 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
+        split1 = cpu_times(rtpai.pid)
+        busy1 = machine_busy_seconds()
         rss_loaded = rss_kib(rtpai.pid)
         server.write("WINDOW_END")
         gen = json.loads(loadgen.expect("SUMMARY", 10))
@@ -265,8 +282,13 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         "window_s": round(window, 2),
         "rtpai_cpu_ms_per_call_s": round(1000 * cpu["rtpai"] / call_seconds, 3),
         "rtpai_cpu_percent": round(100 * cpu["rtpai"] / window, 1),
+        "rtpai_user_percent": round(100 * (split1[0] - split0[0]) / window, 1),
+        "rtpai_system_percent": round(100 * (split1[1] - split0[1]) / window, 1),
         "server_cpu_percent": round(100 * cpu["realtime_lean"] / window, 1),
         "loadgen_cpu_percent": round(100 * cpu["loadgen"] / window, 1),
+        # Everything else the machine ran meanwhile (other jobs, softirq not charged to us):
+        # a shared machine's noise, so a figure can be read against it.
+        "others_cpu_percent": round(100 * (busy1 - busy0 - sum(cpu.values())) / window, 1),
         "rss_idle_kib": rss_idle,
         "rss_loaded_kib": rss_loaded,
         "rss_per_call_kib": round((rss_loaded - rss_idle) / n, 1),
@@ -390,7 +412,7 @@ def compare_offers(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def churn(args: argparse.Namespace) -> dict[str, Any]:
-    """``--churn`` offer/delete cycles (8 in flight); RSS before and after."""
+    """Two batches of ``--churn`` offer/delete cycles (8 in flight); RSS between them."""
     server, url = start_server(interval=0)
     rtpai, ng = start_rtpai(url, BUILD / "rtpai-churn.log")
     sdp = caller_sdp(9)
@@ -417,9 +439,23 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
         ng.pipelined(cycles("warm", 500), 8)
         time.sleep(1)
         rss["after_500_warmup"] = rss_kib(rtpai.pid)
+        spy = None
+        if args.profile:
+            spy = Child("py-spy", [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid",
+                                   str(rtpai.pid), "--rate", "100", "--nonblocking", "--format",
+                                   "raw", "--output", str(BUILD / "profile-churn.txt")],
+                        stdin=False, stderr_path=BUILD / "py-spy-churn.log")
         elapsed = ng.pipelined(cycles("churn", args.churn), 8)
+        if spy is not None:
+            spy.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            spy.proc.wait(30)
         time.sleep(2)
-        rss[f"after_{args.churn}"] = rss_kib(rtpai.pid)
+        rss["after_first_batch"] = rss_kib(rtpai.pid)
+        # The ng reply cache keeps up to 20,000 replies for 45 s, so the first batch grows
+        # RSS by design; the second batch shows whether anything else accumulates.
+        ng.pipelined(cycles("churn2", args.churn), 8)
+        time.sleep(2)
+        rss["after_second_batch"] = rss_kib(rtpai.pid)
         stats = ng.command("statistics")["statistics"]["currentstatistics"]
         srv = server_stats(server)
     finally:
@@ -431,8 +467,10 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
         "cycles": args.churn,
         "cycles_per_s": round(args.churn / elapsed, 1),
         "rss_kib": rss,
-        "growth_kib_per_1000_cycles": round(
-            (rss[f"after_{args.churn}"] - rss["after_500_warmup"]) / args.churn * 1000, 1),
+        "growth_kib_per_1000_cycles_first_batch": round(
+            (rss["after_first_batch"] - rss["after_500_warmup"]) / args.churn * 1000, 1),
+        "growth_kib_per_1000_cycles_second_batch": round(
+            (rss["after_second_batch"] - rss["after_first_batch"]) / args.churn * 1000, 1),
         "sessions_left": stats["sessionsown"],
         "ports_in_use": stats["portsinuse"],
         "ws_sessions_open_at_server": srv["sessions_open"],
@@ -443,29 +481,55 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
 # --- profile ----------------------------------------------------------------------------------
 
 
+TASK_LABELS = (
+    ({"MediaStream.send_paced"}, "pacer: MediaStream.send_paced"),
+    ({"RealtimeSession._send_caller_audio"}, "WS writer: RealtimeSession._send_caller_audio"),
+    ({"RealtimeSession._read_events", "WebSocketConnection._reader_task"},
+     "WS reader: _read_events + trio-websocket _reader_task"),
+    ({"MediaStream.receive_rtp", "Call._receive_media", "MediaStream.receive_rtcp"},
+     "RTP receiver: MediaStream.receive_rtp"),
+    ({"serve_ng", "Dispatcher.handle", "Engine.offer", "Engine.delete", "Call.run",
+      "RealtimeSession.run", "open_websocket_url"}, "ng + call set-up/tear-down"),
+    ({"Deadlines.expire"}, "trio timers: Deadlines.expire (cancel scopes)"),
+    ({"EpollIOManager.get_events", "EpollIOManager.process_events"}, "trio epoll wait/dispatch"),
+)
+
+
 def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
-    """py-spy raw (collapsed) stacks -> self and inclusive sample shares per function."""
+    """py-spy raw (collapsed) stacks -> shares of the busy samples.
+
+    ``self``/``inclusive`` are per function (line numbers folded); ``tasks`` groups samples
+    by the part of rtpai they ran in (:data:`TASK_LABELS`; --nonblocking sampling cuts some
+    stacks short, those are "unattributed"), adding up to 100 %.
+    """
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    tasks: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():
             continue
         samples = int(count)
         total += samples
-        frames = [f.strip() for f in stack.split(";") if f.strip()]
-        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [re.sub(r":\d+\)$", ")", f.strip()) for f in stack.split(";") if f.strip()]
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         own[frames[-1]] += samples
         for frame in set(frames):
             inclusive[frame] += samples
+        names = [f.partition(" (")[0] for f in frames]
+        task = next((label for keys, label in TASK_LABELS if any(n in keys for n in names)),
+                    "trio scheduler, other" if "unrolled_run" in names
+                    else "unattributed (partial stack)")
+        tasks[task] += samples
 
-    def table(counter):
-        return [(frame, round(100 * c / total, 1)) for frame, c in counter.most_common(top)]
+    def table(counter, n=top):
+        return [(frame, round(100 * c / total, 1)) for frame, c in counter.most_common(n)]
 
-    return {"samples": total, "self": table(own), "inclusive": table(inclusive)}
+    return {"samples": total, "self": table(own), "inclusive": table(inclusive),
+            "tasks": table(tasks, 12)}
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -526,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="50,200 calls, 10 s windows, 300 offers, 2000 churn cycles")
     parser.add_argument("--skip", default="", help="comma list of: calls,offers,churn")
+    parser.add_argument("--gen-wake", action="store_true",
+                        help="the generator sleeps in epoll on its socket (each RTP packet "
+                             "then costs rtpai a cross-CPU wake-up); default: 1 ms polling")
     args = parser.parse_args(argv)
     if args.quick:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
@@ -577,10 +644,13 @@ def main(argv: list[str] | None = None) -> int:
             "run": profiled,
             **summarise_profile(BUILD / f"profile-{args.profile}.txt"),
         }
-        for kind in ("self", "inclusive"):
+        for kind in ("tasks", "self", "inclusive"):
             print(f"top {kind}:")
             for frame, share in report["profile"][kind][:15]:
                 print(f"  {share:5.1f}%  {frame}")
+        churn_profile = BUILD / "profile-churn.txt"
+        if churn_profile.exists():
+            report["profile_churn"] = summarise_profile(churn_profile)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = BUILD / f"results-{stamp}.json"
