@@ -42,8 +42,9 @@ LOADGEN = BUILD / "loadgen"
 API_KEY = "bench-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-RTPAI_PORTS = (20000, 25999)
-RTPENGINE_PORTS = (26000, 29999)
+# Below the ephemeral range (32768+), apart from each other and from the tests' ranges.
+RTPAI_PORTS = (16000, 23999)
+RTPENGINE_PORTS = (24000, 31999)  # rtpengine takes four ports per offer (both legs)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -126,11 +127,14 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds spent on anything but idle/iowait, all cores (proc(5): /proc/stat)."""
+def machine_cpu() -> dict[str, float]:
+    """Machine-wide CPU seconds, all cores (proc(5): /proc/stat): processes, interrupts
+    (softirq: loopback delivery not charged to a process), and steal (the hypervisor)."""
     with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(v) for v in handle.readline().split()[1:9])
+    return {"processes": (user + nice + system) / CLK_TCK, "irq": (irq + softirq) / CLK_TCK,
+            "steal": steal / CLK_TCK}
 
 
 def rss_kib(pid: int) -> int:
@@ -204,9 +208,22 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def wait_for_quiet(limit_percent: float = 25.0, longest: float = 30.0) -> float:
+    """On a shared machine, start when other processes use under ``limit_percent`` of a core
+    (or after ``longest`` seconds). Returns the load seen last, for the report."""
+    deadline = time.monotonic() + longest
+    while True:
+        before = machine_cpu()["processes"]
+        time.sleep(1.0)
+        load = 100 * (machine_cpu()["processes"] - before)
+        if load < limit_percent or time.monotonic() > deadline:
+            return round(load, 1)
+
+
 def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dict[str, Any]:
     """N concurrent calls through fresh rtpai + server processes; the window's figures."""
     tag = f"calls-{n}{'-profile' if profile else ''}"
+    load_before = wait_for_quiet()
     server, url = start_server()
     rtpai, ng = start_rtpai(url, BUILD / f"rtpai-{tag}.log")
     loadgen = None
@@ -236,7 +253,7 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         server.write("WINDOW_START")
         cpu0 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
         split0 = cpu_times(rtpai.pid)
-        busy0 = machine_busy_seconds()
+        machine0 = machine_cpu()
         t0 = time.monotonic()
         if profile:
             spy = Child("py-spy", [str(ROOT / ".venv" / "bin" / "py-spy"), "record",
@@ -249,7 +266,7 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         window = time.monotonic() - t0
         cpu1 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
         split1 = cpu_times(rtpai.pid)
-        busy1 = machine_busy_seconds()
+        machine1 = machine_cpu()
         rss_loaded = rss_kib(rtpai.pid)
         server.write("WINDOW_END")
         gen = json.loads(loadgen.expect("SUMMARY", 10))
@@ -286,9 +303,13 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         "rtpai_system_percent": round(100 * (split1[1] - split0[1]) / window, 1),
         "server_cpu_percent": round(100 * cpu["realtime_lean"] / window, 1),
         "loadgen_cpu_percent": round(100 * cpu["loadgen"] / window, 1),
-        # Everything else the machine ran meanwhile (other jobs, softirq not charged to us):
-        # a shared machine's noise, so a figure can be read against it.
-        "others_cpu_percent": round(100 * (busy1 - busy0 - sum(cpu.values())) / window, 1),
+        # What else the machine did meanwhile (percent of one core): other processes (a
+        # shared machine's noise), interrupts, and time the hypervisor stole from our vCPUs.
+        "others_cpu_percent": round(100 * (machine1["processes"] - machine0["processes"]
+                                           - sum(cpu.values())) / window, 1),
+        "others_before_start_percent": load_before,
+        "irq_softirq_percent": round(100 * (machine1["irq"] - machine0["irq"]) / window, 1),
+        "steal_percent": round(100 * (machine1["steal"] - machine0["steal"]) / window, 1),
         "rss_idle_kib": rss_idle,
         "rss_loaded_kib": rss_loaded,
         "rss_per_call_kib": round((rss_loaded - rss_idle) / n, 1),
@@ -577,6 +598,15 @@ def print_table(results: list[dict[str, Any]]) -> None:
         ]))
 
 
+def section(run, args: argparse.Namespace) -> dict[str, Any]:
+    """One part of the report; a failure is recorded and the other parts still run."""
+    try:
+        return run(args)
+    except Exception as exc:  # noqa: BLE001 - the report says what failed, and goes on
+        print(f"{run.__name__} failed: {exc!r}", file=sys.stderr)
+        return {"error": repr(exc)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -630,11 +660,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['largest_healthy_n']}")
     if "offers" not in skip:
         print(f"\n== offer -> reply: {args.offers} offers each, rtpai vs rtpengine", flush=True)
-        report["offers"] = compare_offers(args)
+        report["offers"] = section(compare_offers, args)
         print(json.dumps(report["offers"], indent=1))
     if "churn" not in skip:
-        print(f"\n== memory: {args.churn} offer/delete cycles", flush=True)
-        report["churn"] = churn(args)
+        print(f"\n== memory: 2 x {args.churn} offer/delete cycles", flush=True)
+        report["churn"] = section(churn, args)
         print(json.dumps(report["churn"], indent=1))
     if args.profile:
         print(f"\n== profile: py-spy on rtpai under {args.profile} calls", flush=True)
