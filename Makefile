@@ -1,4 +1,5 @@
-# rtpai: `make demo` runs a whole local call, `make test` runs the tests.
+# rtpai: `make demo` runs a whole local call, `make test` runs the tests,
+# `make bench` measures the media path (docs/performance.md; BENCH_ARGS=--quick for 2 minutes).
 # Both create or refresh .venv themselves (it is rebuilt when pyproject.toml changes).
 
 PYTHON ?= python3
@@ -6,7 +7,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+BENCH_STAMP := $(VENV)/.bench-installed
+LOADGEN := bench/build/loadgen
+BENCH_ARGS ?= --profile 300
+BENCH_CC ?= gcc
+
+.PHONY: demo test lint venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +27,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The C load generator is built here, never committed.
+$(LOADGEN): bench/loadgen.c
+	mkdir -p bench/build
+	$(BENCH_CC) -O2 -Wall -Wextra -o $@ $<
+
+bench: $(BENCH_STAMP) $(LOADGEN)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info bench/build

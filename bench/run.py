@@ -1,0 +1,704 @@
+"""``python -m bench.run``: measure rtpai's media path, its ng set-up, and its memory.
+
+Per N (``--calls``): a fresh rtpai process and a fresh lean Realtime server; N offers through
+the ng socket (callers on the C load generator's socket); talk spurts both ways for
+``--warmup`` + ``--duration`` seconds; then N deletes, whose statistics give rtpai's side of
+the packet counts. rtpai's CPU is ``utime+stime`` from /proc over the generator's window.
+
+Then: offer -> reply latency and throughput against rtpai and Debian's ``rtpengine`` (userspace
+only, 127.0.0.1, a private port range), a 10,000-cycle offer/delete churn for memory, and
+(``--profile N``) a py-spy profile of rtpai under N calls.
+
+Everything runs on 127.0.0.1 and every child is stopped at the end. Results are printed and
+written as JSON to bench/build/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.ngload import NgClient, answer_port, caller_sdp
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "bench" / "build"
+LOADGEN = BUILD / "loadgen"
+API_KEY = "bench-key"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+# Below the ephemeral range (32768+), apart from each other and from the tests' ranges.
+RTPAI_PORTS = (16000, 23999)
+RTPENGINE_PORTS = (24000, 31999)  # rtpengine takes four ports per offer (both legs)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Child:
+    """A child process whose stdout lines arrive on a queue (a thread reads them)."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict | None = None,
+                 stdin: bool = True, stderr_path: Path | None = None) -> None:
+        self.name = name
+        self.stderr_file = (
+            open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
+        )
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, text=True, bufsize=1,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=self.stderr_file,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"{self.name}: no {prefix!r} within {timeout} s") from None
+            if line is None:
+                raise RuntimeError(f"{self.name} exited (code {self.proc.poll()})")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def write(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self, how: str = "term", timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            if how == "eof" and self.proc.stdin:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
+            else:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.stderr_file is not subprocess.DEVNULL:
+            self.stderr_file.close()
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of every thread of ``pid`` in seconds (proc(5): fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
+def machine_cpu() -> dict[str, float]:
+    """Machine-wide CPU seconds, all cores (proc(5): /proc/stat): processes, interrupts
+    (softirq: loopback delivery not charged to a process), and steal (the hypervisor)."""
+    with open("/proc/stat") as handle:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(v) for v in handle.readline().split()[1:9])
+    return {"processes": (user + nice + system) / CLK_TCK, "irq": (irq + softirq) / CLK_TCK,
+            "steal": steal / CLK_TCK}
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE_KIB
+
+
+def start_server(interval: float = 3.0) -> tuple[Child, str]:
+    server = Child("realtime_lean", [sys.executable, "-m", "bench.realtime_lean",
+                                     "--api-key", API_KEY, "--interval", str(interval)])
+    return server, server.expect("url=", 10)
+
+
+def server_stats(server: Child) -> dict[str, Any]:
+    server.write("STATS")
+    return json.loads(server.expect("STATS ", 10))
+
+
+def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
+    ng_port = free_udp_port()
+    env = {
+        **os.environ,
+        "NG_LISTEN": f"127.0.0.1:{ng_port}",
+        "RTP_BIND_IP": "127.0.0.1",
+        "RTP_MIN_PORT": str(RTPAI_PORTS[0]),
+        "RTP_MAX_PORT": str(RTPAI_PORTS[1]),
+        "RTP_TIMEOUT": "60",
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_URL": url,
+        # Per-call info lines (offer, ending) would be in the figures; production may keep
+        # them, at a cost the churn figure bounds.
+        "LOG_LEVEL": "warning",
+    }
+    for name in ("OPENAI_WELCOME_MSG", "OPENAI_INSTRUCTIONS", "OPENAI_DISABLE"):
+        env.pop(name, None)
+    rtpai = Child("rtpai", [sys.executable, "-m", "ctl.daemon"], env=env, stdin=False,
+                  stderr_path=log_path)
+    client = NgClient(("127.0.0.1", ng_port))
+    client.wait_ready()
+    return rtpai, client
+
+
+def start_rtpengine(log_path: Path) -> tuple[Child, NgClient] | None:
+    binary = shutil.which("rtpengine")
+    if binary is None:
+        return None
+    ng_port = free_udp_port()
+    argv = [
+        binary, "--config-file=none", "--foreground", "--log-stderr", "--log-level=4",
+        "--table=-1", "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{ng_port}",
+        f"--port-min={RTPENGINE_PORTS[0]}", f"--port-max={RTPENGINE_PORTS[1]}",
+        "--no-redis-required", "--pidfile=/dev/null",
+    ]
+    engine = Child("rtpengine", argv, stdin=False, stderr_path=log_path)
+    client = NgClient(("127.0.0.1", ng_port))
+    try:
+        client.wait_ready(15)
+    except TimeoutError:
+        engine.stop()
+        return None
+    return engine, client
+
+
+# --- one N ------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def wait_for_quiet(limit_percent: float = 25.0, longest: float = 30.0) -> float:
+    """On a shared machine, start when other processes use under ``limit_percent`` of a core
+    (or after ``longest`` seconds). Returns the load seen last, for the report."""
+    deadline = time.monotonic() + longest
+    while True:
+        before = machine_cpu()["processes"]
+        time.sleep(1.0)
+        load = 100 * (machine_cpu()["processes"] - before)
+        if load < limit_percent or time.monotonic() > deadline:
+            return round(load, 1)
+
+
+def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dict[str, Any]:
+    """N concurrent calls through fresh rtpai + server processes; the window's figures."""
+    tag = f"calls-{n}{'-profile' if profile else ''}"
+    load_before = wait_for_quiet()
+    server, url = start_server()
+    rtpai, ng = start_rtpai(url, BUILD / f"rtpai-{tag}.log")
+    loadgen = None
+    spy = None
+    try:
+        time.sleep(0.5)
+        rss_idle = rss_kib(rtpai.pid)
+        loadgen = Child("loadgen", [str(LOADGEN), "--calls", str(n), "--warmup",
+                                    str(args.warmup), "--duration", str(args.duration),
+                                    *(["--wake-on-receive"] if args.gen_wake else [])])
+        caller_port = int(loadgen.expect("PORT", 5))
+        targets = []
+        offer_times = []
+        for i in range(n):
+            started = time.perf_counter()
+            reply = ng.command("offer", **{"call-id": f"bench-{n}-{i}", "from-tag": f"ft{i}",
+                                           "sdp": caller_sdp(caller_port)})
+            offer_times.append(time.perf_counter() - started)
+            targets.append(answer_port(reply))
+        deadline = time.monotonic() + 30
+        while server_stats(server)["sessions_open"] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError("AI sessions did not all open")
+            time.sleep(0.2)
+        loadgen.write("TARGETS " + " ".join(map(str, targets)))
+        loadgen.expect("WINDOW_START", args.warmup + 10)
+        server.write("WINDOW_START")
+        cpu0 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
+        split0 = cpu_times(rtpai.pid)
+        machine0 = machine_cpu()
+        t0 = time.monotonic()
+        if profile:
+            spy = Child("py-spy", [str(ROOT / ".venv" / "bin" / "py-spy"), "record",
+                                   "--pid", str(rtpai.pid), "--duration",
+                                   str(int(args.duration)), "--rate", "100", "--nonblocking",
+                                   "--format", "raw", "--output",
+                                   str(BUILD / f"profile-{n}.txt")],
+                        stdin=False, stderr_path=BUILD / f"py-spy-{n}.log")
+        loadgen.expect("WINDOW_END", args.duration + 10)
+        window = time.monotonic() - t0
+        cpu1 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
+        split1 = cpu_times(rtpai.pid)
+        machine1 = machine_cpu()
+        rss_loaded = rss_kib(rtpai.pid)
+        server.write("WINDOW_END")
+        gen = json.loads(loadgen.expect("SUMMARY", 10))
+        srv = server_stats(server)
+        if spy is not None:
+            spy.proc.wait(30)
+        deletes = [ng.command("delete", **{"call-id": f"bench-{n}-{i}", "from-tag": f"ft{i}"})
+                   for i in range(n)]
+    finally:
+        for child in (spy, loadgen):
+            if child is not None:
+                child.stop("eof")
+        rtpai.stop()
+        server.write("EXIT")
+        server.stop("eof")
+        ng.close()
+
+    rtp_in = [d["rtpai"]["rtp in"]["packets"] for d in deletes]
+    rtp_out = sum(d["rtpai"]["rtp out"]["packets"] for d in deletes)
+    dropped = collections.Counter()
+    for d in deletes:
+        dropped.update(d["rtpai"]["dropped"])
+    reanchors = sum(d["rtpai"]["pacer re-anchors"] for d in deletes)
+    lost_in = sum(max(0, sent - got) for sent, got in zip(gen["sent_per_call"], rtp_in,
+                                                          strict=True))
+    cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}
+    call_seconds = n * window
+    result = {
+        "calls": n,
+        "window_s": round(window, 2),
+        "rtpai_cpu_ms_per_call_s": round(1000 * cpu["rtpai"] / call_seconds, 3),
+        "rtpai_cpu_percent": round(100 * cpu["rtpai"] / window, 1),
+        "rtpai_user_percent": round(100 * (split1[0] - split0[0]) / window, 1),
+        "rtpai_system_percent": round(100 * (split1[1] - split0[1]) / window, 1),
+        "server_cpu_percent": round(100 * cpu["realtime_lean"] / window, 1),
+        "loadgen_cpu_percent": round(100 * cpu["loadgen"] / window, 1),
+        # What else the machine did meanwhile (percent of one core): other processes (a
+        # shared machine's noise), interrupts, and time the hypervisor stole from our vCPUs.
+        "others_cpu_percent": round(100 * (machine1["processes"] - machine0["processes"]
+                                           - sum(cpu.values())) / window, 1),
+        "others_before_start_percent": load_before,
+        "irq_softirq_percent": round(100 * (machine1["irq"] - machine0["irq"]) / window, 1),
+        "steal_percent": round(100 * (machine1["steal"] - machine0["steal"]) / window, 1),
+        "rss_idle_kib": rss_idle,
+        "rss_loaded_kib": rss_loaded,
+        "rss_per_call_kib": round((rss_loaded - rss_idle) / n, 1),
+        "gap_err_us": {k: gen["gap_err"][k] for k in ("n", "p50_us", "p99_us", "max_us")},
+        "bursts_lt10ms": gen["bursts_lt10ms"],
+        "lost_out": gen["lost_out"],
+        "lost_in": lost_in,
+        "dups_out": gen["dups"],
+        "caller_packets_sent": gen["sent"],
+        "caller_frames_at_server": srv["caller_frames"],
+        "caller_frames_at_server_pct": round(
+            100 * srv["caller_frames"] / max(1, gen["sent_speech"]), 3),
+        "rtp_to_ws_us": srv["rtp_to_ws_us"],
+        "delta_to_first_rtp_us": gen["delta_first"],
+        "delta_to_first_rtp_excess_us": gen["delta_excess"],
+        "delta_missed_slot": gen["missed_slot"],
+        "delta_any_to_rtp_us": gen["delta_all"],
+        "rtp_out_packets": rtp_out,
+        "dropped": dict(dropped),
+        "pacer_reanchors": reanchors,
+        "offer_ms_under_load": {
+            "p50": round(1000 * percentile(offer_times, 0.5), 3),
+            "p99": round(1000 * percentile(offer_times, 0.99), 3),
+        },
+        "server": {k: srv[k] for k in ("appends", "responses", "deltas", "errors_sent",
+                                        "json_slow_path", "sessions_total")},
+        "loadgen": {k: gen[k] for k in ("send_errors", "sendmmsg_calls", "recvmmsg_calls",
+                                        "recv_window", "unknown_src", "silent_calls")},
+    }
+    return result
+
+
+def healthy(r: dict[str, Any]) -> bool:
+    """The issue's bar: p99 gap error < 5 ms, no loss either way, every caller frame delivered."""
+    return (r["gap_err_us"]["p99_us"] is not None and r["gap_err_us"]["p99_us"] < 5000
+            and r["lost_out"] == 0 and r["lost_in"] == 0
+            and r["caller_frames_at_server"] >= r["caller_packets_sent"])
+
+
+# --- ng: offer -> reply, rtpai vs rtpengine ---------------------------------------------------
+
+
+# rtpengine keeps a deleted call (and its four ports) for 30 s by default.
+NO_DELAY = {"delete-delay": 0}
+
+
+def offer_timing(ng: NgClient, label: str, count: int, window: int) -> dict[str, Any]:
+    """``count`` offers one at a time (latency), then ``count`` with ``window`` in flight.
+
+    Every offer's call is deleted (untimed) before the next is counted, so a few calls exist
+    at any time: rtpai paces silence to the offer's address from the moment a call exists,
+    and a thousand such calls would be measured instead of the offer.
+    """
+    sdp = caller_sdp(9)  # port 9 (discard): nobody sends media in this test
+    for i in range(50):  # warm-up
+        ng.command("offer", **{"call-id": f"{label}-w{i}", "from-tag": "a", "sdp": sdp})
+        ng.command("delete", **{"call-id": f"{label}-w{i}", "from-tag": "a", **NO_DELAY})
+    rtts = []
+    for i in range(count):
+        call = {"call-id": f"{label}-s{i}", "from-tag": "a"}
+        started = time.perf_counter()
+        reply = ng.command("offer", **call, sdp=sdp)
+        rtts.append(time.perf_counter() - started)
+        answer_port(reply)
+        ng.command("delete", **call, **NO_DELAY)
+
+    piped: list[float] = []
+    errors = []
+
+    def steps():
+        for i in range(count):
+            call = {"call-id": f"{label}-p{i}", "from-tag": "a"}
+
+            def on_offer(reply, rtt, call=call):
+                if reply.get("result") != "ok":
+                    errors.append(reply)
+                piped.append(rtt)
+                return "delete", {**call, **NO_DELAY}, lambda reply, rtt: None
+
+            yield "offer", {**call, "sdp": sdp}, on_offer
+
+    elapsed = ng.pipelined(steps(), window)
+    return {
+        "sequential_p50_us": round(1e6 * percentile(rtts, 0.5), 1),
+        "sequential_p99_us": round(1e6 * percentile(rtts, 0.99), 1),
+        "sequential_offers_per_s": round(count / sum(rtts), 1),
+        "pipelined_window": window,
+        "pipelined_cycles_per_s": round(count / elapsed, 1),
+        "pipelined_offer_p50_us": round(1e6 * percentile(piped, 0.5), 1),
+        "errors": len(errors),
+        "first_error": errors[0].get("error-reason") if errors else None,
+    }
+
+
+def compare_offers(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    # The server answers sessions but never speaks (interval 0): only set-up is measured.
+    server, url = start_server(interval=0)
+    rtpai, ng = start_rtpai(url, BUILD / "rtpai-offers.log")
+    try:
+        results["rtpai"] = offer_timing(ng, "rtpai", args.offers, 16)
+        results["rtpai"]["cpu_s"] = round(cpu_seconds(rtpai.pid), 2)
+    finally:
+        rtpai.stop()
+        server.write("EXIT")
+        server.stop("eof")
+        ng.close()
+    started = start_rtpengine(BUILD / "rtpengine.log")
+    if started is None:
+        results["rtpengine"] = None
+        return results
+    engine, ng = started
+    try:
+        results["rtpengine"] = offer_timing(ng, "rtpengine", args.offers, 16)
+        results["rtpengine"]["cpu_s"] = round(cpu_seconds(engine.pid), 2)
+        results["rtpengine"]["version"] = subprocess.run(
+            ["rtpengine", "--version"], capture_output=True, text=True
+        ).stdout.strip() or subprocess.run(
+            ["rtpengine", "--version"], capture_output=True, text=True).stderr.strip()
+    finally:
+        engine.stop()
+        ng.close()
+    a, b = results["rtpai"], results["rtpengine"]
+    results["ratio_p50_rtpai_over_rtpengine"] = round(
+        a["sequential_p50_us"] / b["sequential_p50_us"], 2)
+    results["ratio_throughput_rtpai_over_rtpengine"] = round(
+        a["pipelined_cycles_per_s"] / b["pipelined_cycles_per_s"], 2)
+    return results
+
+
+# --- memory churn -----------------------------------------------------------------------------
+
+
+def churn(args: argparse.Namespace) -> dict[str, Any]:
+    """Two batches of ``--churn`` offer/delete cycles (8 in flight); RSS between them."""
+    server, url = start_server(interval=0)
+    rtpai, ng = start_rtpai(url, BUILD / "rtpai-churn.log")
+    sdp = caller_sdp(9)
+    errors: list[dict] = []
+    try:
+        time.sleep(0.5)
+        rss = {"start": rss_kib(rtpai.pid)}
+
+        def cycles(prefix: str, count: int):
+            for i in range(count):
+                call = {"call-id": f"{prefix}-{i}", "from-tag": "a"}
+
+                def on_offer(reply, rtt, call=call):
+                    if reply.get("result") != "ok":
+                        errors.append(reply)
+                    return "delete", call, on_delete
+
+                yield "offer", {**call, "sdp": sdp}, on_offer
+
+        def on_delete(reply, rtt):
+            if reply.get("result") != "ok":
+                errors.append(reply)
+
+        ng.pipelined(cycles("warm", 500), 8)
+        time.sleep(1)
+        rss["after_500_warmup"] = rss_kib(rtpai.pid)
+        spy = None
+        if args.profile:
+            spy = Child("py-spy", [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid",
+                                   str(rtpai.pid), "--rate", "100", "--nonblocking", "--format",
+                                   "raw", "--output", str(BUILD / "profile-churn.txt")],
+                        stdin=False, stderr_path=BUILD / "py-spy-churn.log")
+        elapsed = ng.pipelined(cycles("churn", args.churn), 8)
+        if spy is not None:
+            spy.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            spy.proc.wait(30)
+        time.sleep(2)
+        rss["after_first_batch"] = rss_kib(rtpai.pid)
+        # The ng reply cache keeps up to 20,000 replies for 45 s, so the first batch grows
+        # RSS by design; the second batch shows whether anything else accumulates.
+        ng.pipelined(cycles("churn2", args.churn), 8)
+        time.sleep(2)
+        rss["after_second_batch"] = rss_kib(rtpai.pid)
+        stats = ng.command("statistics")["statistics"]["currentstatistics"]
+        srv = server_stats(server)
+    finally:
+        rtpai.stop()
+        server.write("EXIT")
+        server.stop("eof")
+        ng.close()
+    return {
+        "cycles": args.churn,
+        "cycles_per_s": round(args.churn / elapsed, 1),
+        "rss_kib": rss,
+        "growth_kib_per_1000_cycles_first_batch": round(
+            (rss["after_first_batch"] - rss["after_500_warmup"]) / args.churn * 1000, 1),
+        "growth_kib_per_1000_cycles_second_batch": round(
+            (rss["after_second_batch"] - rss["after_first_batch"]) / args.churn * 1000, 1),
+        "sessions_left": stats["sessionsown"],
+        "ports_in_use": stats["portsinuse"],
+        "ws_sessions_open_at_server": srv["sessions_open"],
+        "errors": len(errors),
+    }
+
+
+# --- profile ----------------------------------------------------------------------------------
+
+
+TASK_LABELS = (
+    ({"MediaStream.send_paced"}, "pacer: MediaStream.send_paced"),
+    ({"RealtimeSession._send_caller_audio"}, "WS writer: RealtimeSession._send_caller_audio"),
+    ({"RealtimeSession._read_events", "WebSocketConnection._reader_task"},
+     "WS reader: _read_events + trio-websocket _reader_task"),
+    ({"MediaStream.receive_rtp", "Call._receive_media", "MediaStream.receive_rtcp"},
+     "RTP receiver: MediaStream.receive_rtp"),
+    ({"serve_ng", "Dispatcher.handle", "Engine.offer", "Engine.delete", "Call.run",
+      "RealtimeSession.run", "open_websocket_url"}, "ng + call set-up/tear-down"),
+    ({"Deadlines.expire"}, "trio timers: Deadlines.expire (cancel scopes)"),
+    ({"EpollIOManager.get_events", "EpollIOManager.process_events"}, "trio epoll wait/dispatch"),
+)
+
+
+def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks -> shares of the busy samples.
+
+    ``self``/``inclusive`` are per function (line numbers folded); ``tasks`` groups samples
+    by the part of rtpai they ran in (:data:`TASK_LABELS`; --nonblocking sampling cuts some
+    stacks short, those are "unattributed"), adding up to 100 %.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    tasks: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = [re.sub(r":\d+\)$", ")", f.strip()) for f in stack.split(";") if f.strip()]
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+        names = [f.partition(" (")[0] for f in frames]
+        task = next((label for keys, label in TASK_LABELS if any(n in keys for n in names)),
+                    "trio scheduler, other" if "unrolled_run" in names
+                    else "unattributed (partial stack)")
+        tasks[task] += samples
+
+    def table(counter, n=top):
+        return [(frame, round(100 * c / total, 1)) for frame, c in counter.most_common(n)]
+
+    return {"samples": total, "self": table(own), "inclusive": table(inclusive),
+            "tasks": table(tasks, 12)}
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return {"cores": str(os.cpu_count()), "model": model, "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    us_to_ms = lambda us: None if us is None else us / 1000  # noqa: E731
+    header = ("N", "CPU ms/call-s", "rtpai CPU %", "srv %", "gen %", "RSS KiB/call",
+              "gap err p50/p99/max ms", "bursts<10ms", "lost out/in", "to server %",
+              "RTP->WS p50/p99 ms", "delta->1st RTP p50/p99 ms", "excess p50/p99 ms", "missed")
+    print(" | ".join(header))
+    for r in results:
+        g, w, d, e = (r["gap_err_us"], r["rtp_to_ws_us"], r["delta_to_first_rtp_us"],
+                      r["delta_to_first_rtp_excess_us"])
+        print(" | ".join([
+            str(r["calls"]), fmt(r["rtpai_cpu_ms_per_call_s"]), fmt(r["rtpai_cpu_percent"]),
+            fmt(r["server_cpu_percent"]), fmt(r["loadgen_cpu_percent"]),
+            fmt(r["rss_per_call_kib"]),
+            "/".join(fmt(us_to_ms(g[k])) for k in ("p50_us", "p99_us", "max_us")),
+            str(r["bursts_lt10ms"]), f"{r['lost_out']}/{r['lost_in']}",
+            fmt(r["caller_frames_at_server_pct"]),
+            "/".join(fmt(us_to_ms(w[k])) for k in ("p50_us", "p99_us")),
+            "/".join(fmt(us_to_ms(d[k])) for k in ("p50_us", "p99_us")),
+            "/".join(fmt(us_to_ms(e[k])) for k in ("p50_us", "p99_us")),
+            str(r["delta_missed_slot"]),
+        ]))
+
+
+def section(run, args: argparse.Namespace) -> dict[str, Any]:
+    """One part of the report; a failure is recorded and the other parts still run."""
+    try:
+        return run(args)
+    except Exception as exc:  # noqa: BLE001 - the report says what failed, and goes on
+        print(f"{run.__name__} failed: {exc!r}", file=sys.stderr)
+        return {"error": repr(exc)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", default="50,100,200,300,500",
+                        help="comma-separated concurrent call counts")
+    parser.add_argument("--duration", type=float, default=30, help="measured seconds per N")
+    parser.add_argument("--warmup", type=float, default=5, help="seconds before the window")
+    parser.add_argument("--offers", type=int, default=1000, help="offers per engine timed")
+    parser.add_argument("--churn", type=int, default=10000, help="offer/delete cycles")
+    parser.add_argument("--profile", type=int, default=0, help="py-spy rtpai under N calls")
+    parser.add_argument("--quick", action="store_true",
+                        help="50,200 calls, 10 s windows, 300 offers, 2000 churn cycles")
+    parser.add_argument("--skip", default="", help="comma list of: calls,offers,churn")
+    parser.add_argument("--gen-wake", action="store_true",
+                        help="the generator sleeps in epoll on its socket (each RTP packet "
+                             "then costs rtpai a cross-CPU wake-up); default: 1 ms polling")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.duration, args.warmup = "50,200", 10, 3
+        args.offers, args.churn = 300, 2000
+    skip = set(filter(None, args.skip.split(",")))
+    if not LOADGEN.exists():
+        print(f"{LOADGEN} is missing: run `make bench` (or `make bench/build/loadgen`)",
+              file=sys.stderr)
+        return 2
+    BUILD.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
+                     "talk_spurt": "1 s speech / 2 s silence (DTX), 50 pps while talking",
+                     "ai": "2 s reply every ~3 s as 100 ms deltas at 4x real time"},
+    }
+    print(f"machine: {report['machine']}")
+    results: list[dict[str, Any]] = []
+    if "calls" not in skip:
+        for n in [int(x) for x in args.calls.split(",") if x]:
+            print(f"\n== {n} calls: {args.warmup:g} s warm-up, {args.duration:g} s window",
+                  flush=True)
+            result = run_calls(n, args)
+            results.append(result)
+            print(json.dumps(result))
+        report["calls"] = results
+        passing = [r["calls"] for r in results if healthy(r)]
+        report["largest_healthy_n"] = max(passing) if passing else None
+        print()
+        print_table(results)
+        print(f"largest N with p99 gap error < 5 ms, no loss, every frame delivered: "
+              f"{report['largest_healthy_n']}")
+    if "offers" not in skip:
+        print(f"\n== offer -> reply: {args.offers} offers each, rtpai vs rtpengine", flush=True)
+        report["offers"] = section(compare_offers, args)
+        print(json.dumps(report["offers"], indent=1))
+    if "churn" not in skip:
+        print(f"\n== memory: 2 x {args.churn} offer/delete cycles", flush=True)
+        report["churn"] = section(churn, args)
+        print(json.dumps(report["churn"], indent=1))
+    if args.profile:
+        print(f"\n== profile: py-spy on rtpai under {args.profile} calls", flush=True)
+        profiled = run_calls(args.profile, args, profile=True)
+        report["profile"] = {
+            "calls": args.profile,
+            "run": profiled,
+            **summarise_profile(BUILD / f"profile-{args.profile}.txt"),
+        }
+        for kind in ("tasks", "self", "inclusive"):
+            print(f"top {kind}:")
+            for frame, share in report["profile"][kind][:15]:
+                print(f"  {share:5.1f}%  {frame}")
+        churn_profile = BUILD / "profile-churn.txt"
+        if churn_profile.exists():
+            report["profile_churn"] = summarise_profile(churn_profile)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = BUILD / f"results-{stamp}.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\nelapsed {report['elapsed_s']} s; results in {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
