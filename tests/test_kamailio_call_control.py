@@ -11,10 +11,9 @@ import socket
 import pytest
 import trio
 
-from ctl.config import load_config
-from ctl.engine import Engine
 from ctl.proxy import ProxyEvent
 from media.rtp import parse_rtp
+from tests.fakes.engine import engine_for_test, watch
 from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
 from tests.peers import (
     LOOPBACK,
@@ -47,20 +46,10 @@ async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None, se
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
-            engine = Engine(load_config(None, environ={
-                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "42200", "RTP_MAX_PORT": "42299",
-                "RTP_TIMEOUT": rtp_timeout, "OPENAI_URL": url, "OPENAI_API_KEY": "test-key",
-                "PROXY_TYPE": "kamailio", "PROXY_URL": f"http://127.0.0.1:{http_port}/RPC",
-                **env}))
-            deleted = trio.Event()
-            handle_delete = engine.dispatcher.handlers["delete"]
-
-            async def delete_and_tell(request):
-                reply = await handle_delete(request)
-                deleted.set()
-                return reply
-
-            engine.dispatcher.handlers["delete"] = delete_and_tell
+            engine = engine_for_test(url, RTP_MIN_PORT="42200", RTP_MAX_PORT="42299",
+                                 RTP_TIMEOUT=rtp_timeout, PROXY_TYPE="kamailio",
+                                 PROXY_URL=f"http://127.0.0.1:{http_port}/RPC", **env)
+            deletes = watch(engine, "delete")
             ng_address = await nursery.start(engine.run)
             async with (
                 start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1],
@@ -73,7 +62,7 @@ async def run_call(tmp_path, scenario, *, rtp_timeout: str, during_call=None, se
                 if during_call is not None:
                     await during_call(engine, server, media_port)
                 # Either way the proxy's BYE reaches its inner UAS: rtpengine_delete.
-                await deleted.wait()
+                await deletes.wait_for(1)
             nursery.cancel_scope.cancel()
     return engine
 

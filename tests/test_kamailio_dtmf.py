@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from ctl.config import load_config
-from ctl.engine import Engine
 from ctl.ng import NgRequest
+from tests.fakes.engine import engine_for_test
 from tests.fakes.realtime import FakeRealtimeServer
 from tests.peers import (
     LOOPBACK,
@@ -107,18 +106,7 @@ async def test_sipp_dtmf_captures_through_kamailio_reach_the_ai_as_digits(tmp_pa
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
-            engine = Engine(
-                load_config(
-                    None,
-                    environ={
-                        "NG_LISTEN": "127.0.0.1:0",
-                        "RTP_MIN_PORT": "42100",
-                        "RTP_MAX_PORT": "42199",
-                        "OPENAI_URL": url,
-                        "OPENAI_API_KEY": "test-key",
-                    },
-                )
-            )
+            engine = engine_for_test(url, RTP_MIN_PORT="42100", RTP_MAX_PORT="42199")
             ng_address = await nursery.start(engine.run)
             async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
                 sipp_done = trio.Event()

@@ -16,10 +16,9 @@ import socket
 import pytest
 import trio
 
-from ctl.config import load_config
-from ctl.engine import Engine
 from media.rtp import parse_rtp
 from media.sdp import parse_sdp
+from tests.fakes.engine import engine_for_test, watch
 from tests.fakes.realtime import FakeRealtimeServer, tone
 from tests.peers import (
     LOOPBACK,
@@ -61,29 +60,10 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
-            engine = Engine(
-                load_config(
-                    None,
-                    environ={
-                        "NG_LISTEN": "127.0.0.1:0",
-                        "RTP_MIN_PORT": "42000",
-                        "RTP_MAX_PORT": "42099",
-                        "OPENAI_URL": url,
-                        "OPENAI_API_KEY": "test-key",
-                        "PROXY_TYPE": "kamailio",
-                        "PROXY_URL": f"http://127.0.0.1:{http_port}/RPC",
-                    },
-                )
-            )
-            deleted = trio.Event()
-            handle_delete = engine.dispatcher.handlers["delete"]
-
-            async def delete_and_tell(request):
-                reply = await handle_delete(request)
-                deleted.set()
-                return reply
-
-            engine.dispatcher.handlers["delete"] = delete_and_tell
+            engine = engine_for_test(url, RTP_MIN_PORT="42000", RTP_MAX_PORT="42099",
+                                 PROXY_TYPE="kamailio",
+                                 PROXY_URL=f"http://127.0.0.1:{http_port}/RPC")
+            deletes = watch(engine, "delete")
             ng_address = await nursery.start(engine.run)  # the engine first: Kamailio pings it
             async with (
                 start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1],
@@ -128,7 +108,7 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
                 # Done: rtpai ends the call; Kamailio BYEs sipp and deletes the call on rtpai.
                 call.end("test done")
                 await sipp_done.wait()
-                await deleted.wait()  # Kamailio's BYE to its inner UAS -> rtpengine_delete
+                await deletes.wait_for(1)  # Kamailio's BYE to its inner UAS -> rtpengine_delete
 
             assert engine.proxy.sent[0].reason == "test done"
             assert len(engine.calls) == 0
@@ -157,18 +137,17 @@ async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
-            engine = Engine(load_config(None, environ={
-                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "42100", "RTP_MAX_PORT": "42199",
-                "OPENAI_URL": url, "OPENAI_API_KEY": "test-key"}))
-            offers: list[tuple[dict, dict, int]] = []  # (request, reply, calls after it)
+            engine = engine_for_test(url, RTP_MIN_PORT="42100", RTP_MAX_PORT="42199")
+            offers = watch(engine, "offer")
+            calls_after_offer: list[int] = []
             handle_offer = engine.dispatcher.handlers["offer"]
 
-            async def recording_offer(request):
+            async def counting_offer(request):
                 reply = await handle_offer(request)
-                offers.append((dict(request.params), reply, len(engine.calls)))
+                calls_after_offer.append(len(engine.calls))
                 return reply
 
-            engine.dispatcher.handlers["offer"] = recording_offer
+            engine.dispatcher.handlers["offer"] = counting_offer
             ng_address = await nursery.start(engine.run)
             async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
                 await run_sipp(
@@ -181,17 +160,15 @@ async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
                 )
             nursery.cancel_scope.cancel()
 
-    assert len(offers) == 3
-    ports = {parse_sdp(reply["sdp"]).media[0].port for _, reply, _ in offers}
-    assert len(ports) == 1  # the re-INVITEs kept the call's port
-    assert [calls for _, _, calls in offers] == [1, 1, 1]  # updated in place, never a new call
-    directions = [parse_sdp(reply["sdp"]).media[0].direction for _, reply, _ in offers]
-    assert directions == ["sendrecv", "recvonly", "sendrecv"]
-    versions = [int(parse_sdp(reply["sdp"]).origin.session_version) for _, reply, _ in offers]
-    assert versions == [1, 2, 3]
+    answers = [parse_sdp(reply["sdp"]) for _, reply in offers.seen]
+    assert len(answers) == 3
+    assert len({answer.media[0].port for answer in answers}) == 1  # the re-INVITEs kept it
+    assert calls_after_offer == [1, 1, 1]  # updated in place, never a new call
+    assert [a.media[0].direction for a in answers] == ["sendrecv", "recvonly", "sendrecv"]
+    assert [int(a.origin.session_version) for a in answers] == [1, 2, 3]
     # Kamailio named the dialog with the To-tag rtpai got in the first offer.
-    first_to_tag = offers[0][0]["to-tag"]
-    assert all(request["to-tag"] == first_to_tag for request, _, _ in offers)
+    first_to_tag = offers.seen[0][0]["to-tag"]
+    assert all(request["to-tag"] == first_to_tag for request, _ in offers.seen)
     # sipp's BYE -> rtpengine_delete: the call is gone, its ports are free.
     assert len(engine.calls) == 0 and engine.ports.in_use == 0
     assert engine.dispatcher.commands["delete"] == 1

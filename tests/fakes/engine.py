@@ -1,0 +1,50 @@
+"""rtpai's Engine as the tests run it: in-process, on 127.0.0.1, with its commands observable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ctl.config import load_config
+from ctl.engine import Engine
+from ctl.ng import NgRequest
+
+
+def engine_for_test(url: str, **env: str) -> Engine:
+    """An Engine on an ephemeral ng port, talking to the (fake) Realtime server at ``url``."""
+    return Engine(load_config(None, environ={
+        "NG_LISTEN": "127.0.0.1:0",
+        "OPENAI_URL": url,
+        "OPENAI_API_KEY": "test-key",
+        **env,
+    }))
+
+
+@dataclass
+class CommandLog:
+    """Every request and reply of one ng command, and an event per new one."""
+
+    seen: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    _arrived: trio.Event = field(default_factory=trio.Event)
+
+    async def wait_for(self, count: int = 1) -> None:
+        while len(self.seen) < count:
+            await self._arrived.wait()
+
+
+def watch(engine: Engine, command: str) -> CommandLog:
+    """Record ``command``'s requests and replies as the dispatcher handles them."""
+    log = CommandLog()
+    handler = engine.dispatcher.handlers[command]
+
+    async def recording(request: NgRequest) -> dict[str, Any]:
+        reply = await handler(request)
+        log.seen.append((dict(request.params), reply))
+        log._arrived.set()
+        log._arrived = trio.Event()
+        return reply
+
+    engine.dispatcher.handlers[command] = recording
+    return log
