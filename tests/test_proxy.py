@@ -152,3 +152,28 @@ async def test_without_a_to_tag_rtpai_says_why_it_cannot_hang_up(caplog):
             assert "cannot hangup: no To-tag known for the call" in caplog.text
             assert engine.ports.in_use == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_ai_makes_the_proxy_hang_up_with_the_reason():
+    http = FakeHttpServer()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            hook = await nursery.start(http.serve)
+            engine = Engine(load_config(None, environ={
+                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "45200", "RTP_MAX_PORT": "45299",
+                # Nothing listens there; no reconnect window: the AI is unreachable at once.
+                "OPENAI_URL": "ws://127.0.0.1:9/v1/realtime", "OPENAI_API_KEY": "test-key",
+                "OPENAI_RECONNECT_TIMEOUT": "0",
+                "PROXY_TYPE": "webhook", "PROXY_URL": hook}))
+            address = await nursery.start(engine.run)
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(address) as proxy:
+                await proxy.command("offer", **{"call-id": "lost", "from-tag": "ft",
+                                                "to-tag": "tt", "sdp": caller.sdp_offer()})
+                await http.wait_for(1)
+            event = json.loads(http.requests[0].body)
+            assert event["event"] == "hangup" and event["call_id"] == "lost"
+            assert event["reason"].startswith("AI session failed")
+            assert engine.ports.in_use == 0
+            nursery.cancel_scope.cancel()
