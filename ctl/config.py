@@ -110,6 +110,19 @@ def optional_text(value: str) -> str | None:
     return value or None
 
 
+def codec_preference(value: str) -> tuple[str, ...] | None:
+    """``offer`` (None: the offer's order) or an ordered subset of PCMU, PCMA."""
+    text = value.strip()
+    if text.lower() == "offer":
+        return None
+    codecs = tuple(part.strip().upper() for part in text.split(",") if part.strip())
+    if not codecs or any(c not in ("PCMU", "PCMA") for c in codecs) or len(set(codecs)) != len(
+        codecs
+    ):
+        raise ValueError("expected 'offer' or a list of PCMU and PCMA, e.g. 'PCMA,PCMU'")
+    return codecs
+
+
 def optional_http_url(value: str) -> str | None:
     value = value.strip()
     if not value:
@@ -178,6 +191,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rtp", "max_port", "RTP_MAX_PORT", "40000", int_range(1025, 65535)),
     Setting("rtp", "timeout", "RTP_TIMEOUT", "60", int_range(0, 86400),
             help="seconds without caller RTP before the call is ended (0 = never)"),
+    Setting("rtp", "codecs", "RTP_CODECS", "offer", codec_preference,
+            help="'offer' (the caller's order decides between PCMU and PCMA) or our order, "
+                 "e.g. 'PCMA,PCMU' or only 'PCMU'"),
     Setting("rtp", "send_silence", "RTP_SEND_SILENCE", "true", parse_bool,
             help="send G.711 silence frames while the AI is quiet (false: send nothing, the "
                  "timestamps still advance)"),

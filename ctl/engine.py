@@ -220,7 +220,8 @@ class Engine:
 
     def _negotiate(self, offer_sdp: str, request: NgRequest, keep_codec: str | None = None):
         excluded = codec_exclusions(request)
-        allowed = [c for c in G711 if c not in excluded]
+        ours = self.config["rtp"]["codecs"]  # None: the offer's order decides
+        allowed = [c for c in (ours or G711) if c not in excluded]
         if keep_codec is not None:
             # A re-INVITE keeps the call's codec (RFC 3264 s.8.3.2 lets the answerer stay with
             # it): the AI session's audio format is fixed for the call.
@@ -233,8 +234,9 @@ class Engine:
             # rtpengine's reason, so the proxy's logs read the same; the detail goes to ours.
             log.info("call %s: %s", request.text("call-id"), exc.reason)
             raise NgError(REASON_BAD_SDP) from None
-        # None lets the offer's order choose between PCMU and PCMA (what the caller prefers).
-        preference = None if len(allowed) == len(G711) else allowed
+        # None lets the offer's order choose between PCMU and PCMA (what the caller prefers);
+        # a configured order, a strip or a re-INVITE's fixed codec make it ours.
+        preference = None if ours is None and len(allowed) == len(G711) else allowed
         try:
             return offer, sdp.negotiate(offer, preference)
         except sdp.SdpError as exc:

@@ -286,3 +286,21 @@ async def test_list_limit():
         assert (await proxy.command("list", limit="2"))["calls"] == ["c0", "c1"]
         assert (await proxy.command("list"))["calls"] == ["c0", "c1", "c2"]
 
+
+
+@pytest.mark.parametrize(
+    "setting, formats, codec",
+    [
+        ("offer", "8 0", "PCMA"),  # the caller's order
+        ("PCMU,PCMA", "8 0", "PCMU"),  # ours
+        ("PCMA", "0 8", "PCMA"),
+        ("PCMA", "0", None),  # only PCMA configured, only PCMU offered
+    ],
+)
+async def test_configured_codec_preference(setting, formats, codec):
+    async with engine_and_proxy(RTP_CODECS=setting) as proxy:
+        reply = await proxy.command("offer", sdp=offer_sdp(formats=formats), **ids())
+        if codec is None:
+            assert reply == {"result": "error", "error-reason": "No common codec"}
+        else:
+            assert parse_sdp(reply["sdp"]).media[0].codecs[0].encoding == codec
