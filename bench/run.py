@@ -514,7 +514,7 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
 
 
 TASK_LABELS = (
-    ({"MediaStream.send_paced"}, "pacer: MediaStream.send_paced"),
+    ({"MediaClock.run", "MediaStream.tick"}, "pacer: MediaClock.run + MediaStream.tick"),
     ({"RealtimeSession._send_caller_audio"}, "WS writer: RealtimeSession._send_caller_audio"),
     ({"RealtimeSession._read_events", "WebSocketConnection._reader_task"},
      "WS reader: _read_events + trio-websocket _reader_task"),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import trio
 
 from media.bridge import CallBridge, CallerEvent
+from media.clock import ClockEntry, MediaClock
 from media.jitter import JitterEstimator, ReorderBuffer
 from media.playout import Pacer
 from media.rfc4733 import DtmfDecoder
@@ -207,6 +208,13 @@ class MediaStream:
         self._now = 0.0  # trio time of the datagram being handled
         self._latched_at = 0.0  # trio time of the latched source's last valid packet
         self._timeout_scope: trio.CancelScope | None = None
+        # Paced sending (see ``tick``): the clock registration, the grid once started.
+        self._clock: MediaClock | None = None
+        self._pacing: ClockEntry | None = None
+        self._pacer: Pacer | None = None
+        self._talking = False
+        self._samples = bridge.ptime_ms * 8  # 8000 Hz
+        self._silence = bytes((bridge.silence_byte,)) * self._samples
 
     # --- re-offer -----------------------------------------------------------------------------
 
@@ -321,6 +329,7 @@ class MediaStream:
             self._latch(source)
             self.bridge.mark("first_caller_rtp")
             self.bridge.media_started.set()
+            self._wake_pacer()  # from now on we send silence between answers
             return True
         # Never re-latch to a stranger on its word alone: that is how "RTP Bleed" hijacks calls.
         policy = self.relatch
@@ -431,6 +440,8 @@ class MediaStream:
         """An SR (while we send) or RR, with SDES CNAME, every ~5 s (RFC 3550 section 6.2)."""
         while True:
             await trio.sleep(RTCP_INTERVAL * random.uniform(0.5, 1.5))
+            if self.latched is None and self._pacer is None:
+                continue  # no media either way yet (ringing): nothing to report, as rtpengine
             self._now = trio.current_time()
             self.send_report()
 
@@ -487,38 +498,87 @@ class MediaStream:
 
     # --- send ---------------------------------------------------------------------------------
 
-    async def send_paced(self) -> None:
-        """One frame every ptime on absolute deadlines: AI audio, else silence (or nothing)."""
+    # Pacing is driven by the engine's media clock (media/clock.py), which calls ``tick`` when
+    # this call's next frame is due: no timer and no task per call and packet.
+
+    def start_pacing(self, clock: MediaClock) -> None:
+        """Register with the media clock; parked until there is something to send."""
+        self._clock = clock
+        self._pacing = clock.register(self)
+        self.bridge.playout.on_audio = self._wake_pacer
+        self._wake_pacer()
+
+    def stop_pacing(self) -> None:
+        """Unregister from the media clock (the call's ``finally``)."""
+        if self._pacing is not None and self._clock is not None:
+            self._clock.unregister(self._pacing)
+        self._pacing = None
+        self.bridge.playout.on_audio = None
+
+    @property
+    def _idle_sends_silence(self) -> bool:
+        # Silence only once the caller's media has flowed, as rtpengine: while the phone rings
+        # nobody listens, the SDP address is often a NATed private one, and a thousand ringing
+        # calls would otherwise cost as much as a thousand answered ones.
+        return self.send_silence and self.bridge.media_started.is_set()
+
+    def _wake_pacer(self) -> None:
+        """Audio was queued or the caller's media started: unpark the sender if it can send."""
+        entry = self._pacing
+        if entry is None or entry.due is not None:
+            return
+        if not self._idle_sends_silence and self.bridge.playout.queued_frames == 0:
+            return
+        now = trio.current_time()
+        pacer = self._pacer
+        if pacer is None:
+            # The stream's first packet: it goes at once, and anchors the grid.
+            pacer = self._pacer = Pacer(self.bridge.ptime_ms / 1000, now)
+        else:
+            # Back on the grid; the slots we were parked through still advance the timestamp,
+            # so the caller's jitter buffer sees the true timing (the marker says it resumed).
+            skipped = pacer.skip_to(now)
+            if skipped:
+                self.packetizer.silence_gap(skipped * self._samples)
+        assert self._clock is not None
+        self._clock.schedule(entry, pacer.next_deadline)
+
+    def tick(self, now: float) -> float | None:
+        """Send the frame due now: AI audio, else silence (or nothing).
+
+        Returns the next deadline, or None to park: nothing to play and no silence to send.
+        """
         bridge = self.bridge
-        ptime = bridge.ptime_ms / 1000
-        samples = bridge.ptime_ms * 8  # 8000 Hz
-        silence = bytes((bridge.silence_byte,)) * (samples)
-        playout = bridge.playout
         packetizer = self.packetizer
-        pacer = Pacer(ptime, trio.current_time())
-        talking = False
-        while True:
-            await trio.sleep_until(pacer.next_deadline)
-            now = trio.current_time()
-            frame = playout.pop_frame()
-            if frame is not None:
-                if not talking:
-                    packetizer.start_talkspurt()  # RFC 3551 4.1: marker on a talkspurt's start
-                    talking = True
-                    bridge.mark("first_rtp_to_caller")
-                self._send(packetizer.packet(frame, samples))
+        samples = self._samples
+        park = False
+        frame = bridge.playout.pop_frame()
+        if frame is not None:
+            if not self._talking:
+                packetizer.start_talkspurt()  # RFC 3551 4.1: marker on a talkspurt's start
+                self._talking = True
+                bridge.mark("first_rtp_to_caller")
+            self._send(packetizer.packet(frame, samples))
+        else:
+            if self._talking:
+                self._talking = False
+                bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
+            if self._idle_sends_silence:
+                self._send(packetizer.packet(self._silence, samples))
             else:
-                if talking:
-                    talking = False
-                    bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
-                if self.send_silence:
-                    self._send(packetizer.packet(silence, samples))
-                else:
-                    packetizer.silence_gap(samples)  # the timestamp still advances
-            before = pacer.reanchors
-            pacer.advance(now)
-            if pacer.reanchors != before:
-                self.stats.pacer_reanchors += 1
+                packetizer.silence_gap(samples)  # the timestamp still advances
+                park = True
+        pacer = self._pacer
+        assert pacer is not None
+        before = pacer.reanchors
+        pacer.advance(now)
+        if pacer.reanchors != before:
+            self.stats.pacer_reanchors += 1
+        return None if park else pacer.next_deadline
+
+    def pacing_failed(self) -> None:
+        """The media clock dropped this stream after ``tick`` raised (a bug): end the call."""
+        self.bridge.end_call("media failure: internal error")
 
     def _send(self, packet: bytes) -> None:
         if self.remote is None or not self.sending:

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from media.bridge import CallBridge
+from media.clock import MediaClock
 from media.playout import PlayoutQueue
 from media.rfc4733 import Dtmf, build_event
 from media.rtcp import ReportBlock, build_report, ntp_middle, ntp_timestamp, parse_compound
@@ -98,19 +99,39 @@ async def run_for(seconds, *tasks):
         nursery.cancel_scope.cancel()
 
 
+async def run_paced(seconds, stream, *tasks):
+    """Pace ``stream`` on a media clock of its own (the engine's, in production)."""
+    clock = MediaClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        stream.start_pacing(clock)
+        for task in tasks:
+            nursery.start_soon(task)
+        await trio.sleep(seconds)
+        stream.stop_pacing()
+        nursery.cancel_scope.cancel()
+    return clock
+
+
+def caller_speaks(stream, source=CALLER):
+    """The caller's first packet: it latches the stream, and idle silence starts."""
+    stream.on_datagram(rtp(1), source)
+
+
 # --- outbound: pacing, ptime, silence, marker, wrap -------------------------------------------
 
 
 @pytest.mark.parametrize("ptime", [10, 20, 30, 40])
 async def test_paced_on_exact_deadlines_repacketized_to_the_offers_ptime(ptime, autojump_clock):
     stream, _, _ = make_stream(ptime=ptime)
+    caller_speaks(stream)
     start = trio.current_time()
     # The model's audio arrives in odd-sized deltas; the caller gets exact ptime frames.
     speech = bytes(range(256)) * 10  # 2560 bytes = 320 ms
     for offset in range(0, len(speech), 999):
         stream.bridge.playout.push(speech[offset:offset + 999], "item")
     stream.bridge.playout.finish_item(0xFF)
-    await run_for(1.0 - 1e-6, stream.send_paced)
+    await run_paced(1.0 - 1e-6, stream)
     packets = stream.rtp_socket.packets()
     assert len(packets) == -(-1000 // ptime)
     for n, (at, packet) in enumerate(packets):
@@ -126,6 +147,7 @@ async def test_paced_on_exact_deadlines_repacketized_to_the_offers_ptime(ptime, 
 @pytest.mark.parametrize("codec, silence", [("PCMU", 0xFF), ("PCMA", 0xD5)])
 async def test_silence_frames_between_talkspurts_and_marker_on_each(codec, silence, autojump_clock):
     stream, _, _ = make_stream(codec=codec)
+    caller_speaks(stream)
     playout = stream.bridge.playout
 
     async def speak():
@@ -134,7 +156,7 @@ async def test_silence_frames_between_talkspurts_and_marker_on_each(codec, silen
         await trio.sleep(0.2)
         playout.push(b"\x02" * 160, "b")
 
-    await run_for(0.49, stream.send_paced, speak)
+    await run_paced(0.49, stream, speak)
     packets = [p for _, p in stream.rtp_socket.packets()]
     kinds = ["s" if p.payload == bytes([silence]) * 160 else "v" for p in packets]
     assert "".join(kinds) == "sssss" "vv" "ssssssss" "v" "sssssssss"
@@ -154,7 +176,7 @@ async def test_send_silence_off_sends_nothing_but_time_advances(autojump_clock):
         await trio.sleep(0.09)  # four frame slots of silence, not sent
         playout.push(b"\x02" * 160, "b")  # plays at t=0.1
 
-    await run_for(0.3, stream.send_paced, speak)
+    await run_paced(0.3, stream, speak)
     first, second = [p for _, p in stream.rtp_socket.packets()]
     assert (second.sequence - first.sequence) & 0xFFFF == 1  # nothing was sent between
     assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 160 * 5  # but time passed
@@ -164,7 +186,8 @@ async def test_send_silence_off_sends_nothing_but_time_advances(autojump_clock):
 async def test_sequence_and_timestamp_wrap_on_the_wire(autojump_clock):
     stream, _, _ = make_stream()
     stream.packetizer = RtpPacketizer(0, ssrc=7, sequence=65534, timestamp=2**32 - 320)
-    await run_for(0.1 - 1e-6, stream.send_paced)
+    caller_speaks(stream)
+    await run_paced(0.1 - 1e-6, stream)
     packets = [p for _, p in stream.rtp_socket.packets()]
     assert [p.sequence for p in packets] == [65534, 65535, 0, 1, 2]
     assert [p.timestamp for p in packets] == [2**32 - 320, 2**32 - 160, 0, 160, 320]
@@ -176,8 +199,9 @@ async def test_pacer_reanchors_after_a_stall_instead_of_bursting(autojump_clock)
             autojump_clock.jump(0.5)  # the process was descheduled for half a second
 
     stream, _, _ = make_stream(rtp=Recorder(on_send=stall))
+    caller_speaks(stream)
     start = trio.current_time()
-    await run_for(1.0, stream.send_paced)
+    await run_paced(1.0, stream)
     times = [at - start for at, _ in stream.rtp_socket.packets()]
     assert stream.stats.pacer_reanchors == 1
     gaps = [b - a for a, b in pairwise(times)]
@@ -190,10 +214,103 @@ async def test_pacer_reanchors_after_a_stall_instead_of_bursting(autojump_clock)
 
 async def test_no_rtp_while_the_caller_holds_but_rtcp_goes_on(autojump_clock):
     stream, _, _ = make_stream(sending=False)
-    await run_for(0.2, stream.send_paced)
+    caller_speaks(stream)
+    await run_paced(0.2, stream)
     assert stream.rtp_socket.sent == []
     stream.send_report()  # RFC 3264 s5.1: RTCP is sent whatever the direction
     assert len(stream.rtcp_socket.sent) == 1
+
+
+async def test_nothing_is_sent_before_the_callers_first_packet_then_silence(autojump_clock):
+    """As rtpengine: no idle silence (and no RTCP) while the phone rings, none to an SDP
+    address that may be a NATed private one; the steady stream starts with the caller's."""
+    stream, _, _ = make_stream()
+
+    async def answer():
+        await trio.sleep(0.5)
+        caller_speaks(stream, NAT)
+
+    start = trio.current_time()
+    await run_paced(1.0 - 1e-6, stream, answer, stream.send_rtcp)
+    sent = stream.rtp_socket.sent
+    assert stream.rtcp_socket.sent == []
+    assert [at - start for at, _, _ in sent] == pytest.approx([0.5 + n * 0.02 for n in range(25)])
+    assert {destination for _, _, destination in sent} == {NAT}
+    assert [p.marker for _, p in stream.rtp_socket.packets()] == [True] + [False] * 24
+
+
+async def test_ai_audio_before_the_callers_first_packet_plays_to_the_sdp_address(autojump_clock):
+    """Real audio is worth sending to the SDP's address (an early greeting, a model that
+    speaks first): it plays at once and on the grid; only the idle silence waits."""
+    stream, _, _ = make_stream()
+    playout = stream.bridge.playout
+
+    async def model_speaks():
+        await trio.sleep(0.105)
+        playout.push(b"\x01" * 480, "hello")  # three frames, before any caller RTP
+        await trio.sleep(0.2)
+        playout.push(b"\x02" * 160, "again")
+
+    start = trio.current_time()
+    await run_paced(0.5, stream, model_speaks)
+    packets = stream.rtp_socket.packets()
+    times = [round(at - start, 6) for at, _ in packets]
+    assert times == [0.105, 0.125, 0.145, 0.305]  # the grid anchored on the first frame
+    assert [p.marker for _, p in packets] == [True, False, False, True]
+    assert {destination for _, _, destination in stream.rtp_socket.sent} == {CALLER}
+    first, second = packets[2][1], packets[3][1]
+    assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 160 * 8  # time still passed
+
+
+async def test_one_clock_paces_many_calls_each_on_its_own_grid(autojump_clock):
+    clock = MediaClock()
+    streams = [make_stream(ptime=ptime)[0] for ptime in (10, 20, 30, 40, 20)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        starts = {}
+        for n, stream in enumerate(streams):
+            await trio.sleep(0.0101 * n)  # calls start at odd times, some 0.1-0.4 ms apart
+            caller_speaks(stream)
+            starts[n] = trio.current_time()
+            stream.start_pacing(clock)
+        await trio.sleep(0.6)
+        streams[4].stop_pacing()  # the call ended: not one more packet
+        ended_with = len(streams[4].rtp_socket.sent)
+        await trio.sleep(0.4)
+        end = trio.current_time()
+        nursery.cancel_scope.cancel()
+    for n, stream in enumerate(streams[:4]):
+        ptime = stream.bridge.ptime_ms / 1000
+        times = [at - starts[n] for at, _, _ in stream.rtp_socket.sent]
+        # Deadlines stay each call's own and exact; the shared wake-ups only coalesce
+        # frames due within half a millisecond of each other.
+        assert all(abs(at - k * ptime) <= 0.0005 for k, at in enumerate(times))
+        assert len(times) == pytest.approx((end - starts[n]) / ptime, abs=1)
+    assert len(streams[4].rtp_socket.sent) == ended_with
+    assert clock.wakeups < clock.ticks
+
+
+async def test_a_stream_whose_tick_fails_ends_its_call_and_not_the_others(autojump_clock):
+    ended = []
+
+    def broken(data, destination):
+        raise RuntimeError("a bug")
+
+    good, _, _ = make_stream()
+    bad, _, _ = make_stream()
+    bad.rtp_socket.sendto = broken
+    bad.bridge.end_call = ended.append
+    for stream in (good, bad):
+        caller_speaks(stream)
+    clock = MediaClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        good.start_pacing(clock)
+        bad.start_pacing(clock)
+        await trio.sleep(0.1 - 1e-6)
+        nursery.cancel_scope.cancel()
+    assert ended == ["media failure: internal error"]
+    assert len(good.rtp_socket.sent) == 5
 
 
 # --- inbound: latching and RTP Bleed ----------------------------------------------------------
@@ -377,6 +494,7 @@ async def test_rtcp_mux_sends_on_the_rtp_port_and_reads_it_there():
 
 async def test_rtcp_sent_about_every_five_seconds(autojump_clock):
     stream, _, _ = make_stream()
+    caller_speaks(stream)
     await run_for(60, stream.send_rtcp)
     times = [at for at, _, _ in stream.rtcp_socket.sent]
     gaps = [b - a for a, b in pairwise(times)]
