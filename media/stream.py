@@ -208,6 +208,8 @@ class MediaStream:
         self._now = 0.0  # trio time of the datagram being handled
         self._latched_at = 0.0  # trio time of the latched source's last valid packet
         self._timeout_scope: trio.CancelScope | None = None
+        self._timeout_from = 0.0  # trio time the media timeout counts from, besides packets
+        self._timed_out = False
         # Paced sending (see ``tick``): the clock registration, the grid once started.
         self._clock: MediaClock | None = None
         self._pacing: ClockEntry | None = None
@@ -238,56 +240,68 @@ class MediaStream:
             self.latched = None
             self.rtcp_latched = None
             self.remote = remote
-        self._extend_timeout()
+        self._restart_timeout()
 
     # --- receive ------------------------------------------------------------------------------
 
     async def receive_rtp(self) -> None:
         """Read caller RTP until cancelled; returns if the media timeout expires."""
+        self._timeout_from = trio.current_time()
+        while True:
+            # The timeout's cancel scope is set once and moved only when it fires: a packet
+            # just records its time (``stats.last_packet``), which costs nothing, instead of
+            # re-registering a trio deadline per wake-up. When the deadline comes, a packet
+            # that arrived meanwhile pushes it on; otherwise the call has timed out. So it
+            # fires exactly ``timeout`` after the last packet, for one wake-up per period.
+            with trio.CancelScope(deadline=self._timeout_deadline()) as scope:
+                self._timeout_scope = scope
+                await self._receive_loop()
+            self._timeout_scope = None
+            if self._timeout_deadline() <= trio.current_time():
+                self._timed_out = True
+                return
+
+    async def _receive_loop(self) -> None:
         sock = self.rtp_socket
         reorder = self.reorder
-        with trio.CancelScope() as scope:
-            self._timeout_scope = scope
-            self._extend_timeout()
-            while True:
-                deadline = reorder.deadline
-                if deadline is None:
+        while True:
+            deadline = reorder.deadline
+            if deadline is None:
+                await trio.lowlevel.wait_readable(sock)
+            else:
+                # A gap is open: wake up to give up on it even if nothing else arrives.
+                with trio.move_on_at(deadline):
                     await trio.lowlevel.wait_readable(sock)
-                else:
-                    # A gap is open: wake up to give up on it even if nothing else arrives.
-                    with trio.move_on_at(deadline):
-                        await trio.lowlevel.wait_readable(sock)
-                    reorder.expire(trio.current_time())
-                self._now = trio.current_time()
-                valid_before = self.stats.rtp_in.packets
-                for _ in range(BATCH_LIMIT):
-                    try:
-                        data, source = sock.recvfrom(MAX_DATAGRAM)
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        # ICMP port unreachable from an earlier send surfaces here on Linux.
-                        self.stats.send_errors += 1
-                        continue
-                    self.on_datagram(data, source)
-                if self.stats.rtp_in.packets != valid_before:
-                    self._extend_timeout()  # once per wake-up, not per packet
-        # Only the media timeout cancels this scope from inside; the caller checks the clock.
+                reorder.expire(trio.current_time())
+            self._now = trio.current_time()
+            for _ in range(BATCH_LIMIT):
+                try:
+                    data, source = sock.recvfrom(MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # ICMP port unreachable from an earlier send surfaces here on Linux.
+                    self.stats.send_errors += 1
+                    continue
+                self.on_datagram(data, source)
 
     @property
     def timed_out(self) -> bool:
-        scope = self._timeout_scope
-        return scope is not None and scope.cancelled_caught
+        return self._timed_out
 
-    def _extend_timeout(self) -> None:
-        scope = self._timeout_scope
-        if scope is None:
-            return
-        if self.timeout and self.caller_sends:
-            scope.deadline = trio.current_time() + self.timeout
-        else:
+    def _timeout_deadline(self) -> float:
+        if not (self.timeout and self.caller_sends):
             # A caller on hold with a=inactive (or c=0.0.0.0) legitimately sends nothing.
-            scope.deadline = math.inf
+            return math.inf
+        last = self.stats.last_packet
+        start = self._timeout_from if last is None else max(last, self._timeout_from)
+        return start + self.timeout
+
+    def _restart_timeout(self) -> None:
+        """A re-offer: the timeout counts afresh from now (or stops, on hold)."""
+        self._timeout_from = trio.current_time()
+        if self._timeout_scope is not None:
+            self._timeout_scope.deadline = self._timeout_deadline()
 
     def on_datagram(self, data: bytes, source: tuple) -> None:
         """One datagram on the RTP port (``self._now`` is its arrival time)."""

@@ -549,6 +549,25 @@ async def test_media_timeout_suspended_while_the_caller_holds_inactive(autojump_
             sock.close()
 
 
+async def test_media_timeout_counts_afresh_when_a_reoffer_resumes_from_hold(autojump_clock):
+    stream, _, sockets = await loopback_stream(timeout=60, caller_sends=False)
+    start = trio.current_time()
+
+    async def resume():
+        await trio.sleep(100)
+        stream.update(remote=None, rtcp_remote=None, sending=True, caller_sends=True)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resume)
+            await stream.receive_rtp()
+        assert stream.timed_out
+        assert trio.current_time() - start == pytest.approx(160)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 async def test_open_reorder_gap_is_given_up_without_further_packets(autojump_clock):
     stream, audio, sockets = await loopback_stream()
     caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
