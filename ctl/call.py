@@ -153,6 +153,7 @@ class Call:
             reorder_packets=reorder_packets,
             strict_source=strict_source,
             relatch=Relatch(relatch),
+            on_media_started=self._media_started,
         )
         self.ai = RealtimeSession(settings, self.bridge)
 
@@ -222,16 +223,12 @@ class Call:
         )
 
     async def _receive_media(self) -> None:
-        latch_watch = self.bridge.media_started
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._activate_on_media, latch_watch)
-            await self.stream.receive_rtp()
-            nursery.cancel_scope.cancel()
+        await self.stream.receive_rtp()
         if self.stream.timed_out:
             self.end(f"media timeout ({self.stream.timeout:g} s without RTP)")
 
-    async def _activate_on_media(self, started: trio.Event) -> None:
-        await started.wait()
+    def _media_started(self) -> None:
+        """The caller's first RTP latched (a callback: no task per call waits for it)."""
         if self.state is CallState.OFFERED:
             self._to(CallState.ACTIVE)
 

@@ -7,7 +7,8 @@ until the earliest deadline of all calls and calls the synchronous ``tick(now)``
 that is due; ``tick`` sends one frame and returns that call's next deadline.
 
 The deadlines are still each call's own absolute ones (the sans-IO ``Pacer`` computes them);
-the clock only decides when to wake up. A call with nothing to send (before the caller's first
+the clock only decides when to wake up, on a 1 ms lattice the grids are anchored on (``TICK``),
+so that calls share wake-ups. A call with nothing to send (before the caller's first
 packet, or silent with ``send_silence`` off) is *parked*: ``tick`` returns None and the call
 costs nothing until it :meth:`~MediaClock.schedule`\\ s itself again.
 """
@@ -24,11 +25,21 @@ import trio
 
 log = logging.getLogger("rtpai.media")
 
-# Frames due within this much of a wake-up go out in that wake-up. Sending up to half a
-# millisecond early costs nothing a phone's jitter buffer can notice, and bounds the clock to
-# about 2000 wake-ups a second however many calls there are (1000 calls at 20 ms are 50 000
-# deadlines a second, each of which would otherwise be a wake-up of its own).
-COALESCE = 0.0005
+# The clock wakes only on a 1 ms lattice, and each call's grid is anchored on it, so calls share
+# wake-ups: at most 1000 a second however many calls there are (1000 calls at 20 ms are 50 000
+# frames a second, each of which would otherwise be a wake-up of its own, at ~25 us of trio
+# scheduling apiece). The price is that a stream's first frame may wait up to 1 ms for the
+# lattice; after that its deadlines fall on lattice points and go out on time.
+TICK = 0.001
+# Frames due within this much of a wake-up go out in that wake-up: it absorbs floating-point
+# rounding and the deadlines of a grid re-anchored off the lattice after a stall. Half a
+# millisecond early is nothing a phone's jitter buffer can notice.
+COALESCE = TICK / 2
+
+
+def align(at: float) -> float:
+    """The first lattice point at or after ``at`` (within rounding)."""
+    return math.ceil(at / TICK - 1e-6) * TICK
 
 
 class Paced(Protocol):
@@ -86,7 +97,7 @@ class MediaClock:
         heapq.heappush(self._heap, (at, next(self._order), entry))
         wait = self._wait
         if wait is not None and at < wait.deadline:
-            wait.deadline = at  # wake up earlier than planned
+            wait.deadline = align(at)  # wake up earlier than planned
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick streams until cancelled. Runs in the engine nursery."""
@@ -94,7 +105,7 @@ class MediaClock:
         pop, push = heapq.heappop, heapq.heappush
         task_status.started()
         while True:
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as wait:
+            with trio.CancelScope(deadline=align(heap[0][0]) if heap else math.inf) as wait:
                 self._wait = wait
                 await trio.sleep_forever()
             self._wait = None

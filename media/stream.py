@@ -19,12 +19,13 @@ import math
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from media.bridge import CallBridge, CallerEvent
-from media.clock import ClockEntry, MediaClock
+from media.clock import ClockEntry, MediaClock, align
 from media.jitter import JitterEstimator, ReorderBuffer
 from media.playout import Pacer
 from media.rfc4733 import DtmfDecoder
@@ -164,6 +165,7 @@ class MediaStream:
         strict_source: bool = False,
         relatch: Relatch = Relatch.SDP,
         wall_clock=time.time,
+        on_media_started: Callable[[], None] | None = None,
     ) -> None:
         self.bridge = bridge
         self.rtp_socket = rtp_socket
@@ -205,6 +207,7 @@ class MediaStream:
         self.quality: dict[int, StreamQuality] = {}
         self._sent_since_report = False
         self._wall = wall_clock
+        self._on_media_started = on_media_started  # told once, at the first latch
         self._now = 0.0  # trio time of the datagram being handled
         self._latched_at = 0.0  # trio time of the latched source's last valid packet
         self._timeout_scope: trio.CancelScope | None = None
@@ -342,7 +345,10 @@ class MediaStream:
         if self.latched is None:
             self._latch(source)
             self.bridge.mark("first_caller_rtp")
-            self.bridge.media_started.set()
+            if not self.bridge.media_started.is_set():
+                self.bridge.media_started.set()
+                if self._on_media_started is not None:
+                    self._on_media_started()
             self._wake_pacer()  # from now on we send silence between answers
             return True
         # Never re-latch to a stranger on its word alone: that is how "RTP Bleed" hijacks calls.
@@ -546,8 +552,9 @@ class MediaStream:
         now = trio.current_time()
         pacer = self._pacer
         if pacer is None:
-            # The stream's first packet: it goes at once, and anchors the grid.
-            pacer = self._pacer = Pacer(self.bridge.ptime_ms / 1000, now)
+            # The stream's first packet: it goes at once (on the clock's next 1 ms lattice
+            # point, which the grid is anchored on so that calls share wake-ups).
+            pacer = self._pacer = Pacer(self.bridge.ptime_ms / 1000, align(now))
         else:
             # Back on the grid; the slots we were parked through still advance the timestamp,
             # so the caller's jitter buffer sees the true timing (the marker says it resumed).
