@@ -15,6 +15,7 @@ import trio
 from media.bridge import CallBridge, CallerEvent
 from media.clock import MediaClock
 from media.playout import PlayoutQueue
+from media.poller import MediaPoller
 from media.stream import MediaStream, Relatch, close_socket
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings
@@ -90,6 +91,7 @@ class Call:
         on_transfer: Callable[[Call, dict[str, Any]], None] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
+        poller: MediaPoller,
         settings: RealtimeSettings,
         release_ports: Callable[[], None],
         media_timeout: float = 0,
@@ -120,6 +122,7 @@ class Call:
         self._on_transfer = on_transfer  # carries a transfer out (the engine: the proxy)
         self._sockets = sockets
         self._clock = clock  # the engine's: it paces our RTP along with every other call's
+        self._poller = poller  # the engine's: it receives for every call
         self._scope = trio.CancelScope()
         audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
         events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
@@ -195,7 +198,6 @@ class Call:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._receive_media)
-                    nursery.start_soon(self.stream.receive_rtcp)
                     nursery.start_soon(self.stream.send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
@@ -223,7 +225,7 @@ class Call:
         )
 
     async def _receive_media(self) -> None:
-        await self.stream.receive_rtp()
+        await self.stream.receive(self._poller)
         if self.stream.timed_out:
             self.end(f"media timeout ({self.stream.timeout:g} s without RTP)")
 

@@ -33,6 +33,7 @@ from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import sdp
 from media.clock import MediaClock
+from media.poller import MediaPoller
 from media.ports import PortPairAllocator, PortsExhausted
 from media.stream import bind_pair
 from openai_flavor.settings import RealtimeSettings
@@ -115,6 +116,8 @@ class Engine:
         self._calls_nursery: trio.Nursery | None = None
         # One clock paces every call's RTP (media/clock.py); it lives in the engine nursery.
         self.clock = MediaClock()
+        # One epoll set receives every call's RTP and RTCP (media/poller.py), likewise.
+        self.poller = MediaPoller()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started`` gets the ng address."""
@@ -126,6 +129,7 @@ class Engine:
         async with trio.open_nursery() as nursery:
             self._calls_nursery = nursery
             await nursery.start(self.clock.run)
+            await nursery.start(self.poller.run)
             nursery.start_soon(self._housekeeping)
             address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
             task_status.started(address)
@@ -186,6 +190,7 @@ class Engine:
                 answer_sdp=answer_sdp,
                 sockets=sockets,
                 clock=self.clock,
+                poller=self.poller,
                 settings=settings,
                 release_ports=lambda: self.ports.release(rtp_port),
                 media_timeout=rtp_config["timeout"],

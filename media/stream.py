@@ -1,8 +1,10 @@
 """One call's media: the RTP/RTCP sockets, the receiver, the paced sender and RTCP reports.
 
-Sockets are plain non-blocking stdlib sockets driven by ``trio.lowlevel.wait_readable``:
-one wake-up drains every datagram that is waiting, instead of paying a trio checkpoint (a
-scheduler pass) per packet as ``trio.socket`` would (python-trio/trio#1595).
+Sockets are plain non-blocking stdlib sockets. The engine's poller (media/poller.py) calls
+``_rtp_readable``/``_rtcp_readable`` when they are readable, which drain every datagram
+waiting, instead of paying a trio checkpoint (a scheduler pass) per packet as ``trio.socket``
+would (python-trio/trio#1595); the engine's clock (media/clock.py) calls ``tick`` when a frame
+is due. Neither costs a task per call and packet.
 
 The protocol work is done by sans-IO cores that take time as an argument: ``rtp`` (parsing,
 packetizing), ``jitter`` (reorder buffer, RFC 3550 statistics), ``rfc4733`` (key presses),
@@ -28,6 +30,7 @@ from media.bridge import CallBridge, CallerEvent
 from media.clock import ClockEntry, MediaClock, align
 from media.jitter import JitterEstimator, ReorderBuffer
 from media.playout import Pacer
+from media.poller import MediaPoller
 from media.rfc4733 import DtmfDecoder
 from media.rtcp import (
     Bye,
@@ -210,7 +213,7 @@ class MediaStream:
         self._on_media_started = on_media_started  # told once, at the first latch
         self._now = 0.0  # trio time of the datagram being handled
         self._latched_at = 0.0  # trio time of the latched source's last valid packet
-        self._timeout_scope: trio.CancelScope | None = None
+        self._timer_scope: trio.CancelScope | None = None  # media timeout, reorder gap
         self._timeout_from = 0.0  # trio time the media timeout counts from, besides packets
         self._timed_out = False
         # Paced sending (see ``tick``): the clock registration, the grid once started.
@@ -247,46 +250,86 @@ class MediaStream:
 
     # --- receive ------------------------------------------------------------------------------
 
-    async def receive_rtp(self) -> None:
-        """Read caller RTP until cancelled; returns if the media timeout expires."""
+    async def receive(self, poller: MediaPoller) -> None:
+        """Receive the caller's RTP and RTCP until cancelled; returns if the media timeout
+        expires.
+
+        Datagrams are handled as they arrive by the engine's ``poller`` (one wake-up for all
+        calls' sockets, media/poller.py), synchronously; this task only keeps the stream's
+        two timers: the media timeout and the reorder buffer's open gap.
+        """
+        try:
+            poller.register(self.rtp_socket, self._rtp_readable, self._receive_failed)
+            poller.register(self.rtcp_socket, self._rtcp_readable, self._receive_failed)
+            await self._keep_timers()
+        finally:
+            poller.unregister(self.rtp_socket)
+            poller.unregister(self.rtcp_socket)
+
+    async def _keep_timers(self) -> None:
         self._timeout_from = trio.current_time()
+        reorder = self.reorder
         while True:
-            # The timeout's cancel scope is set once and moved only when it fires: a packet
-            # just records its time (``stats.last_packet``), which costs nothing, instead of
-            # re-registering a trio deadline per wake-up. When the deadline comes, a packet
+            # The timeout's deadline is set once and moved only when it fires: a packet just
+            # records its time (``stats.last_packet``), which costs nothing, instead of
+            # re-registering a trio deadline per packet. When the deadline comes, a packet
             # that arrived meanwhile pushes it on; otherwise the call has timed out. So it
             # fires exactly ``timeout`` after the last packet, for one wake-up per period.
-            with trio.CancelScope(deadline=self._timeout_deadline()) as scope:
-                self._timeout_scope = scope
-                await self._receive_loop()
-            self._timeout_scope = None
-            if self._timeout_deadline() <= trio.current_time():
+            # A reorder gap opened by a packet brings the wake-up forward (_rtp_readable).
+            with trio.CancelScope(deadline=self._next_timer()) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            if reorder.deadline is not None:
+                reorder.expire(now)  # give up on a gap even if nothing else arrives
+            if self._timeout_deadline() <= now:
                 self._timed_out = True
                 return
 
-    async def _receive_loop(self) -> None:
+    def _next_timer(self) -> float:
+        timeout = self._timeout_deadline()
+        gap = self.reorder.deadline
+        return timeout if gap is None or gap > timeout else gap
+
+    def _rtp_readable(self) -> None:
+        """The poller's call: drain the RTP socket (at most BATCH_LIMIT datagrams)."""
         sock = self.rtp_socket
         reorder = self.reorder
-        while True:
-            deadline = reorder.deadline
-            if deadline is None:
-                await trio.lowlevel.wait_readable(sock)
-            else:
-                # A gap is open: wake up to give up on it even if nothing else arrives.
-                with trio.move_on_at(deadline):
-                    await trio.lowlevel.wait_readable(sock)
-                reorder.expire(trio.current_time())
-            self._now = trio.current_time()
-            for _ in range(BATCH_LIMIT):
-                try:
-                    data, source = sock.recvfrom(MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    # ICMP port unreachable from an earlier send surfaces here on Linux.
-                    self.stats.send_errors += 1
-                    continue
-                self.on_datagram(data, source)
+        now = self._now = trio.current_time()
+        if reorder.deadline is not None:
+            reorder.expire(now)
+        for _ in range(BATCH_LIMIT):
+            try:
+                data, source = sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                # ICMP port unreachable from an earlier send surfaces here on Linux.
+                self.stats.send_errors += 1
+                continue
+            self.on_datagram(data, source)
+        gap = reorder.deadline
+        scope = self._timer_scope
+        if gap is not None and scope is not None and gap < scope.deadline:
+            scope.deadline = gap  # a gap opened: wake up to give up on it
+
+    def _rtcp_readable(self) -> None:
+        """The poller's call: drain the RTCP port (with rtcp-mux RTCP comes with the RTP)."""
+        sock = self.rtcp_socket
+        self._now = trio.current_time()
+        for _ in range(BATCH_LIMIT):
+            try:
+                data, source = sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue
+            self._on_rtcp(data, source[:2])
+
+    def _receive_failed(self) -> None:
+        """The poller dropped a socket after its handler raised (a bug): end the call."""
+        self.bridge.end_call("media failure: internal error")
 
     @property
     def timed_out(self) -> bool:
@@ -303,8 +346,8 @@ class MediaStream:
     def _restart_timeout(self) -> None:
         """A re-offer: the timeout counts afresh from now (or stops, on hold)."""
         self._timeout_from = trio.current_time()
-        if self._timeout_scope is not None:
-            self._timeout_scope.deadline = self._timeout_deadline()
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = self._next_timer()
 
     def on_datagram(self, data: bytes, source: tuple) -> None:
         """One datagram on the RTP port (``self._now`` is its arrival time)."""
@@ -400,21 +443,6 @@ class MediaStream:
             self.stats.events_dropped += 1
 
     # --- RTCP ---------------------------------------------------------------------------------
-
-    async def receive_rtcp(self) -> None:
-        """Read the caller's RTCP on the RTCP port (with rtcp-mux it arrives with the RTP)."""
-        sock = self.rtcp_socket
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            self._now = trio.current_time()
-            for _ in range(BATCH_LIMIT):
-                try:
-                    data, source = sock.recvfrom(MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue
-                self._on_rtcp(data, source[:2])
 
     def _on_rtcp(self, data: bytes, source: tuple[str, int]) -> None:
         stats = self.stats

@@ -20,6 +20,7 @@ import trio.testing
 from media.bridge import CallBridge
 from media.clock import MediaClock
 from media.playout import PlayoutQueue
+from media.poller import MediaPoller
 from media.rfc4733 import Dtmf, build_event
 from media.rtcp import ReportBlock, build_report, ntp_middle, ntp_timestamp, parse_compound
 from media.rtp import RtpPacketizer, parse_rtp
@@ -508,6 +509,15 @@ async def test_rtcp_sent_about_every_five_seconds(autojump_clock):
 # --- media timeout (real sockets, virtual time) ------------------------------------------------
 
 
+async def receive(stream, poller=None):
+    """Receive on a poller of the stream's own (the engine's, in production)."""
+    poller = poller or MediaPoller()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        await stream.receive(poller)
+        nursery.cancel_scope.cancel()
+
+
 async def loopback_stream(**options):
     sockets = []
     for _ in range(2):
@@ -532,7 +542,7 @@ async def test_media_timeout_fires_after_the_configured_silence(autojump_clock):
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(phone)
-            await stream.receive_rtp()
+            await receive(stream)
         assert stream.timed_out
         assert trio.current_time() - start == pytest.approx(90)  # 60 s after the last packet
         assert len(drain(audio)) == 1
@@ -545,7 +555,7 @@ async def test_media_timeout_suspended_while_the_caller_holds_inactive(autojump_
     stream, _, sockets = await loopback_stream(timeout=60, caller_sends=False)
     try:
         with trio.move_on_after(3600) as scope:
-            await stream.receive_rtp()
+            await receive(stream)
         assert scope.cancelled_caught and not stream.timed_out
     finally:
         for sock in sockets:
@@ -563,7 +573,7 @@ async def test_media_timeout_counts_afresh_when_a_reoffer_resumes_from_hold(auto
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(resume)
-            await stream.receive_rtp()
+            await receive(stream)
         assert stream.timed_out
         assert trio.current_time() - start == pytest.approx(160)
     finally:
@@ -577,7 +587,7 @@ async def test_open_reorder_gap_is_given_up_without_further_packets(autojump_clo
     sockets.append(caller)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.receive_rtp)
+            nursery.start_soon(receive, stream)
             caller.sendto(rtp(1), sockets[0].getsockname())
             caller.sendto(rtp(3), sockets[0].getsockname())  # 2 never comes
             await trio.sleep(0.039)
@@ -588,6 +598,43 @@ async def test_open_reorder_gap_is_given_up_without_further_packets(autojump_clo
     finally:
         for sock in sockets:
             sock.close()
+
+
+async def test_one_poller_receives_for_every_call_and_forgets_ended_ones():
+    poller = MediaPoller()
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    calls = [await loopback_stream() for _ in range(3)]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            scopes = []
+            for stream, _, _ in calls:
+                scope = trio.CancelScope()
+                scopes.append(scope)
+
+                async def run(stream=stream, scope=scope):
+                    with scope:
+                        await stream.receive(poller)
+
+                nursery.start_soon(run)
+            await trio.sleep(0.01)
+            assert len(poller) == 6  # RTP and RTCP of each call
+            for n in range(1, 4):
+                for _, _, sockets in calls:
+                    caller.sendto(rtp(n), sockets[0].getsockname())
+            with trio.fail_after(5):
+                while any(stream.stats.rtp_in.packets < 3 for stream, _, _ in calls):
+                    await trio.sleep(0.001)
+            assert all(len(drain(audio)) == 3 for _, audio, _ in calls)
+            scopes[0].cancel()  # that call ended: its sockets leave the poller
+            await trio.sleep(0.01)
+            assert len(poller) == 4
+            nursery.cancel_scope.cancel()
+    finally:
+        caller.close()
+        for _, _, sockets in calls:
+            for sock in sockets:
+                sock.close()
 
 
 async def test_dtmf_after_a_sequence_restart_with_earlier_timestamps():
