@@ -1,8 +1,8 @@
 """``python -m bench.micro_pacer``: what one paced packet costs in trio, two ways.
 
-* one task per call sleeping until its own deadline (what ``MediaStream.send_paced`` does);
+* one task per call sleeping until its own deadline (what rtpai did before ``media/clock.py``);
 * one engine-wide task ticking every millisecond and sending every call whose frame is due
-  (the recommendation in docs/performance.md).
+  (the recommendation in docs/performance.md, which ``media/clock.py`` implements).
 
 Both send a 172-byte datagram per call every 20 ms to one local socket that is drained every
 10 ms (so no receiver wake-up is charged to the sender). Prints CPU-ms per call-second.

@@ -514,12 +514,11 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
 
 
 TASK_LABELS = (
-    ({"MediaStream.send_paced"}, "pacer: MediaStream.send_paced"),
+    ({"MediaClock.run", "MediaStream.tick"}, "pacer: MediaClock.run + MediaStream.tick"),
     ({"RealtimeSession._send_caller_audio"}, "WS writer: RealtimeSession._send_caller_audio"),
     ({"RealtimeSession._read_events", "WebSocketConnection._reader_task"},
      "WS reader: _read_events + trio-websocket _reader_task"),
-    ({"MediaStream.receive_rtp", "Call._receive_media", "MediaStream.receive_rtcp"},
-     "RTP receiver: MediaStream.receive_rtp"),
+    ({"MediaPoller.run", "Call._receive_media"}, "RTP receiver: MediaPoller.run"),
     ({"serve_ng", "Dispatcher.handle", "Engine.offer", "Engine.delete", "Call.run",
       "RealtimeSession.run", "open_websocket_url"}, "ng + call set-up/tear-down"),
     ({"Deadlines.expire"}, "trio timers: Deadlines.expire (cancel scopes)"),

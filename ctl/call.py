@@ -13,7 +13,9 @@ from typing import Any
 import trio
 
 from media.bridge import CallBridge, CallerEvent
+from media.clock import MediaClock
 from media.playout import PlayoutQueue
+from media.poller import MediaPoller
 from media.stream import MediaStream, Relatch, close_socket
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings
@@ -88,6 +90,8 @@ class Call:
         on_end: Callable[[Call, str, bool], None] | None = None,
         on_transfer: Callable[[Call, dict[str, Any]], None] | None = None,
         sockets: tuple[socket.socket, socket.socket],
+        clock: MediaClock,
+        poller: MediaPoller,
         settings: RealtimeSettings,
         release_ports: Callable[[], None],
         media_timeout: float = 0,
@@ -117,6 +121,8 @@ class Call:
         self._on_end = on_end
         self._on_transfer = on_transfer  # carries a transfer out (the engine: the proxy)
         self._sockets = sockets
+        self._clock = clock  # the engine's: it paces our RTP along with every other call's
+        self._poller = poller  # the engine's: it receives for every call
         self._scope = trio.CancelScope()
         audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
         events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
@@ -150,6 +156,7 @@ class Call:
             reorder_packets=reorder_packets,
             strict_source=strict_source,
             relatch=Relatch(relatch),
+            on_media_started=self._media_started,
         )
         self.ai = RealtimeSession(settings, self.bridge)
 
@@ -187,15 +194,15 @@ class Call:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the call's tasks until it ends; always release its sockets and ports."""
         try:
+            self.stream.start_pacing(self._clock)
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._receive_media)
-                    nursery.start_soon(self.stream.receive_rtcp)
-                    nursery.start_soon(self.stream.send_paced)
                     nursery.start_soon(self.stream.send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
+            self.stream.stop_pacing()  # before the sockets close: no tick may send after
             for sock in self._sockets:
                 close_socket(sock)
             self._release_ports()
@@ -218,16 +225,12 @@ class Call:
         )
 
     async def _receive_media(self) -> None:
-        latch_watch = self.bridge.media_started
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._activate_on_media, latch_watch)
-            await self.stream.receive_rtp()
-            nursery.cancel_scope.cancel()
+        await self.stream.receive(self._poller)
         if self.stream.timed_out:
             self.end(f"media timeout ({self.stream.timeout:g} s without RTP)")
 
-    async def _activate_on_media(self, started: trio.Event) -> None:
-        await started.wait()
+    def _media_started(self) -> None:
+        """The caller's first RTP latched (a callback: no task per call waits for it)."""
         if self.state is CallState.OFFERED:
             self._to(CallState.ACTIVE)
 

@@ -32,6 +32,8 @@ from ctl.ng_server import Dispatcher, serve_ng
 from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import sdp
+from media.clock import MediaClock
+from media.poller import MediaPoller
 from media.ports import PortPairAllocator, PortsExhausted
 from media.stream import bind_pair
 from openai_flavor.settings import RealtimeSettings
@@ -112,6 +114,10 @@ class Engine:
         self.draining = False
         self._notifications: set[trio.Event] = set()  # proxy requests under way
         self._calls_nursery: trio.Nursery | None = None
+        # One clock paces every call's RTP (media/clock.py); it lives in the engine nursery.
+        self.clock = MediaClock()
+        # One epoll set receives every call's RTP and RTCP (media/poller.py), likewise.
+        self.poller = MediaPoller()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started`` gets the ng address."""
@@ -122,6 +128,8 @@ class Engine:
             log.warning("%s", note)
         async with trio.open_nursery() as nursery:
             self._calls_nursery = nursery
+            await nursery.start(self.clock.run)
+            await nursery.start(self.poller.run)
             nursery.start_soon(self._housekeeping)
             address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
             task_status.started(address)
@@ -181,6 +189,8 @@ class Engine:
                 media=media,
                 answer_sdp=answer_sdp,
                 sockets=sockets,
+                clock=self.clock,
+                poller=self.poller,
                 settings=settings,
                 release_ports=lambda: self.ports.release(rtp_port),
                 media_timeout=rtp_config["timeout"],

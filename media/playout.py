@@ -7,8 +7,9 @@ frame is due. Both take time as an argument, so they are tested with plain numbe
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 class PlayoutQueue:
@@ -27,6 +28,9 @@ class PlayoutQueue:
         self._segments: deque[list] = deque()
         self.frames_sent: dict[Hashable, int] = {}
         self.bytes_dropped = 0
+        # Told when a whole frame may have become playable (a push, a padded tail): the paced
+        # sender parks while it has nothing to send, and this unparks it.
+        self.on_audio: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -48,6 +52,8 @@ class PlayoutQueue:
             self._segments[-1][1] += len(audio)
         else:
             self._segments.append([item, len(audio)])
+        if self.on_audio is not None:
+            self.on_audio()
 
     def holds(self, item: Hashable) -> bool:
         """Some of ``item``'s audio is still waiting to be played."""
@@ -60,6 +66,8 @@ class PlayoutQueue:
             pad = self.frame_bytes - partial
             self._buffer += bytes((silence_byte,)) * pad
             self._segments[-1][1] += pad
+            if self.on_audio is not None:
+                self.on_audio()
 
     def pop_frame(self) -> bytes | None:
         """The next whole frame, or None when less than a frame is queued."""
@@ -112,3 +120,14 @@ class Pacer:
             self.next_deadline = now + self.ptime
         else:
             self.next_deadline += self.ptime
+
+    def skip_to(self, now: float) -> int:
+        """Resume after a pause (nothing was sent): move to the first deadline at or after
+        ``now``, staying on the grid; returns how many slots were skipped."""
+        behind = now - self.next_deadline
+        if behind <= 0:
+            return 0
+        # The 1e-9 keeps a deadline that equals ``now`` up to rounding from being skipped.
+        skipped = math.ceil(behind / self.ptime - 1e-9)
+        self.next_deadline += skipped * self.ptime
+        return skipped

@@ -1,8 +1,10 @@
 """One call's media: the RTP/RTCP sockets, the receiver, the paced sender and RTCP reports.
 
-Sockets are plain non-blocking stdlib sockets driven by ``trio.lowlevel.wait_readable``:
-one wake-up drains every datagram that is waiting, instead of paying a trio checkpoint (a
-scheduler pass) per packet as ``trio.socket`` would (python-trio/trio#1595).
+Sockets are plain non-blocking stdlib sockets. The engine's poller (media/poller.py) calls
+``_rtp_readable``/``_rtcp_readable`` when they are readable, which drain every datagram
+waiting, instead of paying a trio checkpoint (a scheduler pass) per packet as ``trio.socket``
+would (python-trio/trio#1595); the engine's clock (media/clock.py) calls ``tick`` when a frame
+is due. Neither costs a task per call and packet.
 
 The protocol work is done by sans-IO cores that take time as an argument: ``rtp`` (parsing,
 packetizing), ``jitter`` (reorder buffer, RFC 3550 statistics), ``rfc4733`` (key presses),
@@ -19,13 +21,16 @@ import math
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from media.bridge import CallBridge, CallerEvent
+from media.clock import ClockEntry, MediaClock, align
 from media.jitter import JitterEstimator, ReorderBuffer
 from media.playout import Pacer
+from media.poller import MediaPoller
 from media.rfc4733 import DtmfDecoder
 from media.rtcp import (
     Bye,
@@ -163,6 +168,7 @@ class MediaStream:
         strict_source: bool = False,
         relatch: Relatch = Relatch.SDP,
         wall_clock=time.time,
+        on_media_started: Callable[[], None] | None = None,
     ) -> None:
         self.bridge = bridge
         self.rtp_socket = rtp_socket
@@ -204,9 +210,19 @@ class MediaStream:
         self.quality: dict[int, StreamQuality] = {}
         self._sent_since_report = False
         self._wall = wall_clock
+        self._on_media_started = on_media_started  # told once, at the first latch
         self._now = 0.0  # trio time of the datagram being handled
         self._latched_at = 0.0  # trio time of the latched source's last valid packet
-        self._timeout_scope: trio.CancelScope | None = None
+        self._timer_scope: trio.CancelScope | None = None  # media timeout, reorder gap
+        self._timeout_from = 0.0  # trio time the media timeout counts from, besides packets
+        self._timed_out = False
+        # Paced sending (see ``tick``): the clock registration, the grid once started.
+        self._clock: MediaClock | None = None
+        self._pacing: ClockEntry | None = None
+        self._pacer: Pacer | None = None
+        self._talking = False
+        self._samples = bridge.ptime_ms * 8  # 8000 Hz
+        self._silence = bytes((bridge.silence_byte,)) * self._samples
 
     # --- re-offer -----------------------------------------------------------------------------
 
@@ -230,56 +246,108 @@ class MediaStream:
             self.latched = None
             self.rtcp_latched = None
             self.remote = remote
-        self._extend_timeout()
+        self._restart_timeout()
 
     # --- receive ------------------------------------------------------------------------------
 
-    async def receive_rtp(self) -> None:
-        """Read caller RTP until cancelled; returns if the media timeout expires."""
+    async def receive(self, poller: MediaPoller) -> None:
+        """Receive the caller's RTP and RTCP until cancelled; returns if the media timeout
+        expires.
+
+        Datagrams are handled as they arrive by the engine's ``poller`` (one wake-up for all
+        calls' sockets, media/poller.py), synchronously; this task only keeps the stream's
+        two timers: the media timeout and the reorder buffer's open gap.
+        """
+        try:
+            poller.register(self.rtp_socket, self._rtp_readable, self._receive_failed)
+            poller.register(self.rtcp_socket, self._rtcp_readable, self._receive_failed)
+            await self._keep_timers()
+        finally:
+            poller.unregister(self.rtp_socket)
+            poller.unregister(self.rtcp_socket)
+
+    async def _keep_timers(self) -> None:
+        self._timeout_from = trio.current_time()
+        reorder = self.reorder
+        while True:
+            # The timeout's deadline is set once and moved only when it fires: a packet just
+            # records its time (``stats.last_packet``), which costs nothing, instead of
+            # re-registering a trio deadline per packet. When the deadline comes, a packet
+            # that arrived meanwhile pushes it on; otherwise the call has timed out. So it
+            # fires exactly ``timeout`` after the last packet, for one wake-up per period.
+            # A reorder gap opened by a packet brings the wake-up forward (_rtp_readable).
+            with trio.CancelScope(deadline=self._next_timer()) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            if reorder.deadline is not None:
+                reorder.expire(now)  # give up on a gap even if nothing else arrives
+            if self._timeout_deadline() <= now:
+                self._timed_out = True
+                return
+
+    def _next_timer(self) -> float:
+        timeout = self._timeout_deadline()
+        gap = self.reorder.deadline
+        return timeout if gap is None or gap > timeout else gap
+
+    def _rtp_readable(self) -> None:
+        """The poller's call: drain the RTP socket (at most BATCH_LIMIT datagrams)."""
         sock = self.rtp_socket
         reorder = self.reorder
-        with trio.CancelScope() as scope:
-            self._timeout_scope = scope
-            self._extend_timeout()
-            while True:
-                deadline = reorder.deadline
-                if deadline is None:
-                    await trio.lowlevel.wait_readable(sock)
-                else:
-                    # A gap is open: wake up to give up on it even if nothing else arrives.
-                    with trio.move_on_at(deadline):
-                        await trio.lowlevel.wait_readable(sock)
-                    reorder.expire(trio.current_time())
-                self._now = trio.current_time()
-                valid_before = self.stats.rtp_in.packets
-                for _ in range(BATCH_LIMIT):
-                    try:
-                        data, source = sock.recvfrom(MAX_DATAGRAM)
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        # ICMP port unreachable from an earlier send surfaces here on Linux.
-                        self.stats.send_errors += 1
-                        continue
-                    self.on_datagram(data, source)
-                if self.stats.rtp_in.packets != valid_before:
-                    self._extend_timeout()  # once per wake-up, not per packet
-        # Only the media timeout cancels this scope from inside; the caller checks the clock.
+        now = self._now = trio.current_time()
+        if reorder.deadline is not None:
+            reorder.expire(now)
+        for _ in range(BATCH_LIMIT):
+            try:
+                data, source = sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                # ICMP port unreachable from an earlier send surfaces here on Linux.
+                self.stats.send_errors += 1
+                continue
+            self.on_datagram(data, source)
+        gap = reorder.deadline
+        scope = self._timer_scope
+        if gap is not None and scope is not None and gap < scope.deadline:
+            scope.deadline = gap  # a gap opened: wake up to give up on it
+
+    def _rtcp_readable(self) -> None:
+        """The poller's call: drain the RTCP port (with rtcp-mux RTCP comes with the RTP)."""
+        sock = self.rtcp_socket
+        self._now = trio.current_time()
+        for _ in range(BATCH_LIMIT):
+            try:
+                data, source = sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue
+            self._on_rtcp(data, source[:2])
+
+    def _receive_failed(self) -> None:
+        """The poller dropped a socket after its handler raised (a bug): end the call."""
+        self.bridge.end_call("media failure: internal error")
 
     @property
     def timed_out(self) -> bool:
-        scope = self._timeout_scope
-        return scope is not None and scope.cancelled_caught
+        return self._timed_out
 
-    def _extend_timeout(self) -> None:
-        scope = self._timeout_scope
-        if scope is None:
-            return
-        if self.timeout and self.caller_sends:
-            scope.deadline = trio.current_time() + self.timeout
-        else:
+    def _timeout_deadline(self) -> float:
+        if not (self.timeout and self.caller_sends):
             # A caller on hold with a=inactive (or c=0.0.0.0) legitimately sends nothing.
-            scope.deadline = math.inf
+            return math.inf
+        last = self.stats.last_packet
+        start = self._timeout_from if last is None else max(last, self._timeout_from)
+        return start + self.timeout
+
+    def _restart_timeout(self) -> None:
+        """A re-offer: the timeout counts afresh from now (or stops, on hold)."""
+        self._timeout_from = trio.current_time()
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = self._next_timer()
 
     def on_datagram(self, data: bytes, source: tuple) -> None:
         """One datagram on the RTP port (``self._now`` is its arrival time)."""
@@ -320,7 +388,11 @@ class MediaStream:
         if self.latched is None:
             self._latch(source)
             self.bridge.mark("first_caller_rtp")
-            self.bridge.media_started.set()
+            if not self.bridge.media_started.is_set():
+                self.bridge.media_started.set()
+                if self._on_media_started is not None:
+                    self._on_media_started()
+            self._wake_pacer()  # from now on we send silence between answers
             return True
         # Never re-latch to a stranger on its word alone: that is how "RTP Bleed" hijacks calls.
         policy = self.relatch
@@ -372,21 +444,6 @@ class MediaStream:
 
     # --- RTCP ---------------------------------------------------------------------------------
 
-    async def receive_rtcp(self) -> None:
-        """Read the caller's RTCP on the RTCP port (with rtcp-mux it arrives with the RTP)."""
-        sock = self.rtcp_socket
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            self._now = trio.current_time()
-            for _ in range(BATCH_LIMIT):
-                try:
-                    data, source = sock.recvfrom(MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue
-                self._on_rtcp(data, source[:2])
-
     def _on_rtcp(self, data: bytes, source: tuple[str, int]) -> None:
         stats = self.stats
         # RTCP is accepted from the latched RTP host (any port: NATs pick their own) or, before
@@ -431,6 +488,8 @@ class MediaStream:
         """An SR (while we send) or RR, with SDES CNAME, every ~5 s (RFC 3550 section 6.2)."""
         while True:
             await trio.sleep(RTCP_INTERVAL * random.uniform(0.5, 1.5))
+            if self.latched is None and self._pacer is None:
+                continue  # no media either way yet (ringing): nothing to report, as rtpengine
             self._now = trio.current_time()
             self.send_report()
 
@@ -487,38 +546,88 @@ class MediaStream:
 
     # --- send ---------------------------------------------------------------------------------
 
-    async def send_paced(self) -> None:
-        """One frame every ptime on absolute deadlines: AI audio, else silence (or nothing)."""
+    # Pacing is driven by the engine's media clock (media/clock.py), which calls ``tick`` when
+    # this call's next frame is due: no timer and no task per call and packet.
+
+    def start_pacing(self, clock: MediaClock) -> None:
+        """Register with the media clock; parked until there is something to send."""
+        self._clock = clock
+        self._pacing = clock.register(self)
+        self.bridge.playout.on_audio = self._wake_pacer
+        self._wake_pacer()
+
+    def stop_pacing(self) -> None:
+        """Unregister from the media clock (the call's ``finally``)."""
+        if self._pacing is not None and self._clock is not None:
+            self._clock.unregister(self._pacing)
+        self._pacing = None
+        self.bridge.playout.on_audio = None
+
+    @property
+    def _idle_sends_silence(self) -> bool:
+        # Silence only once the caller's media has flowed, as rtpengine: while the phone rings
+        # nobody listens, the SDP address is often a NATed private one, and a thousand ringing
+        # calls would otherwise cost as much as a thousand answered ones.
+        return self.send_silence and self.bridge.media_started.is_set()
+
+    def _wake_pacer(self) -> None:
+        """Audio was queued or the caller's media started: unpark the sender if it can send."""
+        entry = self._pacing
+        if entry is None or entry.due is not None:
+            return
+        if not self._idle_sends_silence and self.bridge.playout.queued_frames == 0:
+            return
+        now = trio.current_time()
+        pacer = self._pacer
+        if pacer is None:
+            # The stream's first packet: it goes at once (on the clock's next 1 ms lattice
+            # point, which the grid is anchored on so that calls share wake-ups).
+            pacer = self._pacer = Pacer(self.bridge.ptime_ms / 1000, align(now))
+        else:
+            # Back on the grid; the slots we were parked through still advance the timestamp,
+            # so the caller's jitter buffer sees the true timing (the marker says it resumed).
+            skipped = pacer.skip_to(now)
+            if skipped:
+                self.packetizer.silence_gap(skipped * self._samples)
+        assert self._clock is not None
+        self._clock.schedule(entry, pacer.next_deadline)
+
+    def tick(self, now: float) -> float | None:
+        """Send the frame due now: AI audio, else silence (or nothing).
+
+        Returns the next deadline, or None to park: nothing to play and no silence to send.
+        """
         bridge = self.bridge
-        ptime = bridge.ptime_ms / 1000
-        samples = bridge.ptime_ms * 8  # 8000 Hz
-        silence = bytes((bridge.silence_byte,)) * (samples)
-        playout = bridge.playout
         packetizer = self.packetizer
-        pacer = Pacer(ptime, trio.current_time())
-        talking = False
-        while True:
-            await trio.sleep_until(pacer.next_deadline)
-            now = trio.current_time()
-            frame = playout.pop_frame()
-            if frame is not None:
-                if not talking:
-                    packetizer.start_talkspurt()  # RFC 3551 4.1: marker on a talkspurt's start
-                    talking = True
-                    bridge.mark("first_rtp_to_caller")
-                self._send(packetizer.packet(frame, samples))
+        samples = self._samples
+        park = False
+        frame = bridge.playout.pop_frame()
+        if frame is not None:
+            if not self._talking:
+                packetizer.start_talkspurt()  # RFC 3551 4.1: marker on a talkspurt's start
+                self._talking = True
+                bridge.mark("first_rtp_to_caller")
+            self._send(packetizer.packet(frame, samples))
+        else:
+            if self._talking:
+                self._talking = False
+                bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
+            if self._idle_sends_silence:
+                self._send(packetizer.packet(self._silence, samples))
             else:
-                if talking:
-                    talking = False
-                    bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
-                if self.send_silence:
-                    self._send(packetizer.packet(silence, samples))
-                else:
-                    packetizer.silence_gap(samples)  # the timestamp still advances
-            before = pacer.reanchors
-            pacer.advance(now)
-            if pacer.reanchors != before:
-                self.stats.pacer_reanchors += 1
+                packetizer.silence_gap(samples)  # the timestamp still advances
+                park = True
+        pacer = self._pacer
+        assert pacer is not None
+        before = pacer.reanchors
+        pacer.advance(now)
+        if pacer.reanchors != before:
+            self.stats.pacer_reanchors += 1
+        return None if park else pacer.next_deadline
+
+    def pacing_failed(self) -> None:
+        """The media clock dropped this stream after ``tick`` raised (a bug): end the call."""
+        self.bridge.end_call("media failure: internal error")
 
     def _send(self, packet: bytes) -> None:
         if self.remote is None or not self.sending:

@@ -92,9 +92,15 @@ async def test_reinvite_to_a_new_address_moves_our_audio_there():
         await new.bind()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(new.receive)
-            await proxy.command("offer", sdp=old.sdp_offer(), **ids(**{"to-tag": "ours"}))
+            offered = await proxy.command("offer", sdp=old.sdp_offer(), **ids(**{"to-tag": "ours"}))
+            # The caller's media has flowed (we send idle silence only from then on) ...
+            port = parse_sdp(offered["sdp"]).media[0].port
+            nursery.start_soon(old.receive)
+            await old.stream(("127.0.0.1", port), [b"\xff" * 160])
+            await old.wait_for(lambda got: len(got) >= 1)
+            # ... then a re-INVITE moves it: our silence frames follow to the new port.
             await proxy.command("offer", sdp=new.sdp_offer(), **ids(**{"to-tag": "ours"}))
-            await new.wait_for(lambda got: len(got) >= 3)  # silence frames reach the new port
+            await new.wait_for(lambda got: len(got) >= 3)
             nursery.cancel_scope.cancel()
 
 

@@ -55,6 +55,16 @@ def test_pacer_reanchors_after_a_stall_instead_of_bursting():
     assert abs(pacer.next_deadline - 0.52) < 1e-9  # one frame later, not 24 frames at once
 
 
+def test_pacer_skip_to_resumes_on_the_grid_after_a_pause():
+    pacer = Pacer(0.02, start=0.0)
+    pacer.advance(0.0)  # next: 0.02
+    assert pacer.skip_to(0.01) == 0 and pacer.next_deadline == 0.02  # not behind: unchanged
+    assert pacer.skip_to(0.09) == 4  # 0.02 to 0.08 were missed; 0.10 is next
+    assert abs(pacer.next_deadline - 0.10) < 1e-9
+    assert pacer.skip_to(0.16) == 3 and abs(pacer.next_deadline - 0.16) < 1e-9  # due now: kept
+    assert pacer.reanchors == 0
+
+
 def test_port_pairs_even_unique_and_exhausted():
     ports = PortPairAllocator(30001, 30010)  # pairs 30002..30008 (30009 is the last RTCP)
     taken = {ports.allocate() for _ in range(ports.capacity)}

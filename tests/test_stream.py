@@ -18,7 +18,9 @@ import trio
 import trio.testing
 
 from media.bridge import CallBridge
+from media.clock import MediaClock
 from media.playout import PlayoutQueue
+from media.poller import MediaPoller
 from media.rfc4733 import Dtmf, build_event
 from media.rtcp import ReportBlock, build_report, ntp_middle, ntp_timestamp, parse_compound
 from media.rtp import RtpPacketizer, parse_rtp
@@ -98,19 +100,39 @@ async def run_for(seconds, *tasks):
         nursery.cancel_scope.cancel()
 
 
+async def run_paced(seconds, stream, *tasks):
+    """Pace ``stream`` on a media clock of its own (the engine's, in production)."""
+    clock = MediaClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        stream.start_pacing(clock)
+        for task in tasks:
+            nursery.start_soon(task)
+        await trio.sleep(seconds)
+        stream.stop_pacing()
+        nursery.cancel_scope.cancel()
+    return clock
+
+
+def caller_speaks(stream, source=CALLER):
+    """The caller's first packet: it latches the stream, and idle silence starts."""
+    stream.on_datagram(rtp(1), source)
+
+
 # --- outbound: pacing, ptime, silence, marker, wrap -------------------------------------------
 
 
 @pytest.mark.parametrize("ptime", [10, 20, 30, 40])
 async def test_paced_on_exact_deadlines_repacketized_to_the_offers_ptime(ptime, autojump_clock):
     stream, _, _ = make_stream(ptime=ptime)
+    caller_speaks(stream)
     start = trio.current_time()
     # The model's audio arrives in odd-sized deltas; the caller gets exact ptime frames.
     speech = bytes(range(256)) * 10  # 2560 bytes = 320 ms
     for offset in range(0, len(speech), 999):
         stream.bridge.playout.push(speech[offset:offset + 999], "item")
     stream.bridge.playout.finish_item(0xFF)
-    await run_for(1.0 - 1e-6, stream.send_paced)
+    await run_paced(1.0 - 1e-6, stream)
     packets = stream.rtp_socket.packets()
     assert len(packets) == -(-1000 // ptime)
     for n, (at, packet) in enumerate(packets):
@@ -126,6 +148,7 @@ async def test_paced_on_exact_deadlines_repacketized_to_the_offers_ptime(ptime, 
 @pytest.mark.parametrize("codec, silence", [("PCMU", 0xFF), ("PCMA", 0xD5)])
 async def test_silence_frames_between_talkspurts_and_marker_on_each(codec, silence, autojump_clock):
     stream, _, _ = make_stream(codec=codec)
+    caller_speaks(stream)
     playout = stream.bridge.playout
 
     async def speak():
@@ -134,7 +157,7 @@ async def test_silence_frames_between_talkspurts_and_marker_on_each(codec, silen
         await trio.sleep(0.2)
         playout.push(b"\x02" * 160, "b")
 
-    await run_for(0.49, stream.send_paced, speak)
+    await run_paced(0.49, stream, speak)
     packets = [p for _, p in stream.rtp_socket.packets()]
     kinds = ["s" if p.payload == bytes([silence]) * 160 else "v" for p in packets]
     assert "".join(kinds) == "sssss" "vv" "ssssssss" "v" "sssssssss"
@@ -154,7 +177,7 @@ async def test_send_silence_off_sends_nothing_but_time_advances(autojump_clock):
         await trio.sleep(0.09)  # four frame slots of silence, not sent
         playout.push(b"\x02" * 160, "b")  # plays at t=0.1
 
-    await run_for(0.3, stream.send_paced, speak)
+    await run_paced(0.3, stream, speak)
     first, second = [p for _, p in stream.rtp_socket.packets()]
     assert (second.sequence - first.sequence) & 0xFFFF == 1  # nothing was sent between
     assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 160 * 5  # but time passed
@@ -164,7 +187,8 @@ async def test_send_silence_off_sends_nothing_but_time_advances(autojump_clock):
 async def test_sequence_and_timestamp_wrap_on_the_wire(autojump_clock):
     stream, _, _ = make_stream()
     stream.packetizer = RtpPacketizer(0, ssrc=7, sequence=65534, timestamp=2**32 - 320)
-    await run_for(0.1 - 1e-6, stream.send_paced)
+    caller_speaks(stream)
+    await run_paced(0.1 - 1e-6, stream)
     packets = [p for _, p in stream.rtp_socket.packets()]
     assert [p.sequence for p in packets] == [65534, 65535, 0, 1, 2]
     assert [p.timestamp for p in packets] == [2**32 - 320, 2**32 - 160, 0, 160, 320]
@@ -176,8 +200,9 @@ async def test_pacer_reanchors_after_a_stall_instead_of_bursting(autojump_clock)
             autojump_clock.jump(0.5)  # the process was descheduled for half a second
 
     stream, _, _ = make_stream(rtp=Recorder(on_send=stall))
+    caller_speaks(stream)
     start = trio.current_time()
-    await run_for(1.0, stream.send_paced)
+    await run_paced(0.99, stream)  # not 1.0: a tie with the frame due then
     times = [at - start for at, _ in stream.rtp_socket.packets()]
     assert stream.stats.pacer_reanchors == 1
     gaps = [b - a for a, b in pairwise(times)]
@@ -190,10 +215,106 @@ async def test_pacer_reanchors_after_a_stall_instead_of_bursting(autojump_clock)
 
 async def test_no_rtp_while_the_caller_holds_but_rtcp_goes_on(autojump_clock):
     stream, _, _ = make_stream(sending=False)
-    await run_for(0.2, stream.send_paced)
+    caller_speaks(stream)
+    await run_paced(0.2, stream)
     assert stream.rtp_socket.sent == []
     stream.send_report()  # RFC 3264 s5.1: RTCP is sent whatever the direction
     assert len(stream.rtcp_socket.sent) == 1
+
+
+async def test_nothing_is_sent_before_the_callers_first_packet_then_silence(autojump_clock):
+    """As rtpengine: no idle silence (and no RTCP) while the phone rings, none to an SDP
+    address that may be a NATed private one; the steady stream starts with the caller's."""
+    stream, _, _ = make_stream()
+
+    async def answer():
+        await trio.sleep(0.5)
+        caller_speaks(stream, NAT)
+
+    start = trio.current_time()
+    await run_paced(1.0 - 1e-6, stream, answer, stream.send_rtcp)
+    sent = stream.rtp_socket.sent
+    assert stream.rtcp_socket.sent == []
+    assert [at - start for at, _, _ in sent] == pytest.approx([0.5 + n * 0.02 for n in range(25)])
+    assert {destination for _, _, destination in sent} == {NAT}
+    assert [p.marker for _, p in stream.rtp_socket.packets()] == [True] + [False] * 24
+
+
+async def test_ai_audio_before_the_callers_first_packet_plays_to_the_sdp_address(autojump_clock):
+    """Real audio is worth sending to the SDP's address (an early greeting, a model that
+    speaks first): it plays at once and on the grid; only the idle silence waits."""
+    stream, _, _ = make_stream()
+    playout = stream.bridge.playout
+
+    async def model_speaks():
+        await trio.sleep(0.105)
+        playout.push(b"\x01" * 480, "hello")  # three frames, before any caller RTP
+        await trio.sleep(0.2)
+        playout.push(b"\x02" * 160, "again")
+
+    start = trio.current_time()
+    await run_paced(0.5, stream, model_speaks)
+    packets = stream.rtp_socket.packets()
+    times = [round(at - start, 6) for at, _ in packets]
+    assert times == [0.105, 0.125, 0.145, 0.305]  # the grid anchored on the first frame
+    assert [p.marker for _, p in packets] == [True, False, False, True]
+    assert {destination for _, _, destination in stream.rtp_socket.sent} == {CALLER}
+    first, second = packets[2][1], packets[3][1]
+    assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 160 * 8  # time still passed
+
+
+async def test_one_clock_paces_many_calls_each_on_its_own_grid(autojump_clock):
+    clock = MediaClock()
+    streams = [make_stream(ptime=ptime)[0] for ptime in (10, 20, 30, 40, 20)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        starts = {}
+        for n, stream in enumerate(streams):
+            await trio.sleep(0.0101 * n)  # calls start at odd times, some 0.1-0.4 ms apart
+            caller_speaks(stream)
+            starts[n] = trio.current_time()
+            stream.start_pacing(clock)
+        await trio.sleep(0.6)
+        streams[4].stop_pacing()  # the call ended: not one more packet
+        ended_with = len(streams[4].rtp_socket.sent)
+        await trio.sleep(0.4)
+        end = trio.current_time()
+        nursery.cancel_scope.cancel()
+    for n, stream in enumerate(streams[:4]):
+        ptime = stream.bridge.ptime_ms / 1000
+        times = [at - starts[n] for at, _, _ in stream.rtp_socket.sent]
+        # Each call's own grid of exact deadlines, anchored on the clock's 1 ms lattice (so
+        # the first frame may wait up to 1 ms) so that calls share wake-ups.
+        first = times[0]
+        assert 0 <= first < 0.001
+        assert all(abs(at - first - k * ptime) < 1e-9 for k, at in enumerate(times))
+        assert len(times) == pytest.approx((end - starts[n]) / ptime, abs=1)
+    assert len(streams[4].rtp_socket.sent) == ended_with
+    assert clock.wakeups < clock.ticks
+    assert clock.wakeups <= 1000 + 1  # at most one per millisecond
+
+
+async def test_a_stream_whose_tick_fails_ends_its_call_and_not_the_others(autojump_clock):
+    ended = []
+
+    def broken(data, destination):
+        raise RuntimeError("a bug")
+
+    good, _, _ = make_stream()
+    bad, _, _ = make_stream()
+    bad.rtp_socket.sendto = broken
+    bad.bridge.end_call = ended.append
+    for stream in (good, bad):
+        caller_speaks(stream)
+    clock = MediaClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        good.start_pacing(clock)
+        bad.start_pacing(clock)
+        await trio.sleep(0.1 - 1e-6)
+        nursery.cancel_scope.cancel()
+    assert ended == ["media failure: internal error"]
+    assert len(good.rtp_socket.sent) == 5
 
 
 # --- inbound: latching and RTP Bleed ----------------------------------------------------------
@@ -377,6 +498,7 @@ async def test_rtcp_mux_sends_on_the_rtp_port_and_reads_it_there():
 
 async def test_rtcp_sent_about_every_five_seconds(autojump_clock):
     stream, _, _ = make_stream()
+    caller_speaks(stream)
     await run_for(60, stream.send_rtcp)
     times = [at for at, _, _ in stream.rtcp_socket.sent]
     gaps = [b - a for a, b in pairwise(times)]
@@ -385,6 +507,15 @@ async def test_rtcp_sent_about_every_five_seconds(autojump_clock):
 
 
 # --- media timeout (real sockets, virtual time) ------------------------------------------------
+
+
+async def receive(stream, poller=None):
+    """Receive on a poller of the stream's own (the engine's, in production)."""
+    poller = poller or MediaPoller()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        await stream.receive(poller)
+        nursery.cancel_scope.cancel()
 
 
 async def loopback_stream(**options):
@@ -411,7 +542,7 @@ async def test_media_timeout_fires_after_the_configured_silence(autojump_clock):
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(phone)
-            await stream.receive_rtp()
+            await receive(stream)
         assert stream.timed_out
         assert trio.current_time() - start == pytest.approx(90)  # 60 s after the last packet
         assert len(drain(audio)) == 1
@@ -424,8 +555,27 @@ async def test_media_timeout_suspended_while_the_caller_holds_inactive(autojump_
     stream, _, sockets = await loopback_stream(timeout=60, caller_sends=False)
     try:
         with trio.move_on_after(3600) as scope:
-            await stream.receive_rtp()
+            await receive(stream)
         assert scope.cancelled_caught and not stream.timed_out
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_media_timeout_counts_afresh_when_a_reoffer_resumes_from_hold(autojump_clock):
+    stream, _, sockets = await loopback_stream(timeout=60, caller_sends=False)
+    start = trio.current_time()
+
+    async def resume():
+        await trio.sleep(100)
+        stream.update(remote=None, rtcp_remote=None, sending=True, caller_sends=True)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resume)
+            await receive(stream)
+        assert stream.timed_out
+        assert trio.current_time() - start == pytest.approx(160)
     finally:
         for sock in sockets:
             sock.close()
@@ -437,7 +587,7 @@ async def test_open_reorder_gap_is_given_up_without_further_packets(autojump_clo
     sockets.append(caller)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.receive_rtp)
+            nursery.start_soon(receive, stream)
             caller.sendto(rtp(1), sockets[0].getsockname())
             caller.sendto(rtp(3), sockets[0].getsockname())  # 2 never comes
             await trio.sleep(0.039)
@@ -448,6 +598,43 @@ async def test_open_reorder_gap_is_given_up_without_further_packets(autojump_clo
     finally:
         for sock in sockets:
             sock.close()
+
+
+async def test_one_poller_receives_for_every_call_and_forgets_ended_ones():
+    poller = MediaPoller()
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    calls = [await loopback_stream() for _ in range(3)]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            scopes = []
+            for stream, _, _ in calls:
+                scope = trio.CancelScope()
+                scopes.append(scope)
+
+                async def run(stream=stream, scope=scope):
+                    with scope:
+                        await stream.receive(poller)
+
+                nursery.start_soon(run)
+            await trio.sleep(0.01)
+            assert len(poller) == 6  # RTP and RTCP of each call
+            for n in range(1, 4):
+                for _, _, sockets in calls:
+                    caller.sendto(rtp(n), sockets[0].getsockname())
+            with trio.fail_after(5):
+                while any(stream.stats.rtp_in.packets < 3 for stream, _, _ in calls):
+                    await trio.sleep(0.001)
+            assert all(len(drain(audio)) == 3 for _, audio, _ in calls)
+            scopes[0].cancel()  # that call ended: its sockets leave the poller
+            await trio.sleep(0.01)
+            assert len(poller) == 4
+            nursery.cancel_scope.cancel()
+    finally:
+        caller.close()
+        for _, _, sockets in calls:
+            for sock in sockets:
+                sock.close()
 
 
 async def test_dtmf_after_a_sequence_restart_with_earlier_timestamps():
