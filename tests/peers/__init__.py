@@ -23,7 +23,7 @@ import signal
 import socket
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,6 +286,29 @@ async def _sip_options_answered(port: int) -> None:
                         return
 
 
+async def ready_or_exited(
+    process: trio.Process, probe: Callable[[], Awaitable[object]], timeout: float
+) -> bool:
+    """True once ``probe()`` returns; False if the process exits first or ``timeout`` passes."""
+    ready = False
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+
+            async def exited() -> None:
+                await process.wait()
+                nursery.cancel_scope.cancel()
+
+            async def probed() -> None:
+                nonlocal ready
+                await probe()
+                ready = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(exited)
+            nursery.start_soon(probed)
+    return ready
+
+
 @asynccontextmanager
 async def start_kamailio(
     tmpdir: str | os.PathLike[str],
@@ -326,23 +349,11 @@ async def start_kamailio(
         )
     handle = Kamailio(process, sip_port, inner_port, http_port, ng_port, log_path)
     try:
-        answered = False
-        with trio.move_on_after(ready_timeout):
-            async with trio.open_nursery() as nursery:
+        async def answered_options() -> None:
+            await _sip_options_answered(sip_port)
+            await _sip_options_answered(inner_port)
 
-                async def exited() -> None:
-                    await process.wait()
-                    nursery.cancel_scope.cancel()
-
-                async def ready() -> None:
-                    nonlocal answered
-                    await _sip_options_answered(sip_port)
-                    await _sip_options_answered(inner_port)
-                    answered = True
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(exited)
-                nursery.start_soon(ready)
+        answered = await ready_or_exited(process, answered_options, ready_timeout)
         if not answered:
             why = (
                 f"exited with {process.returncode}"

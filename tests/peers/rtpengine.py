@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from tests.peers import LOOPBACK, _stop, _tail, require_tool
+from tests.peers import LOOPBACK, _stop, _tail, ready_or_exited, require_tool
 
 # Userspace forwarding only (table = -1: no kernel module, which a test machine lacks); one
 # interface and one ng socket, both on loopback, and nothing else that listens (no CLI, TCP,
@@ -129,22 +129,7 @@ async def start_rtpengine(
         )
     handle = Rtpengine(process, (LOOPBACK, ng_port), version, config_path, log_path)
     try:
-        ready = False
-        with trio.move_on_after(ready_timeout):
-            async with trio.open_nursery() as nursery:
-
-                async def exited() -> None:
-                    await process.wait()
-                    nursery.cancel_scope.cancel()
-
-                async def pinged() -> None:
-                    nonlocal ready
-                    await _answers_ping(handle.ng)
-                    ready = True
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(exited)
-                nursery.start_soon(pinged)
+        ready = await ready_or_exited(process, lambda: _answers_ping(handle.ng), ready_timeout)
         if not ready:
             why = (
                 f"exited with {process.returncode}"
