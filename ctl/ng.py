@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,7 +283,3 @@ class ReplyCache:
         self._expire(now)
         return duplicates
 
-
-def flag_set(values: Iterable[str]) -> frozenset[str]:
-    """Fold flag spellings for membership tests (``"fatal"``, ``"Fatal"`` ...)."""
-    return frozenset(canonical_name(v).lower() for v in values)

@@ -11,26 +11,22 @@ rtpengine does with its XML-RPC teardown of timed-out calls:
 - ``webhook``: a JSON event ``{event, call_id, from_tag, to_tag, reason, target}`` POSTed to
   any URL, for B2BUAs and call-control services.
 
-The request bodies are built by pure functions; :func:`http_request` is a small HTTP/1.1
-client over h11 (the sans-IO HTTP library trio-websocket already depends on, through wsproto).
+The request bodies are built by pure functions; ``ctl/http.py`` moves them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import h11
 import trio
 
+from ctl.http import HttpError, HttpRequest, http_request
+
 log = logging.getLogger("rtpai.proxy")
-
-MAX_RESPONSE_BYTES = 64 * 1024
-
 
 class ProxyError(Exception):
     """The proxy could not be told; the message is safe to log."""
@@ -54,14 +50,6 @@ class ProxyEvent:
             "reason": self.reason,
             "target": self.target,
         }
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    method: str
-    url: str
-    body: bytes = b""
-    content_type: str = "application/json"
 
 
 def _json_rpc(method: str, params: Any, request_id: int) -> bytes:
@@ -115,48 +103,6 @@ def check_response(kind: str, status: int, body: bytes) -> None:
             raise ProxyError(f"JSON-RPC error: {message}")
 
 
-async def http_request(request: HttpRequest, *, timeout: float) -> tuple[int, bytes]:
-    """One HTTP/1.1 exchange (Connection: close), bounded by ``timeout`` seconds."""
-    parts = urlsplit(request.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProxyError(f"not an http(s) URL: {request.url}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection = h11.Connection(h11.CLIENT)
-    headers = [
-        ("Host", parts.netloc),
-        ("User-Agent", "rtpai"),
-        ("Connection", "close"),
-        ("Content-Length", str(len(request.body))),
-    ]
-    if request.body:
-        headers.append(("Content-Type", request.content_type))
-    with trio.fail_after(timeout):
-        stream: trio.abc.Stream = await trio.open_tcp_stream(parts.hostname, port)
-        if parts.scheme == "https":
-            stream = trio.SSLStream(stream, ssl.create_default_context(),
-                                    server_hostname=parts.hostname)
-        async with stream:
-            await stream.send_all(connection.send(h11.Request(
-                method=request.method, target=target, headers=headers)))
-            if request.body:
-                await stream.send_all(connection.send(h11.Data(data=request.body)))
-            await stream.send_all(connection.send(h11.EndOfMessage()))
-            status, body = 0, bytearray()
-            while True:
-                event = connection.next_event()
-                if event is h11.NEED_DATA:
-                    connection.receive_data(await stream.receive_some(16384))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise ProxyError("response too large")
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    return status, bytes(body)
-
-
 class ProxyNotifier:
     """Carries out hang-ups and transfers through the configured proxy, with retries."""
 
@@ -191,7 +137,7 @@ class ProxyNotifier:
             try:
                 status, body = await http_request(request, timeout=self.timeout)
                 check_response(self.kind, status, body)
-            except (ProxyError, OSError, trio.TooSlowError, h11.ProtocolError, ValueError) as exc:
+            except (ProxyError, HttpError, trio.TooSlowError) as exc:
                 detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
                 log.warning("call %s: %s through %s failed (attempt %d): %s", event.call_id,
                             event.event, self.kind, attempt + 1, detail)
