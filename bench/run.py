@@ -515,12 +515,12 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
 
 TASK_LABELS = (
     ({"MediaClock.run", "MediaStream.tick"}, "pacer: MediaClock.run + MediaStream.tick"),
-    ({"RealtimeSession._send_caller_audio"}, "WS writer: RealtimeSession._send_caller_audio"),
-    ({"RealtimeSession._read_events", "WebSocketConnection._reader_task"},
-     "WS reader: _read_events + trio-websocket _reader_task"),
+    # Caller audio is sent from the RTP receiver's stack: this label is checked before it.
+    ({"RealtimeSession._append_caller_audio"}, "WS writer: RealtimeSession._append_caller_audio"),
+    ({"RealtimeSession._read_events", "WebSocket.flush"}, "WS reader + flusher"),
     ({"MediaPoller.run", "Call._receive_media"}, "RTP receiver: MediaPoller.run"),
     ({"serve_ng", "Dispatcher.handle", "Engine.offer", "Engine.delete", "Call.run",
-      "RealtimeSession.run", "open_websocket_url"}, "ng + call set-up/tear-down"),
+      "RealtimeSession.run", "WebSocket.connect"}, "ng + call set-up/tear-down"),
     ({"Deadlines.expire"}, "trio timers: Deadlines.expire (cancel scopes)"),
     ({"EpollIOManager.get_events", "EpollIOManager.process_events"}, "trio epoll wait/dispatch"),
 )

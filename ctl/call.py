@@ -22,18 +22,12 @@ from openai_flavor.settings import RealtimeSettings
 
 log = logging.getLogger("rtpai.call")
 
-# Caller frames waiting for the WebSocket: 50 frames is a second of audio at 20 ms. Beyond
-# that the AI session is not keeping up and frames are dropped (and counted), never queued
-# without bound.
-CALLER_AUDIO_QUEUE_FRAMES = 50
 # Caller events (DTMF digits) waiting for the AI session: a digit is a keypress, so a few
 # dozen is far beyond any burst a person types; the media plane drops past it.
 CALLER_EVENTS_QUEUE = 32
 # The model speaks faster than real time; two minutes of queued speech is far more than any
 # answer, and caps a runaway response at ~1 MB.
 MAX_PLAYOUT_SECONDS = 120
-# Key presses waiting for the AI session: nobody types 32 digits faster than a session reads.
-CALLER_EVENTS_QUEUE = 32
 
 
 class CallState(enum.Enum):
@@ -124,14 +118,12 @@ class Call:
         self._clock = clock  # the engine's: it paces our RTP along with every other call's
         self._poller = poller  # the engine's: it receives for every call
         self._scope = trio.CancelScope()
-        audio_send, audio_receive = trio.open_memory_channel[bytes](CALLER_AUDIO_QUEUE_FRAMES)
         events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
         frame_bytes = media.ptime_ms * 8
         self.bridge = CallBridge(
             call_id=call_id,
             codec=media.codec,
             ptime_ms=media.ptime_ms,
-            caller_audio=audio_receive,
             playout=PlayoutQueue(frame_bytes, max_bytes=MAX_PLAYOUT_SECONDS * 8000),
             end_call=self.end,
             transfer=self.transfer,
@@ -144,7 +136,6 @@ class Call:
             sockets[1],
             payload_type=media.payload_type,
             remote=media.remote,
-            caller_audio=audio_send,
             caller_events=events_send,
             telephone_event=media.telephone_event,
             rtcp_remote=media.rtcp_remote,

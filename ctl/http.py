@@ -1,8 +1,8 @@
 """One small HTTP/1.1 client for rtpai's outbound calls: the proxy's management interface
 (ctl/proxy.py) and the tools' webhook (openai_flavor/webhook.py).
 
-h11 does the wire format (sans-IO: framing, chunked bodies, Content-Length) and is already
-installed with trio-websocket, through wsproto; this module only moves bytes. Each request says
+h11 does the wire format (sans-IO: framing, chunked bodies, Content-Length), as for the
+WebSocket upgrade (openai_flavor/websocket.py); this module only moves bytes. Each request says
 ``Connection: close``: these calls are rare and small, so there is no connection reuse.
 """
 

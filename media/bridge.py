@@ -1,6 +1,6 @@
 """The flavor-neutral meeting point of one call's media plane and its AI session.
 
-The media plane feeds caller audio in and plays what the AI queues; the AI session reads the
+The media plane hands caller audio over and plays what the AI queues; the AI session takes the
 former and fills the latter. Nothing here knows OpenAI's event names, so another AI flavor is
 a sibling of ``openai_flavor/``, not a change to the media plane.
 """
@@ -20,6 +20,10 @@ from media.rtp import SILENCE_BYTE
 # hold and hang-up would join it here, as flavor-neutral dataclasses.
 CallerEvent = Dtmf
 
+# Caller frames held while no AI connection takes them (early media while the WebSocket
+# opens): 50 frames is a second at 20 ms. Beyond it frames are dropped and counted.
+CALLER_AUDIO_BACKLOG_FRAMES = 50
+
 
 @dataclass
 class CallBridge:
@@ -28,7 +32,6 @@ class CallBridge:
     call_id: str
     codec: str  # "PCMU" or "PCMA": the G.711 variant both sides speak, never transcoded
     ptime_ms: int
-    caller_audio: trio.MemoryReceiveChannel[bytes]
     playout: PlayoutQueue
     end_call: Callable[[str], None]  # ask for the call to end, with a reason for the stats
     transfer: Callable[[str], None]  # ask for the caller to be transferred to a target
@@ -40,12 +43,52 @@ class CallBridge:
     # Milestones of the call on trio's clock (offer, ai_session_open, first_caller_rtp, ...),
     # first occurrence only: they make the demo's timeline and the latency figures.
     timeline: dict[str, float] = field(default_factory=dict)
+    _audio_consumer: Callable[[bytes], bool] | None = field(default=None, init=False, repr=False)
+    _audio_backlog: list[bytes] = field(default_factory=list, init=False, repr=False)
+    _audio_closed: bool = field(default=False, init=False, repr=False)
     _hangup_reason: str | None = field(default=None, init=False, repr=False)
     _ran_dry: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
 
     def mark(self, milestone: str) -> None:
         if milestone not in self.timeline:
             self.timeline[milestone] = trio.current_time()
+
+    # --- caller audio: media plane -> AI session ----------------------------------------------
+    #
+    # A plain call, not a channel: a channel costs a task switch per 20 ms frame in the AI
+    # session's writer, which was a large share of rtpai's CPU (docs/performance.md). The AI
+    # session attaches a consumer while it can send (it sends without blocking and says
+    # whether it took the frame); until then frames wait in a small backlog.
+
+    def caller_audio(self, frame: bytes) -> bool:
+        """The media plane's hand-off of one caller frame; False if it was dropped."""
+        consumer = self._audio_consumer
+        if consumer is not None:
+            return consumer(frame)
+        if self._audio_closed:
+            return True  # the AI session is over; the call's media goes on regardless
+        if len(self._audio_backlog) >= CALLER_AUDIO_BACKLOG_FRAMES:
+            return False
+        self._audio_backlog.append(frame)
+        return True
+
+    def attach_caller_audio(self, consumer: Callable[[bytes], bool]) -> list[bytes]:
+        """The AI session takes caller audio from now on; returns (and forgets) the backlog."""
+        self._audio_consumer = consumer
+        backlog, self._audio_backlog = self._audio_backlog, []
+        return backlog
+
+    def detach_caller_audio(self, *, for_good: bool = False) -> None:
+        """The AI connection is gone: frames wait in the backlog again (or, ``for_good``,
+        are no longer wanted)."""
+        self._audio_consumer = None
+        self._audio_closed = for_good
+
+    def drop_caller_backlog(self) -> int:
+        """Forget frames held while disconnected (a new session must not answer old audio)."""
+        dropped = len(self._audio_backlog)
+        self._audio_backlog.clear()
+        return dropped
 
     # --- actions the AI asks for, and the playout signal they need ----------------------------
 

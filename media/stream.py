@@ -155,7 +155,6 @@ class MediaStream:
         *,
         payload_type: int,
         remote: tuple[str, int] | None,
-        caller_audio: trio.MemorySendChannel[bytes],
         caller_events: trio.MemorySendChannel[CallerEvent] | None = None,
         telephone_event: int | None = None,
         rtcp_remote: tuple[str, int] | None = None,
@@ -182,7 +181,6 @@ class MediaStream:
         self.remote = remote
         self.latched: tuple[str, int] | None = None
         self.rtcp_latched: tuple[str, int] | None = None
-        self.caller_audio = caller_audio
         self.caller_events = caller_events
         self.send_silence = send_silence
         self.sending = sending  # False while the caller holds the call (sendonly/inactive)
@@ -416,12 +414,8 @@ class MediaStream:
         if pt == self.payload_type:
             if self.dtmf.pending:  # an event is open: audio may show it has ended
                 self._emit(self.dtmf.audio(packet.timestamp))
-            try:
-                self.caller_audio.send_nowait(packet.payload)
-            except trio.WouldBlock:
+            if not self.bridge.caller_audio(packet.payload):
                 self.stats.ai_queue_full += 1  # the media path never waits for the AI
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the AI session has ended; media keeps flowing until the call ends
         elif pt == self.telephone_event:
             self._emit(self.dtmf.packet(packet.timestamp, packet.payload))
         elif pt == PT_COMFORT_NOISE:

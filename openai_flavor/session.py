@@ -4,8 +4,12 @@
 phone is still ringing), configures the session and runs, in a nursery per connection:
 
 * the reader: server events -> playout, barge-in, transcripts, usage, tool calls;
-* the writer: caller audio (G.711 as received, never transcoded) -> ``input_audio_buffer.append``;
+* the flusher: output the socket could not take at once (openai_flavor/websocket.py);
 * the welcome message, once caller media flows; the caller's DTMF digits; tool calls.
+
+Caller audio (G.711 as received, never transcoded) needs no task: the media plane hands each
+frame to :meth:`RealtimeSession._append_caller_audio` through the bridge, which sends it as an
+``input_audio_buffer.append`` there and then.
 
 A lost connection is reopened with back-off while the call stays up, the new session getting
 the instructions plus a recap of the conversation; a fatal failure (a refused key, a wrong API
@@ -21,14 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
 
 from media.bridge import CallBridge
 from openai_flavor import events
@@ -36,22 +32,18 @@ from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 from openai_flavor.turns import FunctionCall, ResponseDone, Turns
 from openai_flavor.webhook import WebhookError, post_json
+from openai_flavor.websocket import ConnectionClosed, HandshakeRejected, WebSocket, WebSocketError
 
 log = logging.getLogger("rtpai.openai")
 
-# Caller audio is sent as it comes; when the socket is slower than the caller, what queued up
-# goes out as one append (at most this many frames), so back-pressure batches instead of lags.
+# Audio held while the connection opened goes out as appends of at most this many frames.
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
+# Bounds the TCP, TLS and WebSocket handshakes together, not the conversation.
 CONNECT_TIMEOUT = 10.0
-CLOSE_TIMEOUT = 2.0
-# When a call is deleted its scope is cancelled, and with it trio-websocket's reader task, so
-# the server's close reply can never be read: the bound is only how long the close frame gets
-# to leave (a socket write, immediate in practice). It must not hold up the delete reply,
-# which Kamailio abandons after rtpengine_tout_ms (1 s by default, often set lower).
+# When a call is deleted, the close frame is written at once; this bounds the wait for the
+# server's close in reply. It must not hold up the delete reply, which Kamailio abandons
+# after rtpengine_tout_ms (1 s by default, often set lower).
 CLOSE_ON_END = 0.05
-# trio-websocket's defaults (4 KiB reads, a 1-message queue) cost a task switch per delta.
-RECEIVE_BUFFER_SIZE = 64 * 1024
-MESSAGE_QUEUE_SIZE = 16
 # Keypad digits typed in one go (a PIN, an extension) reach the model as one message: a
 # sequence ends at '#' or after this pause.
 DTMF_PAUSE = 1.5
@@ -149,7 +141,7 @@ class RealtimeSession:
         self._hang_up_after_next: str | None = None
         self._backoff = Backoff(settings.reconnect_timeout)
         # Per connection (reset by _converse).
-        self._ws: WebSocketConnection | None = None
+        self._ws: WebSocket | None = None
         self._turns = self._new_turns()
         self._ready = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -188,8 +180,7 @@ class RealtimeSession:
         try:
             while True:
                 try:
-                    await self._connect_once()
-                    return  # the caller's audio channel closed: nothing more to do
+                    await self._connect_once()  # ends by _Lost, or by the call's cancellation
                 except _Lost as lost:
                     reason = redact(lost.reason, self.settings.api_key)
                     if lost.fatal:
@@ -208,6 +199,7 @@ class RealtimeSession:
                     )
                     await trio.sleep(delay)
         finally:
+            self.bridge.detach_caller_audio(for_good=True)
             if self.stats.state != "failed":
                 self.stats.state = "closed"
             if self.stats.usage:
@@ -223,45 +215,38 @@ class RealtimeSession:
         """One WebSocket connection, from handshake to close; raises :class:`_Lost`."""
         self.stats.connections += 1
         try:
-            # connect_timeout bounds the TCP, TLS and WebSocket handshakes only, not the call.
-            async with open_websocket_url(
-                self.settings.session_url(),
-                extra_headers=self._headers(),
-                message_queue_size=MESSAGE_QUEUE_SIZE,
-                receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                connect_timeout=CONNECT_TIMEOUT,
-                disconnect_timeout=CLOSE_TIMEOUT,
-            ) as ws:
-                try:
-                    await self._converse(ws)
-                finally:
-                    # Also when the call is deleted (cancelled): close with 1000 so the server
-                    # ends the session at once, shielded but bounded so delete never hangs.
-                    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_ON_END):
-                        await ws.aclose()
-        except ConnectionTimeout:
-            raise _Lost("connecting to the Realtime API timed out") from None
-        except ConnectionRejected as exc:
-            status = exc.status_code
+            ws = None
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                ws = await WebSocket.connect(self.settings.session_url(), self._headers())
+            if ws is None:
+                raise _Lost("connecting to the Realtime API timed out")
+            try:
+                await self._converse(ws)
+            finally:
+                self.bridge.detach_caller_audio()
+                # Also when the call is deleted (cancelled): close with 1000 so the server
+                # ends the session at once, shielded but bounded so delete never hangs.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_ON_END):
+                    await ws.aclose()
+        except HandshakeRejected as exc:
             raise _Lost(
-                f"the Realtime API rejected the connection (HTTP {status})",
-                fatal=status in events.FATAL_HTTP_STATUS,
+                f"the Realtime API rejected the connection (HTTP {exc.status})",
+                fatal=exc.status in events.FATAL_HTTP_STATUS,
             ) from None
-        except HandshakeError as exc:
-            raise _Lost(f"WebSocket handshake failed: {type(exc).__name__}") from None
         except ConnectionClosed as exc:
-            code = exc.reason.code if exc.reason else None
-            detail = f"{code} {exc.reason.reason or ''}".strip() if exc.reason else "unknown"
+            detail = f"{exc.code} {exc.reason}".strip()
             raise _Lost(
                 f"the Realtime API closed the session ({detail})",
-                fatal=code in events.FATAL_CLOSE_CODES,
+                fatal=exc.code in events.FATAL_CLOSE_CODES,
             ) from None
+        except WebSocketError as exc:
+            raise _Lost(f"WebSocket handshake failed: {exc}") from None
         except OSError as exc:
             raise _Lost(
                 f"cannot reach the Realtime API: {exc.strerror or type(exc).__name__}"
             ) from None
 
-    async def _converse(self, ws: WebSocketConnection) -> None:
+    async def _converse(self, ws: WebSocket) -> None:
         reconnect = self.stats.connections > 1
         self._ws = ws
         self._turns = self._new_turns()
@@ -272,17 +257,21 @@ class RealtimeSession:
         if reconnect:
             # The new session knows nothing: give it the conversation so far.
             instructions = events.recap_instructions(instructions, self.stats.transcript)
-            self._drop_stale_caller_audio()
-        await self._send(
+            # Audio held while disconnected is old: the new session must not answer it.
+            self.bridge.drop_caller_backlog()
+        self._send(
             events.session_update(
                 self.settings, self.bridge.codec, instructions=instructions,
                 interrupt=self._welcome_played,
             )
         )
+        backlog = self.bridge.attach_caller_audio(self._append_caller_audio)
+        for start in range(0, len(backlog), MAX_FRAMES_PER_APPEND):
+            self._append_caller_audio(b"".join(backlog[start : start + MAX_FRAMES_PER_APPEND]))
         ended: list[BaseException] = []
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            tasks = [self._read_events, self._send_caller_audio]
+            tasks = [self._read_events, ws.flush]
             if self.settings.welcome_message and not self._welcome_sent:
                 tasks.append(self._welcome)
             if self.bridge.caller_events is not None:
@@ -302,17 +291,11 @@ class RealtimeSession:
             assert self._nursery is not None
             self._nursery.cancel_scope.cancel()
 
-    def _drop_stale_caller_audio(self) -> None:
-        """Audio queued while disconnected is old: the new session must not answer it."""
-        while True:
-            try:
-                self.bridge.caller_audio.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
-
-    async def _send(self, event: dict[str, Any]) -> None:
+    def _send(self, event: dict[str, Any]) -> None:
+        """Send a client event now. A broken connection surfaces in the reader and flusher
+        (openai_flavor/websocket.py), which end this connection; here it is dropped."""
         assert self._ws is not None
-        await self._ws.send_message(json.dumps(event))
+        self._ws.send_text(json.dumps(event))
 
     # --- the writer side ------------------------------------------------------------------------
 
@@ -324,23 +307,21 @@ class RealtimeSession:
             return
         self._welcome_sent = True
         if self._turns.request_response(welcome=True):
-            await self._send(events.welcome_response(self.settings))
+            self._send(events.welcome_response(self.settings))
 
-    async def _send_caller_audio(self) -> None:
+    def _append_caller_audio(self, audio: bytes) -> bool:
+        """The bridge's consumer: one frame of caller audio (or a backlog batch), sent now.
+        Runs in the media plane's task; False (dropped, counted there) when the connection
+        is backed up or gone."""
         assert self._ws is not None
-        receive = self.bridge.caller_audio
-        async for frame in receive:
-            frames = [frame]
-            while len(frames) < MAX_FRAMES_PER_APPEND:
-                try:
-                    frames.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            audio = b"".join(frames) if len(frames) > 1 else frame
-            await self._ws.send_message(events.audio_append(audio))
-            self.stats.audio_sent_bytes += len(audio)
-            self.stats.appends_sent += 1
+        if not self._ws.send_text(events.audio_append(audio), droppable=True):
+            return False
+        stats = self.stats
+        stats.audio_sent_bytes += len(audio)
+        stats.appends_sent += 1
+        if stats.appends_sent == 1:
             self.bridge.mark("first_audio_to_ai")
+        return True
 
     async def _forward_dtmf(self) -> None:
         """The caller's keypad digits, to the model as a user message, then a response."""
@@ -357,29 +338,29 @@ class RealtimeSession:
                         break
             self.stats.dtmf_digits += len(digits)
             log.info("call %s: caller pressed %s", self.bridge.call_id, "".join(digits))
-            await self._send(events.caller_text(events.dtmf_text("".join(digits))))
-            await self._want_response()
+            self._send(events.caller_text(events.dtmf_text("".join(digits))))
+            self._want_response()
             self._notify()
 
-    async def _want_response(self) -> None:
+    def _want_response(self) -> None:
         if self._turns.request_response():
-            await self._send(events.response_create())
+            self._send(events.response_create())
 
     # --- the reader side ------------------------------------------------------------------------
 
     async def _read_events(self) -> None:
         assert self._ws is not None
         while True:
-            message = await self._ws.get_message()
+            message = await self._ws.receive()
             try:
                 event = events.decode_event(message)
             except ValueError:
                 log.warning("call %s: ignoring a malformed Realtime event", self.bridge.call_id)
                 continue
-            await self._on_event(event)
+            self._on_event(event)
             self._notify()
 
-    async def _on_event(self, event: dict[str, Any]) -> None:
+    def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         turns = self._turns
         if kind in events.AUDIO_DELTA:
@@ -394,7 +375,7 @@ class RealtimeSession:
             if turns.audio_done(event.get("response_id"), event.get("item_id") or ""):
                 self.bridge.playout.finish_item(self.bridge.silence_byte)
         elif kind == events.SPEECH_STARTED:
-            await self._barge_in()
+            self._barge_in()
         elif kind == events.RESPONSE_CREATED:
             response = event.get("response") or {}
             turns.response_created(str(response.get("id")), self.bridge.playout)
@@ -405,7 +386,7 @@ class RealtimeSession:
             response = event.get("response") or {}
             self.stats.responses += 1
             events.add_usage(self.stats.usage, response.get("usage"))
-            await self._on_response_done(turns.response_done(response.get("id")))
+            self._on_response_done(turns.response_done(response.get("id")))
         elif kind in events.ASSISTANT_TRANSCRIPT_DONE:
             self._transcript("assistant", event.get("transcript"))
         elif kind == events.CALLER_TRANSCRIPT_DONE:
@@ -419,7 +400,7 @@ class RealtimeSession:
         elif kind == "error":
             self._on_error(event.get("error") or {})
 
-    async def _barge_in(self) -> None:
+    def _barge_in(self) -> None:
         """The caller started speaking: stop playing at once and tell the server what was heard.
 
         The decision and the clear happen in one step with no checkpoint between them, so
@@ -436,10 +417,10 @@ class RealtimeSession:
         self.bridge.playout.clear()
         self.stats.barge_ins += 1
         for item_id, end_ms in decision.truncate:
-            await self._send(events.truncate_item(item_id, end_ms))
+            self._send(events.truncate_item(item_id, end_ms))
             self.stats.truncations += 1
 
-    async def _on_response_done(self, done: ResponseDone) -> None:
+    def _on_response_done(self, done: ResponseDone) -> None:
         if done.was_welcome and not self._welcome_played:
             assert self._nursery is not None
             self._nursery.start_soon(self._unguard_welcome)
@@ -450,14 +431,14 @@ class RealtimeSession:
             assert self._nursery is not None
             self._nursery.start_soon(self._run_tools, done)
         elif done.send_response:
-            await self._send(events.response_create())
+            self._send(events.response_create())
 
     async def _unguard_welcome(self) -> None:
         """The welcome has been generated; once it has played, barge-in works again."""
         await self.bridge.wait_playout_idle()
         self._welcome_played = True
         self._turns.guard_welcome = False
-        await self._send(events.interrupt_update(self.settings, True))
+        self._send(events.interrupt_update(self.settings, True))
 
     # --- tools ----------------------------------------------------------------------------------
 
@@ -487,7 +468,7 @@ class RealtimeSession:
                 "error" if output.startswith(('{"error"', '{"ok": false')) else "ok")
             self.stats.tool_calls.append(record)
             if output is not None:
-                await self._send(events.function_call_output(call.call_id, output))
+                self._send(events.function_call_output(call.call_id, output))
         if hang_up is not None:
             if done.had_audio:
                 # The goodbye was in this response: end once it has been heard.
@@ -497,15 +478,15 @@ class RealtimeSession:
             # No goodbye yet: let the model say it, and hang up after that response.
             self._hang_up_after_next = hang_up
             end_call = next(c for c in done.calls if c.name == END_CALL_TOOL)
-            await self._send(events.function_call_output(
+            self._send(events.function_call_output(
                 end_call.call_id, json.dumps({"ok": True, "note": "Say goodbye now; the call "
                                               "ends when you finish."})))
         if done.send_response:
             # A response.create was deferred while this response ran (turns counts it as
             # on its way): it also makes the model read these outputs.
-            await self._send(events.response_create())
+            self._send(events.response_create())
         elif outputs or hang_up is not None:
-            await self._want_response()
+            self._want_response()
         self._notify()
 
     def _transfer(self, call: FunctionCall) -> str:

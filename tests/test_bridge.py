@@ -13,9 +13,8 @@ pytestmark = pytest.mark.trio
 
 
 def bridge(ended: list[str], transfers: list[str] | None = None) -> CallBridge:
-    _, receive = trio.open_memory_channel[bytes](1)
     return CallBridge(
-        call_id="c", codec="PCMU", ptime_ms=20, caller_audio=receive,
+        call_id="c", codec="PCMU", ptime_ms=20,
         playout=PlayoutQueue(160, max_bytes=16000), end_call=ended.append,
         transfer=(transfers if transfers is not None else []).append,
     )

@@ -91,14 +91,47 @@ async def test_ports_exhausted_then_reused_after_delete():
         nursery.cancel_scope.cancel()
 
 
+class FailingAI:
+    """A Realtime endpoint that accepts connections and holds them, answering nothing, until
+    the test makes it fail: then it drops every connection, current and new, until it
+    recovers. Calls' AI failures thus happen when the test says, not when a race decides."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self._dropped = trio.Event()
+        self._held: list[trio.SocketStream] = []
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(f"ws://127.0.0.1:{port}/v1/realtime")
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            while not self.failing:
+                await self._dropped.wait()
+
+    def fail(self) -> None:
+        self.failing = True
+        self._dropped.set()
+        self._dropped = trio.Event()
+
+    def recover(self) -> None:
+        self.failing = False
+
+
 async def test_port_churn_through_the_engine_frees_every_port_on_every_exit_path():
     """Two thousand calls through four port pairs, ending by delete, by AI failure, by
     delete of an already-ended call, and finally by engine shutdown: no pair is ever handed
     out twice while held, and every port is free afterwards."""
     rng = random.Random(4)
-    engine = Engine(config(RTP_MIN_PORT="43100", RTP_MAX_PORT="43107"))
+    ai = FailingAI()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
+            url = await nursery.start(ai.serve)
+            engine = Engine(config(RTP_MIN_PORT="43100", RTP_MAX_PORT="43107", OPENAI_URL=url))
             await nursery.start(engine.run)
             live: dict[str, int] = {}  # calls not deleted yet, by call-id: their RTP port
 
@@ -125,7 +158,9 @@ async def test_port_churn_through_the_engine_frees_every_port_on_every_exit_path
                     victim = rng.choice(list(live))
                     if rng.random() < 0.5:
                         call = engine.calls[victim]
+                        ai.fail()  # every held call's AI connection drops
                         await call.ended.wait()  # the AI failed: the call ended by itself
+                        ai.recover()
                         assert call.end_reason.startswith("AI session failed")
                     await engine.delete(request("delete", **{"call-id": victim}))
                     del live[victim]

@@ -8,8 +8,11 @@ receiver would send it; the fake's VAD stand-in hears an utterance after 600 ms 
 from __future__ import annotations
 
 import json
+import pathlib
+import ssl
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 import trio
@@ -39,7 +42,6 @@ class Harness:
     server: FakeRealtimeServer
     session: RealtimeSession
     bridge: CallBridge
-    audio_in: trio.MemorySendChannel
     keys: trio.MemorySendChannel
     ended: list[str] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
@@ -48,7 +50,8 @@ class Harness:
 
     async def speak(self, ms: int = UTTERANCE_MS) -> None:
         for _ in range(ms // 20):
-            await self.audio_in.send(b"\x55" * FRAME)
+            self.bridge.caller_audio(b"\x55" * FRAME)  # as the media plane hands it over
+        await trio.lowlevel.checkpoint()
 
     def play(self, frames: int) -> list[bytes]:
         """Send ``frames`` frames to the 'caller', as the pacer would."""
@@ -73,20 +76,19 @@ def make_settings(url: str, **overrides) -> RealtimeSettings:
 
 
 @asynccontextmanager
-async def harness(server: FakeRealtimeServer, **settings):
+async def harness(server: FakeRealtimeServer, *, tls: ssl.SSLContext | None = None, **settings):
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(server.serve)
-        audio_send, audio_receive = trio.open_memory_channel[bytes](50)
+        url = await nursery.start(partial(server.serve, ssl_context=tls))
         keys_send, keys_receive = trio.open_memory_channel[Digit](8)
         h_ended: list[str] = []
         h_transfers: list[str] = []
         bridge = CallBridge(
-            call_id="call-1@test", codec="PCMU", ptime_ms=20, caller_audio=audio_receive,
+            call_id="call-1@test", codec="PCMU", ptime_ms=20,
             playout=PlayoutQueue(FRAME, max_bytes=120 * 8000), end_call=h_ended.append,
             transfer=h_transfers.append, caller_events=keys_receive,
         )
         session = RealtimeSession(make_settings(url, **settings), bridge)
-        h = Harness(server, session, bridge, audio_send, keys_send, h_ended, h_transfers)
+        h = Harness(server, session, bridge, keys_send, h_ended, h_transfers)
         original_end = bridge.end_call
 
         def end_call(reason: str) -> None:
@@ -158,6 +160,25 @@ async def test_an_item_still_being_generated_is_truncated_even_with_an_empty_que
             await h.session.wait_until(lambda s: s.stats.responses >= 1)
             assert h.session.stats.barge_ins == 1
             assert errors(fake) == []
+
+
+async def test_a_wss_session_carries_the_conversation_over_tls(monkeypatch):
+    """Production is wss://: the TLS path (memory BIOs under rtpai's WebSocket) end to end,
+    trusting the test certificate the way an operator adds a CA: SSL_CERT_FILE."""
+    tls_dir = pathlib.Path(__file__).parent / "fakes" / "tls"
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_dir / "localhost.crt"))
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(tls_dir / "localhost.crt", tls_dir / "localhost.key")
+    server = FakeRealtimeServer(reply_audio=tone("pcmu", 400), speed=0)
+    with trio.fail_after(10):
+        async with harness(server, tls=server_tls) as h:
+            assert server.url.startswith("wss://localhost:")
+            fake = await server.wait_for_session()
+            await h.speak()
+            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            assert h.play_all() == 20
+            assert len(fake.audio_in) == 30 * 160  # every caller frame arrived, decrypted
+            assert h.session.stats.state == "open" and errors(fake) == []
 
 
 async def test_an_answer_played_to_its_end_is_not_truncated():

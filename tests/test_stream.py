@@ -50,13 +50,11 @@ class Recorder:
 
 
 def make_stream(*, codec="PCMU", ptime=20, rtp=None, rtcp=None, **options):
-    audio_send, audio_receive = trio.open_memory_channel(50)
     events_send, events_receive = trio.open_memory_channel(4)
     bridge = CallBridge(
         call_id="c",
         codec=codec,
         ptime_ms=ptime,
-        caller_audio=audio_receive,
         playout=PlayoutQueue(ptime * 8, max_bytes=80_000),
         end_call=lambda reason: None,
         transfer=lambda target: None,
@@ -70,19 +68,25 @@ def make_stream(*, codec="PCMU", ptime=20, rtp=None, rtcp=None, **options):
         rtp or Recorder(),
         rtcp or Recorder(),
         payload_type=0 if codec == "PCMU" else 8,
-        caller_audio=audio_send,
         caller_events=events_send,
         wall_clock=lambda: WALL,
         **options,
     )
-    return stream, audio_receive, events_receive
+    audio: list[bytes] = []  # what the AI session would have been handed
+    bridge.attach_caller_audio(lambda frame: audio.append(frame) is None)
+    return stream, audio, events_receive
 
 
-def drain(channel):
+def drain(received):
+    """Events waiting on a channel, or frames handed to the AI; taken away either way."""
+    if isinstance(received, list):
+        out = list(received)
+        received.clear()
+        return out
     out = []
     while True:
         try:
-            out.append(channel.receive_nowait())
+            out.append(received.receive_nowait())
         except trio.WouldBlock:
             return out
 

@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import math
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -945,17 +946,22 @@ class FakeRealtimeServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled; ``task_status.started(url)`` once listening.
 
-        Connection handlers run in this task's nursery, so cancelling ``serve`` ends them all.
+        With ``ssl_context`` it serves ``wss://`` (the test certificate in tests/fakes/tls is
+        for ``localhost``, which the URL then names). Connection handlers run in this task's
+        nursery, so cancelling ``serve`` ends them all.
         """
         async with trio.open_nursery() as nursery:
             ws_server = await nursery.start(
-                partial(serve_websocket, self._handle, host, port, None, handler_nursery=nursery)
+                partial(serve_websocket, self._handle, host, port, ssl_context,
+                        handler_nursery=nursery)
             )
-            self.url = f"ws://{host}:{ws_server.port}{REALTIME_PATH}"
+            scheme, name = ("wss", "localhost") if ssl_context else ("ws", host)
+            self.url = f"{scheme}://{name}:{ws_server.port}{REALTIME_PATH}"
             task_status.started(self.url)
 
     async def wait_for_session(self, n: int = 1) -> FakeSession:

@@ -1,0 +1,630 @@
+"""rtpai's WebSocket client (RFC 6455) for the Realtime API: a sans-IO core and a thin trio shell.
+
+Why not trio-websocket (which the fake server in tests/ still uses, so the two implementations
+check each other): caller audio leaves every 20 ms per call, and through trio-websocket each
+frame cost a memory channel, a task switch, a send lock, and a ``send_all`` checkpoint, then
+on the way in a reader task and a message queue in front of our own reader: about a fifth of
+rtpai's CPU at 200 calls (docs/performance.md). Here :meth:`WebSocket.send_text` is a
+synchronous call that frames, encrypts (TLS through ``ssl.MemoryBIO``) and writes to a
+non-blocking socket, so the media plane hands caller audio to the network in one syscall,
+without a task switch. Only when the kernel's buffer is full does output queue, bounded, for
+the connection's flusher task.
+
+Errors never escape ``send_text`` into the caller's task (the media plane's): a failed socket
+is recorded and raised from the connection's own tasks (:meth:`receive`, :meth:`flush`).
+
+The core (:func:`encode_frame`, :class:`FrameDecoder`, :func:`handshake_request`,
+:func:`accept_key`) takes and returns bytes only and is tested without sockets. No extensions
+(permessage-deflate) are offered: G.711 in base64 compresses poorly and costs CPU per frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import os
+import socket
+import ssl
+import struct
+from collections import deque
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+# RFC 6455 opcodes.
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+_CONTROL = frozenset({OP_CLOSE, OP_PING, OP_PONG})
+_KNOWN = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY, *_CONTROL})
+
+# Close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_NO_STATUS = 1005  # never sent: what a close frame without a code means
+CLOSE_ABNORMAL = 1006  # never sent: the connection dropped without a close frame
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# A Realtime event is at most a few hundred KB (a long transcript, a session echo); anything
+# far beyond is a broken or hostile server, and the decoder must not buffer it without end.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The upgrade response: headers only (and a short body when refused).
+MAX_HANDSHAKE_BYTES = 64 * 1024
+# Output waiting for the kernel to take it: past this, droppable messages (caller audio) are
+# refused (the caller counts them) rather than queued: 256 KiB is ~25 s of G.711 in base64
+# appends, far beyond any useful lag; control messages are always queued, they are few.
+MAX_BUFFERED_BYTES = 256 * 1024
+RECEIVE_BYTES = 64 * 1024
+
+
+class WebSocketError(Exception):
+    """The connection failed; the message is safe to log (it never holds request headers)."""
+
+
+class HandshakeRejected(WebSocketError):
+    """The server answered the upgrade with an HTTP status other than 101."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class ConnectionClosed(WebSocketError):
+    """The connection ended: by a close frame (``code``, ``reason``), or abnormally (1006)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"{code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class ProtocolError(WebSocketError):
+    """The peer broke RFC 6455; ``code`` is the close code to answer with."""
+
+    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- sans-IO core ----------------------------------------------------------------------------
+
+
+class _MaskKeys:
+    """Masking keys from the OS's strong random source (RFC 6455 section 5.3), drawn 4 KiB at
+    a time: one ``getrandom`` per 1024 frames instead of one per frame."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(4096), 0
+        self._at = at + 4
+        return self._pool[at : at + 4]
+
+
+_mask_keys = _MaskKeys()
+
+
+def _masked(payload: bytes, key: bytes) -> bytes:
+    """``payload`` XOR the repeated 4-byte ``key``, as one big-integer XOR (no Python loop)."""
+    size = len(payload)
+    if not size:
+        return b""
+    repeated = key * ((size >> 2) + 1)
+    value = int.from_bytes(payload, "little") ^ int.from_bytes(repeated[:size], "little")
+    return value.to_bytes(size, "little")
+
+
+def encode_frame(opcode: int, payload: bytes, *, mask_key: bytes | None = None) -> bytes:
+    """One final frame from the client: always masked (RFC 6455 section 5.1)."""
+    key = _mask_keys.next() if mask_key is None else mask_key
+    size = len(payload)
+    first = 0x80 | opcode
+    if size < 126:
+        header = struct.pack("!BB", first, 0x80 | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, size)
+    return header + key + _masked(payload, key)
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+
+
+class FrameDecoder:
+    """Server frames in, whole messages out: ``feed`` bytes, then ``events()`` yields
+    ``(opcode, payload)`` for each text/binary message (fragments joined) and each control
+    frame (ping, pong, close), in arrival order. Raises :class:`ProtocolError`."""
+
+    def __init__(self, *, max_message: int = MAX_MESSAGE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_message
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: int | None = None
+        self._fragment_size = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def events(self) -> list[tuple[int, bytes]]:
+        """Every complete message and control frame buffered so far."""
+        buffer = self._buffer
+        out: list[tuple[int, bytes]] = []
+        at = 0
+        end = len(buffer)
+        while end - at >= 2:
+            first, second = buffer[at], buffer[at + 1]
+            if first & 0x70:
+                raise ProtocolError("reserved bits set without an extension")
+            if second & 0x80:
+                raise ProtocolError("the server masked a frame")
+            opcode = first & 0x0F
+            fin = first & 0x80
+            size = second & 0x7F
+            head = 2
+            if size == 126:
+                if end - at < 4:
+                    break
+                (size,) = struct.unpack_from("!H", buffer, at + 2)
+                head = 4
+            elif size == 127:
+                if end - at < 10:
+                    break
+                (size,) = struct.unpack_from("!Q", buffer, at + 2)
+                head = 10
+            if opcode not in _KNOWN:
+                raise ProtocolError(f"unknown opcode {opcode:#x}")
+            if opcode in _CONTROL and (size > 125 or not fin):
+                raise ProtocolError("control frame too long or fragmented")
+            if size + self._fragment_size > self._max:
+                raise ProtocolError("message too big", CLOSE_TOO_BIG)
+            if end - at < head + size:
+                break
+            payload = bytes(buffer[at + head : at + head + size])
+            at += head + size
+            if opcode in _CONTROL:
+                out.append((opcode, payload))
+            elif opcode == OP_CONTINUATION:
+                if self._fragment_opcode is None:
+                    raise ProtocolError("continuation without a message")
+                self._fragments.append(payload)
+                self._fragment_size += size
+                if fin:
+                    out.append((self._fragment_opcode, b"".join(self._fragments)))
+                    self._fragments, self._fragment_opcode, self._fragment_size = [], None, 0
+            elif self._fragment_opcode is not None:
+                raise ProtocolError("a new message inside a fragmented one")
+            elif fin:
+                out.append((opcode, payload))
+            else:
+                self._fragment_opcode, self._fragments, self._fragment_size = (
+                    opcode, [payload], size)
+        # CPython drops a bytearray's prefix in O(1) (it moves the start pointer).
+        del buffer[:at]
+        return out
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """A close frame's ``(code, reason)``; 1005 when it carries no code."""
+    if not payload:
+        return CLOSE_NO_STATUS, ""
+    if len(payload) < 2:
+        raise ProtocolError("close frame with a 1-byte payload")
+    (code,) = struct.unpack_from("!H", payload)
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("close reason is not UTF-8", CLOSE_INVALID_DATA) from None
+    return code, reason
+
+
+def accept_key(key: str) -> str:
+    """What the server must answer in Sec-WebSocket-Accept for our Sec-WebSocket-Key."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+
+
+def handshake_request(
+    host: str, target: str, headers: list[tuple[str, str]], key: str
+) -> tuple[h11.Connection, bytes]:
+    """The HTTP/1.1 upgrade request (RFC 6455 section 4.1), and the h11 connection that will
+    read the answer."""
+    connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HANDSHAKE_BYTES)
+    request = h11.Request(method="GET", target=target, headers=[
+        ("Host", host),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", "13"),
+        ("User-Agent", "rtpai"),
+        *headers,
+    ])
+    return connection, connection.send(request)
+
+
+def check_upgrade(response: h11.InformationalResponse, key: str) -> None:
+    """Raise :class:`WebSocketError` unless a 101 completes our upgrade."""
+    fields = {name.lower(): value for name, value in response.headers}
+    if fields.get(b"upgrade", b"").lower() != b"websocket":
+        raise WebSocketError("the upgrade response lacks 'Upgrade: websocket'")
+    if b"upgrade" not in fields.get(b"connection", b"").lower():
+        raise WebSocketError("the upgrade response lacks 'Connection: Upgrade'")
+    if fields.get(b"sec-websocket-accept", b"").decode("latin-1") != accept_key(key):
+        raise WebSocketError("wrong Sec-WebSocket-Accept")
+    if fields.get(b"sec-websocket-extensions"):
+        raise WebSocketError("the server chose an extension we did not offer")
+
+
+# --- trio shell ------------------------------------------------------------------------------
+
+
+class WebSocket:
+    """One client connection: synchronous sends, an async receive, and an async flusher.
+
+    Open with :meth:`connect`. One task calls :meth:`receive`; :meth:`flush` runs as a task of
+    its own beside it (it sleeps until output has queued behind a full socket); anything may
+    call :meth:`send_text`.
+    """
+
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject | None,
+                 incoming: ssl.MemoryBIO | None, outgoing: ssl.MemoryBIO | None) -> None:
+        self._sock = sock
+        self._tls = tls
+        self._tls_in = incoming
+        self._tls_out = outgoing
+        self._decoder = FrameDecoder()
+        self._messages: deque[tuple[int, bytes]] = deque()
+        self._pending = bytearray()  # bytes the kernel has not taken yet (after TLS)
+        self._pending_changed = trio.Event()  # set when output queues (wakes the flusher)
+        self._drained = trio.Event()  # set when the flusher emptied the queue
+        self._flusher_running = False
+        self._failure: BaseException | None = None  # what went wrong, for our own tasks
+        self._close_sent = False
+        self.closed: ConnectionClosed | None = None  # set once the connection is over
+
+    # --- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, url: str, headers: list[tuple[str, str]], *,
+                      ssl_context: ssl.SSLContext | None = None) -> WebSocket:
+        """TCP, TLS for ``wss://``, and the upgrade. Bound it with a cancel scope.
+
+        Raises OSError (cannot connect), :class:`HandshakeRejected` (an HTTP status instead
+        of 101) or :class:`WebSocketError`.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise WebSocketError(f"not a ws:// or wss:// URL: {parts.scheme}://{parts.hostname}")
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        sock = await _open_tcp(parts.hostname, port)
+        tls = incoming = outgoing = None
+        try:
+            if parts.scheme == "wss":
+                context = ssl_context or ssl.create_default_context()
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = context.wrap_bio(incoming, outgoing, server_hostname=parts.hostname)
+            ws = cls(sock, tls, incoming, outgoing)
+            if tls is not None:
+                await ws._tls_handshake()
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            await ws._upgrade(parts.netloc, target, headers)
+        except BaseException:
+            sock.close()
+            raise
+        return ws
+
+    async def _tls_handshake(self) -> None:
+        assert self._tls is not None and self._tls_out is not None
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush_now()
+                await self._read_raw()
+            except ssl.SSLError as exc:
+                raise WebSocketError(f"TLS handshake failed: {exc.reason or exc}") from None
+            else:
+                await self._flush_now()
+                return
+
+    async def _upgrade(self, host: str, target: str, headers: list[tuple[str, str]]) -> None:
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        connection, request = handshake_request(host, target, headers, key)
+        self._write(request)
+        await self._flush_now()
+        status = 0
+        while True:
+            try:
+                event = connection.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise WebSocketError(f"not an HTTP response to the upgrade: {exc}") from None
+            if event is h11.NEED_DATA:
+                data = await self._read_plain()
+                if not data:
+                    if status:
+                        raise HandshakeRejected(status)
+                    raise WebSocketError("the server closed the connection during the upgrade")
+                connection.receive_data(data)
+            elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                check_upgrade(event, key)
+                leftover, _ = connection.trailing_data
+                if leftover:
+                    self._decoder.feed(bytes(leftover))  # frames sent right after the 101
+                return
+            elif isinstance(event, h11.Response):
+                status = event.status_code  # refused; read the body so the close is clean
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed) and status:
+                raise HandshakeRejected(status)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def send_text(self, text: str | bytes, *, droppable: bool = False) -> bool:
+        """Frame and send one text message now, without blocking.
+
+        Returns False if it was not taken: the connection is over, or (``droppable``) output
+        is already backed up past MAX_BUFFERED_BYTES. Never raises for a broken socket: that
+        is raised from :meth:`receive` and :meth:`flush`, in the connection's own tasks.
+        """
+        if self.closed is not None or self._failure is not None or self._close_sent:
+            return False
+        if droppable and len(self._pending) > MAX_BUFFERED_BYTES:
+            return False
+        payload = text.encode("utf-8") if isinstance(text, str) else text
+        self._write(encode_frame(OP_TEXT, payload))
+        return True
+
+    def _write(self, frame: bytes) -> None:
+        """Encrypt (TLS) and send ``frame``."""
+        tls = self._tls
+        if tls is not None:
+            assert self._tls_out is not None
+            tls.write(frame)
+            frame = self._tls_out.read()
+        self._send_raw(frame)
+
+    def _send_raw(self, data: bytes) -> None:
+        """Hand the kernel what it takes now; queue the rest, in order, for ``flush``."""
+        if self._pending:
+            self._pending += data  # behind what is already waiting
+            return
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if sent < len(data):
+            self._pending += data[sent:]
+            self._pending_changed.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._pending_changed.set()  # wakes the flusher, which raises it
+        self._drained.set()
+
+    async def flush(self) -> None:
+        """Run beside :meth:`receive`: write queued output whenever the socket takes it.
+        Raises :class:`ConnectionClosed` if sending fails."""
+        self._flusher_running = True
+        try:
+            while True:
+                if self._failure is not None:
+                    raise self._closed_abnormally(self._failure)
+                if not self._pending:
+                    self._drained.set()
+                    self._pending_changed = trio.Event()
+                    await self._pending_changed.wait()
+                    continue
+                await trio.lowlevel.wait_writable(self._sock)
+                self._send_pending()
+        finally:
+            self._flusher_running = False
+
+    def _send_pending(self) -> None:
+        try:
+            sent = self._sock.send(self._pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        del self._pending[:sent]
+
+    async def _flush_now(self) -> None:
+        """Wait until everything queued is written (the handshakes, the close frame): by the
+        flusher task if it runs (one task per direction may wait on a socket), else here."""
+        if self._tls is not None:
+            self._flush_tls_output()
+        while self._pending and self._failure is None:
+            if self._flusher_running:
+                self._drained = trio.Event()
+                await self._drained.wait()
+            else:
+                await trio.lowlevel.wait_writable(self._sock)
+                self._send_pending()
+        if self._failure is not None:
+            raise self._closed_abnormally(self._failure)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes waiting for the kernel (back-pressure, for statistics)."""
+        return len(self._pending)
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def receive(self) -> bytes:
+        """The next text or binary message's payload (text stays UTF-8 bytes: ``json.loads``
+        takes them as they are). Answers pings; raises :class:`ConnectionClosed` at the end."""
+        messages = self._messages
+        while True:
+            while messages:
+                opcode, payload = messages.popleft()
+                if opcode in (OP_TEXT, OP_BINARY):
+                    return payload
+                if opcode == OP_PING:
+                    self._write(encode_frame(OP_PONG, payload))
+                elif opcode == OP_CLOSE:
+                    raise self._on_close_frame(payload)
+            if self.closed is not None:
+                raise self.closed
+            if self._failure is not None:
+                raise self._closed_abnormally(self._failure)
+            try:
+                # Frames may already be buffered: a server often sends its first event in the
+                # same segment as the 101 (the upgrade hands those bytes over).
+                messages.extend(self._decoder.events())
+            except ProtocolError as exc:
+                self._send_close(exc.code, str(exc))
+                self.closed = ConnectionClosed(exc.code, str(exc))
+                raise self.closed from None
+            if messages:
+                continue
+            data = await self._read_plain()
+            if not data:
+                raise self._closed_abnormally(None)
+            self._decoder.feed(data)
+
+    def _on_close_frame(self, payload: bytes) -> ConnectionClosed:
+        try:
+            code, reason = parse_close(payload)
+        except ProtocolError as exc:
+            code, reason = exc.code, str(exc)
+        # Echo the close (RFC 6455 section 5.5.1) unless we started the closing handshake.
+        self._send_close(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code)
+        self.closed = ConnectionClosed(code, reason)
+        return self.closed
+
+    def _closed_abnormally(self, exc: BaseException | None) -> ConnectionClosed:
+        reason = "connection lost" if exc is None else f"connection lost: {_describe(exc)}"
+        self.closed = self.closed or ConnectionClosed(CLOSE_ABNORMAL, reason)
+        return self.closed
+
+    async def _read_plain(self) -> bytes:
+        """Application bytes: the next socket read, decrypted. b"" at the end of the stream."""
+        if self._tls is None:
+            return await self._read_raw_bytes()
+        assert self._tls_in is not None
+        while True:
+            try:
+                data = self._tls.read(RECEIVE_BYTES)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return b""
+            except ssl.SSLError as exc:
+                raise self._closed_abnormally(exc) from None
+            else:
+                self._flush_tls_output()  # TLS 1.3 may answer (e.g. a KeyUpdate) on a read
+                return data
+            raw = await self._read_raw_bytes()
+            if not raw:
+                self._tls_in.write_eof()
+                continue
+            self._tls_in.write(raw)
+
+    def _flush_tls_output(self) -> None:
+        assert self._tls_out is not None
+        data = self._tls_out.read()
+        if data:
+            self._send_raw(data)
+
+    async def _read_raw(self) -> None:
+        """One socket read into the TLS engine (during the TLS handshake)."""
+        assert self._tls_in is not None
+        raw = await self._read_raw_bytes()
+        if not raw:
+            raise WebSocketError("the server closed the connection during the TLS handshake")
+        self._tls_in.write(raw)
+
+    async def _read_raw_bytes(self) -> bytes:
+        sock = self._sock
+        waited = False
+        while True:
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._closed_abnormally(exc) from None
+            else:
+                if not waited:
+                    # Always a checkpoint, as trio's own reads: a server that never lets the
+                    # socket run dry must not starve the media clock.
+                    await trio.lowlevel.checkpoint()
+                return data
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+
+    # --- closing ------------------------------------------------------------------------------
+
+    def _send_close(self, code: int, reason: str = "") -> None:
+        if self._close_sent or self._failure is not None:
+            return
+        self._close_sent = True
+        self._write(encode_frame(OP_CLOSE, close_payload(code, reason)))
+
+    async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Send a close frame, wait (bounded by the caller's cancel scope) for the server's,
+        and close the socket. Safe to call more than once and after a failure."""
+        try:
+            if self.closed is None and self._failure is None:
+                self._send_close(code, reason)
+                await self._flush_now()
+                while True:
+                    await self.receive()  # until the server's close frame (or the end)
+        except (ConnectionClosed, WebSocketError, OSError):
+            pass
+        finally:
+            self.closed = self.closed or ConnectionClosed(code, reason)
+            if self._sock.fileno() >= 0:
+                trio.lowlevel.notify_closing(self._sock)
+                self._sock.close()
+
+
+async def _open_tcp(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket: each resolved address in turn (RFC 6555's racing
+    is not worth it for one API host; the connect timeout bounds the whole attempt)."""
+    # A numeric host resolves without yielding, and a refused loopback connect fails at
+    # once: checkpoint first, as every trio operation does, so that failing costs a turn.
+    await trio.lowlevel.checkpoint()
+    addresses = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            # Caller audio is many small messages: Nagle would hold each behind the last ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex(address)
+            if code == errno.EINPROGRESS:
+                await trio.lowlevel.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise last or OSError(errno.EHOSTUNREACH, f"no address for {host}")
+
+
+def _describe(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or type(exc).__name__

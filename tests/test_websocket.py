@@ -1,0 +1,379 @@
+"""rtpai's WebSocket client: the sans-IO framing against RFC 6455, then the trio shell against
+an independent implementation (trio-websocket's server), over plain TCP and TLS."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import ssl
+import struct
+from functools import partial
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from trio_websocket import ConnectionClosed as ServerConnectionClosed
+from trio_websocket import serve_websocket
+
+from openai_flavor import websocket
+from openai_flavor.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    ConnectionClosed,
+    FrameDecoder,
+    HandshakeRejected,
+    ProtocolError,
+    WebSocket,
+    accept_key,
+    encode_frame,
+    parse_close,
+)
+
+TLS_DIR = pathlib.Path(__file__).parent / "fakes" / "tls"
+
+
+def server_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
+                 masked: bool = False) -> bytes:
+    """A frame as a server sends it (unmasked unless asked), any length encoding."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    size = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        header = struct.pack("!BB", first, mask_bit | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if masked:
+        return header + b"\0\0\0\0" + payload
+    return header + payload
+
+
+def unmask_client_frame(frame: bytes) -> tuple[int, bytes]:
+    """(opcode, payload) of one client frame, checking it is final and masked."""
+    assert frame[0] & 0x80, "final"
+    assert frame[1] & 0x80, "masked"
+    size, at = frame[1] & 0x7F, 2
+    if size == 126:
+        (size,), at = struct.unpack_from("!H", frame, 2), 4
+    elif size == 127:
+        (size,), at = struct.unpack_from("!Q", frame, 2), 10
+    key = frame[at : at + 4]
+    body = frame[at + 4 :]
+    assert len(body) == size
+    return frame[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(body))
+
+
+# --- sans-IO ---------------------------------------------------------------------------------
+
+
+def test_accept_key_matches_rfc_6455_example():
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 125, 126, 127, 65535, 65536, 70000])
+def test_client_frames_are_masked_with_the_right_length_encoding(size):
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    frame = encode_frame(OP_TEXT, payload)
+    assert unmask_client_frame(frame) == (OP_TEXT, payload)
+
+
+def test_mask_keys_differ_between_frames():
+    keys = {encode_frame(OP_TEXT, b"x")[2:6] for _ in range(50)}
+    assert len(keys) > 45  # 32 random bits each: a repeat in 50 is a broken source
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=6), st.data())
+def test_decoder_reassembles_messages_whatever_the_read_boundaries(payloads, data):
+    stream = b"".join(server_frame(OP_TEXT, p) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder = FrameDecoder()
+    seen = []
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        decoder.feed(stream[last:cut])
+        last = cut
+        seen.extend(decoder.events())
+    assert seen == [(OP_TEXT, p) for p in payloads]
+
+
+def test_fragments_join_and_control_frames_may_come_between_them():
+    decoder = FrameDecoder()
+    decoder.feed(
+        server_frame(OP_TEXT, b'{"a":', fin=False)
+        + server_frame(OP_PING, b"p")
+        + server_frame(OP_CONTINUATION, b"1", fin=False)
+        + server_frame(OP_CONTINUATION, b"}")
+        + server_frame(OP_BINARY, b"\x00\x01")
+    )
+    assert decoder.events() == [(OP_PING, b"p"), (OP_TEXT, b'{"a":1}'), (OP_BINARY, b"\x00\x01")]
+
+
+@pytest.mark.parametrize("frame, code", [
+    (server_frame(OP_TEXT, b"x", masked=True), 1002),
+    (server_frame(OP_TEXT, b"x", rsv=0x40), 1002),
+    (server_frame(0x3, b"x"), 1002),
+    (server_frame(OP_PING, b"x" * 126), 1002),
+    (server_frame(OP_PING, b"x", fin=False), 1002),
+    (server_frame(OP_CONTINUATION, b"x"), 1002),
+    (server_frame(OP_TEXT, b"a", fin=False) + server_frame(OP_TEXT, b"b"), 1002),
+    (server_frame(OP_TEXT, b"x" * 200), 1009),
+])
+def test_protocol_violations_name_their_close_code(frame, code):
+    decoder = FrameDecoder(max_message=100)
+    decoder.feed(frame)
+    with pytest.raises(ProtocolError) as error:
+        decoder.events()
+    assert error.value.code == code
+
+
+def test_a_huge_length_is_refused_before_its_payload_arrives():
+    decoder = FrameDecoder(max_message=1000)
+    decoder.feed(struct.pack("!BBQ", 0x81, 127, 2**40))
+    with pytest.raises(ProtocolError):
+        decoder.events()
+
+
+def test_close_payloads():
+    assert parse_close(b"") == (1005, "")
+    assert parse_close(struct.pack("!H", 3000) + b"invalid_api_key") == (3000, "invalid_api_key")
+    with pytest.raises(ProtocolError):
+        parse_close(b"\x03")
+    with pytest.raises(ProtocolError):
+        parse_close(struct.pack("!H", 1000) + b"\xff")
+
+
+# --- against trio-websocket's server -----------------------------------------------------------
+
+
+def server_tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(TLS_DIR / "localhost.crt", TLS_DIR / "localhost.key")
+    return context
+
+
+def client_tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(TLS_DIR / "localhost.crt"))
+
+
+async def start_server(nursery, handler, *, tls: bool = False) -> str:
+    context = server_tls_context() if tls else None
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, context)
+    scheme = "wss" if tls else "ws"
+    host = "localhost" if tls else "127.0.0.1"
+    return f"{scheme}://{host}:{server.port}/v1/realtime?model=m"
+
+
+async def echo(request):
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ServerConnectionClosed:
+        pass
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_echo_in_order_with_headers_and_large_messages(tls):
+    seen_headers = {}
+
+    async def handler(request):
+        seen_headers.update({k.decode(): v.decode() for k, v in request.headers})
+        assert request.path == "/v1/realtime?model=m"
+        await echo(request)
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler, tls=tls)
+        ws = await WebSocket.connect(url, [("Authorization", "Bearer k")],
+                                     ssl_context=client_tls_context() if tls else None)
+        nursery.start_soon(ws.flush)
+        messages = [f'{{"n":{i}}}' for i in range(100)] + ["x" * 300_000, "é" * 1000]
+        for message in messages:
+            assert ws.send_text(message)
+        for message in messages:
+            assert (await ws.receive()).decode() == message
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+    assert seen_headers["authorization"] == "Bearer k"
+    assert seen_headers["sec-websocket-version"] == "13"
+    assert "sec-websocket-extensions" not in seen_headers
+
+
+async def test_an_http_refusal_is_reported_with_its_status():
+    async def handler(request):
+        await request.reject(401, body=b"no")
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        with pytest.raises(HandshakeRejected) as refused:
+            await WebSocket.connect(url, [])
+        assert refused.value.status == 401
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_servers_close_code_and_reason_reach_the_client_which_echoes_it():
+    echoed = []
+    handled = trio.Event()
+
+    async def handler(request):
+        ws = await request.accept()
+        await ws.aclose(3000, "invalid_api_key")  # returns when our echo arrived
+        echoed.append(ws.closed.code)
+        handled.set()
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [])
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.receive()
+        assert (closed.value.code, closed.value.reason) == (3000, "invalid_api_key")
+        assert not ws.send_text("late")  # nothing is taken after the close
+        await ws.aclose()
+        await handled.wait()
+        nursery.cancel_scope.cancel()
+    assert echoed == [3000]
+
+
+async def test_pings_are_answered_while_receiving():
+    ponged = trio.Event()
+
+    async def handler(request):
+        ws = await request.accept()
+        await ws.ping(b"are you there")  # returns once the matching pong arrived
+        ponged.set()
+        await ws.send_message("done")
+        await ws.get_message()
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [])
+        assert await ws.receive() == b"done"
+        assert ponged.is_set()
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dropped_connection_is_an_abnormal_close_and_sends_stop_being_taken():
+    async def handler(request):
+        ws = await request.accept()
+        await ws._close_stream()  # no close frame: a network failure
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [])
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.receive()
+        assert closed.value.code == 1006
+        assert not ws.send_text("after")
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order(monkeypatch):
+    monkeypatch.setattr(websocket, "MAX_BUFFERED_BYTES", 64 * 1024)
+    reading = trio.Event()
+    received: list[str] = []
+
+    async def handler(request):
+        ws = await request.accept()
+        await reading.wait()
+        try:
+            while True:
+                received.append(await ws.get_message())
+        except ServerConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [])
+        # Shrink the kernel's buffers so that back-pressure comes quickly.
+        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        nursery.start_soon(ws.flush)
+        taken = 0
+        message = "a" * 1000
+        while ws.send_text(f"{taken:06d}" + message, droppable=True):
+            taken += 1
+        assert ws.buffered > websocket.MAX_BUFFERED_BYTES
+        assert ws.send_text("control", droppable=False)  # control messages always queue
+        reading.set()
+        while ws.buffered:
+            await trio.sleep(0.01)
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+    assert [m[:6] for m in received[:taken]] == [f"{i:06d}" for i in range(taken)]
+    assert received[taken] == "control"
+
+
+async def test_a_server_frame_breaking_the_protocol_closes_with_1002():
+    handled = trio.Event()
+
+    async def handler(request):
+        ws = await request.accept()
+        await ws._stream.send_all(server_frame(OP_TEXT, b"x", masked=True))
+        with pytest.raises(ServerConnectionClosed):
+            await ws.get_message()
+        assert ws.closed.code == 1002
+        handled.set()
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [])
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.receive()
+        assert closed.value.code == 1002
+        await ws.aclose()
+        await handled.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_connect_refused_is_an_oserror():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(OSError):
+        await WebSocket.connect(f"ws://127.0.0.1:{port}/", [])
+
+
+async def test_a_certificate_we_do_not_trust_fails_the_handshake():
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, echo, tls=True)
+        with pytest.raises(websocket.WebSocketError, match="TLS"):
+            await WebSocket.connect(url, [])  # the system's trust store: not our test CA
+        nursery.cancel_scope.cancel()
+
+
+def test_close_frames_carry_code_and_reason():
+    op, payload = unmask_client_frame(encode_frame(OP_CLOSE, websocket.close_payload(1000, "bye")))
+    assert op == OP_CLOSE and parse_close(payload) == (1000, "bye")
+
+
+async def test_an_event_sent_in_the_same_segment_as_the_101_is_received():
+    """OpenAI sends session.created at once: it often shares a TCP segment with the 101."""
+
+    async def handler(stream):
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+            + server_frame(OP_TEXT, b'{"type":"session.created"}')
+        )
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        ws = await WebSocket.connect(f"ws://127.0.0.1:{port}/", [])
+        with trio.fail_after(5):
+            assert await ws.receive() == b'{"type":"session.created"}'
+        with trio.move_on_after(0.1):  # this server never answers our close
+            await ws.aclose()
+        assert ws.closed is not None
+        nursery.cancel_scope.cancel()
