@@ -91,6 +91,7 @@ class Call:
         media_timeout: float = 0,
         send_silence: bool = True,
         reorder_packets: int = 2,
+        ai_batch_ms: int = 0,
         strict_source: bool = False,
         relatch: str = "sdp",
     ) -> None:
@@ -145,6 +146,7 @@ class Call:
             caller_sends=media.caller_sends,
             timeout=media_timeout,
             reorder_packets=reorder_packets,
+            ai_batch_ms=ai_batch_ms,
             strict_source=strict_source,
             relatch=Relatch(relatch),
             on_media_started=self._media_started,

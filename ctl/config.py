@@ -199,6 +199,10 @@ SETTINGS: tuple[Setting, ...] = (
                  "timestamps still advance)"),
     Setting("rtp", "reorder_packets", "RTP_REORDER_PACKETS", "2", int_range(0, 16),
             help="packets held waiting for a missing one before it is counted lost"),
+    Setting("rtp", "ai_batch_ms", "RTP_AI_BATCH_MS", "0", int_range(0, 200),
+            help="caller audio to the AI in messages of this many ms (0: each packet as it "
+                 "arrives, the least latency; 40 halves the WebSocket messages for <= 60 ms "
+                 "more; see docs/performance.md)"),
     Setting("rtp", "strict_source", "RTP_STRICT_SOURCE", "false", parse_bool,
             help="accept RTP only from the address:port of the SDP (no NAT latching)"),
     Setting("rtp", "relatch", "RTP_RELATCH", "sdp", one_of("never", "sdp", "silence"),

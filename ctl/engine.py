@@ -199,6 +199,7 @@ class Engine:
                 on_transfer=self._call_transfer,
                 send_silence=rtp_config["send_silence"],
                 reorder_packets=rtp_config["reorder_packets"],
+                ai_batch_ms=rtp_config["ai_batch_ms"],
                 strict_source=rtp_config["strict_source"],
                 relatch=rtp_config["relatch"],
             )

@@ -166,6 +166,7 @@ class MediaStream:
         reorder_packets: int = 2,
         strict_source: bool = False,
         relatch: Relatch = Relatch.SDP,
+        ai_batch_ms: int = 0,
         wall_clock=time.time,
         on_media_started: Callable[[], None] | None = None,
     ) -> None:
@@ -221,6 +222,12 @@ class MediaStream:
         self._talking = False
         self._samples = bridge.ptime_ms * 8  # 8000 Hz
         self._silence = bytes((bridge.silence_byte,)) * self._samples
+        # Caller audio to the AI in batches of this many frames ([rtp] ai_batch_ms): fewer
+        # WebSocket messages (each a send syscall) for up to a batch's worth of latency.
+        self._ai_batch_frames = max(1, round(ai_batch_ms / bridge.ptime_ms))
+        self._ai_batch: list[bytes] = []
+        self._ai_batch_since = 0.0
+        self._ai_batch_max_age = self._ai_batch_frames * ptime
 
     # --- re-offer -----------------------------------------------------------------------------
 
@@ -414,14 +421,40 @@ class MediaStream:
         if pt == self.payload_type:
             if self.dtmf.pending:  # an event is open: audio may show it has ended
                 self._emit(self.dtmf.audio(packet.timestamp))
-            if not self.bridge.caller_audio(packet.payload):
-                self.stats.ai_queue_full += 1  # the media path never waits for the AI
+            self._to_ai(packet.payload)
         elif pt == self.telephone_event:
             self._emit(self.dtmf.packet(packet.timestamp, packet.payload))
         elif pt == PT_COMFORT_NOISE:
             self.stats.comfort_noise += 1  # RFC 3389: the caller is silent; nothing to forward
         else:
             self.stats.other_payload += 1
+
+    def _to_ai(self, frame: bytes) -> None:
+        """Hand a caller frame to the AI session, alone or (``ai_batch_ms``) in a batch.
+
+        Batches are only formed while the clock ticks this stream (pacing, not parked): a
+        tick flushes a batch the caller left unfinished (end of a talkspurt, DTX), so no
+        audio waits longer than a batch plus one frame. A parked stream hands frames over
+        one by one.
+        """
+        batch = self._ai_batch
+        if self._ai_batch_frames > 1 and self._pacing is not None and self._pacing.due is not None:
+            if not batch:
+                self._ai_batch_since = self._now
+            batch.append(frame)
+            if len(batch) >= self._ai_batch_frames:
+                self._flush_ai_batch()
+            return
+        if batch:
+            self._flush_ai_batch()
+        if not self.bridge.caller_audio(frame):
+            self.stats.ai_queue_full += 1  # the media path never waits for the AI
+
+    def _flush_ai_batch(self) -> None:
+        batch = self._ai_batch
+        if not self.bridge.caller_audio(b"".join(batch) if len(batch) > 1 else batch[0]):
+            self.stats.ai_queue_full += len(batch)
+        batch.clear()
 
     def _emit(self, event: CallerEvent | None) -> None:
         if event is None:
@@ -611,6 +644,8 @@ class MediaStream:
             else:
                 packetizer.silence_gap(samples)  # the timestamp still advances
                 park = True
+        if self._ai_batch and (park or now - self._ai_batch_since >= self._ai_batch_max_age):
+            self._flush_ai_batch()  # the caller stopped mid-batch, or no tick will follow
         pacer = self._pacer
         assert pacer is not None
         before = pacer.reanchors

@@ -652,3 +652,34 @@ async def test_dtmf_after_a_sequence_restart_with_earlier_timestamps():
         stream.on_datagram(rtp(12080 + n, build_event(0, end=n == 3, duration=160 * n), pt=101, ts=17632), CALLER)
     assert drain(events) == [Dtmf("#", 40), Dtmf("0", 60)]
     assert stream.reorder.restarts == 1
+
+
+# --- caller audio to the AI in batches ([rtp] ai_batch_ms) -----------------------------------
+
+
+async def test_batched_caller_audio_goes_out_in_whole_batches_and_a_tail_is_flushed(autojump_clock):
+    stream, audio, _ = make_stream(ai_batch_ms=40)
+    clock = MediaClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        caller_speaks(stream)  # frame 1, before pacing: handed over alone
+        stream.start_pacing(clock)
+        assert drain(audio) == [b"\x11" * 160]
+        for seq in range(2, 7):  # five more frames, 20 ms apart: two batches and a tail
+            await trio.sleep(0.02)
+            stream._now = trio.current_time()
+            stream.on_datagram(rtp(seq, bytes([seq]) * 160), CALLER)
+        assert drain(audio) == [bytes([2]) * 160 + bytes([3]) * 160,
+                                bytes([4]) * 160 + bytes([5]) * 160]
+        await trio.sleep(0.045)  # the caller fell silent mid-batch: a tick flushes the tail
+        assert drain(audio) == [bytes([6]) * 160]
+        nursery.cancel_scope.cancel()
+    assert stream.stats.ai_queue_full == 0
+
+
+async def test_a_parked_stream_hands_caller_audio_over_at_once_even_with_batching():
+    stream, audio, _ = make_stream(ai_batch_ms=60, send_silence=False)
+    stream.start_pacing(MediaClock())  # nothing to send: parked, no tick will come
+    caller_speaks(stream)
+    stream.on_datagram(rtp(2), CALLER)
+    assert len(drain(audio)) == 2
