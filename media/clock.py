@@ -99,33 +99,42 @@ class MediaClock:
         if wait is not None and at < wait.deadline:
             wait.deadline = align(at)  # wake up earlier than planned
 
+    @property
+    def wake_at(self) -> float:
+        """When :meth:`run` next wakes up: the lattice point of the earliest deadline."""
+        heap = self._heap
+        return align(heap[0][0]) if heap else math.inf
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick streams until cancelled. Runs in the engine nursery."""
-        heap = self._heap
-        pop, push = heapq.heappop, heapq.heappush
         task_status.started()
         while True:
-            with trio.CancelScope(deadline=align(heap[0][0]) if heap else math.inf) as wait:
+            with trio.CancelScope(deadline=self.wake_at) as wait:
                 self._wait = wait
                 await trio.sleep_forever()
             self._wait = None
             self.wakeups += 1
-            now = trio.current_time()
-            horizon = now + COALESCE
-            while heap and heap[0][0] <= horizon:
-                due, order, entry = pop(heap)
-                if entry.due != due or not entry.active:
-                    continue  # unregistered (or rescheduled) since it was pushed
-                entry.due = None
-                self.ticks += 1
-                try:
-                    following = entry.stream.tick(now)
-                except Exception:
-                    # One call's bug must not stop every call's audio: drop it, end it.
-                    log.exception("media clock: a stream failed to tick")
-                    entry.active = False
-                    entry.stream.pacing_failed()
-                    continue
-                if following is not None and entry.active and entry.due is None:
-                    entry.due = following
-                    push(heap, (following, order, entry))
+            self.tick_due(trio.current_time())
+
+    def tick_due(self, now: float) -> None:
+        """One wake-up's work, synchronous: tick every stream due by ``now`` (coalesced)."""
+        heap = self._heap
+        pop, push = heapq.heappop, heapq.heappush
+        horizon = now + COALESCE
+        while heap and heap[0][0] <= horizon:
+            due, order, entry = pop(heap)
+            if entry.due != due or not entry.active:
+                continue  # unregistered (or rescheduled) since it was pushed
+            entry.due = None
+            self.ticks += 1
+            try:
+                following = entry.stream.tick(now)
+            except Exception:
+                # One call's bug must not stop every call's audio: drop it, end it.
+                log.exception("media clock: a stream failed to tick")
+                entry.active = False
+                entry.stream.pacing_failed()
+                continue
+            if following is not None and entry.active and entry.due is None:
+                entry.due = following
+                push(heap, (following, order, entry))

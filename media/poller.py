@@ -56,24 +56,29 @@ class MediaPoller:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Dispatch readiness until cancelled. Runs in the engine nursery."""
         epoll = self._epoll
-        handlers = self._handlers
         task_status.started()
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 self.wakeups += 1
-                for fd, _ in epoll.poll(0, MAX_EVENTS):
-                    entry = handlers.get(fd)
-                    if entry is None:
-                        continue  # unregistered by an earlier handler in this batch
-                    try:
-                        entry[0]()
-                    except Exception:
-                        # One call's bug must not stop every call's media: drop it, end it.
-                        log.exception("media poller: a socket handler failed")
-                        handlers.pop(fd, None)
-                        epoll.unregister(fd)
-                        entry[1]()
+                self.dispatch()
         finally:
             trio.lowlevel.notify_closing(epoll.fileno())
             epoll.close()
+
+    def dispatch(self) -> None:
+        """One wake-up's work, synchronous: call the handler of every readable socket."""
+        epoll = self._epoll
+        handlers = self._handlers
+        for fd, _ in epoll.poll(0, MAX_EVENTS):
+            entry = handlers.get(fd)
+            if entry is None:
+                continue  # unregistered by an earlier handler in this batch
+            try:
+                entry[0]()
+            except Exception:
+                # One call's bug must not stop every call's media: drop it, end it.
+                log.exception("media poller: a socket handler failed")
+                handlers.pop(fd, None)
+                epoll.unregister(fd)
+                entry[1]()
