@@ -267,7 +267,8 @@ def run_once(calls: int, seconds: float, warmup: float, collect: str | None = No
     return trio.run(simulate, calls, seconds, warmup, collect, clock=trio.testing.MockClock())
 
 
-def callgrind(calls: int, seconds: float, warmup: float) -> dict[str, float]:
+def callgrind(calls: int, seconds: float, warmup: float,
+              sides: tuple[str, ...] = ("tx", "rx")) -> dict[str, float]:
     """Instructions per packet for each side, each from its own run under callgrind."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind")
@@ -280,7 +281,7 @@ def callgrind(calls: int, seconds: float, warmup: float) -> dict[str, float]:
         subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(shim), str(source)],
                        check=True)
     counts = {}
-    for side in ("tx", "rx", "none"):
+    for side in (*sides, "none"):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "callgrind.out"
             command = [
@@ -299,7 +300,7 @@ def callgrind(calls: int, seconds: float, warmup: float) -> dict[str, float]:
     # The "none" run toggled collection around nothing, once per millisecond as the others
     # did: what the toggling itself costs, taken off both.
     return {side: (counts[side] - counts["none"]) / counts[f"{side} packets"]
-            for side in ("tx", "rx")}
+            for side in sides}
 
 
 def main() -> int:
@@ -310,6 +311,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--callgrind", action="store_true",
                         help="instructions per packet under valgrind (slow: ~1 min)")
+    parser.add_argument("--side", choices=("tx", "rx"), help="--callgrind: only this side")
     parser.add_argument("--collect", choices=("tx", "rx", "none"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.collect:  # one side, under callgrind (see callgrind())
@@ -317,9 +319,10 @@ def main() -> int:
         print(f"tx packets {counters.tx_packets}\nrx packets {counters.rx_packets}")
         return 0
     if args.callgrind:
-        counts = callgrind(args.calls, args.seconds, args.warmup)
+        sides = (args.side,) if args.side else ("tx", "rx")
+        counts = callgrind(args.calls, args.seconds, args.warmup, sides)
         print(f"{args.calls} calls, instructions per packet: "
-              f"tx {counts['tx']:,.0f}  rx {counts['rx']:,.0f}")
+              + "  ".join(f"{side} {count:,.0f}" for side, count in counts.items()))
         return 0
     tx, rx = [], []
     for _ in range(args.reps):
