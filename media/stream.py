@@ -1,10 +1,10 @@
 """One call's media: the RTP/RTCP sockets, the receiver, the paced sender and RTCP reports.
 
 Sockets are plain non-blocking stdlib sockets. The engine's poller (media/poller.py) calls
-``_rtp_readable``/``_rtcp_readable`` when they are readable, which drain every datagram
-waiting, instead of paying a trio checkpoint (a scheduler pass) per packet as ``trio.socket``
-would (python-trio/trio#1595); the engine's clock (media/clock.py) calls ``tick`` when a frame
-is due. Neither costs a task per call and packet.
+``_rtp_readable``/``_rtcp_readable`` for each datagram waiting, instead of paying a trio
+checkpoint (a scheduler pass) per packet as ``trio.socket`` would (python-trio/trio#1595); the
+engine's clock (media/clock.py) calls ``tick`` when a frame is due. Neither costs a task per
+call and packet.
 
 The protocol work is done by sans-IO cores that take time as an argument: ``rtp`` (parsing,
 packetizing), ``jitter`` (reorder buffer, RFC 3550 statistics), ``rfc4733`` (key presses),
@@ -49,7 +49,6 @@ from media.rtp import PT_COMFORT_NOISE, RtpError, RtpPacket, RtpPacketizer, is_r
 log = logging.getLogger("rtpai.media")
 
 MAX_DATAGRAM = 2048  # G.711 at 40 ms is 332 bytes; anything near this is not ours to take
-BATCH_LIMIT = 64  # datagrams per wake-up, so one flooded call cannot starve the others
 # RFC 3550 section 6.2: 5 s is the minimum report interval, randomised over [0.5, 1.5] of it
 # (section 6.3.1) so that calls started together do not report in lockstep.
 RTCP_INTERVAL = 5.0
@@ -293,39 +292,35 @@ class MediaStream:
         return timeout if gap is None or gap > timeout else gap
 
     def _rtp_readable(self) -> None:
-        """The poller's call: drain the RTP socket (at most BATCH_LIMIT datagrams)."""
-        sock = self.rtp_socket
+        """The poller's call: take one datagram off the RTP socket (the poller calls again
+        while more are waiting, media/poller.py)."""
+        try:
+            data, source = self.rtp_socket.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            return
+        except OSError:
+            # ICMP port unreachable from an earlier send surfaces here on Linux.
+            self.stats.send_errors += 1
+            return
         reorder = self.reorder
         now = self._now = trio.current_time()
         if reorder.deadline is not None:
             reorder.expire(now)
-        for _ in range(BATCH_LIMIT):
-            try:
-                data, source = sock.recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                break
-            except OSError:
-                # ICMP port unreachable from an earlier send surfaces here on Linux.
-                self.stats.send_errors += 1
-                continue
-            self.on_datagram(data, source)
+        self.on_datagram(data, source)
         gap = reorder.deadline
         scope = self._timer_scope
         if gap is not None and scope is not None and gap < scope.deadline:
             scope.deadline = gap  # a gap opened: wake up to give up on it
 
     def _rtcp_readable(self) -> None:
-        """The poller's call: drain the RTCP port (with rtcp-mux RTCP comes with the RTP)."""
-        sock = self.rtcp_socket
+        """The poller's call: one datagram off the RTCP port (with rtcp-mux RTCP comes with
+        the RTP)."""
+        try:
+            data, source = self.rtcp_socket.recvfrom(MAX_DATAGRAM)
+        except OSError:
+            return
         self._now = trio.current_time()
-        for _ in range(BATCH_LIMIT):
-            try:
-                data, source = sock.recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                break
-            except OSError:
-                continue
-            self._on_rtcp(data, source[:2])
+        self._on_rtcp(data, source[:2])
 
     def _receive_failed(self) -> None:
         """The poller dropped a socket after its handler raised (a bug): end the call."""
