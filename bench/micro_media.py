@@ -6,7 +6,7 @@ talking, the AI answering ~2 s every 3 s in 100 ms deltas). Time is virtual and 
 the media clock's 1 ms lattice; each millisecond:
 
 * **rx**: the phones socket sends one RTP packet to each call whose 20 ms slot it is, then the
-  engine's ``MediaPoller.dispatch()`` runs (``_rtp_readable`` -> ``parse_rtp`` ->
+  engine's ``MediaPoller.dispatch`` runs (``_rtp_readable`` -> ``parse_rtp`` ->
   ``ReorderBuffer`` -> ``JitterEstimator`` -> ``_deliver``, which hands the payload to the
   call's ``caller_audio`` channel);
 * **tx**: the engine's ``MediaClock.tick_due(now)`` runs (every due call's ``tick``: a frame of
@@ -160,7 +160,7 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
         for ms in range(SLOTS):
             for call in by_slot[ms]:
                 phones.sendto(call.caller_packet(), call.rtp_address)
-            poller.dispatch()
+            poller.dispatch(trio.current_time)
             for call in by_slot[ms]:
                 call.stream.start_pacing(clock)
             clock.tick_due(trio.current_time())
@@ -185,12 +185,12 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
                 toggle_rx.cg_toggle()
             began = perf()
             if collect != "none":
-                poller.dispatch()
+                poller.dispatch(trio.current_time)
             rx_done = perf()
             if toggle_rx:
                 toggle_rx.cg_toggle()
             if collect == "none":
-                poller.dispatch()
+                poller.dispatch(trio.current_time)
             if toggle_tx:
                 toggle_tx.cg_toggle()
             tx_began = perf()

@@ -291,7 +291,7 @@ class MediaStream:
         gap = self.reorder.deadline
         return timeout if gap is None or gap > timeout else gap
 
-    def _rtp_readable(self) -> None:
+    def _rtp_readable(self, now: float) -> None:
         """The poller's call: take one datagram off the RTP socket (the poller calls again
         while more are waiting, media/poller.py)."""
         try:
@@ -303,7 +303,7 @@ class MediaStream:
             self.stats.send_errors += 1
             return
         reorder = self.reorder
-        now = self._now = trio.current_time()
+        self._now = now
         if reorder.deadline is not None:
             reorder.expire(now)
         self.on_datagram(data, source)
@@ -312,14 +312,14 @@ class MediaStream:
         if gap is not None and scope is not None and gap < scope.deadline:
             scope.deadline = gap  # a gap opened: wake up to give up on it
 
-    def _rtcp_readable(self) -> None:
+    def _rtcp_readable(self, now: float) -> None:
         """The poller's call: one datagram off the RTCP port (with rtcp-mux RTCP comes with
         the RTP)."""
         try:
             data, source = self.rtcp_socket.recvfrom(MAX_DATAGRAM)
         except OSError:
             return
-        self._now = trio.current_time()
+        self._now = now
         self._on_rtcp(data, source[:2])
 
     def _receive_failed(self) -> None:
