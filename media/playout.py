@@ -113,13 +113,15 @@ class Pacer:
         self.next_deadline = start
         self.reanchors = 0
 
-    def advance(self, now: float) -> None:
-        """A frame was sent for the current deadline (at time ``now``): move to the next."""
+    def advance(self, now: float) -> bool:
+        """A frame was sent for the current deadline (at time ``now``): move to the next.
+        Returns whether that re-anchored the grid."""
         if now - self.next_deadline > self.max_lag:
             self.reanchors += 1
             self.next_deadline = now + self.ptime
-        else:
-            self.next_deadline += self.ptime
+            return True
+        self.next_deadline += self.ptime
+        return False
 
     def skip_to(self, now: float) -> int:
         """Resume after a pause (nothing was sent): move to the first deadline at or after

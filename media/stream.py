@@ -220,6 +220,12 @@ class MediaStream:
         self._pacing: ClockEntry | None = None
         self._pacer: Pacer | None = None
         self._talking = False
+        # Idle silence only once the caller's media has flowed (``bridge.media_started``), as
+        # rtpengine: while the phone rings nobody listens, the SDP address is often a NATed
+        # private one, and a thousand ringing calls would otherwise cost as much as a thousand
+        # answered ones. A plain attribute, set at the first latch, rather than a property over
+        # the event: ``tick`` reads it for every silence frame.
+        self._idle_sends_silence = send_silence and bridge.media_started.is_set()
         self._samples = bridge.ptime_ms * 8  # 8000 Hz
         self._silence = bytes((bridge.silence_byte,)) * self._samples
 
@@ -387,6 +393,7 @@ class MediaStream:
                 self.bridge.media_started.set()
                 if self._on_media_started is not None:
                     self._on_media_started()
+            self._idle_sends_silence = self.send_silence
             self._wake_pacer()  # from now on we send silence between answers
             return True
         # Never re-latch to a stranger on its word alone: that is how "RTP Bleed" hijacks calls.
@@ -558,13 +565,6 @@ class MediaStream:
         self._pacing = None
         self.bridge.playout.on_audio = None
 
-    @property
-    def _idle_sends_silence(self) -> bool:
-        # Silence only once the caller's media has flowed, as rtpengine: while the phone rings
-        # nobody listens, the SDP address is often a NATed private one, and a thousand ringing
-        # calls would otherwise cost as much as a thousand answered ones.
-        return self.send_silence and self.bridge.media_started.is_set()
-
     def _wake_pacer(self) -> None:
         """Audio was queued or the caller's media started: unpark the sender if it can send."""
         entry = self._pacing
@@ -614,9 +614,7 @@ class MediaStream:
                 park = True
         pacer = self._pacer
         assert pacer is not None
-        before = pacer.reanchors
-        pacer.advance(now)
-        if pacer.reanchors != before:
+        if pacer.advance(now):
             self.stats.pacer_reanchors += 1
         return None if park else pacer.next_deadline
 

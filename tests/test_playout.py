@@ -49,8 +49,8 @@ def test_pacer_deadlines_do_not_drift():
 
 def test_pacer_reanchors_after_a_stall_instead_of_bursting():
     pacer = Pacer(0.02, start=0.0)
-    pacer.advance(0.0)
-    pacer.advance(0.5)  # woke 480 ms late
+    assert pacer.advance(0.0) is False
+    assert pacer.advance(0.5) is True  # woke 480 ms late
     assert pacer.reanchors == 1
     assert abs(pacer.next_deadline - 0.52) < 1e-9  # one frame later, not 24 frames at once
 
