@@ -120,7 +120,7 @@ class MediaClock:
 
     def _file(self, entry: ClockEntry, at: float) -> int:
         """Put ``entry`` in the slot of ``at``; returns that slot's index."""
-        index = math.ceil(at / TICK - 0.5)  # slot_of(at), inlined: this runs once per frame
+        index = math.ceil(at / TICK - 0.5)  # slot_of(at), inlined (see tick_due)
         slot = self._slots.get(index)
         if slot is None:
             self._slots[index] = [entry]
@@ -156,7 +156,7 @@ class MediaClock:
         deadlines.
         """
         slots, indices = self._slots, self._indices
-        pop, file = heapq.heappop, self._file
+        pop, push, ceil = heapq.heappop, heapq.heappush, math.ceil
         last = math.floor((now + COALESCE) / TICK + 1e-6)
         handled = 0
         while indices and indices[0] <= last:
@@ -175,5 +175,12 @@ class MediaClock:
                     continue
                 if following is not None and entry.active and entry.due is None:
                     entry.due = following
-                    file(entry, following)
+                    # self._file(entry, following), inlined: this runs for every frame sent.
+                    index = ceil(following / TICK - 0.5)
+                    slot = slots.get(index)
+                    if slot is None:
+                        slots[index] = [entry]
+                        push(indices, index)
+                    else:
+                        slot.append(entry)
         self.ticks += handled
