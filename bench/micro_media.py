@@ -138,8 +138,14 @@ def _toggle_collect() -> ctypes.CDLL | None:
     return ctypes.CDLL(library) if library else None
 
 
-async def simulate(calls: int, seconds: float, warmup: float, collect: str | None) -> Counters:
-    """Run ``calls`` calls for ``warmup`` + ``seconds`` of virtual time; count the window."""
+async def simulate(calls: int, seconds: float, warmup: float, collect: str | None,
+                   idle: float = 0.0) -> Counters:
+    """Run ``calls`` calls for ``warmup`` + ``seconds`` of virtual time; count the window.
+
+    ``idle`` seconds of real sleep between virtual milliseconds let the caches go cold between
+    wake-ups, as they do in production below saturation (the work per packet then costs about
+    twice as much time as back to back).
+    """
     phones = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     phones.bind(("127.0.0.1", 0))
     phones.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -211,6 +217,8 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
                         break
             _drain(phones)
             mock.jump(TICK)
+            if idle:
+                time.sleep(idle)
         nursery.cancel_scope.cancel()
     for call in table:
         call.stream.stop_pacing()
@@ -263,8 +271,10 @@ def syscall_floor(calls: int, rounds: int = 50) -> tuple[float, float]:
     return send_ns / total / 1000, receive_ns / total / 1000
 
 
-def run_once(calls: int, seconds: float, warmup: float, collect: str | None = None) -> Counters:
-    return trio.run(simulate, calls, seconds, warmup, collect, clock=trio.testing.MockClock())
+def run_once(calls: int, seconds: float, warmup: float, collect: str | None = None,
+             idle: float = 0.0) -> Counters:
+    return trio.run(simulate, calls, seconds, warmup, collect, idle,
+                    clock=trio.testing.MockClock())
 
 
 def callgrind(calls: int, seconds: float, warmup: float,
@@ -309,6 +319,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured virtual time")
     parser.add_argument("--warmup", type=float, default=0.5, help="virtual time not counted")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--idle-us", type=float, default=0,
+                        help="real sleep between virtual milliseconds (cold caches, as live)")
     parser.add_argument("--callgrind", action="store_true",
                         help="instructions per packet under valgrind (slow: ~1 min)")
     parser.add_argument("--side", choices=("tx", "rx"), help="--callgrind: only this side")
@@ -326,11 +338,12 @@ def main() -> int:
         return 0
     tx, rx = [], []
     for _ in range(args.reps):
-        counters = run_once(args.calls, args.seconds, args.warmup)
+        counters = run_once(args.calls, args.seconds, args.warmup, idle=args.idle_us / 1e6)
         tx.append(counters.tx_ns / counters.tx_packets / 1000)
         rx.append(counters.rx_ns / counters.rx_packets / 1000)
     send_floor, receive_floor = syscall_floor(args.calls)
-    print(f"{args.calls} calls, {args.seconds:g} s x {args.reps}: "
+    print(f"{args.calls} calls, {args.seconds:g} s x {args.reps}"
+          + (f", {args.idle_us:g} us idle between milliseconds" if args.idle_us else "") + ": "
           f"{counters.tx_packets} frames sent, {counters.rx_packets} received per run")
     print(f"  tx  µs per frame sent      median {statistics.median(tx):6.2f}  best {min(tx):6.2f}"
           f"   (bare sendto {send_floor:.2f})")
