@@ -11,8 +11,10 @@ A handler takes **one** datagram and the poller asks epoll again until no socket
 level-triggered, a socket with more waiting is simply reported again. A handler that drained
 its socket instead would end every turn with a ``recvfrom`` that fails with EAGAIN, and
 Python turns that into a ``BlockingIOError`` (with its message decoded from the locale):
-~1.2 us and ~5 000 instructions per packet at one packet per socket and wake-up, which is the
-usual case, against one empty ``epoll_wait`` (~0.3 us) per wake-up for all of them.
+~1.2 us and ~8 800 instructions per packet at one packet per socket and wake-up, which is the
+usual case, against one empty ``epoll_wait`` (~0.3 us) per wake-up for all of them. The price
+is paid by a socket with a backlog (a burst after a stall, a flood): an ``epoll_wait`` per
+datagram after its first in a wake-up, and no more than ``MAX_ROUNDS`` of them.
 
 Linux only (epoll), as rtpai's deployments are.
 """
