@@ -12,12 +12,13 @@ so that calls share wake-ups. A call with nothing to send (before the caller's f
 packet, or silent with ``send_silence`` off) is *parked*: ``tick`` returns None and the call
 costs nothing until it :meth:`~MediaClock.schedule`\\ s itself again.
 
-Since every deadline belongs to a lattice point, the clock keeps a *timing wheel* rather than
-a heap of deadlines: one list of streams per lattice point (a "slot"), and a heap of the
-slots' lattice indices only. Scheduling a frame is a dict look-up and an append; a heap push
-happens once per slot, not per frame. At 200 calls that is ~3 500 instructions less per frame
-than pushing and popping a (deadline, order, entry) tuple on a heap of 200, where every
-comparison of tied deadlines went on to compare the tie-breakers.
+Every deadline is a lattice point (or goes to the nearest one, ``slot_of``), so the clock keeps
+a *timing wheel* rather than a heap of deadlines: one list of streams per lattice point (a
+"slot"), and a heap of the slots' lattice indices only. Scheduling a frame is a dict look-up
+and an append; a heap push happens once per slot, not per frame. Against a heap of (deadline,
+order, entry) tuples, where the tied deadlines of calls sharing a lattice point made every
+comparison go on to the tie-breaker, that took ~3 000 instructions off the ~19 000 a frame
+cost at 200 calls (``python -m bench.micro_media --callgrind``).
 """
 
 from __future__ import annotations
