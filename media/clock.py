@@ -11,12 +11,19 @@ the clock only decides when to wake up, on a 1 ms lattice the grids are anchored
 so that calls share wake-ups. A call with nothing to send (before the caller's first
 packet, or silent with ``send_silence`` off) is *parked*: ``tick`` returns None and the call
 costs nothing until it :meth:`~MediaClock.schedule`\\ s itself again.
+
+Every deadline is a lattice point (or goes to the nearest one, ``slot_of``), so the clock keeps
+a *timing wheel* rather than a heap of deadlines: one list of streams per lattice point (a
+"slot"), and a heap of the slots' lattice indices only. Scheduling a frame is a dict look-up
+and an append; a heap push happens once per slot, not per frame. Against a heap of (deadline,
+order, entry) tuples, where the tied deadlines of calls sharing a lattice point made every
+comparison go on to the tie-breaker, that took ~3 000 instructions off the ~19 000 a frame
+cost at 200 calls (``python -m bench.micro_media --callgrind``).
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import math
 from typing import Protocol
@@ -40,6 +47,17 @@ COALESCE = TICK / 2
 def align(at: float) -> float:
     """The first lattice point at or after ``at`` (within rounding)."""
     return math.ceil(at / TICK - 1e-6) * TICK
+
+
+def slot_of(at: float) -> int:
+    """The lattice point (as an index: ``slot * TICK`` seconds) whose wake-up sends a frame due
+    at ``at``: the nearest one, a deadline half-way between two going with the earlier.
+
+    A deadline on the lattice (every deadline, unless a stall re-anchored the grid on the
+    time it woke up) is its own slot within any rounding. One off it goes out at most
+    ``COALESCE`` early, as any frame due within ``COALESCE`` of a wake-up always has.
+    """
+    return math.ceil(at / TICK - 0.5)
 
 
 class Paced(Protocol):
@@ -67,19 +85,21 @@ class MediaClock:
     """Wakes up for the earliest due frame of all registered streams and ticks those due.
 
     Registration is synchronous, so a call registers in its lifecycle (``Call.run``) and
-    unregisters in its ``finally``; an unregistered entry still in the heap is skipped when
-    it comes up (lazy deletion: removal from the middle of a heap is O(n)).
+    unregisters in its ``finally``; an unregistered entry still in a slot is skipped when
+    its slot comes up (lazy deletion: removal from the middle of a list is O(n)).
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, ClockEntry]] = []
-        self._order = itertools.count()  # ties on a deadline go first-registered first
+        # The timing wheel: lattice index -> the entries due then, in the order they were
+        # scheduled (so streams that share their slots go in the order they first did).
+        self._slots: dict[int, list[ClockEntry]] = {}
+        self._indices: list[int] = []  # heap of the keys of _slots
         self._wait: trio.CancelScope | None = None  # the clock's sleep, while it sleeps
         self.ticks = 0  # frames handled (for tests and diagnostics)
         self.wakeups = 0
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return sum(len(slot) for slot in self._slots.values())
 
     def register(self, stream: Paced) -> ClockEntry:
         """Add a stream, parked: it is ticked once it :meth:`schedule`\\ s a deadline."""
@@ -94,30 +114,58 @@ class MediaClock:
         if not entry.active or entry.due is not None:
             return
         entry.due = at
-        heapq.heappush(self._heap, (at, next(self._order), entry))
+        index = self._file(entry, at)
         wait = self._wait
-        if wait is not None and at < wait.deadline:
-            wait.deadline = align(at)  # wake up earlier than planned
+        if wait is not None and index * TICK < wait.deadline:
+            wait.deadline = index * TICK  # wake up earlier than planned
+
+    def _file(self, entry: ClockEntry, at: float) -> int:
+        """Put ``entry`` in the slot of ``at``; returns that slot's index."""
+        index = math.ceil(at / TICK - 0.5)  # slot_of(at), inlined (see tick_due)
+        slot = self._slots.get(index)
+        if slot is None:
+            self._slots[index] = [entry]
+            heapq.heappush(self._indices, index)
+        else:
+            slot.append(entry)
+        return index
+
+    @property
+    def wake_at(self) -> float:
+        """When :meth:`run` next wakes up: the earliest slot's lattice point."""
+        indices = self._indices
+        return indices[0] * TICK if indices else math.inf
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick streams until cancelled. Runs in the engine nursery."""
-        heap = self._heap
-        pop, push = heapq.heappop, heapq.heappush
         task_status.started()
         while True:
-            with trio.CancelScope(deadline=align(heap[0][0]) if heap else math.inf) as wait:
+            with trio.CancelScope(deadline=self.wake_at) as wait:
                 self._wait = wait
                 await trio.sleep_forever()
             self._wait = None
             self.wakeups += 1
-            now = trio.current_time()
-            horizon = now + COALESCE
-            while heap and heap[0][0] <= horizon:
-                due, order, entry = pop(heap)
-                if entry.due != due or not entry.active:
-                    continue  # unregistered (or rescheduled) since it was pushed
+            self.tick_due(trio.current_time())
+
+    def tick_due(self, now: float) -> None:
+        """One wake-up's work, synchronous: tick every stream due by ``now`` (coalesced).
+
+        That is every slot whose lattice point is within ``COALESCE`` of ``now``, or past. A
+        stream whose next deadline is already due again (the clock was late, by less than
+        its pacer's ``max_lag``) lands in a slot at or before the last one due, whose index
+        goes on the heap, and so goes out in this same wake-up, as it did with a heap of
+        deadlines.
+        """
+        slots, indices = self._slots, self._indices
+        pop, push, ceil = heapq.heappop, heapq.heappush, math.ceil
+        last = math.floor((now + COALESCE) / TICK + 1e-6)
+        handled = 0
+        while indices and indices[0] <= last:
+            for entry in slots.pop(pop(indices)):
+                if not entry.active:
+                    continue  # unregistered since it was scheduled
                 entry.due = None
-                self.ticks += 1
+                handled += 1
                 try:
                     following = entry.stream.tick(now)
                 except Exception:
@@ -128,4 +176,12 @@ class MediaClock:
                     continue
                 if following is not None and entry.active and entry.due is None:
                     entry.due = following
-                    push(heap, (following, order, entry))
+                    # self._file(entry, following), inlined: this runs for every frame sent.
+                    index = ceil(following / TICK - 0.5)
+                    slot = slots.get(index)
+                    if slot is None:
+                        slots[index] = [entry]
+                        push(indices, index)
+                    else:
+                        slot.append(entry)
+        self.ticks += handled

@@ -53,6 +53,10 @@ class ReorderBuffer:
         self._history = 0  # bit i: sequence expected-1-i was delivered
         self._held: dict[int, RtpPacket] = {}
         self._gap_since = 0.0
+        # When :meth:`expire` must run to give up on the open gap; None while nothing is held.
+        # An attribute kept up to date where ``_held`` or ``_gap_since`` change (``_track_gap``)
+        # rather than a property: the receiver reads it twice per packet.
+        self.deadline: float | None = None
         self._bad_seq: int | None = None  # RFC 3550 A.1 restart candidate
         self._previous: tuple[int, int] | None = None  # (ssrc, last delivered) before a switch
         # Receiver statistics of the current SSRC (RFC 3550 A.3).
@@ -69,11 +73,6 @@ class ReorderBuffer:
         self.duplicates = 0
         self.ssrc_changes = 0
         self.restarts = 0  # sequence restarts believed (RFC 3550 A.1)
-
-    @property
-    def deadline(self) -> float | None:
-        """When :meth:`expire` must run to give up on the open gap; None if nothing is held."""
-        return self._gap_since + self.max_wait if self._held else None
 
     def push(self, packet: RtpPacket, now: float) -> None:
         """One arriving packet: deliver it (and whatever it unblocks), hold it, or drop it."""
@@ -115,6 +114,7 @@ class ReorderBuffer:
             self._held[seq] = packet
             if len(self._held) > self.depth:
                 self._skip_gap()
+            self._track_gap()
             return
         behind = (self.expected - seq) & 0xFFFF
         if behind > MAX_MISORDER:
@@ -130,6 +130,7 @@ class ReorderBuffer:
         while self._held and now >= self._gap_since + self.max_wait:
             self._skip_gap()
             self._gap_since = now
+        self._track_gap()
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -143,6 +144,11 @@ class ReorderBuffer:
         held = self._held
         while (packet := held.pop(self.expected, None)) is not None:
             self._deliver_next(packet)
+        self._track_gap()
+
+    def _track_gap(self) -> None:
+        """``deadline`` after ``_held`` or ``_gap_since`` changed."""
+        self.deadline = self._gap_since + self.max_wait if self._held else None
 
     def _skip_gap(self) -> None:
         """Declare the sequence numbers before the earliest held packet lost."""

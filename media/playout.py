@@ -72,21 +72,28 @@ class PlayoutQueue:
     def pop_frame(self) -> bytes | None:
         """The next whole frame, or None when less than a frame is queued."""
         size = self.frame_bytes
-        if len(self._buffer) < size:
+        buffer = self._buffer
+        if len(buffer) < size:
             return None
-        frame = bytes(self._buffer[:size])
+        frame = bytes(buffer[:size])
         # CPython deletes a bytearray's prefix in O(1) by moving its start pointer.
-        del self._buffer[:size]
-        item = self._segments[0][0]
+        del buffer[:size]
+        segments = self._segments
+        segment = segments[0]
+        item = segment[0]
+        # A frame that spans the end of an item counts for that item: it has started playing.
         self.frames_sent[item] = self.frames_sent.get(item, 0) + 1
+        if segment[1] > size:
+            segment[1] -= size  # the frame lies inside the item: nearly every frame
+            return frame
         taken = size
-        while taken and self._segments:
-            segment = self._segments[0]
+        while taken and segments:
+            segment = segments[0]
             used = min(segment[1], taken)
             segment[1] -= used
             taken -= used
             if segment[1] == 0:
-                self._segments.popleft()
+                segments.popleft()
         return frame
 
     def clear(self) -> int:
@@ -113,13 +120,15 @@ class Pacer:
         self.next_deadline = start
         self.reanchors = 0
 
-    def advance(self, now: float) -> None:
-        """A frame was sent for the current deadline (at time ``now``): move to the next."""
+    def advance(self, now: float) -> bool:
+        """A frame was sent for the current deadline (at time ``now``): move to the next.
+        Returns whether that re-anchored the grid."""
         if now - self.next_deadline > self.max_lag:
             self.reanchors += 1
             self.next_deadline = now + self.ptime
-        else:
-            self.next_deadline += self.ptime
+            return True
+        self.next_deadline += self.ptime
+        return False
 
     def skip_to(self, now: float) -> int:
         """Resume after a pause (nothing was sent): move to the first deadline at or after

@@ -1,6 +1,8 @@
 """The reorder buffer and RFC 3550 receiver statistics: sequence numbers in, order out."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from media.jitter import JitterEstimator, ReorderBuffer
 from media.rtp import RtpPacket
@@ -22,6 +24,38 @@ def test_in_order_is_delivered_at_once():
     buffer, out = run([10, 11, 12])
     assert out == [10, 11, 12] and buffer.deadline is None
     assert (buffer.lost, buffer.late, buffer.duplicates) == (0, 0, 0)
+
+
+# Arrivals as (sequence offset, SSRC switch?, time step): reordering, loss, duplicates, jumps
+# past MAX_DROPOUT, SSRC changes, and pauses long enough for gaps to expire.
+ARRIVALS = st.lists(
+    st.tuples(
+        st.one_of(st.integers(-3, 3), st.integers(-120, 3100)),  # mostly near in order
+        st.booleans(),
+        st.sampled_from([0.0, 0.01, 0.02, 0.05]),
+    ),
+    max_size=60,
+)
+
+
+@given(ARRIVALS)
+def test_deadline_always_says_when_the_open_gap_expires(arrivals):
+    """``deadline`` is kept as an attribute where the held packets change; it must always be
+    what it would be computed from them: the gap's start plus max_wait, or None."""
+    buffer = ReorderBuffer(lambda p: None, depth=2, max_wait=0.04)
+    now, seq, ssrc = 0.0, 100, 1
+    for offset, switch, step in arrivals:
+        now += step
+        if buffer.deadline is not None and now >= buffer.deadline:
+            buffer.expire(now)  # as the receiver does before each packet
+        if switch and offset % 7 == 0:
+            ssrc += 1
+        buffer.push(pkt(seq + offset, ssrc=ssrc), now)
+        seq += 1
+        if buffer._held:
+            assert buffer.deadline == buffer._gap_since + buffer.max_wait > now
+        else:
+            assert buffer.deadline is None
 
 
 def test_swapped_pair_is_put_back_in_order():

@@ -1,5 +1,8 @@
 """The playout queue and the pacer's arithmetic: plain numbers, no clock."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from media.playout import Pacer, PlayoutQueue
 from media.ports import PortPairAllocator, PortsExhausted
 
@@ -14,6 +17,36 @@ def test_queue_hands_out_whole_frames_and_counts_per_item():
     assert queue.pop_frame() == b"a" * 90 + b"b" * 70
     assert queue.pop_frame() == b"c" * 160
     assert queue.frames_sent == {"item1": 2, "item2": 1}
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.just("push"), st.integers(1, 500), st.sampled_from("abc")),
+    st.tuples(st.just("pop"), st.just(0), st.just("")),
+), max_size=60))
+def test_each_frame_counts_for_the_item_it_starts_in(operations):
+    """Against a model that tags every byte with its item: the bytes come out in order, and a
+    frame counts for the item of its first byte (exact boundaries, frames over 3 items)."""
+    queue = PlayoutQueue(160, max_bytes=100_000)
+    model: list[tuple[int, str]] = []  # (byte, item), oldest first
+    expected: dict[str, int] = {}
+    counter = 0
+    for operation, size, item in operations:
+        if operation == "push":
+            data = bytes((counter + n) % 256 for n in range(size))
+            counter += size
+            queue.push(data, item)
+            model += [(byte, item) for byte in data]
+            continue
+        frame = queue.pop_frame()
+        if len(model) < 160:
+            assert frame is None
+            continue
+        head, model = model[:160], model[160:]
+        assert frame == bytes(byte for byte, _ in head)
+        expected[head[0][1]] = expected.get(head[0][1], 0) + 1
+        assert queue.frames_sent == expected
+        assert len(queue) == len(model)
+        assert all(queue.holds(item) for _, item in model)
 
 
 def test_finish_item_pads_the_tail_with_silence():
@@ -49,8 +82,8 @@ def test_pacer_deadlines_do_not_drift():
 
 def test_pacer_reanchors_after_a_stall_instead_of_bursting():
     pacer = Pacer(0.02, start=0.0)
-    pacer.advance(0.0)
-    pacer.advance(0.5)  # woke 480 ms late
+    assert pacer.advance(0.0) is False
+    assert pacer.advance(0.5) is True  # woke 480 ms late
     assert pacer.reanchors == 1
     assert abs(pacer.next_deadline - 0.52) < 1e-9  # one frame later, not 24 frames at once
 
