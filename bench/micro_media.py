@@ -8,7 +8,8 @@ the media clock's 1 ms lattice; each millisecond:
 * **rx**: the phones socket sends one RTP packet to each call whose 20 ms slot it is, then the
   engine's ``MediaPoller.dispatch`` runs (``_rtp_readable`` -> ``parse_rtp`` ->
   ``ReorderBuffer`` -> ``JitterEstimator`` -> ``_deliver``, which hands the payload to the
-  call's ``caller_audio`` channel);
+  AI session's consumer on the call's bridge, here a stub: the WebSocket send is not
+  measured);
 * **tx**: the engine's ``MediaClock.tick_due(now)`` runs (every due call's ``tick``: a frame of
   AI audio or silence, packetized and sent).
 
@@ -48,7 +49,6 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from ctl.call import CALLER_AUDIO_QUEUE_FRAMES
 from media.bridge import CallBridge
 from media.clock import TICK, MediaClock
 from media.playout import PlayoutQueue
@@ -87,21 +87,19 @@ class Call:
     def __init__(self, index: int, phones: tuple[str, int]) -> None:
         rtp, rtcp = free_pair()
         self.rtp_address = rtp.getsockname()
-        self.audio_send, self.audio_receive = trio.open_memory_channel[bytes](
-            CALLER_AUDIO_QUEUE_FRAMES)
         self.bridge = CallBridge(
             call_id=f"bench-{index}",
             codec="PCMU",
             ptime_ms=PTIME_MS,
-            caller_audio=self.audio_receive,
             playout=PlayoutQueue(FRAME, max_bytes=600 * 8000),
             end_call=lambda reason: None,
             transfer=lambda target: None,
         )
         self.stream = MediaStream(
             self.bridge, rtp, rtcp, payload_type=0, remote=phones,
-            caller_audio=self.audio_send, telephone_event=101, timeout=60,
+            telephone_event=101, timeout=60,
         )
+        self.bridge.attach_caller_audio(lambda frame: True)  # the AI session's stand-in
         self.slot = index % SLOTS
         self.answer_at = (index * 37) % ANSWER_EVERY_MS  # answers start staggered
         self.answers = 0
@@ -209,12 +207,6 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
                 counters.tx_ns += tx_done - tx_began
                 counters.rx_packets += sum(c.stream.stats.rtp_in.packets for c in due) - received
                 counters.tx_packets += sum(c.stream.stats.rtp_out.packets for c in table) - sent
-            for call in due:
-                while True:
-                    try:
-                        call.audio_receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
             _drain(phones)
             mock.jump(TICK)
             if idle:
