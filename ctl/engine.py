@@ -6,7 +6,7 @@ import dataclasses
 import errno
 import ipaddress
 import logging
-import secrets
+import random
 import time
 from typing import Any
 
@@ -176,7 +176,9 @@ class Engine:
         rtp_port, sockets = self._bind_port_pair()
         rtp_config = self.config["rtp"]
         advertised = rtp_config["ip"]
-        session_id = secrets.randbelow(2**31)
+        # RFC 4566 s5.2 asks only that o= be unique; it is no secret (the answer carries it),
+        # so no getrandom(2) syscall on the offer's path for it.
+        session_id = random.getrandbits(31)
         try:
             answer_sdp = sdp.build_answer(
                 offer, negotiated, local_address=advertised, local_port=rtp_port,
