@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ctl.ng import (
+    REPLY_CACHE_ENTRY_OVERHEAD,
+    REPLY_CACHE_MAX_BYTES,
     BencodeError,
     NgError,
     NgFramingError,
@@ -252,3 +254,55 @@ def test_bdecode_golden():
     assert bdecode(b"d3:sdp2:\xe9\xe9e") == {"sdp": "\xe9\xe9"}  # not UTF-8: latin-1
     assert bdecode(b"d12:delete delayi0e12:delete_delay1:5e", fold_keys=True) == {
         "delete-delay": "5"}
+
+
+# --- the reply cache's byte budget ------------------------------------------------------------
+
+
+def test_reply_cache_is_bounded_by_bytes_too_oldest_first():
+    overhead = REPLY_CACHE_ENTRY_OVERHEAD
+    cache = ReplyCache(max_bytes=3 * (overhead + 1000))  # three 1000-byte replies
+    keys = [(("127.0.0.1", 5060), b"c%d" % n) for n in range(10)]
+    for key in keys:
+        assert cache.begin(key, now=0) is True
+        cache.complete(key, b"x" * 1000, now=0)
+        assert cache.bytes <= cache.max_bytes
+    assert len(cache) == 3 and cache.bytes == 3 * (overhead + 1000)
+    assert cache.begin(keys[-1], now=1) == b"x" * 1000  # the newest are still answered
+    assert cache.begin(keys[0], now=1) is True  # the oldest went first
+    # Small replies: many more fit in the same budget.
+    for n in range(10):
+        key = (("127.0.0.1", 5060), b"s%d" % n)
+        cache.begin(key, now=2)
+        cache.complete(key, b"d6:result4:ponge", now=2)
+    assert len(cache) == 10
+
+
+def test_reply_cache_default_budget_holds_the_retransmit_window_of_a_busy_engine():
+    """6 s of 1000 commands a second (half offers, half deletes) stay answerable."""
+    offer_reply, delete_reply = b"o" * 400, b"d" * 1800
+    cache = ReplyCache()
+    per_second, seconds = 1000, 6
+    for n in range(per_second * seconds):
+        key = (("198.51.100.7", 22222), b"%d" % n)
+        cache.begin(key, now=n / per_second)
+        cache.complete(key, delete_reply if n % 2 else offer_reply, now=n / per_second)
+    assert len(cache) == per_second * seconds
+    assert cache.bytes <= REPLY_CACHE_MAX_BYTES <= 10 << 20
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3000), st.booleans()), max_size=200))
+def test_reply_cache_accounts_every_byte(operations):
+    cache = ReplyCache(ttl=5, max_entries=12, max_bytes=12_000)
+    now = 0.0
+    for cookie, size, finish in operations:
+        now += 0.25
+        key = (("h", 1), str(cookie).encode())
+        if cache.begin(key, now) is True and finish:
+            cache.complete(key, b"r" * size, now)
+        expected = sum(
+            REPLY_CACHE_ENTRY_OVERHEAD + (len(state) if isinstance(state, bytes) else 0)
+            for _, state in cache._entries.values()
+        )
+        assert cache.bytes == expected
+        assert len(cache) <= 12 and cache.bytes <= 12_000 + REPLY_CACHE_ENTRY_OVERHEAD
