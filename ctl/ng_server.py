@@ -79,6 +79,10 @@ MAX_DATAGRAM = 65535
 # Requests handled by async handlers at once. Past this the receive loop waits: control-path
 # back-pressure.
 MAX_CONCURRENT_REQUESTS = 64
+# Error reasons counted by name in `statistics`. Some reasons quote the request (an unknown
+# profile, an SDP's transport), so a peer could otherwise grow the table without end; past this
+# many distinct ones, further new reasons are counted as "other".
+MAX_ERROR_REASONS = 64
 # Datagrams taken per wake-up of the receive loop. Inline handlers run back to back without
 # yielding; an offer costs ~0.1 ms, so a burst of proxies' requests holds the media clock and
 # the calls' tasks up for at most a couple of milliseconds before they get a turn.
@@ -189,7 +193,10 @@ class Dispatcher:
                 return {"result": "load limit", "message": exc.reason}
             return {"result": "error", "error-reason": exc.reason}
         if isinstance(exc, NgError):
-            self.errors[exc.reason] += 1
+            counted = exc.reason
+            if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
+                counted = "other"
+            self.errors[counted] += 1
             return {"result": "error", "error-reason": exc.reason}
         # A bug must not cost the proxy a reply: it would retransmit and then mark us dead.
         log.error("ng: handler failed", exc_info=exc)

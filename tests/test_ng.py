@@ -25,7 +25,7 @@ from ctl.ng import (
     split_cookie,
 )
 from ctl.ng import bencode as bencode_value
-from ctl.ng_server import Dispatcher
+from ctl.ng_server import MAX_ERROR_REASONS, Dispatcher
 
 # What Kamailio 5.6's rtpengine module sends for rtpengine_offer("... to-tag=$ltt(t)"): note the
 # int and string forms of the same key and the flags list.
@@ -306,3 +306,16 @@ def test_reply_cache_accounts_every_byte(operations):
         )
         assert cache.bytes == expected
         assert len(cache) <= 12 and cache.bytes <= 12_000 + REPLY_CACHE_ENTRY_OVERHEAD
+
+
+async def test_error_counts_stay_bounded_whatever_the_reasons_quote():
+    async def offer(request):
+        raise NgError(f"Unknown profile '{request.text('profile')}'")
+
+    dispatcher = Dispatcher({"offer": offer})
+    for n in range(500):
+        body = encode_request(b"", "offer", {"profile": f"p{n}"})[1:]
+        await dispatcher.handle(b"%d" % n, body, ("h", 1), lambda: 0.0)
+    assert len(dispatcher.errors) <= MAX_ERROR_REASONS + 1
+    assert sum(dispatcher.errors.values()) == 500
+    assert dispatcher.errors["Unknown profile 'p0'"] == 1
