@@ -352,12 +352,20 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
         else:
             current.append((letter, value))
 
-    origin = next((_parse_origin(v) for k, v in session_lines if k == "o"), None)
-    if origin is None:
+    # The first o=, s= and c= count; parsed in this order, so errors are reported in it.
+    first: dict[str, str] = {}
+    session_attributes = []
+    for letter, value in session_lines:
+        if letter == "a":
+            session_attributes.append(_parse_attribute(value))
+        elif letter not in first:
+            first[letter] = value
+    if "o" not in first:
         raise _unparseable("no o= line")
-    session_name = next((v for k, v in session_lines if k == "s"), "")
-    connection = next((_parse_connection(v) for k, v in session_lines if k == "c"), None)
-    attributes = tuple(_parse_attribute(v) for k, v in session_lines if k == "a")
+    origin = _parse_origin(first["o"])
+    session_name = first.get("s", "")
+    connection = _parse_connection(first["c"]) if "c" in first else None
+    attributes = tuple(session_attributes)
     direction = _last_direction(attributes)
     family, address = connection if connection is not None else (None, None)
 
@@ -369,7 +377,7 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
         address_family=family,
         direction=direction,
         attributes=attributes,
-        media=tuple(_parse_media(m, section, inherited) for m, section in media_sections),
+        media=tuple([_parse_media(m, section, inherited) for m, section in media_sections]),
     )
 
 
