@@ -40,6 +40,29 @@ from ctl.ng import (
 log = logging.getLogger("rtpai.ng")
 
 
+# Keys the proxy modules send that rtpai reads or knowingly ignores (a relay's options: ICE,
+# DTLS, replace, ...). Anything else is logged at debug and ignored, as rtpengine does.
+KNOWN_KEYS = frozenset({
+    "command", "call-id", "from-tag", "to-tag", "via-branch", "sdp", "flags", "supports",
+    "received-from", "delete-delay", "profile", "limit", "codec", "replace", "direction",
+    "transport-protocol", "ICE", "DTLS", "SDES", "rtcp-mux", "label", "set-label", "address-family",
+    "media-address", "record-call", "metadata", "xmlrpc-callback", "interface",
+})
+
+# Kamailio reads replies of up to 256 KiB; a UDP datagram carries at most 65507 bytes over IPv4.
+MAX_DATAGRAM = 65535
+# Requests handled by async handlers at once. Past this the receive loop waits: control-path
+# back-pressure.
+MAX_CONCURRENT_REQUESTS = 64
+# Error reasons counted by name in `statistics`. Some reasons quote the request (an unknown
+# profile, an SDP's transport), so a peer could otherwise grow the table without end; past this
+# many distinct ones, further new reasons are counted as "other".
+MAX_ERROR_REASONS = 64
+# Datagrams taken per wake-up of the receive loop. Inline handlers run back to back without
+# yielding; an offer costs ~0.1 ms, so a burst of proxies' requests holds the media clock and
+# the calls' tasks up for at most a couple of milliseconds before they get a turn.
+RECEIVE_BATCH = 16
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyFirst:
@@ -65,29 +88,6 @@ class Answer(NamedTuple):
     datagram: bytes
     copies: int  # 1 + the retransmits that arrived while it was being made
     then: Callable[[], None] | None = None
-
-# Keys the proxy modules send that rtpai reads or knowingly ignores (a relay's options: ICE,
-# DTLS, replace, ...). Anything else is logged at debug and ignored, as rtpengine does.
-KNOWN_KEYS = frozenset({
-    "command", "call-id", "from-tag", "to-tag", "via-branch", "sdp", "flags", "supports",
-    "received-from", "delete-delay", "profile", "limit", "codec", "replace", "direction",
-    "transport-protocol", "ICE", "DTLS", "SDES", "rtcp-mux", "label", "set-label", "address-family",
-    "media-address", "record-call", "metadata", "xmlrpc-callback", "interface",
-})
-
-# Kamailio reads replies of up to 256 KiB; a UDP datagram carries at most 65507 bytes over IPv4.
-MAX_DATAGRAM = 65535
-# Requests handled by async handlers at once. Past this the receive loop waits: control-path
-# back-pressure.
-MAX_CONCURRENT_REQUESTS = 64
-# Error reasons counted by name in `statistics`. Some reasons quote the request (an unknown
-# profile, an SDP's transport), so a peer could otherwise grow the table without end; past this
-# many distinct ones, further new reasons are counted as "other".
-MAX_ERROR_REASONS = 64
-# Datagrams taken per wake-up of the receive loop. Inline handlers run back to back without
-# yielding; an offer costs ~0.1 ms, so a burst of proxies' requests holds the media clock and
-# the calls' tasks up for at most a couple of milliseconds before they get a turn.
-RECEIVE_BATCH = 16
 
 
 class Deferred:
@@ -249,6 +249,7 @@ async def serve_ng(
         writable = trio.Lock()
 
         async def send(datagram: bytes, source: Any, copies: int) -> None:
+            """Send ``copies`` times; it checkpoints only when the socket's buffer is full."""
             for _ in range(copies):
                 while True:
                     try:
@@ -272,6 +273,36 @@ async def serve_ng(
             finally:
                 limiter.release_on_behalf_of(token)
 
+        async def take(datagram: bytes, source: Any, nursery: trio.Nursery) -> None:
+            """One datagram: answered here, or by a task of its own if its handler is async."""
+            now = trio.current_time()
+            action, value = dispatcher.begin(datagram, source, now)
+            if action == "resend":
+                await send(value, source, 1)
+                return
+            if action == "drop":
+                log.debug("ng: dropping a datagram without cookie from %s", source)
+                return
+            if action == "wait":
+                return  # the first copy's reply goes out once more for it
+            outcome = dispatcher.answer(*value, source, now)
+            if isinstance(outcome, Deferred):
+                token = object()
+                try:
+                    limiter.acquire_on_behalf_of_nowait(token)
+                except trio.WouldBlock:
+                    try:
+                        await limiter.acquire_on_behalf_of(token)
+                    except BaseException:
+                        outcome.abandon()
+                        raise
+                nursery.start_soon(finish, outcome, source, token)
+                return
+            try:
+                await send(outcome.datagram, source, outcome.copies)
+            finally:
+                dispatcher.follow_up(outcome)  # even if cancelled: it cleans up after itself
+
         async with trio.open_nursery() as nursery:
             task_status.started(bound)
             try:
@@ -285,29 +316,6 @@ async def serve_ng(
                         except OSError as exc:  # e.g. an ICMP error queued on the socket
                             log.debug("ng: receive failed: %s", exc)
                             continue
-                        now = trio.current_time()
-                        action, value = dispatcher.begin(datagram, source, now)
-                        if action == "handle":
-                            outcome = dispatcher.answer(*value, source, now)
-                            if isinstance(outcome, Deferred):
-                                token = object()
-                                try:
-                                    limiter.acquire_on_behalf_of_nowait(token)
-                                except trio.WouldBlock:
-                                    try:
-                                        await limiter.acquire_on_behalf_of(token)
-                                    except BaseException:
-                                        outcome.abandon()
-                                        raise
-                                nursery.start_soon(finish, outcome, source, token)
-                            else:
-                                try:
-                                    await send(outcome.datagram, source, outcome.copies)
-                                finally:
-                                    dispatcher.follow_up(outcome)
-                        elif action == "resend":
-                            await send(value, source, 1)
-                        elif action == "drop":
-                            log.debug("ng: dropping a datagram without cookie from %s", source)
+                        await take(datagram, source, nursery)
             finally:
                 trio.lowlevel.notify_closing(sock)
