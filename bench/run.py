@@ -443,8 +443,13 @@ def compare_offers(args: argparse.Namespace) -> dict[str, Any]:
 # --- memory churn -----------------------------------------------------------------------------
 
 
+# Batches of --churn cycles. The first fills the ng reply cache; the others show whether
+# anything else accumulates, and the allocator's heap settling (it takes a couple of batches).
+CHURN_BATCHES = ("first", "second", "third")
+
+
 def churn(args: argparse.Namespace) -> dict[str, Any]:
-    """Two batches of ``--churn`` offer/delete cycles (8 in flight); RSS between them."""
+    """Three batches of ``--churn`` offer/delete cycles (8 in flight); RSS between them."""
     server, url = start_server(interval=0)
     rtpai, ng = start_rtpai(url, BUILD / "rtpai-churn.log")
     sdp = caller_sdp(9)
@@ -483,11 +488,12 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
             spy.proc.wait(30)
         time.sleep(2)
         rss["after_first_batch"] = rss_kib(rtpai.pid)
-        # The ng reply cache keeps up to 20,000 replies for 45 s, so the first batch grows
-        # RSS by design; the second batch shows whether anything else accumulates.
-        ng.pipelined(cycles("churn2", args.churn), 8)
-        time.sleep(2)
-        rss["after_second_batch"] = rss_kib(rtpai.pid)
+        # The ng reply cache keeps up to 20,000 replies or 10 MiB for 45 s, so the first batch
+        # grows RSS by design; the later ones show whether anything else accumulates.
+        for batch in CHURN_BATCHES[1:]:
+            ng.pipelined(cycles(f"churn-{batch}", args.churn), 8)
+            time.sleep(2)
+            rss[f"after_{batch}_batch"] = rss_kib(rtpai.pid)
         stats = ng.command("statistics")["statistics"]["currentstatistics"]
         srv = server_stats(server)
     finally:
@@ -499,10 +505,15 @@ def churn(args: argparse.Namespace) -> dict[str, Any]:
         "cycles": args.churn,
         "cycles_per_s": round(args.churn / elapsed, 1),
         "rss_kib": rss,
-        "growth_kib_per_1000_cycles_first_batch": round(
-            (rss["after_first_batch"] - rss["after_500_warmup"]) / args.churn * 1000, 1),
-        "growth_kib_per_1000_cycles_second_batch": round(
-            (rss["after_second_batch"] - rss["after_first_batch"]) / args.churn * 1000, 1),
+        **{
+            f"growth_kib_per_1000_cycles_{batch}_batch": round(
+                (rss[f"after_{batch}_batch"] - rss[previous]) / args.churn * 1000, 1)
+            for batch, previous in zip(
+                CHURN_BATCHES,
+                ["after_500_warmup"] + [f"after_{b}_batch" for b in CHURN_BATCHES[:-1]],
+                strict=True,
+            )
+        },
         "sessions_left": stats["sessionsown"],
         "ports_in_use": stats["portsinuse"],
         "ws_sessions_open_at_server": srv["sessions_open"],
@@ -673,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         report["offers"] = section(compare_offers, args)
         print(json.dumps(report["offers"], indent=1))
     if "churn" not in skip:
-        print(f"\n== memory: 2 x {args.churn} offer/delete cycles", flush=True)
+        print(f"\n== memory: {len(CHURN_BATCHES)} x {args.churn} offer/delete cycles", flush=True)
         report["churn"] = section(churn, args)
         print(json.dumps(report["churn"], indent=1))
     if args.profile:

@@ -185,8 +185,14 @@ class Call:
             self._on_transfer(self, record)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the call's tasks until it ends; always release its sockets and ports."""
+        """Hold the call's tasks until it ends; always release its sockets and ports.
+
+        The engine starts it with ``start_soon``, after the offer's reply has gone: the call
+        may have been deleted, or the engine stopped (its clock and poller with it), before
+        this first runs. Then nothing is started, and only the ``finally`` runs.
+        """
         try:
+            await trio.lowlevel.checkpoint_if_cancelled()
             self.stream.start_pacing(self._clock)
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -218,6 +224,9 @@ class Call:
         )
 
     async def _receive_media(self) -> None:
+        # The engine's poller closes once the engine is cancelled; so may we have been, since
+        # `run` spawned this task, and then there is nothing to register with.
+        await trio.lowlevel.checkpoint_if_cancelled()
         await self.stream.receive(self._poller)
         if self.stream.timed_out:
             self.end(f"media timeout ({self.stream.timeout:g} s without RTP)")

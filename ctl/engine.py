@@ -6,7 +6,7 @@ import dataclasses
 import errno
 import ipaddress
 import logging
-import secrets
+import random
 import time
 from typing import Any
 
@@ -28,7 +28,7 @@ from ctl.ng import (
     NgRequest,
     canonical_name,
 )
-from ctl.ng_server import Dispatcher, serve_ng
+from ctl.ng_server import Dispatcher, ReplyFirst, serve_ng
 from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import sdp
@@ -144,10 +144,13 @@ class Engine:
 
     # --- ng handlers --------------------------------------------------------------------------
 
-    async def ping(self, request: NgRequest) -> dict[str, Any]:
+    def ping(self, request: NgRequest) -> dict[str, Any]:
         return {"result": "pong"}
 
-    async def offer(self, request: NgRequest) -> dict[str, Any]:
+    def offer(self, request: NgRequest) -> dict[str, Any] | ReplyFirst:
+        """A new call's reply is the answer SDP; the call itself is built and started once that
+        reply has gone (:class:`ReplyFirst`): the proxy waits only for what the answer needs,
+        the ports and the SDP. A re-offer updates its call before replying."""
         call_id = request.require("call-id", REASON_NO_CALL_ID)
         from_tag = request.require("from-tag", REASON_NO_FROM_TAG)
         offer_sdp = request.require("sdp", REASON_NO_SDP)
@@ -173,51 +176,69 @@ class Engine:
         rtp_port, sockets = self._bind_port_pair()
         rtp_config = self.config["rtp"]
         advertised = rtp_config["ip"]
-        session_id = secrets.randbelow(2**31)
+        # RFC 4566 s5.2 asks only that o= be unique; it is no secret (the answer carries it),
+        # so no getrandom(2) syscall on the offer's path for it.
+        session_id = random.getrandbits(31)
         try:
             answer_sdp = sdp.build_answer(
                 offer, negotiated, local_address=advertised, local_port=rtp_port,
                 session_id=session_id, session_version=1,
             )
-            media = self._call_media(negotiated, advertised, rtp_port)
-            call = Call(
-                call_id=call_id,
-                branch=branch,
-                from_tag=from_tag,
-                to_tag=to_tag,
-                profile=request.text("profile"),
-                media=media,
-                answer_sdp=answer_sdp,
-                sockets=sockets,
-                clock=self.clock,
-                poller=self.poller,
-                settings=settings,
-                release_ports=lambda: self.ports.release(rtp_port),
-                media_timeout=rtp_config["timeout"],
-                sdp_origin=(session_id, 1),
-                on_end=self._call_ending,
-                on_transfer=self._call_transfer,
-                send_silence=rtp_config["send_silence"],
-                reorder_packets=rtp_config["reorder_packets"],
-                ai_batch_ms=rtp_config["ai_batch_ms"],
-                strict_source=rtp_config["strict_source"],
-                relatch=rtp_config["relatch"],
-            )
         except BaseException:
-            for sock in sockets:
-                sock.close()
-            self.ports.release(rtp_port)
+            self._unbind(rtp_port, sockets)
             raise
-        assert self._calls_nursery is not None
-        # From here the call's own task closes its sockets and releases its ports.
-        await self._calls_nursery.start(call.run)
-        self.calls.add(call)
-        self.totals["calls"] += 1
-        log.info(
-            "call %s: offer from-tag %s, %s/%d ms, local port %d, remote %s",
-            call_id, from_tag, media.codec, media.ptime_ms, rtp_port, media.remote,
-        )
-        return {"sdp": answer_sdp}
+
+        def start_call() -> None:
+            # Runs as soon as the reply is sent, before the server reads another datagram, so
+            # a retransmit, an answer or a delete of this call always finds it.
+            try:
+                call = Call(
+                    call_id=call_id,
+                    branch=branch,
+                    from_tag=from_tag,
+                    to_tag=to_tag,
+                    profile=request.text("profile"),
+                    media=self._call_media(negotiated, advertised, rtp_port),
+                    answer_sdp=answer_sdp,
+                    sockets=sockets,
+                    clock=self.clock,
+                    poller=self.poller,
+                    settings=settings,
+                    release_ports=lambda: self.ports.release(rtp_port),
+                    media_timeout=rtp_config["timeout"],
+                    sdp_origin=(session_id, 1),
+                    on_end=self._call_ending,
+                    on_transfer=self._call_transfer,
+                    send_silence=rtp_config["send_silence"],
+                    reorder_packets=rtp_config["reorder_packets"],
+                    ai_batch_ms=rtp_config["ai_batch_ms"],
+                    strict_source=rtp_config["strict_source"],
+                    relatch=rtp_config["relatch"],
+                )
+                assert self._calls_nursery is not None
+                # Not `start`: waiting for the call's tasks to be under way would cost
+                # scheduler passes for nothing the proxy needs.
+                self._calls_nursery.start_soon(call.run)
+            except BaseException:
+                self._unbind(rtp_port, sockets)
+                raise
+            # From here the call's own task closes its sockets and releases its ports, also
+            # when it is deleted (or the engine stops) before that task has run at all.
+            self.calls.add(call)
+            self.totals["calls"] += 1
+            media = call.media
+            log.info(
+                "call %s: offer from-tag %s, %s/%d ms, local port %d, remote %s",
+                call_id, from_tag, media.codec, media.ptime_ms, rtp_port, media.remote,
+            )
+
+        return ReplyFirst({"sdp": answer_sdp}, then=start_call)
+
+    def _unbind(self, rtp_port: int, sockets) -> None:
+        """Give back a pair that no call took over."""
+        for sock in sockets:
+            sock.close()
+        self.ports.release(rtp_port)
 
     def _settings_for(self, request: NgRequest) -> RealtimeSettings:
         """``profile=NAME`` (a custom key from the proxy script) picks ``[openai:NAME]``."""
@@ -360,7 +381,7 @@ class Engine:
             raise NgError(REASON_UNKNOWN_CALL)
         return calls[0]
 
-    async def answer(self, request: NgRequest) -> dict[str, Any]:
+    def answer(self, request: NgRequest) -> dict[str, Any]:
         """The callee's answer: we are the callee, so the current answer SDP is the reply."""
         request.require("from-tag", REASON_NO_FROM_TAG)
         request.require("to-tag", REASON_NO_TO_TAG)
@@ -462,7 +483,7 @@ class Engine:
         elif reason.startswith("AI session failed"):
             self.totals["ai failures"] += 1
 
-    async def query(self, request: NgRequest) -> dict[str, Any]:
+    def query(self, request: NgRequest) -> dict[str, Any]:
         calls = self._select(request)
         if calls:
             return calls[0].statistics()
@@ -472,17 +493,17 @@ class Engine:
             raise NgError(REASON_UNKNOWN_CALL)
         return others[0].statistics(parties=False)
 
-    async def list_calls(self, request: NgRequest) -> dict[str, Any]:
+    def list_calls(self, request: NgRequest) -> dict[str, Any]:
         limit = request.integer("limit", 32) or 0
         return {"calls": self.calls.call_ids()[: max(limit, 0)]}
 
-    async def unsupported(self, request: NgRequest) -> dict[str, Any]:
+    def unsupported(self, request: NgRequest) -> dict[str, Any]:
         raise NgError(f"Command not supported by rtpai (an AI endpoint): {request.command}")
 
     def active_calls(self) -> int:
         return sum(1 for call in self.calls if call.state is not CallState.ENDED)
 
-    async def statistics(self, request: NgRequest) -> dict[str, Any]:
+    def statistics(self, request: NgRequest) -> dict[str, Any]:
         return {
             "statistics": {
                 "currentstatistics": {

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
-
-import bencode
 
 # rtpengine's own reason strings: the proxies and the people reading their logs know them.
 REASON_BAD_BENCODE = "Could not decode bencode dictionary"
@@ -59,12 +58,149 @@ def canonical_name(name: str) -> str:
     return name.replace(" ", "-").replace("_", "-")
 
 
-def _text(value: Any, fold_keys: bool = True) -> Any:
-    """bencode.py yields ``bytes`` for what is not UTF-8: decode it (latin-1 keeps every byte).
+# --- bencode -----------------------------------------------------------------------------------
+#
+# Our own codec rather than a library's: the offer's reply waits for a decode and an encode,
+# and a delete's reply (its statistics) is the largest thing the control plane encodes, so both
+# are worth doing in one pass each. A decoded dictionary's keys come out as text, folded for
+# requests; its strings as text, UTF-8 or else latin-1 (which keeps every byte).
 
-    Request keys are folded with :func:`canonical_name`; reply keys (``"local port"``) are
-    kept as the engine wrote them.
+# Nesting deeper than any ng message (a request is at most three dictionaries deep); it bounds
+# the recursion whatever a peer sends.
+MAX_BENCODE_DEPTH = 32
+
+
+class BencodeError(ValueError):
+    """Bytes that are not one well-formed bencoded value."""
+
+
+def _bytes_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _bdecode_string(data: bytes, pos: int) -> tuple[bytes, int]:
+    """``<length>:<bytes>`` at ``pos``: the bytes and the position after them."""
+    colon = data.index(b":", pos)
+    length = data[pos:colon]
+    if not length.isdigit() or (length[0] == 0x30 and len(length) > 1):  # no leading zeros
+        raise BencodeError("bad string length")
+    start = colon + 1
+    end = start + int(length)
+    if end > len(data):
+        raise BencodeError("string runs past the end")
+    return data[start:end], end
+
+
+def _bdecode(data: bytes, pos: int, depth: int, fold: Callable[[str], str] | None):
+    kind = data[pos]
+    if kind == 0x64:  # d
+        if depth >= MAX_BENCODE_DEPTH:
+            raise BencodeError("nested too deep")
+        pos += 1
+        items = []
+        while data[pos] != 0x65:  # e
+            if not 0x30 <= data[pos] <= 0x39:
+                raise BencodeError("dictionary key is not a string")
+            key, pos = _bdecode_string(data, pos)
+            value, pos = _bdecode(data, pos, depth + 1, fold)
+            # Keys must be UTF-8 (rtpengine's are ASCII); a value may be any bytes.
+            items.append((key.decode("utf-8"), value))
+        result = {fold(key) if fold else key: value for key, value in items}
+        if len(result) < len(items):
+            # Two keys name the same thing ("delete delay", "delete-delay"): as rtpengine, which
+            # reads a dictionary in bencode's (sorted) key order, the one sorting last wins.
+            items.sort(key=itemgetter(0))
+            result = {fold(key) if fold else key: value for key, value in items}
+        return result, pos + 1
+    if 0x30 <= kind <= 0x39:
+        raw, pos = _bdecode_string(data, pos)
+        return _bytes_text(raw), pos
+    if kind == 0x69:  # i
+        end = data.index(b"e", pos)
+        digits = data[pos + 1 : end]
+        magnitude = digits[1:] if digits[:1] == b"-" else digits
+        if not magnitude.isdigit() or (magnitude[0] == 0x30 and (len(digits) > 1)):
+            raise BencodeError("bad integer")  # i03e, i-0e, i-e, ie
+        return int(digits), end + 1
+    if kind == 0x6C:  # l
+        if depth >= MAX_BENCODE_DEPTH:
+            raise BencodeError("nested too deep")
+        pos += 1
+        values = []
+        while data[pos] != 0x65:
+            value, pos = _bdecode(data, pos, depth + 1, fold)
+            values.append(value)
+        return values, pos + 1
+    raise BencodeError(f"unexpected byte {kind:#04x}")
+
+
+def bdecode(data: bytes, *, fold_keys: bool = False) -> Any:
+    """One bencoded value; dictionary keys folded by :func:`canonical_name` if ``fold_keys``.
+
+    Raises :class:`BencodeError` unless ``data`` is exactly one well-formed value.
     """
+    try:
+        value, end = _bdecode(data, 0, 0, canonical_name if fold_keys else None)
+    except (IndexError, ValueError) as exc:  # ran off the end; no ':' or 'e'; not UTF-8
+        raise BencodeError(str(exc)) from None
+    if end != len(data):
+        raise BencodeError("data after the value")
+    return value
+
+
+def _bencode(value: Any, out: list[bytes]) -> None:
+    kind = type(value)
+    if kind is str:
+        raw = value.encode()
+        out.append(b"%d:" % len(raw))
+        out.append(raw)
+    elif kind is int:
+        out.append(b"i%de" % value)
+    elif kind is dict or isinstance(value, Mapping):
+        out.append(b"d")
+        # bencode wants keys in byte order; for text, UTF-8 byte order is code point order.
+        for key, item in sorted(
+            [(str(k), v) for k, v in value.items() if v is not None], key=itemgetter(0)
+        ):
+            raw = key.encode()
+            out.append(b"%d:" % len(raw))
+            out.append(raw)
+            _bencode(item, out)
+        out.append(b"e")
+    elif kind is list or kind is tuple:
+        out.append(b"l")
+        for item in value:
+            if item is not None:
+                _bencode(item, out)
+        out.append(b"e")
+    elif kind is bool:
+        out.append(b"i1e" if value else b"i0e")
+    elif kind is float:
+        out.append(b"i%de" % round(value))
+    elif isinstance(value, bytes | bytearray):
+        out.append(b"%d:" % len(value))
+        out.append(bytes(value))
+    elif isinstance(value, int):  # an int subclass (IntEnum): its number
+        out.append(b"i%de" % int(value))
+    elif isinstance(value, str):
+        _bencode(str(value), out)
+    else:
+        raise TypeError(f"cannot bencode {kind.__name__}")
+
+
+def bencode(value: Any) -> bytes:
+    """Bencode ``value``. bencode has no floats, booleans or None: floats are rounded, booleans
+    are 0/1, and None values are left out of dictionaries and lists."""
+    out: list[bytes] = []
+    _bencode(value, out)
+    return b"".join(out)
+
+
+def _text(value: Any, fold_keys: bool = True) -> Any:
+    """A decoded JSON message's keys folded (requests) or kept (replies)."""
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -159,12 +295,11 @@ def decode_request(body: bytes) -> NgRequest:
     """
     is_json = body.lstrip().startswith(b"{")
     try:
-        raw = json.loads(body) if is_json else bencode.bdecode(body)
+        params = _text(json.loads(body)) if is_json else bdecode(body, fold_keys=True)
     except Exception:
         raise NgError(REASON_BAD_BENCODE) from None
-    if not isinstance(raw, Mapping):
+    if not isinstance(params, Mapping):
         raise NgError(REASON_NOT_A_DICTIONARY)
-    params = _text(raw)
     command = params.get("command")
     if not isinstance(command, str) or not command:
         raise NgError(REASON_NO_COMMAND)
@@ -177,41 +312,31 @@ def decode_request(body: bytes) -> NgRequest:
     )
 
 
-def _bencodable(value: Any) -> Any:
-    """bencode has no floats, booleans or None: make replies safe to encode."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float):
-        return round(value)
-    if isinstance(value, Mapping):
-        return {str(k): _bencodable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_bencodable(v) for v in value if v is not None]
-    return value
-
-
 def encode_reply(cookie: bytes, reply: Mapping[str, Any], *, as_json: bool = False) -> bytes:
     """``cookie<space>dictionary``, in the encoding the request came in."""
     if as_json:
         body = json.dumps(reply, separators=(",", ":"), default=str).encode()
     else:
-        body = bencode.bencode(_bencodable(reply))
+        body = bencode(reply)
     return cookie + b" " + body
 
 
 def encode_request(cookie: bytes, command: str, params: Mapping[str, Any] | None = None) -> bytes:
     """A request datagram, as a proxy sends it (used by ``rtpai-ctl`` and the tests)."""
     message = {"command": command, **(params or {})}
-    return cookie + b" " + bencode.bencode(_bencodable(message))
+    return cookie + b" " + bencode(message)
 
 
 def decode_reply(datagram: bytes) -> tuple[bytes, dict[str, Any]]:
     """The client side: split and decode a reply (bencode or JSON)."""
     cookie, body = split_cookie(datagram)
-    raw = json.loads(body) if body.lstrip().startswith(b"{") else bencode.bdecode(body)
-    if not isinstance(raw, Mapping):
+    if body.lstrip().startswith(b"{"):
+        reply = _text(json.loads(body), fold_keys=False)
+    else:
+        reply = bdecode(body)
+    if not isinstance(reply, Mapping):
         raise NgError(REASON_BAD_BENCODE)
-    return cookie, _text(raw, fold_keys=False)
+    return cookie, reply
 
 
 # --- retransmissions ---------------------------------------------------------------------------
@@ -226,18 +351,40 @@ class _Pending:
         self.duplicates = 0
 
 
+# What one cached reply costs besides its bytes: the dictionary entry, the (time, reply) tuple
+# and the time (~170 bytes, measured with tracemalloc), and the key it holds on to, the source
+# address and the cookie (~200 bytes).
+REPLY_CACHE_ENTRY_OVERHEAD = 400
+# The cache's bytes, overhead included. A retransmit comes at most ~6 s after the original
+# (both proxy modules: 5 retries, 1 s apart), so the cache must hold 6 s of replies: at ~1.5 KB
+# per entry on average (an offer's reply is ~0.4 KB, a delete's, with the call's statistics,
+# ~1.8 KB, plus the overhead above), 10 MiB hold ~7000 entries, 7 s of 1000 commands a second,
+# i.e. 500 calls set up and torn down every second, far beyond what one rtpai handles (see
+# docs/performance.md). Without it the 20,000 entries of ``max_entries`` could take ~44 MB.
+REPLY_CACHE_MAX_BYTES = 10 << 20
+
+
 class ReplyCache:
     """Replies by (source address, cookie), so a retransmit never runs a command twice.
 
     Both proxy modules resend the same datagram after 1 s, up to 5 times; rtpengine keeps
     replies for 30-60 s. We keep them ``ttl`` seconds (45 by default: past the modules' last
-    retry with margin) and at most ``max_entries`` (the oldest go first), so memory is bounded
-    whatever a peer sends. Time is passed in, never read here.
+    retry with margin), and at most ``max_entries`` of them taking at most ``max_bytes`` (the
+    oldest go first; see REPLY_CACHE_MAX_BYTES), so memory is bounded whatever a peer sends.
+    Time is passed in, never read here.
     """
 
-    def __init__(self, *, ttl: float = 45.0, max_entries: int = 20_000) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float = 45.0,
+        max_entries: int = 20_000,
+        max_bytes: int = REPLY_CACHE_MAX_BYTES,
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the entries take, REPLY_CACHE_ENTRY_OVERHEAD each included
         # key -> (inserted_at, _Pending | bytes); insertion order is time order.
         self._entries: OrderedDict[tuple[Any, bytes], tuple[float, _Pending | bytes]] = (
             OrderedDict()
@@ -246,13 +393,34 @@ class ReplyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @staticmethod
+    def _size(state: _Pending | bytes) -> int:
+        if isinstance(state, _Pending):
+            return REPLY_CACHE_ENTRY_OVERHEAD
+        return REPLY_CACHE_ENTRY_OVERHEAD + len(state)
+
+    def _put(self, key: tuple[Any, bytes], state: _Pending | bytes, now: float) -> None:
+        self._entries[key] = (now, state)
+        self.bytes += self._size(state)
+
+    def _pop(self, key: tuple[Any, bytes]) -> tuple[float, _Pending | bytes] | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= self._size(entry[1])
+        return entry
+
     def _expire(self, now: float, room: int = 0) -> None:
-        """Drop expired entries, and the oldest ones until ``room`` more fit."""
-        while self._entries:
-            key, (inserted_at, _) = next(iter(self._entries.items()))
-            if now - inserted_at < self.ttl and len(self._entries) + room <= self.max_entries:
+        """Drop expired entries, and the oldest ones until ``room`` more (pending) fit."""
+        entries = self._entries
+        while entries:
+            key, (inserted_at, _) = next(iter(entries.items()))
+            if (
+                now - inserted_at < self.ttl
+                and len(entries) + room <= self.max_entries
+                and self.bytes + room * REPLY_CACHE_ENTRY_OVERHEAD <= self.max_bytes
+            ):
                 break
-            del self._entries[key]
+            self._pop(key)
 
     def begin(self, key: tuple[Any, bytes], now: float) -> bytes | None | bool:
         """Start handling ``key``.
@@ -266,8 +434,8 @@ class ReplyCache:
             entry = None
         if entry is None:
             self._expire(now, room=1)
-            self._entries.pop(key, None)
-            self._entries[key] = (now, _Pending())
+            self._pop(key)
+            self._put(key, _Pending(), now)
             return True
         state = entry[1]
         if isinstance(state, _Pending):
@@ -276,10 +444,12 @@ class ReplyCache:
         return state
 
     def complete(self, key: tuple[Any, bytes], reply: bytes, now: float) -> int:
-        """Store the reply; returns how many duplicates arrived while it was being made."""
-        entry = self._entries.pop(key, None)
+        """Store the reply; returns how many duplicates arrived while it was being made.
+
+        A reply larger than ``max_bytes`` on its own is not kept.
+        """
+        entry = self._pop(key)
         duplicates = entry[1].duplicates if entry and isinstance(entry[1], _Pending) else 0
-        self._entries[key] = (now, reply)
+        self._put(key, reply, now)
         self._expire(now)
         return duplicates
-

@@ -1,17 +1,27 @@
 """The ng control socket: one dispatch table, one reply cache, one UDP socket.
 
-Handlers are ``async def handler(request) -> dict``; they raise :class:`NgError` to refuse.
-Only :class:`Dispatcher` writes ``result`` and ``error-reason`` and owns the retransmit cache
-(the shape of rtpengine's ``control_ng.c``).
+Handlers take an :class:`NgRequest` and return a dict (or a :class:`ReplyFirst`: a dict and
+what to do once it has been sent); they raise :class:`NgError` to refuse. Only
+:class:`Dispatcher` writes ``result`` and ``error-reason`` and owns the retransmit cache (the
+shape of rtpengine's ``control_ng.c``).
+
+A handler is either a plain function, answered inline by the receive loop, or an ``async def``
+one, answered from a task of its own. Commands that only read or set up state (``offer``,
+``answer``, ``query``, ...) are plain: the reply then leaves in the same scheduler pass as the
+datagram arrived, before anything they started (a call's tasks, its WebSocket connect) runs.
+Only a command that must wait for something (``delete`` waits for the call's tasks to end) is
+``async``, and costs a task and the scheduler passes that come with it.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import trio
 
@@ -29,7 +39,6 @@ from ctl.ng import (
 
 log = logging.getLogger("rtpai.ng")
 
-Handler = Callable[[NgRequest], Awaitable[dict[str, Any]]]
 
 # Keys the proxy modules send that rtpai reads or knowingly ignores (a relay's options: ICE,
 # DTLS, replace, ...). Anything else is logged at debug and ignored, as rtpengine does.
@@ -42,8 +51,58 @@ KNOWN_KEYS = frozenset({
 
 # Kamailio reads replies of up to 256 KiB; a UDP datagram carries at most 65507 bytes over IPv4.
 MAX_DATAGRAM = 65535
-# Requests handled at once. Past this the receive loop waits: control-path back-pressure.
+# Requests handled by async handlers at once. Past this the receive loop waits: control-path
+# back-pressure.
 MAX_CONCURRENT_REQUESTS = 64
+# Error reasons counted by name in `statistics`. Some reasons quote the request (an unknown
+# profile, an SDP's transport), so a peer could otherwise grow the table without end; past this
+# many distinct ones, further new reasons are counted as "other".
+MAX_ERROR_REASONS = 64
+# Datagrams taken per wake-up of the receive loop. Inline handlers run back to back without
+# yielding; an offer costs ~0.1 ms, so a burst of proxies' requests holds the media clock and
+# the calls' tasks up for at most a couple of milliseconds before they get a turn.
+RECEIVE_BATCH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFirst:
+    """A handler's reply, and work to do as soon as it has been sent.
+
+    For work the reply does not depend on (an offer's call: its objects, its tasks): the proxy
+    is answered without waiting for it. ``then`` runs before the server reads another
+    datagram, so the next command already sees its effects. If it raises, the failure is
+    logged: the reply has gone, and ``then`` cleans up after itself.
+    """
+
+    reply: dict[str, Any]
+    then: Callable[[], None]
+
+
+Result = dict[str, Any] | ReplyFirst
+Handler = Callable[[NgRequest], Result | Awaitable[Result]]
+
+
+class Answer(NamedTuple):
+    """A reply datagram ready to go, how many times, and what to do once it has."""
+
+    datagram: bytes
+    copies: int  # 1 + the retransmits that arrived while it was being made
+    then: Callable[[], None] | None = None
+
+
+class Deferred:
+    """A request whose handler is ``async``: the dispatcher finishes it in a task."""
+
+    __slots__ = ("cookie", "request", "pending")
+
+    def __init__(self, cookie: bytes, request: NgRequest, pending: Coroutine) -> None:
+        self.cookie = cookie
+        self.request = request
+        self.pending = pending  # the handler's coroutine, not started yet
+
+    def abandon(self) -> None:
+        """Never to be run (the server is stopping): close the coroutine quietly."""
+        self.pending.close()
 
 
 class Dispatcher:
@@ -73,13 +132,12 @@ class Dispatcher:
             return "wait", None
         return "resend", state
 
-    async def handle(self, cookie: bytes, body: bytes, source: Any, now: Callable[[], float]):
-        """Run the command; returns the reply and how many times to send it."""
-        as_json = body.lstrip().startswith(b"{")
+    def answer(self, cookie: bytes, body: bytes, source: Any, now: float) -> Answer | Deferred:
+        """Decode and run the command: its :class:`Answer`, or, when the handler is
+        ``async``, a :class:`Deferred` for :meth:`finish`."""
         request: NgRequest | None = None
         try:
             request = decode_request(body)
-            as_json = request.is_json
             self.commands[request.command] += 1
             if log.isEnabledFor(logging.DEBUG):
                 unknown = sorted(set(request.params) - KNOWN_KEYS)
@@ -88,24 +146,83 @@ class Dispatcher:
             handler = self.handlers.get(request.command)
             if handler is None:
                 raise NgError(REASON_UNKNOWN_COMMAND)
-            result = await handler(request)
-            reply = {"result": "ok", **result}
-        except NgLoadLimit:
+            result = handler(request)
+            # An async handler's call only made its coroutine: nothing of it has run yet.
+            # (inspect's test is an exact type check; isinstance against the ABC costs more.)
+            if inspect.iscoroutine(result):
+                return Deferred(cookie, request, result)
+            reply, then = _succeeded(result)
+        except Exception as exc:
+            reply, then = self._refusal(request, exc), None
+        as_json = request.is_json if request is not None else body.lstrip().startswith(b"{")
+        return self._complete(cookie, reply, then, as_json, source, now)
+
+    async def finish(self, deferred: Deferred, source: Any, now: Callable[[], float]) -> Answer:
+        """Run an async handler to its :class:`Answer`."""
+        try:
+            reply, then = _succeeded(await deferred.pending)
+        except Exception as exc:
+            reply, then = self._refusal(deferred.request, exc), None
+        return self._complete(
+            deferred.cookie, reply, then, deferred.request.is_json, source, now()
+        )
+
+    async def handle(
+        self, cookie: bytes, body: bytes, source: Any, now: Callable[[], float]
+    ) -> tuple[bytes, int]:
+        """The whole of it, for tools and tests: :meth:`answer`, :meth:`finish` if the handler
+        is async, and the follow-up work; returns the reply and how many times to send it."""
+        outcome = self.answer(cookie, body, source, now())
+        if isinstance(outcome, Deferred):
+            outcome = await self.finish(outcome, source, now)
+        self.follow_up(outcome)
+        return outcome.datagram, outcome.copies
+
+    def follow_up(self, answer: Answer) -> None:
+        """Run what the handler left for after its reply (call once the reply is sent)."""
+        if answer.then is None:
+            return
+        try:
+            answer.then()
+        except Exception:
+            log.exception("ng: work after the reply failed")
+
+    def _refusal(self, request: NgRequest | None, exc: Exception) -> dict[str, Any]:
+        """The reply to a handler (or a decode) that raised."""
+        if isinstance(exc, NgLoadLimit):
             # Kamailio sends supports=["load limit"] and then tries the next engine of its set.
             if request is not None and request.supports("load limit"):
-                reply = {"result": "load limit", "message": NgLoadLimit().reason}
-            else:
-                reply = {"result": "error", "error-reason": NgLoadLimit().reason}
-        except NgError as exc:
-            self.errors[exc.reason] += 1
-            reply = {"result": "error", "error-reason": exc.reason}
-        except Exception:
-            # A bug must not cost the proxy a reply: it would retransmit and then mark us dead.
-            log.exception("ng: handler failed")
-            reply = {"result": "error", "error-reason": "Internal error"}
+                return {"result": "load limit", "message": exc.reason}
+            return {"result": "error", "error-reason": exc.reason}
+        if isinstance(exc, NgError):
+            counted = exc.reason
+            if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
+                counted = "other"
+            self.errors[counted] += 1
+            return {"result": "error", "error-reason": exc.reason}
+        # A bug must not cost the proxy a reply: it would retransmit and then mark us dead.
+        log.error("ng: handler failed", exc_info=exc)
+        return {"result": "error", "error-reason": "Internal error"}
+
+    def _complete(
+        self,
+        cookie: bytes,
+        reply: dict[str, Any],
+        then: Callable[[], None] | None,
+        as_json: bool,
+        source: Any,
+        now: float,
+    ) -> Answer:
         datagram = encode_reply(cookie, reply, as_json=as_json)
-        duplicates = self.cache.complete((source, cookie), datagram, now())
-        return datagram, 1 + duplicates
+        duplicates = self.cache.complete((source, cookie), datagram, now)
+        return Answer(datagram, 1 + duplicates, then)
+
+
+def _succeeded(result: Result) -> tuple[dict[str, Any], Callable[[], None] | None]:
+    """A handler's return value as the reply and the work left for after it."""
+    if isinstance(result, ReplyFirst):
+        return {"result": "ok", **result.reply}, result.then
+    return {"result": "ok", **result}, None
 
 
 async def serve_ng(
@@ -114,39 +231,91 @@ async def serve_ng(
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ng on UDP ``address``; ``task_status.started`` gets the bound address."""
+    """Serve ng on UDP ``address``; ``task_status.started`` gets the bound address.
+
+    The socket is a plain non-blocking one: a datagram costs one wake-up of this task however
+    many arrive together, and a reply is a ``sendto`` that checkpoints only if the socket's
+    buffer is full (``trio.socket`` would pay a scheduler pass per receive and per send).
+    """
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     with sock:
-        await sock.bind(address)
+        sock.setblocking(False)
+        sock.bind(address)
         bound = sock.getsockname()[:2]
         log.info("ng: listening on %s:%s", bound[0], bound[1])
         limiter = trio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
+        # Held while waiting for the socket to take a reply: trio allows one waiter per socket.
+        writable = trio.Lock()
 
-        async def handle(cookie: bytes, body: bytes, source: Any, token: object) -> None:
+        async def send(datagram: bytes, source: Any, copies: int) -> None:
+            """Send ``copies`` times; it checkpoints only when the socket's buffer is full."""
+            for _ in range(copies):
+                while True:
+                    try:
+                        sock.sendto(datagram, source)
+                        break
+                    except BlockingIOError:
+                        # Control-path back-pressure: the reply waits, and so does the loop.
+                        async with writable:
+                            await trio.lowlevel.wait_writable(sock)
+                    except OSError as exc:
+                        log.warning("ng: cannot reply to %s: %s", source, exc)
+                        return
+
+        async def finish(deferred: Deferred, source: Any, token: object) -> None:
             try:
-                datagram, copies = await dispatcher.handle(cookie, body, source, trio.current_time)
-                for _ in range(copies):
-                    await sock.sendto(datagram, source)
-            except OSError as exc:
-                log.warning("ng: cannot reply to %s: %s", source, exc)
+                answer = await dispatcher.finish(deferred, source, trio.current_time)
+                try:
+                    await send(answer.datagram, source, answer.copies)
+                finally:
+                    dispatcher.follow_up(answer)  # even if cancelled: it cleans up after itself
             finally:
                 limiter.release_on_behalf_of(token)
 
+        async def take(datagram: bytes, source: Any, nursery: trio.Nursery) -> None:
+            """One datagram: answered here, or by a task of its own if its handler is async."""
+            now = trio.current_time()
+            action, value = dispatcher.begin(datagram, source, now)
+            if action == "resend":
+                await send(value, source, 1)
+                return
+            if action == "drop":
+                log.debug("ng: dropping a datagram without cookie from %s", source)
+                return
+            if action == "wait":
+                return  # the first copy's reply goes out once more for it
+            outcome = dispatcher.answer(*value, source, now)
+            if isinstance(outcome, Deferred):
+                token = object()
+                try:
+                    limiter.acquire_on_behalf_of_nowait(token)
+                except trio.WouldBlock:
+                    try:
+                        await limiter.acquire_on_behalf_of(token)
+                    except BaseException:
+                        outcome.abandon()
+                        raise
+                nursery.start_soon(finish, outcome, source, token)
+                return
+            try:
+                await send(outcome.datagram, source, outcome.copies)
+            finally:
+                dispatcher.follow_up(outcome)  # even if cancelled: it cleans up after itself
+
         async with trio.open_nursery() as nursery:
             task_status.started(bound)
-            while True:
-                datagram, source = await sock.recvfrom(MAX_DATAGRAM)
-                action, value = dispatcher.begin(datagram, source, trio.current_time())
-                if action == "handle":
-                    cookie, body = value
-                    token = object()
-                    await limiter.acquire_on_behalf_of(token)
-                    nursery.start_soon(handle, cookie, body, source, token)
-                elif action == "resend":
-                    try:
-                        await sock.sendto(value, source)
-                    except OSError as exc:
-                        log.warning("ng: cannot reply to %s: %s", source, exc)
-                elif action == "drop":
-                    log.debug("ng: dropping a datagram without cookie from %s", source)
+            try:
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    for _ in range(RECEIVE_BATCH):
+                        try:
+                            datagram, source = sock.recvfrom(MAX_DATAGRAM)
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:  # e.g. an ICMP error queued on the socket
+                            log.debug("ng: receive failed: %s", exc)
+                            continue
+                        await take(datagram, source, nursery)
+            finally:
+                trio.lowlevel.notify_closing(sock)

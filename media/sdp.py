@@ -10,7 +10,7 @@ RFC 4733 (telephone-event), RFC 5761 (rtcp-mux), RFC 3605 (a=rtcp), RFC 4585 (RT
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -150,8 +150,6 @@ class SessionDescription:
 
 # --- parsing ---------------------------------------------------------------------------------
 
-_LINE = re.compile(r"([a-z])=(.*)")  # RFC 4566 s5: <type>=<value>, type is one letter
-_UINT = re.compile(r"[0-9]{1,10}")  # ASCII only: int() would also take other scripts' digits
 _RTPMAP = re.compile(r"([0-9]{1,3})\s+([^/\s]+)/([0-9]{1,10})(?:/([0-9]{1,3}))?(?:\s.*)?")
 _FMTP = re.compile(r"([0-9]{1,3})\s+(\S.*)")
 _PTIME = re.compile(r"([0-9]{1,6})(?:\.[0-9]*)?")  # RFC 4566 allows a decimal; we keep whole ms
@@ -162,7 +160,10 @@ def _unparseable(detail: str) -> SdpError:
 
 
 def _uint(text: str) -> int | None:
-    return int(text) if _UINT.fullmatch(text) else None
+    # ASCII only: int() would also take other scripts' digits (and isdigit() superscripts).
+    if text.isascii() and text.isdigit() and len(text) <= 10:
+        return int(text)
+    return None
 
 
 def _parse_connection(value: str) -> tuple[str, str]:
@@ -203,31 +204,9 @@ def _parse_ptime(attributes: Sequence[tuple[str, str | None]], name: str) -> int
     return None
 
 
-def _parse_codecs(
-    protocol: str, formats: Sequence[str], attributes: Sequence[tuple[str, str | None]]
-) -> tuple[Codec, ...]:
-    if "RTP/" not in protocol.upper():
-        return ()  # udptl, TCP/MSRP...: formats are not payload types
-    rtpmaps: dict[int, tuple[str, int, int]] = {}
-    fmtps: dict[int, str] = {}
-    for name, value in attributes:
-        if value is None:
-            continue
-        if name == "rtpmap" and (m := _RTPMAP.fullmatch(value)):
-            channels = int(m.group(4)) if m.group(4) else 1
-            rtpmaps.setdefault(int(m.group(1)), (m.group(2).upper(), int(m.group(3)), channels))
-        elif name == "fmtp" and (m := _FMTP.fullmatch(value)):
-            fmtps.setdefault(int(m.group(1)), m.group(2).strip())
-    codecs = []
-    for fmt in formats:
-        pt = _uint(fmt)
-        if pt is None or pt > 127:  # RTP payload types are 7 bits (RFC 3550 s5.1)
-            continue
-        known = rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
-        if known is not None:
-            encoding, clock_rate, channels = known
-            codecs.append(Codec(pt, encoding, clock_rate, channels, fmtps.get(pt)))
-    return tuple(codecs)
+# Codecs are immutable and few distinct ones are ever offered: share them instead of building
+# the same ones for every offer.
+_codec = functools.lru_cache(maxsize=256)(Codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,14 +233,41 @@ def _parse_media(
     if port is None or port > 65535 or not port_count:
         raise _unparseable(f"bad media port m={m_value[:60]!r}")
 
+    # One pass over the section (this is on the offer's path to its reply): the attributes
+    # as (name, value), and on the way what the answer needs of them. Attributes are read
+    # tolerantly: a malformed one is ignored, not worth failing a call over.
     connection: tuple[str, str] | None = None
     attributes: list[tuple[str, str | None]] = []
+    rtpmaps: dict[int, tuple[str, int, int]] = {}
+    fmtps: dict[int, str] = {}
+    direction = None  # the last direction attribute wins
+    rtcp_mux = False
     for letter, value in lines:
-        if letter == "c":
+        if letter == "a":
+            name, colon, rest = value.partition(":")
+            name = name.strip()
+            if colon:
+                rest = rest.strip()
+                if name == "rtpmap":
+                    if m := _RTPMAP.fullmatch(rest):
+                        pt, encoding, clock_rate, channels = m.groups()
+                        rtpmaps.setdefault(
+                            int(pt),
+                            (encoding.upper(), int(clock_rate), int(channels) if channels else 1),
+                        )
+                elif name == "fmtp" and (m := _FMTP.fullmatch(rest)):
+                    pt, parameters = m.groups()
+                    fmtps.setdefault(int(pt), parameters.strip())
+                attributes.append((name, rest))
+            else:
+                attributes.append((name, None))
+            if name in DIRECTIONS:
+                direction = name
+            elif name == "rtcp-mux":
+                rtcp_mux = True
+        elif letter == "c":
             parsed = _parse_connection(value)
             connection = connection or parsed  # several c= only for multicast layers; first wins
-        elif letter == "a":
-            attributes.append(_parse_attribute(value))
 
     if connection is not None:
         family, address = connection
@@ -276,6 +282,17 @@ def _parse_media(
                 rtcp_port = None
             break
 
+    codecs = []
+    if "RTP/" in protocol.upper():  # else (udptl, TCP/MSRP...) formats are not payload types
+        for fmt in formats:
+            pt = _uint(fmt)
+            if pt is None or pt > 127:  # RTP payload types are 7 bits (RFC 3550 s5.1)
+                continue
+            known = rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
+            if known is not None:
+                encoding, clock_rate, channels = known
+                codecs.append(_codec(pt, encoding, clock_rate, channels, fmtps.get(pt)))
+
     # RFC 4566 puts ptime at media level; some phones write it at session level, so inherit.
     ptime = _parse_ptime(attributes, "ptime") or session.ptime
     return MediaDescription(
@@ -283,13 +300,13 @@ def _parse_media(
         port=port,
         protocol=protocol,
         formats=tuple(formats),
-        codecs=_parse_codecs(protocol, formats, attributes),
+        codecs=tuple(codecs),
         connection_address=address,
         address_family=family,
-        direction=_last_direction(attributes) or session.direction or "sendrecv",
+        direction=direction or session.direction or "sendrecv",
         ptime=ptime,
         maxptime=_parse_ptime(attributes, "maxptime"),
-        rtcp_mux=any(name == "rtcp-mux" for name, _ in attributes),
+        rtcp_mux=rtcp_mux,
         rtcp_port=rtcp_port,
         attributes=tuple(attributes),
         port_count=port_count,
@@ -310,8 +327,11 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
     if not isinstance(text, str):
         raise _unparseable(f"expected text, got {type(text).__name__}")
 
-    lines = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    lines = [line for line in lines if line]
+    lines = [
+        stripped
+        for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if (stripped := line.strip())
+    ]
     if not lines:
         raise _unparseable("empty body")
     if lines[0] != "v=0":
@@ -319,24 +339,33 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
 
     session_lines: list[tuple[str, str]] = []
     media_sections: list[tuple[str, list[tuple[str, str]]]] = []
+    current = session_lines
     for number, line in enumerate(lines, 1):
-        match = _LINE.fullmatch(line)
-        if match is None:
+        # RFC 4566 s5: <type>=<value>, the type one lower-case letter.
+        letter = line[0]
+        if line[1:2] != "=" or not "a" <= letter <= "z":
             raise _unparseable(f"line {number}: {line[:40]!r}")
-        letter, value = match.groups()
+        value = line[2:]
         if letter == "m":
-            media_sections.append((value, []))
-        elif media_sections:
-            media_sections[-1][1].append((letter, value))
+            current = []
+            media_sections.append((value, current))
         else:
-            session_lines.append((letter, value))
+            current.append((letter, value))
 
-    origin = next((_parse_origin(v) for k, v in session_lines if k == "o"), None)
-    if origin is None:
+    # The first o=, s= and c= count; parsed in this order, so errors are reported in it.
+    first: dict[str, str] = {}
+    session_attributes = []
+    for letter, value in session_lines:
+        if letter == "a":
+            session_attributes.append(_parse_attribute(value))
+        elif letter not in first:
+            first[letter] = value
+    if "o" not in first:
         raise _unparseable("no o= line")
-    session_name = next((v for k, v in session_lines if k == "s"), "")
-    connection = next((_parse_connection(v) for k, v in session_lines if k == "c"), None)
-    attributes = tuple(_parse_attribute(v) for k, v in session_lines if k == "a")
+    origin = _parse_origin(first["o"])
+    session_name = first.get("s", "")
+    connection = _parse_connection(first["c"]) if "c" in first else None
+    attributes = tuple(session_attributes)
     direction = _last_direction(attributes)
     family, address = connection if connection is not None else (None, None)
 
@@ -348,7 +377,7 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
         address_family=family,
         direction=direction,
         attributes=attributes,
-        media=tuple(_parse_media(m, section, inherited) for m, section in media_sections),
+        media=tuple([_parse_media(m, section, inherited) for m, section in media_sections]),
     )
 
 
@@ -399,8 +428,8 @@ class Negotiated:
 
 def _is_unspecified(address: str | None) -> bool:
     """0.0.0.0 or :: -- RFC 2543 hold, still sent by older gateways (RFC 3264 s8.4)."""
-    if address is None:
-        return False
+    if address is None or address.strip("0.:"):
+        return False  # (any other character: not an unspecified address, no need to parse it)
     try:
         return ipaddress.ip_address(address).is_unspecified
     except ValueError:
@@ -472,7 +501,8 @@ def negotiate(offer: SessionDescription, preference: Sequence[str] | None = None
         rtcp_port = media.port if media.rtcp_mux else (media.rtcp_port or media.port + 1)
         return Negotiated(
             media_index=index,
-            codec=dataclasses.replace(codec, fmtp=None),  # G.711 has no parameters to answer
+            # G.711 has no parameters to answer.
+            codec=Codec(codec.payload_type, codec.encoding, codec.clock_rate, codec.channels),
             telephone_event=telephone_event,
             ptime=_choose_ptime(media),
             remote_address=None if unspecified else media.connection_address,
@@ -494,6 +524,7 @@ def negotiate(offer: SessionDescription, preference: Sequence[str] | None = None
     raise SdpError("No audio stream in SDP")
 
 
+@functools.lru_cache(maxsize=64)  # called with our own few advertised addresses
 def _family_of(address: str) -> str:
     try:
         return "IP6" if ipaddress.ip_address(address).version == 6 else "IP4"

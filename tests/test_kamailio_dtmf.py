@@ -127,7 +127,7 @@ async def test_sipp_dtmf_captures_through_kamailio_reach_the_ai_as_digits(tmp_pa
                 session = await server.wait_for_session(1)
                 await session.wait_until(lambda s: len(pressed(s)) >= len(expected))
                 call_id = next(iter(engine.calls)).call_id
-                call_stats = await engine.query(NgRequest("query", {"call-id": call_id}))
+                call_stats = engine.query(NgRequest("query", {"call-id": call_id}))
                 await sipp_done.wait()
 
             assert pressed(session) == expected  # each key once, in order, none invented

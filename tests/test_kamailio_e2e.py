@@ -139,15 +139,6 @@ async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
             url = await nursery.start(server.serve)
             engine = engine_for_test(url, RTP_MIN_PORT="42100", RTP_MAX_PORT="42199")
             offers = watch(engine, "offer")
-            calls_after_offer: list[int] = []
-            handle_offer = engine.dispatcher.handlers["offer"]
-
-            async def counting_offer(request):
-                reply = await handle_offer(request)
-                calls_after_offer.append(len(engine.calls))
-                return reply
-
-            engine.dispatcher.handlers["offer"] = counting_offer
             ng_address = await nursery.start(engine.run)
             async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
                 await run_sipp(
@@ -163,7 +154,7 @@ async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
     answers = [parse_sdp(reply["sdp"]) for _, reply in offers.seen]
     assert len(answers) == 3
     assert len({answer.media[0].port for answer in answers}) == 1  # the re-INVITEs kept it
-    assert calls_after_offer == [1, 1, 1]  # updated in place, never a new call
+    assert engine.totals["calls"] == 1  # updated in place, never a new call
     assert [a.media[0].direction for a in answers] == ["sendrecv", "recvonly", "sendrecv"]
     assert [int(a.origin.session_version) for a in answers] == [1, 2, 3]
     # Kamailio named the dialog with the To-tag rtpai got in the first offer.

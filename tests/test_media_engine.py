@@ -21,6 +21,7 @@ from ctl.engine import Engine
 from ctl.ng import NgError, NgRequest
 from media.rtcp import build_report
 from media.sdp import parse_sdp
+from tests.fakes.engine import reply_of
 from tests.fakes.realtime import FakeRealtimeServer
 
 DEAD_AI = "ws://127.0.0.1:9/v1/realtime"  # refused at once: every call's AI fails quickly
@@ -64,8 +65,8 @@ def offer_sdp(address="192.0.2.10", port=40000, *, family="IP4", direction="send
 
 
 async def offer(engine, call_id, sdp=None, **kw):
-    reply = await engine.offer(request("offer", **{"call-id": call_id, "from-tag": "ft",
-                                                   "sdp": sdp or offer_sdp(**kw)}))
+    reply = reply_of(engine.offer(request("offer", **{"call-id": call_id, "from-tag": "ft",
+                                                      "sdp": sdp or offer_sdp(**kw)})))
     return reply["sdp"]
 
 
@@ -323,7 +324,7 @@ async def test_query_carries_the_ssrc_mos_entries_kamailio_reads():
             while call.stream.stats.rtcp_in.packets == 0 or call.stream.reorder.delivered < 5:
                 await trio.sleep(0.001)
             call.stream.send_report()  # what the 5 s RTCP timer does
-            reply = await engine.query(request("query", **{"call-id": "mos"}))
+            reply = engine.query(request("query", **{"call-id": "mos"}))
             stream = reply["tags"]["ft"]["medias"][0]["streams"][0]
             entry = reply["SSRC"][str(stream["SSRC"])]
             assert stream["SSRC"] == 0x5EED
@@ -372,6 +373,6 @@ async def test_dtmf_reaches_the_ai_session_as_a_user_text_item():
                 "[The caller pressed these keys on the phone keypad: 42#]",
             ]
             assert not [e for e in session.server_events if e.get("type") == "error"]
-            stats = await engine.query(request("query", **{"call-id": "dtmf"}))
+            stats = engine.query(request("query", **{"call-id": "dtmf"}))
             assert stats["rtpai"]["dtmf"] == 3
             nursery.cancel_scope.cancel()

@@ -9,17 +9,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ctl.ng import (
+    REPLY_CACHE_ENTRY_OVERHEAD,
+    REPLY_CACHE_MAX_BYTES,
+    BencodeError,
     NgError,
     NgFramingError,
     NgLoadLimit,
     ReplyCache,
+    bdecode,
+    canonical_name,
     decode_reply,
     decode_request,
     encode_reply,
     encode_request,
     split_cookie,
 )
-from ctl.ng_server import Dispatcher
+from ctl.ng import bencode as bencode_value
+from ctl.ng_server import MAX_ERROR_REASONS, Dispatcher
 
 # What Kamailio 5.6's rtpengine module sends for rtpengine_offer("... to-tag=$ltt(t)"): note the
 # int and string forms of the same key and the flags list.
@@ -172,3 +178,144 @@ async def test_unknown_keys_are_ignored_and_logged_at_debug(caplog):
     reply, _ = await dispatcher.handle(b"k", body, ("h", 1), lambda: 0.0)
     assert decode_reply(reply)[1] == {"result": "pong"}
     assert "ignoring keys ['custom-thing']" in caplog.text
+
+
+# --- the bencode codec, against bencode.py (what rtpai used before its own) -------------------
+
+
+def _old_bencodable(value):
+    """What encode_reply made of a reply before handing it to bencode.py."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return round(value)
+    if isinstance(value, dict):
+        return {str(k): _old_bencodable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_old_bencodable(v) for v in value if v is not None]
+    return value
+
+
+def _old_text(value, fold):
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, dict):
+        return {(canonical_name(k) if fold else k): _old_text(v, fold) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_old_text(v, fold) for v in value]
+    return value
+
+
+_keys = st.text(max_size=12)
+_scalars = st.one_of(
+    st.integers(-(2**70), 2**70), st.text(max_size=30), st.booleans(), st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9),
+)
+_replies = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_keys, inner, max_size=6),
+    max_leaves=40,
+)
+
+
+@given(st.dictionaries(_keys, _replies, max_size=8))
+def test_bencode_matches_bencode_py_byte_for_byte(reply):
+    assert bencode_value(reply) == bencode.bencode(_old_bencodable(reply))
+
+
+_wire = st.recursive(
+    st.integers(-(2**70), 2**70) | st.binary(max_size=20) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
+        st.text(alphabet="ab -_c", max_size=6), inner, max_size=6),
+    max_leaves=40,
+)
+
+
+@given(st.dictionaries(st.text(alphabet="ab -_cD", max_size=8), _wire, max_size=8))
+def test_bdecode_reads_what_bencode_py_read(message):
+    """Also where folded keys collide ("a b" and "a-b"): the key sorting last wins."""
+    data = bencode.bencode(message)
+    for fold in (True, False):
+        assert bdecode(data, fold_keys=fold) == _old_text(bencode.bdecode(data), fold)
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"i03e", b"i-0e", b"i-e", b"ie", b"i1", b"03:abc", b"4:abc", b"3:abcx", b"d1:ae",
+    b"di1e1:ae", b"l", b"d", b"x", b"-1:a", b"d3:\xff\xfe\xfdi1ee", b"l" * 40 + b"e" * 40,
+])
+def test_bdecode_refuses_what_is_not_one_well_formed_value(data):
+    with pytest.raises(BencodeError):
+        bdecode(data)
+
+
+def test_bdecode_golden():
+    assert bdecode(b"d3:bar4:spam3:fooi42e4:listli-3e0:ee") == {
+        "bar": "spam", "foo": 42, "list": [-3, ""]}
+    assert bdecode(b"d3:sdp2:\xe9\xe9e") == {"sdp": "\xe9\xe9"}  # not UTF-8: latin-1
+    assert bdecode(b"d12:delete delayi0e12:delete_delay1:5e", fold_keys=True) == {
+        "delete-delay": "5"}
+
+
+# --- the reply cache's byte budget ------------------------------------------------------------
+
+
+def test_reply_cache_is_bounded_by_bytes_too_oldest_first():
+    overhead = REPLY_CACHE_ENTRY_OVERHEAD
+    cache = ReplyCache(max_bytes=3 * (overhead + 1000))  # three 1000-byte replies
+    keys = [(("127.0.0.1", 5060), b"c%d" % n) for n in range(10)]
+    for key in keys:
+        assert cache.begin(key, now=0) is True
+        cache.complete(key, b"x" * 1000, now=0)
+        assert cache.bytes <= cache.max_bytes
+    assert len(cache) == 3 and cache.bytes == 3 * (overhead + 1000)
+    assert cache.begin(keys[-1], now=1) == b"x" * 1000  # the newest are still answered
+    assert cache.begin(keys[0], now=1) is True  # the oldest went first
+    # Small replies: many more fit in the same budget.
+    for n in range(10):
+        key = (("127.0.0.1", 5060), b"s%d" % n)
+        cache.begin(key, now=2)
+        cache.complete(key, b"d6:result4:ponge", now=2)
+    assert len(cache) == 10
+
+
+def test_reply_cache_default_budget_holds_the_retransmit_window_of_a_busy_engine():
+    """6 s of 1000 commands a second (half offers, half deletes) stay answerable."""
+    offer_reply, delete_reply = b"o" * 400, b"d" * 1800
+    cache = ReplyCache()
+    per_second, seconds = 1000, 6
+    for n in range(per_second * seconds):
+        key = (("198.51.100.7", 22222), b"%d" % n)
+        cache.begin(key, now=n / per_second)
+        cache.complete(key, delete_reply if n % 2 else offer_reply, now=n / per_second)
+    assert len(cache) == per_second * seconds
+    assert cache.bytes <= REPLY_CACHE_MAX_BYTES <= 10 << 20
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3000), st.booleans()), max_size=200))
+def test_reply_cache_accounts_every_byte(operations):
+    cache = ReplyCache(ttl=5, max_entries=12, max_bytes=12_000)
+    now = 0.0
+    for cookie, size, finish in operations:
+        now += 0.25
+        key = (("h", 1), str(cookie).encode())
+        if cache.begin(key, now) is True and finish:
+            cache.complete(key, b"r" * size, now)
+        expected = sum(
+            REPLY_CACHE_ENTRY_OVERHEAD + (len(state) if isinstance(state, bytes) else 0)
+            for _, state in cache._entries.values()
+        )
+        assert cache.bytes == expected
+        assert len(cache) <= 12 and cache.bytes <= 12_000 + REPLY_CACHE_ENTRY_OVERHEAD
+
+
+async def test_error_counts_stay_bounded_whatever_the_reasons_quote():
+    async def offer(request):
+        raise NgError(f"Unknown profile '{request.text('profile')}'")
+
+    dispatcher = Dispatcher({"offer": offer})
+    for n in range(500):
+        body = encode_request(b"", "offer", {"profile": f"p{n}"})[1:]
+        await dispatcher.handle(b"%d" % n, body, ("h", 1), lambda: 0.0)
+    assert len(dispatcher.errors) <= MAX_ERROR_REASONS + 1
+    assert sum(dispatcher.errors.values()) == 500
+    assert dispatcher.errors["Unknown profile 'p0'"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ import trio
 from ctl.config import load_config
 from ctl.engine import Engine
 from ctl.ng import NgRequest
+from ctl.ng_server import ReplyFirst
 
 
 def engine_for_test(url: str, **env: str) -> Engine:
@@ -39,12 +41,30 @@ def watch(engine: Engine, command: str) -> CommandLog:
     log = CommandLog()
     handler = engine.dispatcher.handlers[command]
 
-    async def recording(request: NgRequest) -> dict[str, Any]:
-        reply = await handler(request)
+    def record(request: NgRequest, result: Any) -> Any:
+        reply = result.reply if isinstance(result, ReplyFirst) else result
         log.seen.append((dict(request.params), reply))
         log._arrived.set()
         log._arrived = trio.Event()
-        return reply
+        return result
+
+    # The wrapper keeps the handler's kind: plain ones are answered inline, async ones in a
+    # task of their own (ctl/ng_server.py), and the tests should see the same scheduling.
+    if inspect.iscoroutinefunction(handler):
+        async def recording(request: NgRequest) -> dict[str, Any]:
+            return record(request, await handler(request))
+    else:
+        def recording(request: NgRequest) -> dict[str, Any]:
+            return record(request, handler(request))
 
     engine.dispatcher.handlers[command] = recording
     return log
+
+
+def reply_of(result: dict[str, Any] | ReplyFirst) -> dict[str, Any]:
+    """A handler called directly, finished as the ng server does: the follow-up work of a
+    :class:`ReplyFirst` (an offer's call) is done, and the reply returned."""
+    if isinstance(result, ReplyFirst):
+        result.then()
+        return result.reply
+    return result
