@@ -151,7 +151,7 @@ class Call:
             relatch=Relatch(relatch),
             on_media_started=self._media_started,
         )
-        self.ai = RealtimeSession(settings, self.bridge)
+        self.ai = RealtimeSession(settings, self.bridge, poller)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -60,6 +60,10 @@ class MediaPoller:
     def register(self, sock: socket.socket, handler: Callable[[float], None],
                  on_failure: Callable[[], None]) -> None:
         """Call ``handler(now)`` when ``sock`` is readable; ``on_failure`` if it raises."""
+        if self._epoll.closed:
+            # The poller has stopped: the engine is shutting down, and its nursery is
+            # cancelling every call (one may still be connecting its AI session).
+            return
         fd = sock.fileno()
         self._epoll.register(fd, select.EPOLLIN)
         self._handlers[fd] = (handler, on_failure)

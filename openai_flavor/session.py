@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from media.bridge import CallBridge
+from media.poller import MediaPoller
 from openai_flavor import events
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
@@ -130,9 +131,11 @@ def redact(text: str, secret: str | None) -> str:
 class RealtimeSession:
     """The AI side of one call. ``run`` is started in the call's nursery."""
 
-    def __init__(self, settings: RealtimeSettings, bridge: CallBridge) -> None:
+    def __init__(self, settings: RealtimeSettings, bridge: CallBridge,
+                 poller: MediaPoller) -> None:
         self.settings = settings
         self.bridge = bridge
+        self._poller = poller  # the engine's: reads the WebSocket as it does RTP
         self.stats = RealtimeStats(model=settings.model, dialect=settings.dialect)
         # Across connections: the welcome is spoken once, and protected until it has played.
         self._welcome_sent = False
@@ -146,6 +149,8 @@ class RealtimeSession:
         self._ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
+        self._reader_ended = trio.Event()
+        self._reader_stop: Exception | None = None
 
     async def wait_until(self, predicate) -> None:
         """Block until ``predicate(self)`` holds; re-checked after every event and action.
@@ -349,16 +354,58 @@ class RealtimeSession:
     # --- the reader side ------------------------------------------------------------------------
 
     async def _read_events(self) -> None:
+        """Handle server events as they arrive; return only by raising the connection's end.
+
+        The socket sits in the engine's poller (media/poller.py) beside every call's RTP
+        sockets, which calls :meth:`_readable` when data is there: no task switch and no
+        epoll re-arm per read, as with a task waiting on the socket. This task only waits
+        for the end.
+        """
+        ws = self._ws
+        assert ws is not None
+        ended = self._reader_ended = trio.Event()
+        self._reader_stop = None
+        self._poller.register(ws.socket, self._readable, self._reader_failed)
+        try:
+            self._readable(trio.current_time())  # events that came with the 101
+            await ended.wait()
+        finally:
+            self._poller.unregister(ws.socket)
+        assert self._reader_stop is not None
+        raise self._reader_stop
+
+    def _readable(self, now: float) -> None:
+        """The poller's call: what one read brought, event by event, synchronously."""
+        if self._reader_ended.is_set():
+            return
+        ws = self._ws
+        assert ws is not None
+        messages, ended = ws.read_ready()
+        try:
+            for message in messages:
+                try:
+                    event = events.decode_event(message)
+                except ValueError:
+                    log.warning("call %s: ignoring a malformed Realtime event",
+                                self.bridge.call_id)
+                    continue
+                self._on_event(event)
+                self._notify()
+        except _Lost as lost:
+            ended = lost
+        if ended is not None:
+            self._stop_reading(ended)
+
+    def _reader_failed(self) -> None:
+        """The poller dropped the socket after ``_readable`` raised (a bug): end this
+        connection; the call goes on and a new connection is opened."""
+        self._stop_reading(_Lost("internal error while reading Realtime events"))
+
+    def _stop_reading(self, why: Exception) -> None:
         assert self._ws is not None
-        while True:
-            message = await self._ws.receive()
-            try:
-                event = events.decode_event(message)
-            except ValueError:
-                log.warning("call %s: ignoring a malformed Realtime event", self.bridge.call_id)
-                continue
-            self._on_event(event)
-            self._notify()
+        self._poller.unregister(self._ws.socket)  # level-triggered: an end stays readable
+        self._reader_stop = why
+        self._reader_ended.set()
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]

@@ -285,7 +285,7 @@ class WebSocket:
         self._tls_in = incoming
         self._tls_out = outgoing
         self._decoder = FrameDecoder()
-        self._messages: deque[tuple[int, bytes]] = deque()
+        self._inbox: deque[bytes] = deque()  # messages read but not yet returned by receive
         self._pending = bytearray()  # bytes the kernel has not taken yet (after TLS)
         self._pending_changed = trio.Event()  # set when output queues (wakes the flusher)
         self._drained = trio.Event()  # set when the flusher emptied the queue
@@ -466,37 +466,63 @@ class WebSocket:
 
     # --- receiving ----------------------------------------------------------------------------
 
-    async def receive(self) -> bytes:
-        """The next text or binary message's payload (text stays UTF-8 bytes: ``json.loads``
-        takes them as they are). Answers pings; raises :class:`ConnectionClosed` at the end."""
-        messages = self._messages
-        while True:
-            while messages:
-                opcode, payload = messages.popleft()
-                if opcode in (OP_TEXT, OP_BINARY):
-                    return payload
-                if opcode == OP_PING:
-                    self._write(encode_frame(OP_PONG, payload))
-                elif opcode == OP_CLOSE:
-                    raise self._on_close_frame(payload)
-            if self.closed is not None:
-                raise self.closed
-            if self._failure is not None:
-                raise self._closed_abnormally(self._failure)
-            try:
-                # Frames may already be buffered: a server often sends its first event in the
-                # same segment as the 101 (the upgrade hands those bytes over).
-                messages.extend(self._decoder.events())
-            except ProtocolError as exc:
-                self._send_close(exc.code, str(exc))
-                self.closed = ConnectionClosed(exc.code, str(exc))
-                raise self.closed from None
-            if messages:
-                continue
-            data = await self._read_plain()
-            if not data:
-                raise self._closed_abnormally(None)
+    @property
+    def socket(self) -> socket.socket:
+        """The TCP socket, for a poller that calls :meth:`read_ready` when it is readable."""
+        return self._sock
+
+    def read_ready(self) -> tuple[list[bytes], ConnectionClosed | None]:
+        """What one read of the socket brings, without waiting: the complete text and binary
+        messages (text stays UTF-8 bytes: ``json.loads`` takes them as they are), and the
+        end of the connection if it came (a close frame, the end of the stream, an error),
+        after those messages. Pings are answered here. Frames buffered earlier (those that
+        came with the 101) are returned too."""
+        if self.closed is not None:
+            return [], self.closed
+        if self._failure is not None:
+            return [], self._closed_abnormally(self._failure)
+        ended: ConnectionClosed | None = None
+        try:
+            data = self._recv_plain_nowait()
+        except ConnectionClosed as exc:
+            data, ended = None, exc
+        if data:
             self._decoder.feed(data)
+        elif data == b"":
+            ended = self._closed_abnormally(None)
+        try:
+            frames = self._decoder.events()
+        except ProtocolError as exc:
+            self._send_close(exc.code, str(exc))
+            self.closed = ConnectionClosed(exc.code, str(exc))
+            return [], self.closed
+        messages: list[bytes] = []
+        for opcode, payload in frames:
+            if opcode in (OP_TEXT, OP_BINARY):
+                messages.append(payload)
+            elif opcode == OP_PING:
+                self._write(encode_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                return messages, self._on_close_frame(payload)  # nothing counts after it
+        return messages, ended
+
+    async def receive(self) -> bytes:
+        """The next message (see :meth:`read_ready`); raises :class:`ConnectionClosed` at
+        the end. For a single connection; the session reads through the engine's poller."""
+        inbox = self._inbox
+        waited = False
+        while not inbox:
+            messages, ended = self.read_ready()  # after an end, it returns the end again
+            if messages:
+                inbox.extend(messages)
+            elif ended is not None:
+                raise ended
+            else:
+                await trio.lowlevel.wait_readable(self._sock)
+                waited = True
+        if not waited:
+            await trio.lowlevel.checkpoint()  # as any trio read: a busy peer starves no one
+        return inbox.popleft()
 
     def _on_close_frame(self, payload: bytes) -> ConnectionClosed:
         try:
@@ -514,13 +540,23 @@ class WebSocket:
         return self.closed
 
     async def _read_plain(self) -> bytes:
-        """Application bytes: the next socket read, decrypted. b"" at the end of the stream."""
-        if self._tls is None:
-            return await self._read_raw_bytes()
+        """Application bytes (during the upgrade): waits; b"" at the end of the stream."""
+        while True:
+            data = self._recv_plain_nowait()
+            if data is not None:
+                return data
+            await trio.lowlevel.wait_readable(self._sock)
+
+    def _recv_plain_nowait(self) -> bytes | None:
+        """One socket read, decrypted: None if nothing is there yet (or only part of a TLS
+        record), b"" at the end of the stream. Raises :class:`ConnectionClosed` on errors."""
+        tls = self._tls
+        if tls is None:
+            return self._recv_raw_nowait()
         assert self._tls_in is not None
         while True:
             try:
-                data = self._tls.read(RECEIVE_BYTES)
+                data = tls.read(RECEIVE_BYTES)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
@@ -530,11 +566,21 @@ class WebSocket:
             else:
                 self._flush_tls_output()  # TLS 1.3 may answer (e.g. a KeyUpdate) on a read
                 return data
-            raw = await self._read_raw_bytes()
-            if not raw:
+            raw = self._recv_raw_nowait()
+            if raw is None:
+                return None
+            if raw:
+                self._tls_in.write(raw)
+            else:
                 self._tls_in.write_eof()
-                continue
-            self._tls_in.write(raw)
+
+    def _recv_raw_nowait(self) -> bytes | None:
+        try:
+            return self._sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._closed_abnormally(exc) from None
 
     def _flush_tls_output(self) -> None:
         assert self._tls_out is not None
@@ -545,29 +591,11 @@ class WebSocket:
     async def _read_raw(self) -> None:
         """One socket read into the TLS engine (during the TLS handshake)."""
         assert self._tls_in is not None
-        raw = await self._read_raw_bytes()
+        while (raw := self._recv_raw_nowait()) is None:
+            await trio.lowlevel.wait_readable(self._sock)
         if not raw:
             raise WebSocketError("the server closed the connection during the TLS handshake")
         self._tls_in.write(raw)
-
-    async def _read_raw_bytes(self) -> bytes:
-        sock = self._sock
-        waited = False
-        while True:
-            try:
-                data = sock.recv(RECEIVE_BYTES)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise self._closed_abnormally(exc) from None
-            else:
-                if not waited:
-                    # Always a checkpoint, as trio's own reads: a server that never lets the
-                    # socket run dry must not starve the media clock.
-                    await trio.lowlevel.checkpoint()
-                return data
-            await trio.lowlevel.wait_readable(sock)
-            waited = True
 
     # --- closing ------------------------------------------------------------------------------
 

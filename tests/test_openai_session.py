@@ -19,6 +19,8 @@ import trio
 
 from media.bridge import CallBridge
 from media.playout import PlayoutQueue
+from media.poller import MediaPoller
+from openai_flavor import events
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings, ToolSpec
 from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
@@ -79,6 +81,8 @@ def make_settings(url: str, **overrides) -> RealtimeSettings:
 async def harness(server: FakeRealtimeServer, *, tls: ssl.SSLContext | None = None, **settings):
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(server.serve, ssl_context=tls))
+        poller = MediaPoller()  # the engine's, in production: it reads the WebSocket
+        await nursery.start(poller.run)
         keys_send, keys_receive = trio.open_memory_channel[Digit](8)
         h_ended: list[str] = []
         h_transfers: list[str] = []
@@ -87,7 +91,7 @@ async def harness(server: FakeRealtimeServer, *, tls: ssl.SSLContext | None = No
             playout=PlayoutQueue(FRAME, max_bytes=120 * 8000), end_call=h_ended.append,
             transfer=h_transfers.append, caller_events=keys_receive,
         )
-        session = RealtimeSession(make_settings(url, **settings), bridge)
+        session = RealtimeSession(make_settings(url, **settings), bridge, poller)
         h = Harness(server, session, bridge, keys_send, h_ended, h_transfers)
         original_end = bridge.end_call
 
@@ -593,3 +597,28 @@ async def test_one_sessions_failure_does_not_touch_another():
             await ok.speak()
             await ok.session.wait_until(lambda s: s.stats.responses == 1)
             assert ok.ended == [] and ok.failure == [] and ok.session.stats.state == "open"
+
+
+async def test_a_bug_while_handling_an_event_ends_that_connection_and_not_the_call(monkeypatch):
+    """Events are handled in the engine's poller: a bug there must not reach the poller's
+    other sockets (every call's RTP), nor end the call; the session reconnects."""
+    original = events.decode_audio_delta
+    raised: list[str] = []
+
+    def first_delta_breaks(event):
+        if not raised:
+            raised.append(event["type"])
+            raise RuntimeError("a bug")
+        return original(event)
+
+    monkeypatch.setattr(events, "decode_audio_delta", first_delta_breaks)
+    server = FakeRealtimeServer(reply_audio=tone("pcmu", 400), speed=0)
+    with trio.fail_after(10):
+        async with harness(server) as h:
+            await server.wait_for_session()
+            await h.speak()
+            await h.session.wait_until(lambda s: s.stats.reconnects == 1)
+            await server.wait_for_session(2)
+            assert raised and h.failure == [] and h.ended == []
+            await h.speak()
+            await h.session.wait_until(lambda s: s.stats.audio_received_bytes > 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+import trio
 
 from media.poller import MAX_ROUNDS, MediaPoller
 
@@ -107,3 +108,15 @@ def test_a_handler_that_raises_is_dropped_and_its_owner_told(sockets):
     poller.dispatch(clock)
     assert failed == [True] and len(poller) == 1
     assert log == [(good.getsockname()[1], b"a")]
+
+
+async def test_registering_with_a_stopped_poller_is_harmless():
+    """At shutdown a call's AI session may connect after the engine's poller has stopped."""
+    poller = MediaPoller()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        nursery.cancel_scope.cancel()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        poller.register(sock, lambda now: None, lambda: None)
+        poller.unregister(sock)
+    assert len(poller) == 0
