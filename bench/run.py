@@ -528,7 +528,8 @@ TASK_LABELS = (
     ({"MediaClock.run", "MediaStream.tick"}, "pacer: MediaClock.run + MediaStream.tick"),
     # Caller audio is sent from the RTP receiver's stack: this label is checked before it.
     ({"RealtimeSession._append_caller_audio"}, "WS writer: RealtimeSession._append_caller_audio"),
-    ({"RealtimeSession._read_events", "WebSocket.flush"}, "WS reader + flusher"),
+    ({"RealtimeSession._readable", "RealtimeSession._read_events", "WebSocket.flush"},
+     "WS reader (in the poller) + flusher"),
     ({"MediaPoller.run", "Call._receive_media"}, "RTP receiver: MediaPoller.run"),
     ({"serve_ng", "Dispatcher.handle", "Engine.offer", "Engine.delete", "Call.run",
       "RealtimeSession.run", "WebSocket.connect"}, "ng + call set-up/tear-down"),
