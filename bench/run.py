@@ -632,7 +632,7 @@ def section(run, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", default="50,100,200,300,500",
+    parser.add_argument("--calls", default="50,100,200,300,500,700,1000",
                         help="comma-separated concurrent call counts")
     parser.add_argument("--duration", type=float, default=30, help="measured seconds per N")
     parser.add_argument("--warmup", type=float, default=5, help="seconds before the window")
