@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
 import sys
 
@@ -37,6 +38,28 @@ async def _cancel_on_next_signal(signals, scope: trio.CancelScope) -> None:
         return
 
 
+# Descriptors a call holds: its RTP and RTCP sockets and its WebSocket.
+FDS_PER_CALL = 3
+
+
+def raise_descriptor_limit(
+    getrlimit=resource.getrlimit, setrlimit=resource.setrlimit
+) -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; return (before, after).
+
+    A common soft default is 1024, i.e. ~330 calls at 3 descriptors each: below what one rtpai
+    process carries (docs/performance.md). The hard limit is the administrator's word.
+    """
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft
+    try:
+        setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, hard
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rtpai", description="RTP engine for AI voice agents (rtpengine ng protocol)"
@@ -53,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log.info("configuration: %r", config)
+    before, after = raise_descriptor_limit()
+    if after != before:
+        log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
+                 after // FDS_PER_CALL)
     try:
         trio.run(serve, Engine(config))
     except OSError as exc:
