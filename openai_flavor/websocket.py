@@ -126,9 +126,9 @@ def _masked(payload: bytes, key: bytes) -> bytes:
     return value.to_bytes(size, "little")
 
 
-def encode_frame(opcode: int, payload: bytes, *, mask_key: bytes | None = None) -> bytes:
+def encode_frame(opcode: int, payload: bytes) -> bytes:
     """One final frame from the client: always masked (RFC 6455 section 5.1)."""
-    key = _mask_keys.next() if mask_key is None else mask_key
+    key = _mask_keys.next()
     size = len(payload)
     first = 0x80 | opcode
     if size < 126:
@@ -288,8 +288,10 @@ class WebSocket:
         self._inbox: deque[bytes] = deque()  # messages read but not yet returned by receive
         self._pending = bytearray()  # bytes the kernel has not taken yet (after TLS)
         self._pending_changed = trio.Event()  # set when output queues (wakes the flusher)
-        self._drained = trio.Event()  # set when the flusher emptied the queue
-        self._flusher_running = False
+        # trio lets one task at a time wait for a socket to be writable: the flusher, or
+        # whoever flushes the handshake or the close. Others wait for that one's turn.
+        self._awaiting_writable = False
+        self._wrote = trio.Event()
         self._failure: BaseException | None = None  # what went wrong, for our own tasks
         self._close_sent = False
         self.closed: ConnectionClosed | None = None  # set once the connection is over
@@ -414,25 +416,40 @@ class WebSocket:
         if self._failure is None:
             self._failure = exc
         self._pending_changed.set()  # wakes the flusher, which raises it
-        self._drained.set()
 
     async def flush(self) -> None:
-        """Run beside :meth:`receive`: write queued output whenever the socket takes it.
+        """Run beside the reading: write queued output whenever the socket takes it.
         Raises :class:`ConnectionClosed` if sending fails."""
-        self._flusher_running = True
+        while True:
+            if self._failure is not None:
+                raise self._closed_abnormally(self._failure)
+            if not self._pending:
+                self._pending_changed = trio.Event()
+                await self._pending_changed.wait()
+                continue
+            await self._send_when_writable()
+
+    async def _flush_now(self) -> None:
+        """Wait until everything queued is written (the handshakes, the close frame)."""
+        if self._tls is not None:
+            self._flush_tls_output()
+        while self._pending and self._failure is None:
+            await self._send_when_writable()
+        if self._failure is not None:
+            raise self._closed_abnormally(self._failure)
+
+    async def _send_when_writable(self) -> None:
+        if self._awaiting_writable:
+            await self._wrote.wait()  # another task waits on the socket and sends
+            return
+        self._awaiting_writable = True
         try:
-            while True:
-                if self._failure is not None:
-                    raise self._closed_abnormally(self._failure)
-                if not self._pending:
-                    self._drained.set()
-                    self._pending_changed = trio.Event()
-                    await self._pending_changed.wait()
-                    continue
-                await trio.lowlevel.wait_writable(self._sock)
-                self._send_pending()
+            await trio.lowlevel.wait_writable(self._sock)
         finally:
-            self._flusher_running = False
+            self._awaiting_writable = False
+            self._wrote.set()
+            self._wrote = trio.Event()
+        self._send_pending()
 
     def _send_pending(self) -> None:
         try:
@@ -444,24 +461,9 @@ class WebSocket:
             return
         del self._pending[:sent]
 
-    async def _flush_now(self) -> None:
-        """Wait until everything queued is written (the handshakes, the close frame): by the
-        flusher task if it runs (one task per direction may wait on a socket), else here."""
-        if self._tls is not None:
-            self._flush_tls_output()
-        while self._pending and self._failure is None:
-            if self._flusher_running:
-                self._drained = trio.Event()
-                await self._drained.wait()
-            else:
-                await trio.lowlevel.wait_writable(self._sock)
-                self._send_pending()
-        if self._failure is not None:
-            raise self._closed_abnormally(self._failure)
-
     @property
     def buffered(self) -> int:
-        """Bytes waiting for the kernel (back-pressure, for statistics)."""
+        """Bytes waiting for the kernel: how far the connection is backed up."""
         return len(self._pending)
 
     # --- receiving ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from media.bridge import CallBridge
+from media.bridge import CALLER_AUDIO_BACKLOG_FRAMES, CallBridge
 from media.playout import PlayoutQueue
 
 pytestmark = pytest.mark.trio
@@ -65,3 +65,28 @@ async def test_transfer_is_delivered_to_the_owner():
     b = bridge([], transfers)
     b.transfer("sip:sales@example.com")
     assert transfers == ["sip:sales@example.com"]
+
+
+# --- caller audio: the media plane's hand-off to the AI session ------------------------------
+
+
+async def test_caller_audio_waits_in_a_bounded_backlog_until_the_ai_session_attaches():
+    b = bridge([])
+    frames = [bytes([n % 256]) * 160 for n in range(CALLER_AUDIO_BACKLOG_FRAMES)]
+    assert all(b.caller_audio(frame) for frame in frames)
+    assert not b.caller_audio(b"\x00" * 160)  # full: dropped (the media plane counts it)
+    taken: list[bytes] = []
+    assert b.attach_caller_audio(lambda frame: taken.append(frame) is None) == frames
+    assert b.caller_audio(b"\x01" * 160) and taken == [b"\x01" * 160]
+
+
+async def test_a_reconnect_forgets_the_backlog_and_an_ended_session_takes_nothing():
+    b = bridge([])
+    b.caller_audio(b"\x01" * 160)
+    assert b.drop_caller_backlog() == 1
+    assert b.attach_caller_audio(lambda frame: True) == []
+    b.detach_caller_audio(for_good=True)
+    # The call's media goes on after its AI session ended: frames are neither kept nor
+    # counted as dropped.
+    assert b.caller_audio(b"\x02" * 160)
+    assert b.attach_caller_audio(lambda frame: True) == []

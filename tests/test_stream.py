@@ -683,3 +683,11 @@ async def test_a_parked_stream_hands_caller_audio_over_at_once_even_with_batchin
     caller_speaks(stream)
     stream.on_datagram(rtp(2), CALLER)
     assert len(drain(audio)) == 2
+
+
+async def test_caller_frames_the_ai_session_refuses_are_counted_not_queued():
+    stream, _, _ = make_stream()
+    stream.bridge.attach_caller_audio(lambda frame: False)  # the WebSocket is backed up
+    caller_speaks(stream)
+    stream.on_datagram(rtp(2), CALLER)
+    assert stream.stats.ai_queue_full == 2
