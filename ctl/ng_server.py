@@ -51,6 +51,20 @@ KNOWN_KEYS = frozenset({
 
 # Kamailio reads replies of up to 256 KiB; a UDP datagram carries at most 65507 bytes over IPv4.
 MAX_DATAGRAM = 65535
+# The largest reply we send: what one UDP datagram carries over IPv4 (65535 minus the IP and UDP
+# headers). A bigger one would fail in sendto and leave the proxy retransmitting into silence;
+# it is answered with REASON_REPLY_TOO_LARGE instead.
+MAX_REPLY = 65507
+REASON_REPLY_TOO_LARGE = f"Reply too large for one datagram ({MAX_REPLY} bytes)"
+# A handler that raised something else than NgError (a bug) or a reply that cannot be encoded:
+# the proxy still gets an answer, the traceback goes to our log.
+REASON_INTERNAL = "Internal error"
+# Error reasons are cut to this many characters, in the reply and in the counts: some quote the
+# request (an unknown profile, an SDP's transport). rtpengine's own reasons are < 60 characters.
+MAX_REASON_LENGTH = 200
+# Commands are counted by name in `statistics` only if a handler has that name; every other name
+# is counted as this one, so that no peer can grow the table.
+UNKNOWN_COMMAND_BUCKET = "unknown"
 # Requests handled by async handlers at once. Past this the receive loop waits: control-path
 # back-pressure.
 MAX_CONCURRENT_REQUESTS = 64
@@ -138,7 +152,8 @@ class Dispatcher:
         request: NgRequest | None = None
         try:
             request = decode_request(body)
-            self.commands[request.command] += 1
+            command = request.command
+            self.commands[command if command in self.handlers else UNKNOWN_COMMAND_BUCKET] += 1
             if log.isEnabledFor(logging.DEBUG):
                 unknown = sorted(set(request.params) - KNOWN_KEYS)
                 if unknown:
@@ -195,14 +210,16 @@ class Dispatcher:
                 return {"result": "load limit", "message": exc.reason}
             return {"result": "error", "error-reason": exc.reason}
         if isinstance(exc, NgError):
-            counted = exc.reason
+            reason = _bounded_reason(exc.reason)
+            counted = reason
             if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
                 counted = "other"
             self.errors[counted] += 1
-            return {"result": "error", "error-reason": exc.reason}
+            return {"result": "error", "error-reason": reason}
         # A bug must not cost the proxy a reply: it would retransmit and then mark us dead.
         log.error("ng: handler failed", exc_info=exc)
-        return {"result": "error", "error-reason": "Internal error"}
+        self.errors[REASON_INTERNAL] += 1
+        return {"result": "error", "error-reason": REASON_INTERNAL}
 
     def _complete(
         self,
@@ -213,9 +230,31 @@ class Dispatcher:
         source: Any,
         now: float,
     ) -> Answer:
-        datagram = encode_reply(cookie, reply, as_json=as_json)
+        try:
+            datagram = encode_reply(cookie, reply, as_json=as_json)
+        except Exception:
+            # What a handler returned cannot be encoded (a bug: requests are checked so that
+            # everything they carry can be): the proxy still gets its answer.
+            log.exception("ng: cannot encode the reply")
+            self.errors[REASON_INTERNAL] += 1
+            reply = {"result": "error", "error-reason": REASON_INTERNAL}
+            datagram = encode_reply(cookie, reply, as_json=as_json)
+        if len(datagram) > MAX_REPLY:
+            log.warning("ng: a %d-byte reply does not fit in a datagram; answering an error",
+                        len(datagram))
+            self.errors[REASON_REPLY_TOO_LARGE] += 1
+            reply = {"result": "error", "error-reason": REASON_REPLY_TOO_LARGE}
+            datagram = encode_reply(cookie, reply, as_json=as_json)
+            # ``then`` still runs: it owns what the handler set up (an offer's ports) and
+            # hands it to a call that a delete or the media timeout ends.
         duplicates = self.cache.complete((source, cookie), datagram, now)
         return Answer(datagram, 1 + duplicates, then)
+
+
+def _bounded_reason(reason: str) -> str:
+    if len(reason) <= MAX_REASON_LENGTH:
+        return reason
+    return reason[: MAX_REASON_LENGTH - 3] + "..."
 
 
 def _succeeded(result: Result) -> tuple[dict[str, Any], Callable[[], None] | None]:
