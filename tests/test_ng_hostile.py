@@ -204,3 +204,46 @@ async def test_statistics_stay_answerable_after_hostile_datagrams():
             nursery.cancel_scope.cancel()
 
 
+
+
+async def test_a_second_offer_with_a_new_from_tag_is_a_second_leg_and_delete_ends_both():
+    """Same call-id, new from-tag (no via-branch): rtpengine makes it a new monologue of the
+    call. It used to replace the first call in the registry, which kept its port and its RTP
+    after the delete and could never be deleted."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            engine, address = await run_engine(nursery)
+            async with FakeProxy(address) as proxy:
+                first = await proxy.command("offer", sdp=SDP, **{"call-id": "c", "from-tag": "a"})
+                second = await proxy.command("offer", sdp=SDP, **{"call-id": "c", "from-tag": "b"})
+                assert first["result"] == second["result"] == "ok"
+                assert first["sdp"] != second["sdp"]  # two legs, two ports
+                legs = list(engine.calls)
+                assert sorted(call.from_tag for call in legs) == ["a", "b"]
+                assert engine.ports.in_use == 2
+                # A re-offer of the first leg still updates it in place.
+                again = await proxy.command("offer", sdp=SDP, **{"call-id": "c", "from-tag": "a"})
+                assert again["sdp"] == first["sdp"] and len(engine.calls) == 2
+
+                reply = await proxy.command("delete", **{"call-id": "c"})
+                assert reply["result"] == "ok" and "warning" not in reply
+                assert len(engine.calls) == 0 and engine.ports.in_use == 0
+                for call in legs:
+                    assert call.ended.is_set()
+                    assert all(sock.fileno() == -1 for sock in call._sockets)  # nothing sends
+            nursery.cancel_scope.cancel()
+
+
+async def test_delete_with_a_from_tag_ends_only_that_leg():
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            engine, address = await run_engine(nursery)
+            async with FakeProxy(address) as proxy:
+                for tag in ("a", "b"):
+                    await proxy.command("offer", sdp=SDP, **{"call-id": "c", "from-tag": tag})
+                await proxy.command("delete", **{"call-id": "c", "from-tag": "b"})
+                assert [call.from_tag for call in engine.calls] == ["a"]
+                assert engine.ports.in_use == 1
+                await proxy.command("delete", **{"call-id": "c"})
+                assert len(engine.calls) == 0 and engine.ports.in_use == 0
+            nursery.cancel_scope.cancel()
