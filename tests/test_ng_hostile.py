@@ -8,6 +8,7 @@ later reply (``list``, ``statistics``) unanswerable.
 from __future__ import annotations
 
 import json
+import logging
 
 import bencode
 import pytest
@@ -246,4 +247,26 @@ async def test_delete_with_a_from_tag_ends_only_that_leg():
                 assert engine.ports.in_use == 1
                 await proxy.command("delete", **{"call-id": "c"})
                 assert len(engine.calls) == 0 and engine.ports.in_use == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_big_offers_are_refused_with_rtpengine_reasons(caplog):
+    from media.sdp import MAX_SDP_LINES
+
+    caplog.set_level(logging.INFO, logger="rtpai.engine")
+    head = SDP.split("m=")[0]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            engine, address = await run_engine(nursery)
+            async with FakeProxy(address) as proxy:
+                ids = {"call-id": "big", "from-tag": "f"}
+                huge = head + "m=video 0 RTP/AVP 96\r\n" * 1700  # ~37 KB
+                reply = await proxy.command("offer", sdp=huge, **ids)
+                assert reply == {"result": "error",
+                                 "error-reason": f"Value too long for key 'sdp' (max {MAX_SDP_LENGTH})"}
+                many = head + "m=video 0 RTP/AVP 96\r\n" * (MAX_SDP_LINES + 1)
+                reply = await proxy.command("offer", sdp=many, **ids)
+                assert reply == {"result": "error", "error-reason": "Failed to parse SDP"}
+                assert f"more than {MAX_SDP_LINES} lines" in caplog.text  # the detail: our log
+                assert engine.ports.in_use == 0 and len(engine.calls) == 0
             nursery.cancel_scope.cancel()
