@@ -109,7 +109,8 @@ class Engine:
                 "list": self.list_calls,
                 "statistics": self.statistics,
                 **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
-            }
+            },
+            allow=config["ng"]["allow"],
         )
         proxy = config["proxy"]
         self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
@@ -533,6 +534,8 @@ class Engine:
                     "proxies": [],
                     "commands": dict(self.dispatcher.commands),
                     "errors": dict(self.dispatcher.errors),
+                    # Datagrams from sources [ng] allow does not list (dropped, unanswered).
+                    "denied": self.dispatcher.denied,
                 },
                 "interfaces": [
                     {
