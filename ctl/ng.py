@@ -12,6 +12,7 @@ replies so that a retransmitted datagram is answered, never executed twice.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -261,6 +262,8 @@ def _text(value: Any, fold_keys: bool = True, depth: int = 0) -> Any:
         if not MIN_INTEGER <= value <= MAX_INTEGER:
             raise NgError(REASON_BAD_BENCODE)
         return value
+    if kind is float and not math.isfinite(value):  # 1e400 reads as inf, which encodes nowhere
+        raise NgError(REASON_BAD_BENCODE)
     if depth >= MAX_BENCODE_DEPTH and kind in (dict, list):
         raise NgError(REASON_BAD_BENCODE)
     if isinstance(value, bytes):

@@ -13,6 +13,8 @@ import logging
 import bencode
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctl.config import load_config
 from ctl.engine import Engine
@@ -21,8 +23,10 @@ from ctl.ng import (
     MAX_FIELD_LENGTHS,
     MAX_FLAGS,
     MAX_SDP_LENGTH,
+    NgError,
     decode_reply,
     decode_request,
+    encode_reply,
     encode_request,
 )
 from ctl.ng_server import (
@@ -109,8 +113,6 @@ async def test_unknown_command_names_are_counted_under_one_bucket():
 
 
 async def test_error_reasons_are_bounded_in_length_in_the_reply_and_the_counts():
-    from ctl.ng import NgError
-
     def quoting(request):
         raise NgError("Unknown profile '" + "p" * 5000 + "'")
 
@@ -152,16 +154,12 @@ def test_every_field_has_a_length_limit_with_an_rtpengine_like_reason(key):
     limit = MAX_FIELD_LENGTHS[key]
     ok = decode_request(bencode.bencode({"command": "offer", key: "a" * limit}))
     assert ok.text(key) == "a" * limit
-    from ctl.ng import NgError
-
     with pytest.raises(NgError) as refused:
         decode_request(bencode.bencode({"command": "offer", key: "a" * (limit + 1)}))
     assert refused.value.reason == f"Value too long for key '{key}' (max {limit})"
 
 
 def test_limits_on_flags_sdp_and_numbers():
-    from ctl.ng import NgError
-
     with pytest.raises(NgError, match="Too many flags"):
         decode_request(bencode.bencode({"command": "offer", "flags": ["f"] * (MAX_FLAGS + 1)}))
     with pytest.raises(NgError, match="Value too long for key 'sdp'"):
@@ -178,6 +176,8 @@ def test_limits_on_flags_sdp_and_numbers():
     assert request.integer("delete-delay") == 30
     with pytest.raises(NgError):
         decode_request(b'{"command":"delete","delete-delay":NaN}')
+    with pytest.raises(NgError):  # reads as float inf, which no encoder takes
+        decode_request(b'{"command":"delete","x":[1e400]}')
 
 
 async def test_a_cookie_too_long_is_not_a_cookie():
@@ -270,3 +270,28 @@ async def test_big_offers_are_refused_with_rtpengine_reasons(caplog):
                 assert f"more than {MAX_SDP_LINES} lines" in caplog.text  # the detail: our log
                 assert engine.ports.in_use == 0 and len(engine.calls) == 0
             nursery.cancel_scope.cancel()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
+    | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["command", "call-id", "sdp", "flags", "x", "limit"]),
+                       _json_values, max_size=5), st.booleans())
+def test_whatever_decodes_can_be_encoded_again(message, ensure_ascii):
+    """The policy that keeps replies encodable: what the decoder accepts, both encoders take.
+    (Lone surrogates, non-finite floats, integers past 64 bits are refused at decode.)"""
+    message.setdefault("command", "ping")
+    text = json.dumps(message, ensure_ascii=ensure_ascii, allow_nan=True)
+    try:
+        request = decode_request(text.encode("utf-8", "surrogatepass"))
+    except NgError:
+        return
+    for as_json in (False, True):
+        encode_reply(b"c", dict(request.params), as_json=as_json)
