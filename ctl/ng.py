@@ -448,7 +448,8 @@ class _Pending:
 
 # What one cached reply costs besides its bytes: the dictionary entry, the (time, reply) tuple
 # and the time (~170 bytes, measured with tracemalloc), and the key it holds on to, the source
-# address and the cookie (~200 bytes).
+# address and the cookie (~200 bytes with a proxy's ~30-byte cookie; cookies are at most
+# MAX_COOKIE_LENGTH, so the worst case adds 20,000 x 226 bytes, ~4.5 MB, beyond the budget).
 REPLY_CACHE_ENTRY_OVERHEAD = 400
 # The cache's bytes, overhead included. A retransmit comes at most ~6 s after the original
 # (both proxy modules: 5 retries, 1 s apart), so the cache must hold 6 s of replies: at ~1.5 KB
