@@ -48,11 +48,25 @@ class Client:
         self.sock.close()
 
 
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+
+
 def ping_dispatcher(**kwargs) -> Dispatcher:
     return Dispatcher({"ping": lambda request: {"result": "pong"}}, **kwargs)
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0", "::"])
+@pytest.mark.parametrize("listen", ["0.0.0.0", pytest.param("::", marks=needs_ipv6)])
 async def test_a_wildcard_bind_answers_from_the_address_the_request_reached(listen):
     """The proxy sends to 127.0.0.2; the primary address is 127.0.0.1. Without IP_PKTINFO
     the reply left from 127.0.0.1 and the proxy's connected socket never saw it."""
@@ -70,6 +84,7 @@ async def test_a_wildcard_bind_answers_from_the_address_the_request_reached(list
             nursery.cancel_scope.cancel()
 
 
+@needs_ipv6
 async def test_an_ipv6_wildcard_bind_answers_ipv6_clients():
     dispatcher = ping_dispatcher()
     with trio.fail_after(5):
