@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ctl.acl import parse_networks
 from openai_flavor.settings import VOICES, parse_tools
 
 
@@ -179,8 +180,11 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("ng", "listen", "NG_LISTEN", "127.0.0.1:2223", host_port,
-            help="UDP address of the ng control socket (bind a concrete address: the proxy "
-                 "expects the reply from the address it sent to)"),
+            help="UDP address of the ng control socket (on a wildcard address each reply "
+                 "leaves from the address its request reached, as the proxies expect)"),
+    Setting("ng", "allow", "NG_ALLOW", "", parse_networks,
+            help="addresses/CIDRs allowed to send ng commands, comma- or space-separated "
+                 "(empty: anyone who reaches the socket; others are dropped and counted)"),
     Setting("ng", "max_sessions", "NG_MAX_SESSIONS", "0", int_range(0, 1_000_000),
             help="concurrent calls before offers get 'load limit' (0 = unlimited)"),
     Setting("rtp", "ip", "RTP_IP", None, optional_text,

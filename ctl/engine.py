@@ -44,6 +44,9 @@ log = logging.getLogger("rtpai.engine")
 # delete this long, then it is forgotten so an absent delete cannot leak memory.
 ENDED_CALL_LINGER = 300.0
 HOUSEKEEPING_INTERVAL = 30.0
+# The longest delete-delay honoured: rtpengine's default is 30 s and scripts use 0-60; a longer
+# one would keep a deleted call's ports for nothing, so it is cut to this (and the reply warns).
+MAX_DELETE_DELAY = 300
 # Binding retries when another process holds a port of our range.
 BIND_ATTEMPTS = 16
 
@@ -106,7 +109,8 @@ class Engine:
                 "list": self.list_calls,
                 "statistics": self.statistics,
                 **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
-            }
+            },
+            allow=config["ng"]["allow"],
         )
         proxy = config["proxy"]
         self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
@@ -398,6 +402,10 @@ class Engine:
                 raise NgError(REASON_NOT_FOUND)
             return {"warning": REASON_NOT_FOUND}
         delay = request.integer("delete-delay", 0) or 0
+        warning = None
+        if delay > MAX_DELETE_DELAY:
+            delay = MAX_DELETE_DELAY
+            warning = f"delete-delay cut to {MAX_DELETE_DELAY} s"
         for call in calls:
             call.last_signal = time.time()
         if delay > 0:
@@ -406,7 +414,10 @@ class Engine:
             assert self._calls_nursery is not None
             for call in calls:
                 self._calls_nursery.start_soon(self._delete_later, call, delay)
-            return calls[0].statistics()
+            reply = calls[0].statistics()
+            if warning:
+                reply["warning"] = warning
+            return reply
         for call in calls:
             await self._end_and_forget(call, "deleted by the proxy")
         return calls[0].statistics()
@@ -523,6 +534,8 @@ class Engine:
                     "proxies": [],
                     "commands": dict(self.dispatcher.commands),
                     "errors": dict(self.dispatcher.errors),
+                    # Datagrams from sources [ng] allow does not list (dropped, unanswered).
+                    "denied": self.dispatcher.denied,
                 },
                 "interfaces": [
                     {
