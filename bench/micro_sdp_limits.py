@@ -39,12 +39,13 @@ def many_formats(size: int) -> str:
 
 def worst_within_limits(size: int) -> str:
     """As much work as the limits let through: 8 audio m-lines of 64 payload types (each
-    an rtpmap the parser reads), up to 256 lines and the ng limit on the SDP's size."""
+    an rtpmap the parser reads), up to MAX_SDP_LINES and the ng limit on the SDP's size."""
     formats = " ".join(str(pt) for pt in range(64))
+    per_section = (sdp.MAX_SDP_LINES - HEAD.count("\n")) // sdp.MAX_MEDIA_SECTIONS - 1
     sections = []
-    for n in range(8):
+    for n in range(sdp.MAX_MEDIA_SECTIONS):
         sections.append(f"m=audio {40000 + 2 * n} RTP/AVP {formats}\r\n")
-        sections.extend(f"a=rtpmap:{pt} X{pt}/8000\r\n" for pt in range(96, 126))
+        sections.extend(f"a=rtpmap:{pt} X{pt}/8000\r\n" for pt in range(per_section))
     text = HEAD + "".join(sections)
     return text[: text.rfind("\r\n", 0, size) + 2]
 

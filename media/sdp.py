@@ -155,14 +155,15 @@ _FMTP = re.compile(r"([0-9]{1,3})\s+(\S.*)")
 _PTIME = re.compile(r"([0-9]{1,6})(?:\.[0-9]*)?")  # RFC 4566 allows a decimal; we keep whole ms
 
 
-# Bounds on the parser's work, so that a hostile offer costs the event loop well under a
+# Bounds on the parser's work, so that a hostile offer costs the event loop about a
 # millisecond (a 60 KB offer of thousands of m-lines took 15-30 ms, delaying the RTP of every
 # call beside it; bench/micro_sdp_limits.py measures it). Real offers are far below them: a
 # SIP phone's audio+video offer has ~60 lines, a WebRTC one (which rtpai declines anyway: it
 # needs DTLS-SRTP) ~150-250; a SIP call has at most a handful of m-lines (audio, video, T.38,
 # BFCP); the longest m-line we know is a browser's video line, ~40 payload types (codecs, their
-# RTX, RED, FEC). Within these bounds the worst offer costs ~0.7 ms.
-MAX_SDP_LINES = 256
+# RTX, RED, FEC). Lines get twice a WebRTC offer's count as margin: refusing a real caller's
+# offer is a failed call, while the worst offer within these bounds costs ~1 ms, once.
+MAX_SDP_LINES = 512
 MAX_MEDIA_SECTIONS = 8
 MAX_MEDIA_FORMATS = 64
 
