@@ -28,7 +28,7 @@ import trio
 
 from media.bridge import CallBridge
 from media.poller import MediaPoller
-from openai_flavor import events
+from openai_flavor import events, keypad
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 from openai_flavor.turns import FunctionCall, ResponseDone, Turns
@@ -45,9 +45,6 @@ CONNECT_TIMEOUT = 10.0
 # server's close in reply. It must not hold up the delete reply, which Kamailio abandons
 # after rtpengine_tout_ms (1 s by default, often set lower).
 CLOSE_ON_END = 0.05
-# Keypad digits typed in one go (a PIN, an extension) reach the model as one message: a
-# sequence ends at '#' or after this pause.
-DTMF_PAUSE = 1.5
 # The ng reply carries the transcript; a UDP datagram holds at most ~64 KB, and a long call's
 # transcript could exceed it. The reply keeps the most recent part; the log has all of it.
 TRANSCRIPT_REPLY_CHARS = 16_000
@@ -329,21 +326,19 @@ class RealtimeSession:
         return True
 
     async def _forward_dtmf(self) -> None:
-        """The caller's keypad digits, to the model as a user message, then a response."""
+        """The caller's keypad digits, to the model as a user message, then a response:
+        one message per sequence (openai_flavor/keypad.py)."""
         caller_events = self.bridge.caller_events
         assert caller_events is not None
         await self._ready.wait()
-        async for event in caller_events:
-            digits = [event.digit]
-            with trio.move_on_after(DTMF_PAUSE):
-                while digits[-1] != "#":
-                    try:
-                        digits.append((await caller_events.receive()).digit)
-                    except trio.EndOfChannel:
-                        break
-            self.stats.dtmf_digits += len(digits)
-            log.info("call %s: caller pressed %s", self.bridge.call_id, "".join(digits))
-            self._send(events.caller_text(events.dtmf_text("".join(digits))))
+        more = True
+        while more:
+            text, more = await keypad.next_sequence(caller_events, keypad.KeySequence())
+            if not text:
+                continue
+            self.stats.dtmf_digits += len(text)
+            log.info("call %s: caller pressed %s", self.bridge.call_id, text)
+            self._send(events.caller_text(events.dtmf_text(text)))
             self._want_response()
             self._notify()
 
