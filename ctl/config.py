@@ -255,6 +255,9 @@ SETTINGS: tuple[Setting, ...] = (
             help="the proxy's management URL (Kamailio JSON-RPC, OpenSIPS MI) or the webhook"),
     Setting("proxy", "timeout", "PROXY_TIMEOUT", "2", float_range(0.1, 60.0)),
     Setting("proxy", "retries", "PROXY_RETRIES", "2", int_range(0, 10)),
+    Setting("proxy", "hangup_timeout", "PROXY_HANGUP_TIMEOUT", "10", float_range(0.1, 600.0),
+            help="seconds to wait for the proxy's delete after asking it to end or transfer "
+                 "a call; then rtpai ends the call itself"),
     Setting("log", "level", "LOG_LEVEL", "info",
             one_of("debug", "info", "warning", "error", "critical")),
 )

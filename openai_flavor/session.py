@@ -148,6 +148,9 @@ class RealtimeSession:
         self._changed = trio.Event()
         self._reader_ended = trio.Event()
         self._reader_stop: Exception | None = None
+        # Failures of actions the model asked for, to tell it once a connection is ready.
+        self._untold_failures: list[str] = []
+        bridge.listen_for_failures(self._action_failed)
 
     async def wait_until(self, predicate) -> None:
         """Block until ``predicate(self)`` holds; re-checked after every event and action.
@@ -439,6 +442,7 @@ class RealtimeSession:
             if kind == "session.updated" and not self._ready.is_set():
                 self._ready.set()
                 self._backoff.connected(trio.current_time())
+                self._tell_failures()  # any that happened while disconnected
         elif kind == "error":
             self._on_error(event.get("error") or {})
 
@@ -563,6 +567,25 @@ class RealtimeSession:
         if output.startswith('{"error"'):
             log.warning("call %s: tool %s: %s", self.bridge.call_id, call.name, output)
         outputs[call.call_id] = output
+
+    def _action_failed(self, action: str, why: str) -> None:
+        """A transfer or hang-up the model asked for did not happen (the proxy refused or
+        failed, after the tool call was answered): the model must know, so that the caller
+        hears it rather than silence."""
+        log.warning("call %s: the model is told that its %s failed: %s", self.bridge.call_id,
+                    action, why)
+        self.stats.errors.append({"code": f"{action} failed", "message": why})
+        self._untold_failures.append(events.action_failed_text(action, why))
+        if self._ws is not None and self._ready.is_set():
+            self._tell_failures()
+
+    def _tell_failures(self) -> None:
+        for text in self._untold_failures:
+            self._send(events.system_text(text))
+        if self._untold_failures:
+            self._untold_failures.clear()
+            self._want_response()
+            self._notify()
 
     # --- errors and transcripts ---------------------------------------------------------------
 
