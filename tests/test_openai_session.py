@@ -469,6 +469,26 @@ async def test_dtmf_during_a_response_waits_for_it_to_finish():
             assert errors(fake) == []
 
 
+async def test_a_failed_transfer_is_told_to_the_model_which_answers_the_caller():
+    """The REFER goes out after playout, long after the tool call was answered {"ok": true}:
+    when the proxy refuses it, the model hears so and a response follows."""
+    server = FakeRealtimeServer(reply_audio=tone("pcmu", 200), speed=0)
+    with trio.fail_after(10):
+        async with harness(server) as h:
+            fake = await server.wait_for_session()
+            await fake.wait_for_client_event("session.update")
+            await h.session.wait_until(lambda s: s._ready.is_set())
+            h.bridge.action_failed("transfer", "the caller answered 603 Declined")
+            item = (await fake.wait_for_client_event("conversation.item.create"))["item"]
+            assert item["role"] == "system"
+            text = item["content"][0]["text"]
+            assert "transfer you asked for did not go through" in text
+            assert "603 Declined" in text
+            await fake.wait_for_client_event("response.create")
+            assert h.session.stats.errors[-1]["code"] == "transfer failed"
+            assert errors(fake) == []
+
+
 # --- failures and reconnects ---------------------------------------------------------------
 
 
