@@ -454,7 +454,13 @@ class Engine:
         record = call.hangup
         assert record is not None
         event = ProxyEvent("hangup", call.call_id, call.from_tag, call.to_tag, reason)
-        outcome = await self.proxy.carry_out(event)
+        try:
+            outcome = await self.proxy.carry_out(event)
+        finally:
+            if call.state is CallState.ENDING and record["status"] == "requested":
+                # The proxy's BYE came back as a delete before its answer did (OpenSIPS and
+                # Kamailio send it while handling the request): done, whatever it answers.
+                record["status"] = "sent"
         if not outcome.ok:
             record.update(status="failed", error=outcome.detail)
             self.totals["hangup failures"] += 1
@@ -509,7 +515,11 @@ class Engine:
         target = record["target"]
         event = ProxyEvent("transfer", call.call_id, call.from_tag, call.to_tag,
                            "requested by the AI", target=target)
-        outcome = await self.proxy.carry_out(event)
+        try:
+            outcome = await self.proxy.carry_out(event)
+        finally:
+            if call.state is CallState.ENDING and record["status"] == "requested":
+                record["status"] = "sent"  # the proxy's delete came before its answer
         if not outcome.ok:
             record.update(status="failed", error=outcome.detail)
             call.bridge.action_failed("transfer", outcome.detail)

@@ -161,6 +161,9 @@ class ProxyNotifier:
         self.retry_delay = retry_delay
         self._ids = 0
         self.sent: list[ProxyEvent] = []  # what was carried out, for statistics and tests
+        # What was asked, answered or not: the proxy may carry out a hang-up (its BYE reaches
+        # rtpai as a delete, ending the call and the request's task) before it answers.
+        self.asked: list[ProxyEvent] = []
 
     @property
     def enabled(self) -> bool:
@@ -196,6 +199,7 @@ class ProxyNotifier:
         except ProxyError as exc:
             log.warning("call %s: cannot %s: %s", event.call_id, event.event, exc)
             return ProxyOutcome(False, str(exc))
+        self.asked.append(event)
         detail = ""
         # Whether an earlier attempt may have done it unseen (an error or a timeout on the way
         # back); a "dialog not found" at the first attempt proves nothing of the kind.
