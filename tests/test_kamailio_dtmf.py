@@ -1,9 +1,10 @@
-"""sipp's own RFC 4733 captures, through Kamailio 5.6 and rtpai, reach the AI as digits.
+"""sipp's own RFC 4733 captures, through the proxy (Kamailio 5.6, OpenSIPS 3.6) and rtpai,
+reach the AI as digits.
 
 sipp ships one capture per key (/usr/share/sip-tester/dtmf_2833_*.pcap): a press of 280 ms,
 its end packet sent three times with one sequence number, as real phones do. The frames of all
 twelve are written into one pcap byte for byte (only the capture times are respaced so the
-call stays short) and played by tests/peers/uac.xml through Kamailio's rtpengine module. The
+call stays short) and played by tests/peers/uac.xml through the proxy's rtpengine module. The
 fake Realtime server must receive each key once, in order, as the text the AI session sends.
 """
 
@@ -25,7 +26,7 @@ from tests.peers import (
     require_root,
     require_tool,
     run_sipp,
-    start_kamailio,
+    start_proxy,
     unused_media_port,
     unused_port,
 )
@@ -90,8 +91,7 @@ def pressed(session) -> list[str]:
             for key in match.group(1)]
 
 
-async def test_sipp_dtmf_captures_through_kamailio_reach_the_ai_as_digits(tmp_path):
-    require_tool("kamailio")
+async def test_sipp_dtmf_captures_through_the_proxy_reach_the_ai_as_digits(tmp_path, proxy_kind):
     require_tool("sipp")
     require_root()
     if not (SIPP_PCAPS / "dtmf_2833_pound.pcap").exists():
@@ -108,7 +108,8 @@ async def test_sipp_dtmf_captures_through_kamailio_reach_the_ai_as_digits(tmp_pa
             url = await nursery.start(server.serve)
             engine = engine_for_test(url, RTP_MIN_PORT="42100", RTP_MAX_PORT="42199")
             ng_address = await nursery.start(engine.run)
-            async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
+            async with start_proxy(proxy_kind, tmp_path, sip_port=sip_port,
+                                   ng_port=ng_address[1]):
                 sipp_done = trio.Event()
 
                 async def call() -> None:
