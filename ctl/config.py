@@ -215,7 +215,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("openai", "model", "OPENAI_API_MODEL", "gpt-realtime-2.1", text),
     Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
     Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
-            help="refuse offers so the proxy fails over to another engine"),
+            help="refuse offers (OpenSIPS fails over on it with extra_failover_error)"),
     Setting("openai", "voice", "OPENAI_VOICE", "alloy", one_of(*VOICES)),
     Setting("openai", "instructions", "OPENAI_INSTRUCTIONS", None, optional_text),
     Setting("openai", "welcome_message", "OPENAI_WELCOME_MSG", None, optional_text),
