@@ -33,11 +33,13 @@ class ProxyError(Exception):
     """The proxy could not be told; the message is safe to log.
 
     ``gone``: the proxy knows no such dialog (JSON-RPC 404 / "dialog not found").
+    ``final``: a definitive answer (the caller declined the REFER): asking again cannot help.
     """
 
-    def __init__(self, message: str, *, gone: bool = False) -> None:
+    def __init__(self, message: str, *, gone: bool = False, final: bool = False) -> None:
         super().__init__(message)
         self.gone = gone
+        self.final = final
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ def check_response(kind: str, status: int, body: bytes) -> None:
         # REFER (e.g. 603 Declined) is a result too, not an error.
         code = result.get("Code") if isinstance(result, dict) else None
         if isinstance(code, int) and code >= 300:
-            raise ProxyError(f"the caller answered {code} {result.get('Reason', '')}".strip())
+            raise ProxyError(f"the caller answered {code} {result.get('Reason', '')}".strip(),
+                             final=True)
 
 
 class ProxyNotifier:
@@ -221,6 +224,8 @@ class ProxyNotifier:
                 detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
                 log.warning("call %s: %s through %s failed (attempt %d): %s", event.call_id,
                             event.event, self.kind, attempt + 1, detail)
+                if isinstance(exc, ProxyError) and exc.final:
+                    return ProxyOutcome(False, detail)  # a REFER again would ring again
                 if attempt < self.retries:
                     await trio.sleep(self.retry_delay * 2**attempt)
                 continue

@@ -20,6 +20,7 @@ from tests.fakes.http import FakeHttpServer
 from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
 from tests.peers import (
     LOOPBACK,
+    UAC_REFER_DECLINED_SCENARIO,
     UAC_SCENARIO,
     UAC_TRANSFER_SCENARIO,
     UAC_WAIT_BYE_SCENARIO,
@@ -198,3 +199,39 @@ async def test_a_hangup_the_proxy_never_completes_ends_the_call_within_the_bound
     totals = engine.statistics(NgRequest("statistics", {}))["statistics"]["totalstatistics"]
     assert totals["hanguptimeouts"] == 1
     assert len(engine.calls) == 0 and engine.dispatcher.commands["delete"] == 1
+
+
+async def test_a_transfer_the_caller_declines_is_told_to_the_model(tmp_path, proxy_kind):
+    """OpenSIPS's MI reports the caller's answer to the REFER: a 603 reaches the model as a
+    system message and a new response, the call goes on, and query shows the outcome.
+    (Kamailio's dlg_refer does not report the answer: it BYEs once any is in.)"""
+    if proxy_kind != "opensips":
+        pytest.skip("Kamailio's dlg_refer does not report the caller's answer to the REFER")
+    server = FakeRealtimeServer(respond_after_ms=100, speed=0)
+    server.queue_response(ScriptedResponse(audio=tone("pcmu", 200),
+                                           function_call=("transfer_call", {})))
+    told: list[str] = []
+    transfers: list[dict] = []
+
+    async def declined(engine, server, media_port):
+        session = await server.wait_for_session(1)
+
+        def system_texts(s):
+            return [part["text"] for event in s.events_of("conversation.item.create")
+                    if event["item"].get("role") == "system"
+                    for part in event["item"]["content"]]
+
+        await session.wait_until(lambda s: system_texts(s))
+        told.extend(system_texts(session))
+        await session.wait_for_client_event("response.create", 2)  # after the tool's own
+        (call,) = engine.calls
+        transfers.extend(call.statistics()["rtpai"]["transfers"])
+        call.hang_up("test done")
+
+    await run_call(tmp_path, proxy_kind, UAC_REFER_DECLINED_SCENARIO, rtp_timeout="60",
+                   server=server, during_call=declined,
+                   OPENAI_TRANSFER_TARGET="sip:agent@127.0.0.1")
+    (text,) = told
+    assert "transfer you asked for did not go through" in text and "603 Declined" in text
+    (record,) = transfers
+    assert record["status"] == "failed" and "603" in record["error"]

@@ -121,6 +121,20 @@ async def test_a_retry_that_finds_the_dialog_gone_counts_as_done():
         nursery.cancel_scope.cancel()
 
 
+DECLINED = b'{"jsonrpc":"2.0","result":{"Code":603,"Reason":"Declined"},"id":1}'
+
+
+async def test_a_declined_refer_is_not_sent_again():
+    server = FakeHttpServer(reply_body=DECLINED)
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(server.serve)
+        notifier = ProxyNotifier("opensips", f"{base}/mi", retries=2, retry_delay=0.01)
+        outcome = await notifier.carry_out(TRANSFER)
+        assert not outcome.ok and outcome.detail == "the caller answered 603 Declined"
+        assert len(server.requests) == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_notifier_gives_up_after_its_retries():
     server = FakeHttpServer(statuses=[500, 500, 500])
     async with trio.open_nursery() as nursery:

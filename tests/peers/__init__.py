@@ -42,6 +42,7 @@ UAC_SCENARIO = HERE / "uac.xml"
 UAC_HOLD_SCENARIO = HERE / "uac_hold.xml"  # re-INVITE: hold, then resume
 UAC_WAIT_BYE_SCENARIO = HERE / "uac_wait_bye.xml"  # expects the proxy's BYE
 UAC_TRANSFER_SCENARIO = HERE / "uac_transfer.xml"  # expects a REFER to -key target
+UAC_REFER_DECLINED_SCENARIO = HERE / "uac_refer_declined.xml"  # answers the REFER 603
 GOLDEN = HERE / "golden"
 LOOPBACK = "127.0.0.1"
 
