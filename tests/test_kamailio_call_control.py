@@ -25,6 +25,7 @@ from tests.peers import (
     UAC_TRANSFER_SCENARIO,
     UAC_WAIT_BYE_SCENARIO,
     LoopbackCapture,
+    require_opensips,
     require_root,
     require_tool,
     run_sipp,
@@ -201,12 +202,11 @@ async def test_a_hangup_the_proxy_never_completes_ends_the_call_within_the_bound
     assert len(engine.calls) == 0 and engine.dispatcher.commands["delete"] == 1
 
 
-async def test_a_transfer_the_caller_declines_is_told_to_the_model(tmp_path, proxy_kind):
+async def test_a_transfer_the_caller_declines_through_opensips_is_told_to_the_model(tmp_path):
     """OpenSIPS's MI reports the caller's answer to the REFER: a 603 reaches the model as a
     system message and a new response, the call goes on, and query shows the outcome.
-    (Kamailio's dlg_refer does not report the answer: it BYEs once any is in.)"""
-    if proxy_kind != "opensips":
-        pytest.skip("Kamailio's dlg_refer does not report the caller's answer to the REFER")
+    (OpenSIPS only: Kamailio's dlg_refer does not report the answer; it BYEs once any is in.)"""
+    require_opensips()
     server = FakeRealtimeServer(respond_after_ms=100, speed=0)
     server.queue_response(ScriptedResponse(audio=tone("pcmu", 200),
                                            function_call=("transfer_call", {})))
@@ -228,7 +228,7 @@ async def test_a_transfer_the_caller_declines_is_told_to_the_model(tmp_path, pro
         transfers.extend(call.statistics()["rtpai"]["transfers"])
         call.hang_up("test done")
 
-    await run_call(tmp_path, proxy_kind, UAC_REFER_DECLINED_SCENARIO, rtp_timeout="60",
+    await run_call(tmp_path, "opensips", UAC_REFER_DECLINED_SCENARIO, rtp_timeout="60",
                    server=server, during_call=declined,
                    OPENAI_TRANSFER_TARGET="sip:agent@127.0.0.1")
     (text,) = told
