@@ -576,7 +576,8 @@ class RealtimeSession:
                     action, why)
         self.stats.errors.append({"code": f"{action} failed", "message": why})
         self._untold_failures.append(events.action_failed_text(action, why))
-        if self._ws is not None and self._ready.is_set():
+        # While reconnecting the old connection's state lingers: wait for the new session.
+        if self.stats.state == "open" and self._ready.is_set():
             self._tell_failures()
 
     def _tell_failures(self) -> None:
