@@ -485,14 +485,15 @@ def opensips_modules_dir(binary: str) -> Path:
 
 
 def opensips_config(text: str, *, sip_port: int, inner_port: int, http_port: int,
-                    ng_port: int, modules: Path) -> str:
-    """opensips.cfg with the test's ports and module directory in place of its own."""
+                    ng_port: int, modules: Path, ng_socks: str | None = None) -> str:
+    """opensips.cfg with the test's ports and module directory in place of its own;
+    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``)."""
     for written, wanted in (
         (_OPENSIPS_SIP, f"127.0.0.1:{sip_port}"),
         (_OPENSIPS_INNER, f"127.0.0.1:{inner_port}"),
         (_OPENSIPS_INNER_CHECK, f"$socket_in(port) == {inner_port}"),
         (_OPENSIPS_HTTP, f'modparam("httpd", "port", {http_port})'),
-        (_OPENSIPS_NG, f"udp:127.0.0.1:{ng_port}"),
+        (_OPENSIPS_NG, ng_socks or f"udp:127.0.0.1:{ng_port}"),
         (_OPENSIPS_MPATH, f'mpath="{modules}/"'),
     ):
         assert written in text, f"opensips.cfg no longer has {written!r}: update tests/peers"
@@ -508,6 +509,7 @@ async def start_opensips(
     ng_port: int,
     http_port: int | None = None,
     inner_port: int | None = None,
+    ng_socks: str | None = None,
     ready_timeout: float = 10.0,
 ) -> AsyncIterator[Opensips]:
     """Run `opensips.cfg` (main process in the foreground) until the block ends.
@@ -525,7 +527,8 @@ async def start_opensips(
     config = rundir / "opensips.cfg"
     config.write_text(opensips_config(
         OPENSIPS_CFG.read_text(), sip_port=sip_port, inner_port=inner_port,
-        http_port=http_port, ng_port=ng_port, modules=opensips_modules_dir(opensips)))
+        http_port=http_port, ng_port=ng_port, modules=opensips_modules_dir(opensips),
+        ng_socks=ng_socks))
     log_path = tmp / "opensips.log"
     command = [opensips, "-F", "-f", str(config), "-w", str(rundir), "-m", "64", "-M", "8"]
     with open(log_path, "wb") as log:
