@@ -226,6 +226,11 @@ class ProxyNotifier:
                             event.event, self.kind, attempt + 1, detail)
                 if isinstance(exc, ProxyError) and exc.final:
                     return ProxyOutcome(False, detail)  # a REFER again would ring again
+                if isinstance(exc, trio.TooSlowError) and event.event == "transfer":
+                    # The REFER may be on its way (OpenSIPS answers once the caller has):
+                    # sending another could transfer the caller twice.
+                    return ProxyOutcome(False, f"the proxy ({self.kind}) did not answer in "
+                                               f"{self.timeout:g} s")
                 if attempt < self.retries:
                     await trio.sleep(self.retry_delay * 2**attempt)
                 continue

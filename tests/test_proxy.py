@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import trio
@@ -133,6 +134,23 @@ async def test_a_declined_refer_is_not_sent_again():
         assert not outcome.ok and outcome.detail == "the caller answered 603 Declined"
         assert len(server.requests) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_transfer_that_timed_out_is_not_sent_again():
+    silent = socket.socket()  # accepts (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    with silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/mi"
+        notifier = ProxyNotifier("opensips", url, timeout=0.2, retries=2, retry_delay=0.01)
+        outcome = await notifier.carry_out(TRANSFER)
+        assert not outcome.ok and "did not answer in 0.2 s" in outcome.detail
+        assert notifier.asked == [TRANSFER]
+        # One connection only: a second REFER could transfer the caller twice.
+        silent.settimeout(0)
+        silent.accept()[0].close()
+        with pytest.raises(BlockingIOError):
+            silent.accept()
 
 
 async def test_notifier_gives_up_after_its_retries():
