@@ -180,6 +180,8 @@ class Call:
             return
         if not tell_proxy and self.pending_reason:
             reason = self.pending_reason  # the delete we asked for: say what it was for
+        if self.hangup is not None and self.hangup["status"] == "sent":
+            tell_proxy = False  # it accepted already (e.g. shutdown while its BYE is on the way)
         self.end_reason = reason
         self._to(CallState.ENDING)
         log.info("call %s: ending (%s)", self.call_id, reason)

@@ -233,3 +233,18 @@ async def test_start_up_says_once_which_tools_are_withheld(caplog, autojump_cloc
     withheld = [r.message for r in caplog.records if "not offered" in r.message]
     assert withheld == ["the model is not offered end_call: no [proxy] is configured to end or "
                         "transfer calls"]
+
+
+async def test_an_accepted_hangup_is_not_asked_again_when_the_engine_stops(autojump_clock):
+    with silent_ai() as ai:
+        async with trio.open_nursery() as nursery:
+            engine = make_engine(ai)
+            proxy = engine.proxy = FakeProxyControl()
+            await nursery.start(engine.run)
+            call = await start_call(engine)
+            call.hang_up("media timeout (60 s without RTP)")
+            await trio.sleep(0.5)
+            await engine.drain(grace=0)  # ends what is left: the proxy's BYE is on its way
+            assert [event.event for _, event in proxy.requests] == ["hangup"]
+            assert call.end_reason == "engine shutdown"
+            nursery.cancel_scope.cancel()
