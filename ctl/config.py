@@ -237,6 +237,8 @@ SETTINGS: tuple[Setting, ...] = (
             "gpt-4o-mini-transcribe", text,
             help="model transcribing the caller; 'none' turns caller transcripts off"),
     Setting("openai", "end_call_tool", "OPENAI_END_CALL_TOOL", "true", parse_bool),
+    Setting("openai", "dtmf_terminator", "OPENAI_DTMF_TERMINATOR", "#", one_of("#", "*", "none"),
+            help="the key that ends a keypad sequence at once (else a 1.5 s pause does)"),
     Setting("openai", "transfer_target", "OPENAI_TRANSFER_TARGET", None, optional_text),
     Setting("openai", "transfer_allow", "OPENAI_TRANSFER_ALLOW", "", word_list),
     Setting("openai", "tools", "OPENAI_TOOLS", "", tool_declarations),

@@ -336,7 +336,8 @@ class RealtimeSession:
         await self._ready.wait()
         more = True
         while more:
-            text, more = await keypad.next_sequence(caller_events, keypad.KeySequence())
+            sequence = keypad.KeySequence(terminator=self.settings.dtmf_terminator)
+            text, more = await keypad.next_sequence(caller_events, sequence)
             if not text:
                 continue
             self.stats.dtmf_digits += len(text)
