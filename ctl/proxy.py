@@ -203,6 +203,10 @@ class ProxyNotifier:
             log.warning("call %s: cannot %s: %s", event.call_id, event.event, exc)
             return ProxyOutcome(False, str(exc))
         self.asked.append(event)
+        # Logged before the request: the proxy's BYE may end the call (and this request's
+        # task with it) before the proxy answers.
+        log.info("call %s: asking %s to %s (%s)", event.call_id, self.kind, event.event,
+                 event.reason)
         detail = ""
         # Whether an earlier attempt may have done it unseen (an error or a timeout on the way
         # back); a "dialog not found" at the first attempt proves nothing of the kind.
@@ -234,8 +238,7 @@ class ProxyNotifier:
                 if attempt < self.retries:
                     await trio.sleep(self.retry_delay * 2**attempt)
                 continue
-            log.info("call %s: %s through %s (%s)", event.call_id, event.event, self.kind,
-                     event.reason)
+            log.info("call %s: %s through %s: done", event.call_id, event.event, self.kind)
             self.sent.append(event)
             return ProxyOutcome(True, "done")
         return ProxyOutcome(False, f"the proxy ({self.kind}) failed: {detail}")
