@@ -18,6 +18,7 @@ start-up), then sipp.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import json
 import os
@@ -669,6 +670,34 @@ def parse_loopback_frame(frame: bytes) -> UdpDatagram | None:
 
 
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not name it
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # linux/filter.h
+_BPF_INSTRUCTION = struct.Struct("HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+def udp_dst_port_filter(port: int) -> list[tuple[int, int, int, int]]:
+    """Classic BPF for Ethernet/IPv4/UDP to ``port``, unfragmented (tcpdump's
+    "ip and udp dst port PORT"): the kernel drops everything else before it is queued."""
+    return [
+        (0x28, 0, 0, 12),  # ldh [12]: ethertype
+        (0x15, 0, 8, _ETHERTYPE_IPV4),  # not IPv4: drop
+        (0x30, 0, 0, 23),  # ldb [23]: IP protocol
+        (0x15, 0, 6, socket.IPPROTO_UDP),  # not UDP: drop
+        (0x28, 0, 0, 20),  # ldh [20]: flags + fragment offset
+        (0x45, 4, 0, 0x1FFF),  # a fragment: drop
+        (0xB1, 0, 0, 14),  # ldxb 4*([14]&0xf): IP header length
+        (0x48, 0, 0, 16),  # ldh [x+16]: UDP destination port
+        (0x15, 0, 1, port),
+        (0x06, 0, 0, 0x40000),  # keep the packet (up to 256 KiB)
+        (0x06, 0, 0, 0),  # drop
+    ]
+
+
+def attach_filter(sock: socket.socket | trio.socket.SocketType,
+                  program: list[tuple[int, int, int, int]]) -> None:
+    """SO_ATTACH_FILTER with ``program`` (struct sock_fprog: length, then a pointer)."""
+    code = ctypes.create_string_buffer(b"".join(_BPF_INSTRUCTION.pack(*i) for i in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
 
 class LoopbackCapture:
@@ -681,10 +710,10 @@ class LoopbackCapture:
             ...
             datagram = await capture.receive()   # UdpDatagram(src, dst, payload)
 
-    The raw socket sees every packet on lo (twice: out and in), WebSocket and SIP included.
-    Left unread while a test waits for something else, its kernel buffer filled and the
-    kernel dropped what came next, our RTP too: so a reader drains it continuously and keeps
-    the datagrams to `port`, in a channel bounded at `keep` datagrams.
+    The raw socket would see every packet on lo (twice: out and in), WebSocket and SIP and
+    every other test's on the machine included: under load its reader fell behind and the
+    kernel dropped our RTP with the rest. So a BPF filter keeps only UDP to `port` in the
+    kernel, and a reader drains it continuously into a channel bounded at `keep` datagrams.
     """
 
     def __init__(self, port: int, *, interface: str = "lo", rcvbuf: int = 16 << 20,
@@ -700,6 +729,7 @@ class LoopbackCapture:
         require_root()
         sock = trio.socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
         try:
+            attach_filter(sock, udp_dst_port_filter(self.port))
             # Root may go past net.core.rmem_max (~208 KiB) with SO_RCVBUFFORCE.
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self._rcvbuf)
@@ -709,6 +739,7 @@ class LoopbackCapture:
         except BaseException:
             sock.close()
             raise
+        self.socket = sock
         nursery = await self._nursery_manager.__aenter__()
         nursery.start_soon(self._read, sock)
         self._nursery = nursery
