@@ -219,7 +219,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("openai", "model", "OPENAI_API_MODEL", "gpt-realtime-2.1", text),
     Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
     Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
-            help="refuse offers so the proxy fails over to another engine"),
+            help="refuse offers (OpenSIPS fails over on it with extra_failover_error)"),
     Setting("openai", "voice", "OPENAI_VOICE", "alloy", one_of(*VOICES)),
     Setting("openai", "instructions", "OPENAI_INSTRUCTIONS", None, optional_text),
     Setting("openai", "welcome_message", "OPENAI_WELCOME_MSG", None, optional_text),
@@ -241,6 +241,8 @@ SETTINGS: tuple[Setting, ...] = (
             "gpt-4o-mini-transcribe", text,
             help="model transcribing the caller; 'none' turns caller transcripts off"),
     Setting("openai", "end_call_tool", "OPENAI_END_CALL_TOOL", "true", parse_bool),
+    Setting("openai", "dtmf_terminator", "OPENAI_DTMF_TERMINATOR", "#", one_of("#", "*", "none"),
+            help="the key that ends a keypad sequence at once (else a 1.5 s pause does)"),
     Setting("openai", "transfer_target", "OPENAI_TRANSFER_TARGET", None, optional_text),
     Setting("openai", "transfer_allow", "OPENAI_TRANSFER_ALLOW", "", word_list),
     Setting("openai", "tools", "OPENAI_TOOLS", "", tool_declarations),
@@ -259,6 +261,9 @@ SETTINGS: tuple[Setting, ...] = (
             help="the proxy's management URL (Kamailio JSON-RPC, OpenSIPS MI) or the webhook"),
     Setting("proxy", "timeout", "PROXY_TIMEOUT", "2", float_range(0.1, 60.0)),
     Setting("proxy", "retries", "PROXY_RETRIES", "2", int_range(0, 10)),
+    Setting("proxy", "hangup_timeout", "PROXY_HANGUP_TIMEOUT", "10", float_range(0.1, 600.0),
+            help="seconds to wait for the proxy's delete after asking it to end or transfer "
+                 "a call; then rtpai ends the call itself"),
     Setting("log", "level", "LOG_LEVEL", "info",
             one_of("debug", "info", "warning", "error", "critical")),
 )

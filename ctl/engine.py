@@ -36,7 +36,7 @@ from media.clock import MediaClock
 from media.poller import MediaPoller
 from media.ports import PortPairAllocator, PortsExhausted
 from media.stream import bind_pair
-from openai_flavor.settings import RealtimeSettings
+from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 
 log = logging.getLogger("rtpai.engine")
 
@@ -98,7 +98,8 @@ class Engine:
         }
         self.calls: CallRegistry[Call] = CallRegistry()
         self.started = time.time()
-        self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0}
+        self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0,
+                       "hangup failures": 0, "hangup timeouts": 0}
         self.dispatcher = Dispatcher(
             {
                 "ping": self.ping,
@@ -115,6 +116,12 @@ class Engine:
         proxy = config["proxy"]
         self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
                                    retries=proxy["retries"])
+        self.hangup_timeout = proxy["hangup_timeout"]
+        # The model is offered only the tools this proxy can carry out (issue 19: a tool that
+        # cannot work must not be promised to the caller).
+        self.withheld_tools: dict[str, str] = {}
+        self.settings = self._tools_for_proxy(self.settings)
+        self.profiles = {name: self._tools_for_proxy(s) for name, s in self.profiles.items()}
         self.draining = False
         self._notifications: set[trio.Event] = set()  # proxy requests under way
         self._calls_nursery: trio.Nursery | None = None
@@ -130,6 +137,8 @@ class Engine:
             log.error("offers will be refused: %s", refusal)
         for note in self.settings.startup_notes():
             log.warning("%s", note)
+        for tool, why in self.withheld_tools.items():
+            log.warning("the model is not offered %s: %s", tool, why)
         async with trio.open_nursery() as nursery:
             self._calls_nursery = nursery
             await nursery.start(self.clock.run)
@@ -137,6 +146,18 @@ class Engine:
             nursery.start_soon(self._housekeeping)
             address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
             task_status.started(address)
+
+    def _tools_for_proxy(self, settings: RealtimeSettings) -> RealtimeSettings:
+        """``settings`` without the built-in tools the configured proxy cannot carry out."""
+        why = self.proxy.cannot("hangup")
+        if why and settings.end_call_tool:
+            self.withheld_tools[END_CALL_TOOL] = why
+            settings = dataclasses.replace(settings, end_call_tool=False)
+        why = self.proxy.cannot("transfer")
+        if why and settings.transfer_enabled:
+            self.withheld_tools[TRANSFER_TOOL] = why
+            settings = dataclasses.replace(settings, transfer_target=None, transfer_allow=())
+        return settings
 
     async def _housekeeping(self) -> None:
         while True:
@@ -213,6 +234,7 @@ class Engine:
                     sdp_origin=(session_id, 1),
                     on_end=self._call_ending,
                     on_transfer=self._call_transfer,
+                    on_hang_up=self._hang_up_through_proxy if self.proxy.enabled else None,
                     send_silence=rtp_config["send_silence"],
                     reorder_packets=rtp_config["reorder_packets"],
                     ai_batch_ms=rtp_config["ai_batch_ms"],
@@ -430,34 +452,99 @@ class Engine:
             self._notifications.add(done)
             self._calls_nursery.start_soon(self._notify_proxy, event, done)
 
-    async def _notify_proxy(
-        self, event: ProxyEvent, done: trio.Event, record: dict[str, Any] | None = None
-    ) -> None:
+    async def _notify_proxy(self, event: ProxyEvent, done: trio.Event) -> None:
         try:
-            sent = await self.proxy.notify(event)
-            if record is not None:
-                record["status"] = "sent" if sent else "failed"
+            await self.proxy.notify(event)
         finally:
             self._notifications.discard(done)
             done.set()
 
-    def _call_transfer(self, call: Call, record: dict[str, Any]) -> None:
-        """The AI asked for a transfer: once what it said so far has played, REFER."""
-        if self._calls_nursery is not None:
-            done = trio.Event()
-            self._notifications.add(done)
-            self._calls_nursery.start_soon(self._transfer_after_playout, call, record, done)
+    async def _hang_up_through_proxy(self, call: Call, reason: str, by_ai: bool) -> None:
+        """A task of ``call``: ask the proxy to end it, then wait (bounded) for the delete,
+        which cancels this task with the call."""
+        record = call.hangup
+        assert record is not None
+        event = ProxyEvent("hangup", call.call_id, call.from_tag, call.to_tag, reason)
+        try:
+            outcome = await self.proxy.carry_out(event)
+        finally:
+            if call.state is CallState.ENDING and record["status"] == "requested":
+                # The proxy's BYE came back as a delete before its answer did (OpenSIPS and
+                # Kamailio send it while handling the request): done, whatever it answers.
+                record["status"] = "sent"
+        if not outcome.ok:
+            record.update(status="failed", error=outcome.detail)
+            self.totals["hangup failures"] += 1
+            if by_ai:
+                # The caller is still there: the model says so instead of going silent.
+                call.bridge.action_failed("hang-up", outcome.detail)
+                return
+            # No delete will come: end here, and do not keep the call listed for one.
+            self._forget_when_ended(call)
+            call.end(reason, tell_proxy=False)
+            return
+        record["status"] = "sent"
+        call.pending_reason = reason
+        await self._await_delete(call, reason)
 
-    async def _transfer_after_playout(
-        self, call: Call, record: dict[str, Any], done: trio.Event
-    ) -> None:
+    async def _await_delete(self, call: Call, reason: str) -> None:
+        """The proxy accepted: its delete ends the call (and this wait, a task of the call).
+        Past ``[proxy] hangup_timeout`` the call ends here."""
+        await trio.sleep(self.hangup_timeout)
+        if call.hangup is not None:
+            call.hangup["status"] = "no delete"
+        self.totals["hangup timeouts"] += 1
+        log.warning("call %s: no delete within %g s of the proxy's accepting (%s): ending the "
+                    "call here", call.call_id, self.hangup_timeout, reason)
+        self._forget_when_ended(call)
+        call.end_unanswered(f"proxy did not hang up ({reason})")
+
+    def _forget_when_ended(self, call: Call) -> None:
+        """Drop ``call`` from the registry once it has ended: no delete is coming for it."""
+        assert self._calls_nursery is not None
+
+        async def forget() -> None:
+            await call.ended.wait()
+            if call in list(self.calls):
+                self.calls.remove(call)
+                self._count_end(call)
+
+        self._calls_nursery.start_soon(forget)
+
+    def _call_transfer(self, call: Call, record: dict[str, Any]) -> None:
+        """The AI asked for a transfer: once what it said so far has played, REFER.
+
+        A task of the call: if the call ends first, there is nobody left to transfer."""
+        if not call.follow_up(self._transfer_after_playout, call, record):
+            record.update(status="failed", error="the call has ended")
+
+    async def _transfer_after_playout(self, call: Call, record: dict[str, Any]) -> None:
         # "I'm transferring you now" must reach the caller before the REFER moves them; a
         # bound keeps a stuck queue from holding the transfer back for ever.
         with trio.move_on_after(TRANSFER_PLAYOUT_WAIT):
             await call.bridge.wait_playout_idle()
+        target = record["target"]
         event = ProxyEvent("transfer", call.call_id, call.from_tag, call.to_tag,
-                           "requested by the AI", target=record["target"])
-        await self._notify_proxy(event, done, record)
+                           "requested by the AI", target=target)
+        try:
+            outcome = await self.proxy.carry_out(event)
+        finally:
+            if call.state is CallState.ENDING and record["status"] == "requested":
+                record["status"] = "sent"  # the proxy's delete came before its answer
+        if not outcome.ok:
+            record.update(status="failed", error=outcome.detail)
+            call.bridge.action_failed("transfer", outcome.detail)
+            return
+        record["status"] = "sent"
+        reason = f"transferred to {target}"
+        if self.proxy.transfer_ends_dialog:
+            # The proxy releases the old dialog itself (Kamailio's dlg_refer BYEs it).
+            call.pending_reason = reason
+            await self._await_delete(call, reason)
+        else:
+            # OpenSIPS's in-dialog REFER leaves the dialog up: end it now that the caller
+            # has accepted, as Kamailio's dlg_refer does.
+            call.hang_up(reason)
 
     async def drain(self, grace: float) -> None:
         """Graceful shutdown: refuse new calls, let calls finish for ``grace`` seconds, then
@@ -529,6 +616,10 @@ class Engine:
                     "endedsessions": self.totals["ended"],
                     "timeoutsessions": self.totals["timeouts"],
                     "aifailures": self.totals["ai failures"],
+                    # rtpai asked the proxy to end a call: it refused or failed, or it
+                    # accepted but no delete came within [proxy] hangup_timeout.
+                    "hangupfailures": self.totals["hangup failures"],
+                    "hanguptimeouts": self.totals["hangup timeouts"],
                 },
                 "controlstatistics": {
                     "proxies": [],

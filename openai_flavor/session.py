@@ -28,7 +28,7 @@ import trio
 
 from media.bridge import CallBridge
 from media.poller import MediaPoller
-from openai_flavor import events
+from openai_flavor import events, keypad
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 from openai_flavor.turns import FunctionCall, ResponseDone, Turns
@@ -45,9 +45,6 @@ CONNECT_TIMEOUT = 10.0
 # server's close in reply. It must not hold up the delete reply, which Kamailio abandons
 # after rtpengine_tout_ms (1 s by default, often set lower).
 CLOSE_ON_END = 0.05
-# Keypad digits typed in one go (a PIN, an extension) reach the model as one message: a
-# sequence ends at '#' or after this pause.
-DTMF_PAUSE = 1.5
 # The ng reply carries the transcript; a UDP datagram holds at most ~64 KB, and a long call's
 # transcript could exceed it. The reply keeps the most recent part; the log has all of it.
 TRANSCRIPT_REPLY_CHARS = 16_000
@@ -151,6 +148,9 @@ class RealtimeSession:
         self._changed = trio.Event()
         self._reader_ended = trio.Event()
         self._reader_stop: Exception | None = None
+        # Failures of actions the model asked for, to tell it once a connection is ready.
+        self._untold_failures: list[str] = []
+        bridge.listen_for_failures(self._action_failed)
 
     async def wait_until(self, predicate) -> None:
         """Block until ``predicate(self)`` holds; re-checked after every event and action.
@@ -329,21 +329,20 @@ class RealtimeSession:
         return True
 
     async def _forward_dtmf(self) -> None:
-        """The caller's keypad digits, to the model as a user message, then a response."""
+        """The caller's keypad digits, to the model as a user message, then a response:
+        one message per sequence (openai_flavor/keypad.py)."""
         caller_events = self.bridge.caller_events
         assert caller_events is not None
         await self._ready.wait()
-        async for event in caller_events:
-            digits = [event.digit]
-            with trio.move_on_after(DTMF_PAUSE):
-                while digits[-1] != "#":
-                    try:
-                        digits.append((await caller_events.receive()).digit)
-                    except trio.EndOfChannel:
-                        break
-            self.stats.dtmf_digits += len(digits)
-            log.info("call %s: caller pressed %s", self.bridge.call_id, "".join(digits))
-            self._send(events.caller_text(events.dtmf_text("".join(digits))))
+        more = True
+        while more:
+            sequence = keypad.KeySequence(terminator=self.settings.dtmf_terminator)
+            text, more = await keypad.next_sequence(caller_events, sequence)
+            if not text:
+                continue
+            self.stats.dtmf_digits += len(text)
+            log.info("call %s: caller pressed %s", self.bridge.call_id, text)
+            self._send(events.caller_text(events.dtmf_text(text)))
             self._want_response()
             self._notify()
 
@@ -444,6 +443,7 @@ class RealtimeSession:
             if kind == "session.updated" and not self._ready.is_set():
                 self._ready.set()
                 self._backoff.connected(trio.current_time())
+                self._tell_failures()  # any that happened while disconnected
         elif kind == "error":
             self._on_error(event.get("error") or {})
 
@@ -568,6 +568,26 @@ class RealtimeSession:
         if output.startswith('{"error"'):
             log.warning("call %s: tool %s: %s", self.bridge.call_id, call.name, output)
         outputs[call.call_id] = output
+
+    def _action_failed(self, action: str, why: str) -> None:
+        """A transfer or hang-up the model asked for did not happen (the proxy refused or
+        failed, after the tool call was answered): the model must know, so that the caller
+        hears it rather than silence."""
+        log.warning("call %s: the model is told that its %s failed: %s", self.bridge.call_id,
+                    action, why)
+        self.stats.errors.append({"code": f"{action} failed", "message": why})
+        self._untold_failures.append(events.action_failed_text(action, why))
+        # While reconnecting the old connection's state lingers: wait for the new session.
+        if self.stats.state == "open" and self._ready.is_set():
+            self._tell_failures()
+
+    def _tell_failures(self) -> None:
+        for text in self._untold_failures:
+            self._send(events.system_text(text))
+        if self._untold_failures:
+            self._untold_failures.clear()
+            self._want_response()
+            self._notify()
 
     # --- errors and transcripts ---------------------------------------------------------------
 
