@@ -196,7 +196,9 @@ async def test_a_hangup_the_proxy_never_completes_ends_the_call_within_the_bound
                                 during_call=watch_the_bound, proxy_url=f"{url}/mi",
                                 sipp_pause_ms=4000, PROXY_HANGUP_TIMEOUT="1")
         nursery.cancel_scope.cancel()
-    assert ended_at and 1.0 <= ended_at[0] < 2.0
+    # The bound's clock starts when rtpai reads the proxy's answer, which can be a moment
+    # before this test's task wakes to note the request: "about the bound, not at once".
+    assert ended_at and 0.8 <= ended_at[0] < 2.0
     totals = engine.statistics(NgRequest("statistics", {}))["statistics"]["totalstatistics"]
     assert totals["hanguptimeouts"] == 1
     assert len(engine.calls) == 0 and engine.dispatcher.commands["delete"] == 1
