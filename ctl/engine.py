@@ -500,6 +500,39 @@ class Engine:
     def unsupported(self, request: NgRequest) -> dict[str, Any]:
         raise NgError(f"Command not supported by rtpai (an AI endpoint): {request.command}")
 
+    def reload_ai_settings(self, config: Config) -> None:
+        """SIGHUP: ``[openai]`` and its profiles from ``config`` apply to calls offered from
+        now on; running calls keep the settings (key, voice, prompt) they started with."""
+        explicit = frozenset(key for section, key in config.explicit if section == "openai")
+        self.settings = RealtimeSettings.from_config(config["openai"], explicit=explicit)
+        self.profiles = {
+            name: RealtimeSettings.from_config(values, explicit=explicit)
+            for name, values in config.profiles.items()
+        }
+        refusal = self.settings.refusal_reason()
+        if refusal:
+            log.error("offers will be refused: %s", refusal)
+        for note in self.settings.startup_notes():
+            log.warning("%s", note)
+
+    def summary(self) -> str:
+        """One line of state for an operator (SIGUSR1): calls, ports, AI sessions."""
+        states: dict[str, int] = {}
+        ai: dict[str, int] = {}
+        for call in self.calls:
+            states[call.state.value] = states.get(call.state.value, 0) + 1
+            if call.state is not CallState.ENDED:
+                ai[call.ai.stats.state] = ai.get(call.ai.stats.state, 0) + 1
+
+        def counts(table: dict[str, int]) -> str:
+            return ", ".join(f"{n} {name}" for name, n in sorted(table.items())) or "none"
+
+        return (
+            f"calls: {counts(states)}; ports in use: {self.ports.in_use}/{self.ports.capacity} "
+            f"pairs; AI sessions: {counts(ai)}; proxy requests under way: "
+            f"{len(self._notifications)}{'; draining' if self.draining else ''}"
+        )
+
     def active_calls(self) -> int:
         return sum(1 for call in self.calls if call.state is not CallState.ENDED)
 
