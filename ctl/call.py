@@ -59,12 +59,15 @@ class CallMedia:
     protocol: str
     local_address: str  # advertised in SDP
     local_port: int
-    remote: tuple[str, int] | None  # from the SDP; None while on hold (c=0.0.0.0)
+    remote: tuple[str, int] | None  # from the SDP; None for c=0.0.0.0 (hold, or unknown)
     sending: bool  # False when the caller holds the call
     telephone_event: int | None = None  # RFC 4733 payload type, if negotiated
     rtcp_remote: tuple[str, int] | None = None  # RFC 3605 a=rtcp, else the RTP port + 1
     rtcp_mux: bool = False  # RFC 5761
     caller_sends: bool = True  # False for a=inactive / recvonly / c=0.0.0.0: no RTP expected
+    # c=0.0.0.0 with sendrecv in the first offer: the caller's address is learnt by latching
+    # (remote stays None until then), not hold; see Engine._call_media.
+    address_unknown: bool = False
 
 
 class Call:

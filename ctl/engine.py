@@ -275,19 +275,34 @@ class Engine:
             raise NgError(exc.reason) from None
 
     def _call_media(
-        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int
+        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int,
+        previous: CallMedia | None = None,
     ) -> CallMedia:
-        """What the call's media stream needs from an offer/answer exchange."""
+        """What the call's media stream needs from an offer/answer exchange.
+
+        ``previous`` is the call's media before a re-offer (None for a new call).
+        """
         remote = rtcp_remote = None
         if negotiated.remote_address:  # None for c=0.0.0.0 (negotiate drops it)
             address = self._sendable(negotiated.remote_address)
             remote = (address, negotiated.remote_port)
             rtcp_remote = (address, negotiated.remote_rtcp_port)
         event = negotiated.telephone_event
-        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive);
-        # c=0.0.0.0 is RFC 2543 hold, which stops the caller's RTP as well as ours.
-        caller_sends = negotiated.answer_direction in ("sendrecv", "recvonly") and not (
-            negotiated.remote_address is None and negotiated.on_hold
+        # c=0.0.0.0 means two things. With sendrecv in a *new* call's offer it is a gateway
+        # that does not know its address yet: it sends RTP at once and expects it answered,
+        # so we receive, latch on its first valid packet (media/stream.py, with the usual
+        # RTP-Bleed rules) and send there, as rtpengine does. The call stays so until an offer
+        # gives an address. Once a call has had an address, c=0.0.0.0 in a re-offer is RFC
+        # 2543 hold (RFC 3264 s8.4), which stops the caller's RTP as well as ours.
+        address_unknown = (
+            negotiated.remote_address is None
+            and negotiated.answer_direction == "sendrecv"
+            and (previous is None or previous.address_unknown)
+        )
+        held_by_address = negotiated.remote_address is None and not address_unknown
+        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive).
+        caller_sends = (
+            negotiated.answer_direction in ("sendrecv", "recvonly") and not held_by_address
         )
         return CallMedia(
             codec=negotiated.codec.encoding,
@@ -297,11 +312,13 @@ class Engine:
             local_address=advertised,
             local_port=rtp_port,
             remote=remote,
-            sending=not negotiated.on_hold,
+            # (negotiate's on_hold counts every c=0.0.0.0; an unknown address is not hold.)
+            sending=not negotiated.on_hold or address_unknown,
             telephone_event=event.payload_type if event is not None else None,
             rtcp_remote=rtcp_remote,
             rtcp_mux=negotiated.rtcp_mux,
             caller_sends=caller_sends,
+            address_unknown=address_unknown,
         )
 
     def _sendable(self, address: str) -> str:
@@ -344,7 +361,7 @@ class Engine:
             version += 1
             answer_sdp = answer(version)
             call.sdp_origin = (session_id, version)
-        media = self._call_media(negotiated, local[0], local[1])
+        media = self._call_media(negotiated, local[0], local[1], previous=call.media)
         call.update_media(media, answer_sdp)
         log.info("call %s: re-offer, remote %s, %s", call.call_id, media.remote,
                  "sending" if media.sending else "on hold")
