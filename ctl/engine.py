@@ -283,10 +283,12 @@ class Engine:
         ``previous`` is the call's media before a re-offer (None for a new call).
         """
         remote = rtcp_remote = None
-        if negotiated.remote_address:  # None for c=0.0.0.0 (negotiate drops it)
-            address = self._sendable(negotiated.remote_address)
+        # None for c=0.0.0.0 (negotiate drops it), and for a host name (see _sendable).
+        address = self._sendable(negotiated.remote_address)
+        if address is not None:
             remote = (address, negotiated.remote_port)
             rtcp_remote = (address, negotiated.remote_rtcp_port)
+        named_host = address is None and negotiated.remote_address is not None
         event = negotiated.telephone_event
         # c=0.0.0.0 means two things. With sendrecv in a *new* call's offer it is a gateway
         # that does not know its address yet: it sends RTP at once and expects it answered,
@@ -294,7 +296,8 @@ class Engine:
         # RTP-Bleed rules) and send there, as rtpengine does. The call stays so until an offer
         # gives an address. Once a call has had an address, c=0.0.0.0 in a re-offer is RFC
         # 2543 hold (RFC 3264 s8.4), which stops the caller's RTP as well as ours.
-        address_unknown = (
+        # A host name is an address we do not resolve: learnt by latching as well.
+        address_unknown = named_host or (
             negotiated.remote_address is None
             and negotiated.answer_direction == "sendrecv"
             and (previous is None or previous.address_unknown)
@@ -313,7 +316,7 @@ class Engine:
             local_port=rtp_port,
             remote=remote,
             # (negotiate's on_hold counts every c=0.0.0.0; an unknown address is not hold.)
-            sending=not negotiated.on_hold or address_unknown,
+            sending=not negotiated.on_hold or (address_unknown and not named_host),
             telephone_event=event.payload_type if event is not None else None,
             rtcp_remote=rtcp_remote,
             rtcp_mux=negotiated.rtcp_mux,
@@ -321,12 +324,21 @@ class Engine:
             address_unknown=address_unknown,
         )
 
-    def _sendable(self, address: str) -> str:
-        """An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``."""
+    def _sendable(self, address: str | None) -> str | None:
+        """The SDP's address as sendto() takes it, or None if we will not send to it.
+
+        An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``. A host
+        name (RFC 4566 allows one in c=) is not resolved: sendto() would look it up in the
+        event loop, for every packet, blocking every call, and some names make it raise
+        (a NUL: TypeError). The caller's first packet tells its address instead (latching),
+        as for c=0.0.0.0.
+        """
+        if address is None:
+            return None
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return address  # an FQDN: left to the resolver, and latching fixes it anyway
+            return None
         if ip.version == 4 and ":" in self.config["rtp"]["bind_ip"]:
             return f"::ffff:{ip}"
         return str(ip)
