@@ -200,7 +200,7 @@ class Call:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._receive_media)
-                    nursery.start_soon(self.stream.send_rtcp)
+                    nursery.start_soon(self._send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
@@ -233,6 +233,15 @@ class Call:
         await self.stream.receive(self._poller)
         if self.stream.timed_out:
             self.end(f"media timeout ({self.stream.timeout:g} s without RTP)")
+
+    async def _send_rtcp(self) -> None:
+        # A bug in a report must end this call, never escape into the engine's nursery and
+        # take every call with it (an RTCP port of 65536 once did).
+        try:
+            await self.stream.send_rtcp()
+        except Exception:
+            log.exception("call %s: RTCP failed", self.call_id)
+            self.end("media failure: internal error")
 
     def _media_started(self) -> None:
         """The caller's first RTP latched (a callback: no task per call waits for it)."""

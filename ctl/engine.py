@@ -287,7 +287,8 @@ class Engine:
         address = self._sendable(negotiated.remote_address)
         if address is not None:
             remote = (address, negotiated.remote_port)
-            rtcp_remote = (address, negotiated.remote_rtcp_port)
+            if negotiated.remote_rtcp_port:
+                rtcp_remote = (address, negotiated.remote_rtcp_port)
         named_host = address is None and negotiated.remote_address is not None
         event = negotiated.telephone_event
         # c=0.0.0.0 means two things. With sendrecv in a *new* call's offer it is a gateway
