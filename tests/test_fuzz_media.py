@@ -334,17 +334,28 @@ def test_frame_decoder_raises_only_protocol_error_whatever_the_chunking(data, cu
 # --- a live MediaStream -------------------------------------------------------------------------
 
 
+sources = st.sampled_from([CALLER, (CALLER[0], 65535), ("203.0.113.66", 5060)])
+
+
 @fuzz
-@given(st.lists(st.one_of(
+@given(st.lists(st.tuples(st.one_of(
     mutations(rtp_packets()),
     rtp_packets(),
     mutations(compound_packets()),
-), max_size=30))
+), sources), max_size=30))
+# Found by this property: latched from port 65535, RTCP went to 65536 (OverflowError).
+@example([(RtpPacketizer(0, ssrc=1, sequence=1, timestamp=0).packet(bytes(160), 160),
+           (CALLER[0], 65535))])
 async def test_a_stream_counts_every_datagram_once_and_never_raises(datagrams):
     stream, _audio, _events = make_stream()
     stats = stream.stats
-    for data in datagrams:
-        stream.on_datagram(data, CALLER)
+    for data, source in datagrams:
+        stream.on_datagram(data, source)
+    # Whatever came in, our own report about it is a valid compound packet.
+    stream.send_report()
+    for _at, report, destination in stream.rtcp_socket.sent:
+        parse_compound(report)
+        assert 0 < destination[1] <= 65535
     reorder = stream.reorder
     rtp_accepted = stats.rtp_in.packets
     # Each datagram lands in exactly one place: RTP taken, RTP dropped (malformed or foreign),
