@@ -149,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"rtpai: {exc}", file=sys.stderr)
         return 1
+    except Exception:
+        # Through the log, not Python's default hook: the redacting handler sees the
+        # traceback's text before it is written.
+        log.critical("rtpai stopped by an internal error", exc_info=True)
+        return 1
     return 0
 
 

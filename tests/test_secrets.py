@@ -253,3 +253,25 @@ def _ng_address(log: bytes) -> tuple[str, int]:
     line = log[log.index(b"rtpai ready: ng on "):].split(b"\n", 1)[0]
     host, _, port = line.rsplit(b" ", 1)[1].decode().rpartition(":")
     return host, int(port)
+
+
+def test_a_crash_of_the_daemon_is_written_through_the_redacting_log(monkeypatch, capsys):
+    """An exception that ends trio.run is logged, not printed by Python's hook: its text (here
+    quoting the key, as h11's did) passes the redaction like every other line."""
+    from ctl import daemon
+
+    async def crash(engine, reload=None):
+        raise RuntimeError(f"Illegal header value b'Bearer {KEY}'")
+
+    monkeypatch.setattr(daemon, "serve", crash)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("NG_LISTEN", "127.0.0.1:0")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        assert daemon.main([]) == 1
+    finally:
+        root.handlers[:], root.level = saved
+    err = capsys.readouterr().err
+    assert "rtpai stopped by an internal error" in err and "Illegal header value" in err
+    assert KEY not in err and REDACTED in err
