@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ctl.engine import Engine
+from ctl.ng import NgError
 from media import sdp
 from media.rfc4733 import DtmfDecoder, EventError, build_event, parse_event
 from media.rtcp import ReportBlock, RtcpError, build_report, parse_compound
@@ -36,6 +37,7 @@ from openai_flavor.websocket import (
     ProtocolError,
     parse_close,
 )
+from tests.fakes.engine import reply_of
 from tests.fakes.realtime import FakeRealtimeServer
 from tests.test_media_engine import config, offer, offer_sdp, request
 from tests.test_stream import CALLER, make_stream
@@ -464,4 +466,43 @@ async def test_a_failing_rtcp_task_ends_its_call_only():
         assert broken.end_reason == "media failure: internal error"
         assert engine.calls["healthy"].state.value == "offered"
         assert engine.ping(request("ping")) == {"result": "pong"}
+        nursery.cancel_scope.cancel()
+
+
+# --- offers and re-offers through the engine ------------------------------------------------------
+
+
+async def test_fuzzed_offers_and_reoffers_get_an_answer_or_an_ng_error():
+    """Through Engine.offer, call construction and the re-offer path: any SDP is answered or
+    refused with a reason (NgError), and the engine goes on serving.
+
+    One engine for every example: the property runs synchronously inside the test's trio run
+    (an offer's handler is synchronous), so examples cost no engine start-up each.
+    """
+    async with trio.open_nursery() as nursery:
+        server = FakeRealtimeServer(respond_after_ms=None)
+        url = await nursery.start(server.serve)
+        engine = Engine(config(OPENAI_URL=url, RTP_MAX_PORT="47000"))  # 2000 calls' ports
+        await nursery.start(engine.run)
+        ids = iter(range(10**9))
+
+        @fuzz
+        @given(st.lists(st.one_of(sdp_bodies(), st.text(max_size=80)), min_size=1, max_size=3))
+        def offers_of_one_call(bodies):
+            call_id = f"fuzz-{next(ids)}"
+            for body in bodies:  # the first is the offer, the others re-offers (re-INVITEs)
+                try:
+                    reply = reply_of(engine.offer(request(
+                        "offer", **{"call-id": call_id, "from-tag": "ft", "sdp": body})))
+                except NgError:
+                    continue
+                sdp.parse_sdp(reply["sdp"])
+            for call in engine.calls.select(call_id):
+                call.end("fuzzed", tell_proxy=False)  # its task frees the ports
+
+        offers_of_one_call()
+        for call in list(engine.calls):
+            await call.ended.wait()
+        assert engine.ping(request("ping")) == {"result": "pong"}
+        assert engine.active_calls() == 0 and engine.ports.in_use == 0
         nursery.cancel_scope.cancel()
