@@ -99,6 +99,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python's warnings print to stderr themselves; through the log they pass the filter too.
+    logging.captureWarnings(True)
     # Python's last-resort handler (used when no handler is configured) is not ours to filter;
     # with the one above in place it is never used.
     return redactor

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import logging
 import os
+import warnings
 
 import pytest
 import trio
@@ -152,10 +153,12 @@ def test_the_daemons_logging_writes_no_secret():
         logging.getLogger("rtpai.test").info("Bearer %s", KEY)
         redactor.add(["sk-rotated-key"])  # what SIGHUP does with a new key
         logging.getLogger("rtpai.test").warning("now sk-rotated-key")
+        warnings.warn(f"a library warns about {KEY}", UserWarning, stacklevel=1)
     finally:
+        logging.captureWarnings(False)
         root.handlers[:], root.level = saved
     assert KEY not in stream.getvalue() and "sk-rotated-key" not in stream.getvalue()
-    assert stream.getvalue().count(REDACTED) == 2
+    assert stream.getvalue().count(REDACTED) == 3
 
 
 # --- a real call path: the Realtime server refuses the key --------------------------------------
