@@ -59,12 +59,15 @@ class CallMedia:
     protocol: str
     local_address: str  # advertised in SDP
     local_port: int
-    remote: tuple[str, int] | None  # from the SDP; None while on hold (c=0.0.0.0)
+    remote: tuple[str, int] | None  # from the SDP; None for c=0.0.0.0 (hold, or unknown)
     sending: bool  # False when the caller holds the call
     telephone_event: int | None = None  # RFC 4733 payload type, if negotiated
     rtcp_remote: tuple[str, int] | None = None  # RFC 3605 a=rtcp, else the RTP port + 1
     rtcp_mux: bool = False  # RFC 5761
     caller_sends: bool = True  # False for a=inactive / recvonly / c=0.0.0.0: no RTP expected
+    # c=0.0.0.0 with sendrecv in the first offer: the caller's address is learnt by latching
+    # (remote stays None until then), not hold; see Engine._call_media.
+    address_unknown: bool = False
 
 
 class Call:
@@ -247,7 +250,7 @@ class Call:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._receive_media)
-                    nursery.start_soon(self.stream.send_rtcp)
+                    nursery.start_soon(self._send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
@@ -281,6 +284,15 @@ class Call:
         await self.stream.receive(self._poller)
         if self.stream.timed_out:
             self.hang_up(f"media timeout ({self.stream.timeout:g} s without RTP)")
+
+    async def _send_rtcp(self) -> None:
+        # A bug in a report must end this call, never escape into the engine's nursery and
+        # take every call with it (an RTCP port of 65536 once did).
+        try:
+            await self.stream.send_rtcp()
+        except Exception:
+            log.exception("call %s: RTCP failed", self.call_id)
+            self.end("media failure: internal error")
 
     def _media_started(self) -> None:
         """The caller's first RTP latched (a callback: no task per call waits for it)."""

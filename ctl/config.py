@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ctl.acl import parse_networks
 from openai_flavor.settings import VOICES, parse_tools
@@ -124,6 +125,25 @@ def codec_preference(value: str) -> tuple[str, ...] | None:
     return codecs
 
 
+def api_key(value: str) -> str | None:
+    """An API key: surrounding whitespace is dropped (a key pasted with its newline, an
+    ``export`` with a trailing space); anything else but printable ASCII is refused.
+
+    A key goes into an HTTP header verbatim: a newline, tab or non-ASCII character left in it
+    makes the request invalid, and the HTTP library's error then quotes the whole header (the
+    key with it). So it is refused here, at start-up, with a message that never shows it.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError(
+            "the key contains whitespace, a control character or a non-ASCII character "
+            "inside it (keys are printable ASCII; the value is not shown)"
+        )
+    return value
+
+
 def optional_http_url(value: str) -> str | None:
     value = value.strip()
     if not value:
@@ -212,7 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rtp", "relatch", "RTP_RELATCH", "sdp", one_of("never", "sdp", "silence"),
             help="when another source may take over a latched call: never, sdp (only the "
                  "SDP's address), silence (also any, after 2 s without the latched source)"),
-    Setting("openai", "key", "OPENAI_API_KEY", None, optional_text, aliases=("openai_key",),
+    Setting("openai", "key", "OPENAI_API_KEY", None, api_key, aliases=("openai_key",),
             secret=True, help="API key (required unless disabled)"),
     Setting("openai", "url", "OPENAI_URL", "wss://api.openai.com/v1/realtime", url,
             help="Realtime endpoint; ?model= is added"),
@@ -291,6 +311,23 @@ class Config:
     def is_set(self, section: str, key: str) -> bool:
         return (section, key) in self.explicit
 
+    def secrets(self) -> list[str]:
+        """Every secret value configured, for the log redaction (ctl/logs.py): the secret
+        settings of every section and profile, and a password written into a proxy URL."""
+        found: list[str] = []
+        for setting in SETTINGS:
+            if not setting.secret:
+                continue
+            values = [self.values[setting.section][setting.key]]
+            if setting.section == "openai":
+                values += [profile[setting.key] for profile in self.profiles.values()]
+            for value in values:
+                if isinstance(value, str):
+                    found.append(value)
+                    found.extend(_url_secrets(value))
+        found.extend(_url_secrets(self.values["proxy"]["url"]))
+        return found
+
     def __repr__(self) -> str:
         # Secrets never reach logs: a Config printed anywhere shows only whether a key is set.
         shown = {
@@ -300,6 +337,18 @@ class Config:
             for s in SETTINGS
         }
         return f"Config({shown})"
+
+
+def _url_secrets(url: str | None) -> list[str]:
+    """The password of ``scheme://user:password@host`` and a query string (webhook tokens)."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    return [part for part in (password, parts.query) if part]
 
 
 def _read_ini(path: str | None) -> configparser.ConfigParser:

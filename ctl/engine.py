@@ -301,19 +301,38 @@ class Engine:
             raise NgError(exc.reason) from None
 
     def _call_media(
-        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int
+        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int,
+        previous: CallMedia | None = None,
     ) -> CallMedia:
-        """What the call's media stream needs from an offer/answer exchange."""
+        """What the call's media stream needs from an offer/answer exchange.
+
+        ``previous`` is the call's media before a re-offer (None for a new call).
+        """
         remote = rtcp_remote = None
-        if negotiated.remote_address:  # None for c=0.0.0.0 (negotiate drops it)
-            address = self._sendable(negotiated.remote_address)
+        # None for c=0.0.0.0 (negotiate drops it), and for a host name (see _sendable).
+        address = self._sendable(negotiated.remote_address)
+        if address is not None:
             remote = (address, negotiated.remote_port)
-            rtcp_remote = (address, negotiated.remote_rtcp_port)
+            if negotiated.remote_rtcp_port:
+                rtcp_remote = (address, negotiated.remote_rtcp_port)
+        named_host = address is None and negotiated.remote_address is not None
         event = negotiated.telephone_event
-        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive);
-        # c=0.0.0.0 is RFC 2543 hold, which stops the caller's RTP as well as ours.
-        caller_sends = negotiated.answer_direction in ("sendrecv", "recvonly") and not (
-            negotiated.remote_address is None and negotiated.on_hold
+        # c=0.0.0.0 means two things. With sendrecv in a *new* call's offer it is a gateway
+        # that does not know its address yet: it sends RTP at once and expects it answered,
+        # so we receive, latch on its first valid packet (media/stream.py, with the usual
+        # RTP-Bleed rules) and send there, as rtpengine does. The call stays so until an offer
+        # gives an address. Once a call has had an address, c=0.0.0.0 in a re-offer is RFC
+        # 2543 hold (RFC 3264 s8.4), which stops the caller's RTP as well as ours.
+        # A host name is an address we do not resolve: learnt by latching as well.
+        address_unknown = named_host or (
+            negotiated.remote_address is None
+            and negotiated.answer_direction == "sendrecv"
+            and (previous is None or previous.address_unknown)
+        )
+        held_by_address = negotiated.remote_address is None and not address_unknown
+        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive).
+        caller_sends = (
+            negotiated.answer_direction in ("sendrecv", "recvonly") and not held_by_address
         )
         return CallMedia(
             codec=negotiated.codec.encoding,
@@ -323,19 +342,30 @@ class Engine:
             local_address=advertised,
             local_port=rtp_port,
             remote=remote,
-            sending=not negotiated.on_hold,
+            # (negotiate's on_hold counts every c=0.0.0.0; an unknown address is not hold.)
+            sending=not negotiated.on_hold or (address_unknown and not named_host),
             telephone_event=event.payload_type if event is not None else None,
             rtcp_remote=rtcp_remote,
             rtcp_mux=negotiated.rtcp_mux,
             caller_sends=caller_sends,
+            address_unknown=address_unknown,
         )
 
-    def _sendable(self, address: str) -> str:
-        """An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``."""
+    def _sendable(self, address: str | None) -> str | None:
+        """The SDP's address as sendto() takes it, or None if we will not send to it.
+
+        An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``. A host
+        name (RFC 4566 allows one in c=) is not resolved: sendto() would look it up in the
+        event loop, for every packet, blocking every call, and some names make it raise
+        (a NUL: TypeError). The caller's first packet tells its address instead (latching),
+        as for c=0.0.0.0.
+        """
+        if address is None:
+            return None
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return address  # an FQDN: left to the resolver, and latching fixes it anyway
+            return None
         if ip.version == 4 and ":" in self.config["rtp"]["bind_ip"]:
             return f"::ffff:{ip}"
         return str(ip)
@@ -370,7 +400,7 @@ class Engine:
             version += 1
             answer_sdp = answer(version)
             call.sdp_origin = (session_id, version)
-        media = self._call_media(negotiated, local[0], local[1])
+        media = self._call_media(negotiated, local[0], local[1], previous=call.media)
         call.update_media(media, answer_sdp)
         log.info("call %s: re-offer, remote %s, %s", call.call_id, media.remote,
                  "sending" if media.sending else "on hold")
@@ -597,6 +627,39 @@ class Engine:
 
     def unsupported(self, request: NgRequest) -> dict[str, Any]:
         raise NgError(f"Command not supported by rtpai (an AI endpoint): {request.command}")
+
+    def reload_ai_settings(self, config: Config) -> None:
+        """SIGHUP: ``[openai]`` and its profiles from ``config`` apply to calls offered from
+        now on; running calls keep the settings (key, voice, prompt) they started with."""
+        explicit = frozenset(key for section, key in config.explicit if section == "openai")
+        self.settings = RealtimeSettings.from_config(config["openai"], explicit=explicit)
+        self.profiles = {
+            name: RealtimeSettings.from_config(values, explicit=explicit)
+            for name, values in config.profiles.items()
+        }
+        refusal = self.settings.refusal_reason()
+        if refusal:
+            log.error("offers will be refused: %s", refusal)
+        for note in self.settings.startup_notes():
+            log.warning("%s", note)
+
+    def summary(self) -> str:
+        """One line of state for an operator (SIGUSR1): calls, ports, AI sessions."""
+        states: dict[str, int] = {}
+        ai: dict[str, int] = {}
+        for call in self.calls:
+            states[call.state.value] = states.get(call.state.value, 0) + 1
+            if call.state is not CallState.ENDED:
+                ai[call.ai.stats.state] = ai.get(call.ai.stats.state, 0) + 1
+
+        def counts(table: dict[str, int]) -> str:
+            return ", ".join(f"{n} {name}" for name, n in sorted(table.items())) or "none"
+
+        return (
+            f"calls: {counts(states)}; ports in use: {self.ports.in_use}/{self.ports.capacity} "
+            f"pairs; AI sessions: {counts(ai)}; proxy requests under way: "
+            f"{len(self._notifications)}{'; draining' if self.draining else ''}"
+        )
 
     def active_calls(self) -> int:
         return sum(1 for call in self.calls if call.state is not CallState.ENDED)

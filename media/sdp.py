@@ -440,7 +440,7 @@ class Negotiated:
     ptime: int
     remote_address: str | None  # None if the offer gave none or the RFC 2543 hold 0.0.0.0
     remote_port: int
-    remote_rtcp_port: int
+    remote_rtcp_port: int  # 0: none (RTP on port 65535 without a=rtcp)
     rtcp_mux: bool
     on_hold: bool
     answer_direction: str
@@ -521,6 +521,8 @@ def negotiate(offer: SessionDescription, preference: Sequence[str] | None = None
         # RFC 5761: we accept mux whenever it is offered; else RFC 3605 a=rtcp; else RFC 3550
         # s11, the next port up.
         rtcp_port = media.port if media.rtcp_mux else (media.rtcp_port or media.port + 1)
+        if rtcp_port > 65535:
+            rtcp_port = 0  # RTP on 65535 has no port above it: no RTCP to send (0: none)
         return Negotiated(
             media_index=index,
             # G.711 has no parameters to answer.

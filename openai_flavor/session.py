@@ -33,7 +33,13 @@ from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 from openai_flavor.turns import FunctionCall, ResponseDone, Turns
 from openai_flavor.webhook import WebhookError, post_json
-from openai_flavor.websocket import ConnectionClosed, HandshakeRejected, WebSocket, WebSocketError
+from openai_flavor.websocket import (
+    ConnectionClosed,
+    HandshakeRejected,
+    InvalidRequestHeader,
+    WebSocket,
+    WebSocketError,
+)
 
 log = logging.getLogger("rtpai.openai")
 
@@ -244,6 +250,9 @@ class RealtimeSession:
                 f"the Realtime API closed the session ({detail})",
                 fatal=exc.code in events.FATAL_CLOSE_CODES,
             ) from None
+        except InvalidRequestHeader as exc:
+            # Our own request cannot be sent: no retry would send a different one.
+            raise _Lost(f"WebSocket handshake failed: {exc}", fatal=True) from None
         except WebSocketError as exc:
             raise _Lost(f"WebSocket handshake failed: {exc}") from None
         except OSError as exc:
