@@ -71,7 +71,10 @@ def codec_exclusions(request: NgRequest) -> set[str]:
     if isinstance(codec, dict):
         for key in ("strip", "mask"):
             value = codec.get(key) or []
-            excluded.update(str(v).upper() for v in ([value] if isinstance(value, str) else value))
+            # A list of names (Kamailio), or one name; anything else (a number, a dictionary)
+            # names no codec and is ignored, as rtpengine ignores what it cannot read.
+            names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            excluded.update(v.upper() for v in names if isinstance(v, str))
     for flag in request.flags:
         for prefix in ("codec-strip-", "codec-mask-"):
             if flag.startswith(prefix):

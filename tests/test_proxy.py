@@ -259,3 +259,21 @@ async def test_an_unreachable_ai_makes_the_proxy_hang_up_with_the_reason():
             assert stats["rtpai"]["end reason"].startswith("AI session failed")
             assert engine.ports.in_use == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_credentials_in_the_url_are_basic_auth_never_the_host_header():
+    """A management interface behind an authenticating front end: user:password@ in the URL
+    becomes an Authorization header; Host names only the server (RFC 9110 s7.2)."""
+    from ctl.http import HttpRequest, http_request
+
+    server = FakeHttpServer()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        authority = url.removeprefix("http://")
+        status, _ = await http_request(
+            HttpRequest("POST", f"http://ops:s%40cret@{authority}/RPC", b"{}"), timeout=5)
+        nursery.cancel_scope.cancel()
+    assert status == 200
+    (received,) = server.requests
+    assert received.headers["host"] == authority
+    assert received.headers["authorization"] == "Basic b3BzOnNAY3JldA=="  # ops:s@cret
