@@ -38,6 +38,9 @@ HANDLED_SIGNALS = (
 # Sections a reload applies; the others (ng socket, RTP ports and addresses, proxy) are bound
 # into sockets and calls at start-up and need a restart.
 RELOADABLE_SECTIONS = frozenset({"openai", "log"})
+# Single settings of other sections that apply live: the ng source list, so that adding or
+# removing a proxy does not cost a restart (and every call with it).
+RELOADABLE_SETTINGS = frozenset({("ng", "allow")})
 
 
 async def serve(engine: Engine, reload: Callable[[], None] | None = None) -> None:
@@ -90,17 +93,20 @@ def reload_config(
     redactor.add(new.secrets())
     logging.getLogger().setLevel(new["log"]["level"].upper())
     engine.reload_ai_settings(new)
+    engine.dispatcher.allow_sources(new["ng"]["allow"])
     old = engine.config
     restart = [
         setting.label
         for setting in SETTINGS
         if setting.section not in RELOADABLE_SECTIONS
+        and (setting.section, setting.key) not in RELOADABLE_SETTINGS
         and new[setting.section][setting.key] != old[setting.section][setting.key]
     ]
     if restart:
         log.warning("changed settings that need a restart (not applied): %s", ", ".join(restart))
     log.info("configuration reloaded: [openai] (and profiles %s) apply to new calls; "
-             "log level %s", ", ".join(sorted(new.profiles)) or "none", new["log"]["level"])
+             "log level %s; [ng] allow: %s", ", ".join(sorted(new.profiles)) or "none",
+             new["log"]["level"], ", ".join(str(n) for n in new["ng"]["allow"]) or "anyone")
     return new
 
 

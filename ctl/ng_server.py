@@ -143,6 +143,10 @@ class Dispatcher:
         self.denied = 0  # datagrams from sources ``[ng] allow`` does not list
         self._denied_logged = (-DENIED_LOG_INTERVAL, 0)  # (when, self.denied then)
 
+    def allow_sources(self, allow: tuple[Network, ...]) -> None:
+        """Replace the ``[ng] allow`` list (SIGHUP); the next datagram is judged by it."""
+        self.acl = SourceFilter(allow)
+
     def begin(self, datagram: bytes, source: Any, now: float) -> tuple[str, Any]:
         """Classify an incoming datagram.
 

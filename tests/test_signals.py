@@ -19,7 +19,7 @@ from ctl.client import send_command
 from ctl.config import load_config
 from ctl.daemon import reload_config
 from ctl.engine import Engine
-from ctl.logs import configure_logging
+from ctl.logs import RedactSecrets, configure_logging
 from tests.fakes.daemon import running_daemon
 from tests.fakes.realtime import FakeRealtimeServer
 
@@ -183,3 +183,17 @@ def test_reload_applies_the_log_level_and_redacts_a_new_key_first(tmp_path):
     finally:
         root.handlers[:], root.level = saved
     assert "keys [redacted] [redacted]" in stream.getvalue()
+
+
+def test_reload_replaces_the_ng_allow_list_without_a_restart(tmp_path, caplog):
+    """Adding a proxy to [ng] allow takes a SIGHUP, not a restart that drops every call."""
+    config = tmp_path / "rtpai.conf"
+    config.write_text("[openai]\nkey = sk-k\n[ng]\nallow = 192.0.2.1\n")
+    engine = Engine(load_config(str(config), environ={}))
+    assert not engine.dispatcher.acl.allows("198.51.100.7")
+    config.write_text("[openai]\nkey = sk-k\n[ng]\nallow = 192.0.2.1, 198.51.100.0/24\n")
+    with caplog.at_level(logging.INFO):
+        assert reload_config(engine, str(config), RedactSecrets(), environ={}) is not None
+    assert engine.dispatcher.acl.allows("198.51.100.7")
+    assert engine.dispatcher.acl.allows("192.0.2.1")
+    assert "need a restart" not in caplog.text
