@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge, CallerEvent
+from media.bridge import CallBridge, CallerEvent, weak_method
 from media.clock import MediaClock
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
@@ -126,8 +126,9 @@ class Call:
             codec=media.codec,
             ptime_ms=media.ptime_ms,
             playout=PlayoutQueue(frame_bytes, max_bytes=MAX_PLAYOUT_SECONDS * 8000),
-            end_call=self.end,
-            transfer=self.transfer,
+            # Weakly: the bridge is the call's, and a bound method would be a reference cycle.
+            end_call=weak_method(self.end),
+            transfer=weak_method(self.transfer),
             caller_events=events_receive,
         )
         self.bridge.mark("offer")
@@ -149,7 +150,7 @@ class Call:
             ai_batch_ms=ai_batch_ms,
             strict_source=strict_source,
             relatch=Relatch(relatch),
-            on_media_started=self._media_started,
+            on_media_started=weak_method(self._media_started),
         )
         self.ai = RealtimeSession(settings, self.bridge, poller)
 
@@ -201,7 +202,7 @@ class Call:
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
-            self.stream.stop_pacing()  # before the sockets close: no tick may send after
+            self.stream.close()  # before the sockets close: no tick may send after
             for sock in self._sockets:
                 close_socket(sock)
             self._release_ports()

@@ -285,7 +285,15 @@ class RealtimeSession:
                 nursery.start_soon(self._until_lost, task, ended)
         if ended:
             # Re-raised bare (not in an ExceptionGroup) so that the close code is classified.
-            raise ended[0]
+            # The list is emptied as it goes: it is a local of the frames in the exception's
+            # traceback, and holding the exception would make a reference cycle of them (and
+            # of the session they hold) for the cycle collector (issue 18).
+            lost = ended[0]
+            ended.clear()
+            try:
+                raise lost
+            finally:
+                del lost
 
     async def _until_lost(self, task, ended: list[BaseException]) -> None:
         """Run one side of the conversation; a lost connection ends every side."""
@@ -371,8 +379,14 @@ class RealtimeSession:
             await ended.wait()
         finally:
             self._poller.unregister(ws.socket)
-        assert self._reader_stop is not None
-        raise self._reader_stop
+        # Taken off the session before it is raised: a raised exception's traceback holds
+        # this frame, and so the session (a reference cycle per call otherwise, issue 18).
+        why, self._reader_stop = self._reader_stop, None
+        assert why is not None
+        try:
+            raise why
+        finally:
+            del why
 
     def _readable(self, now: float) -> None:
         """The poller's call: what one read brought, event by event, synchronously."""
@@ -392,7 +406,10 @@ class RealtimeSession:
                 self._on_event(event)
                 self._notify()
         except _Lost as lost:
-            ended = lost
+            # Handed on from inside the handler, which forgets `lost` as it ends: a local
+            # holding it would keep this frame (in its traceback) and the session in a cycle.
+            self._stop_reading(lost)
+            return
         if ended is not None:
             self._stop_reading(ended)
 
