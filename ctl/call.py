@@ -118,7 +118,9 @@ class Call:
         self._sockets = sockets
         self._clock = clock  # the engine's: it paces our RTP along with every other call's
         self._poller = poller  # the engine's: it receives for every call
+        # The call's scope: cancelled when it ends; its deadline is a delayed delete's.
         self._scope = trio.CancelScope()
+        self._reason_at_deadline = ""
         events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
         frame_bytes = media.ptime_ms * 8
         self.bridge = CallBridge(
@@ -176,6 +178,14 @@ class Call:
         if self._on_end is not None:
             self._on_end(self, reason, tell_proxy)
 
+    def end_after(self, delay: float, reason: str) -> None:
+        """End the call in ``delay`` seconds (a delete with ``delete-delay``): a deadline on
+        the call's own scope, so the wait is the call's and dies with it; no task of its own."""
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            return
+        self._reason_at_deadline = reason
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + delay)
+
     def transfer(self, target: str) -> None:
         """The AI asks for the caller to be transferred: recorded in the statistics, and
         handed to ``on_transfer`` (the engine tells the proxy, which sends the REFER)."""
@@ -202,6 +212,9 @@ class Call:
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
+            if self._scope.cancelled_caught and self.state in (CallState.OFFERED,
+                                                              CallState.ACTIVE):
+                self.end(self._reason_at_deadline, tell_proxy=False)  # end_after's deadline
             self.stream.close()  # before the sockets close: no tick may send after
             for sock in self._sockets:
                 close_socket(sock)

@@ -41,9 +41,9 @@ log = logging.getLogger("rtpai.openai")
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
 # Bounds the TCP, TLS and WebSocket handshakes together, not the conversation.
 CONNECT_TIMEOUT = 10.0
-# When a call is deleted, the close frame is written at once; this bounds the wait for the
-# server's close in reply. It must not hold up the delete reply, which Kamailio abandons
-# after rtpengine_tout_ms (1 s by default, often set lower).
+# When a call ends, the close frame is written at once; this bounds the wait for the server's
+# close in reply, in the call's own task (its ports are released after it). The delete's reply
+# does not wait for it (ctl/engine.py): the proxy's worker is blocked until that reply.
 CLOSE_ON_END = 0.05
 # Keypad digits typed in one go (a PIN, an extension) reach the model as one message: a
 # sequence ends at '#' or after this pause.
