@@ -10,6 +10,7 @@ import sys
 
 import trio
 
+from ctl import gcstats
 from ctl.config import ConfigError, load_config
 from ctl.engine import Engine
 
@@ -80,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if after != before:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
                  after // FDS_PER_CALL)
+    engine = Engine(config)
+    gcstats.tune_for_server()  # everything built so far lives as long as the process
     try:
-        trio.run(serve, Engine(config))
+        trio.run(serve, engine)
     except OSError as exc:
         print(f"rtpai: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from ctl import gcstats
 from ctl.call import Call, CallMedia, CallState
 from ctl.config import Config
 from ctl.ng import (
@@ -512,8 +513,11 @@ class Engine:
         return sum(1 for call in self.calls if call.state is not CallState.ENDED)
 
     def statistics(self, request: NgRequest) -> dict[str, Any]:
+        gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
         return {
             "statistics": {
+                # rtpai's own: the cycle collector's collections and pauses (ctl/gcstats.py).
+                "gc": gc_figures,
                 "currentstatistics": {
                     "sessionsown": self.active_calls(),
                     "sessionstotal": len(self.calls),

@@ -1,0 +1,98 @@
+"""The cycle collector, watched and tuned for a long-lived media server.
+
+A full collection stops the one thread that paces every call's audio for as long as it takes
+to traverse every tracked object: with per-call reference cycles that was 115 ms at 480 calls
+(issue 18). Calls now leave no cycles (tests/test_churn_memory.py), so collections find
+(almost) nothing; what is left is their cost, which this module makes visible to operators
+(``statistics`` -> ``gc``) and keeps small:
+
+* ``gc.freeze()`` once started: the modules, configuration and engine objects built at start-up
+  live as long as the process, and a full collection need not traverse them again.
+* the thresholds: see :data:`THRESHOLDS`.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import Any
+
+# (gen0, gen1, gen2). CPython's default is (700, 10, 10). A young collection costs little
+# and finds nothing now, so fewer of them is a small CPU saving; a full collection traverses
+# every live call (~200 tracked objects each), ~20 ms at 480 calls on the benchmark machine
+# (docs/performance.md, "Churn"), and CPython also waits until a quarter of the long-lived
+# objects are new. 50,000 allocations between young collections (at 40 call set-ups a second,
+# one every ~3 s) makes full collections ~70 times rarer than the defaults.
+THRESHOLDS = (50_000, 20, 10)
+
+
+class GcMonitor:
+    """Counts collections per generation and their pauses (a ``gc.callbacks`` hook)."""
+
+    def __init__(self, clock=time.perf_counter) -> None:
+        self._clock = clock
+        self._started: float | None = None
+        self.collections = [0, 0, 0]
+        self.collected = [0, 0, 0]  # objects freed by the collector (cycles: a leak's sign)
+        self.pause_ms_total = [0.0, 0.0, 0.0]
+        self.pause_ms_max = [0.0, 0.0, 0.0]
+        self.last_full_ms = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+            return
+        if self._started is None:
+            return
+        pause = (self._clock() - self._started) * 1000
+        self._started = None
+        generation = info["generation"]
+        self.collections[generation] += 1
+        self.collected[generation] += info["collected"]
+        self.pause_ms_total[generation] += pause
+        self.pause_ms_max[generation] = max(self.pause_ms_max[generation], pause)
+        if generation == 2:
+            self.last_full_ms = pause
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The figures for ``statistics``: per generation, collections, objects they freed,
+        and pause total/max (ms); plus the thresholds and objects frozen at start-up."""
+        return {
+            "thresholds": list(gc.get_threshold()),
+            "frozen": gc.get_freeze_count(),
+            "generations": [
+                {
+                    "collections": self.collections[g],
+                    "collected": self.collected[g],
+                    "pause ms total": round(self.pause_ms_total[g], 1),
+                    "pause ms max": round(self.pause_ms_max[g], 2),
+                }
+                for g in range(3)
+            ],
+        }
+
+
+# The daemon's (installed by ctl/daemon.py); None in tests and tools that embed the engine.
+monitor: GcMonitor | None = None
+
+
+def tune_for_server() -> GcMonitor:
+    """Start-up: collect what start-up left, freeze the rest, set the thresholds, watch."""
+    global monitor
+    gc.collect()
+    gc.freeze()
+    # RTPAI_GC_THRESHOLDS=700,10,10 (CPython's defaults) is for measuring the choice (bench/run.py).
+    override = os.environ.get("RTPAI_GC_THRESHOLDS")
+    gc.set_threshold(*(int(v) for v in override.split(",")) if override else THRESHOLDS)
+    monitor = GcMonitor()
+    monitor.install()
+    return monitor
