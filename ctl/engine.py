@@ -480,7 +480,7 @@ class Engine:
                 await done.wait()
 
     def _forget(self, call: Call) -> None:
-        if call in list(self.calls):
+        if call in self.calls:
             self.calls.remove(call)
             self._count_end(call)
 

@@ -23,7 +23,7 @@ from typing import Any
 # collection traverses them all, garbage or not: ~70 ms of CPU at 480 calls, past the 40 ms a
 # caller's jitter buffer hides, and it pauses every call at once. Young collections are cheap
 # (~2 ms per 100,000 young objects). With the defaults, 480 calls with 40 set-ups a second
-# saw 228 young, 20 middle and 2 full collections in 30 s (the full ones 110-145 ms), and
+# saw 228 young, 20 middle and 2 full collections in 30 s (the full ones 77 and 145 ms), and
 # every one of them freed nothing: calls leave no cycles. A young collection runs when
 # allocations exceed deallocations by gen0's threshold; a churn of calls that are freed by
 # reference counting allocates about as much as it frees, so with 50,000 the same run had no

@@ -28,3 +28,4 @@ def test_monitor_counts_collections_freed_objects_and_pauses():
     assert full["pause ms max"] == 4.0 and monitor.last_full_ms == 4.0
     assert figures["thresholds"] == list(gc.get_threshold())
     assert monitor not in gc.callbacks
+
