@@ -396,7 +396,9 @@ def gc_window(before: dict[str, Any] | None, after: dict[str, Any] | None) -> di
         gens.append({"collections": a["collections"] - b["collections"],
                      "collected": a["collected"] - b["collected"],
                      "pause_ms_total": round(a["pause ms total"] - b["pause ms total"], 1),
-                     "pause_ms_max_since_start": a["pause ms max"]})
+                     "pause_ms_max_since_start": a["pause ms max"],
+                     "cpu_ms_total": round(a.get("cpu ms total", 0) - b.get("cpu ms total", 0), 1),
+                     "cpu_ms_max_since_start": a.get("cpu ms max")})
     return {"thresholds": after["thresholds"], "frozen": after["frozen"], "generations": gens}
 
 

@@ -35,28 +35,38 @@ THRESHOLDS = (50_000, 20, 10)
 class GcMonitor:
     """Counts collections per generation and their pauses (a ``gc.callbacks`` hook)."""
 
-    def __init__(self, clock=time.perf_counter) -> None:
+    def __init__(self, clock=time.perf_counter, cpu_clock=time.thread_time) -> None:
         self._clock = clock
+        # The thread's CPU time besides the wall clock: a pause much longer in wall time than
+        # in CPU time was the process being descheduled (a busy machine), not the collector.
+        self._cpu_clock = cpu_clock
         self._started: float | None = None
+        self._cpu_started = 0.0
         self.collections = [0, 0, 0]
         self.collected = [0, 0, 0]  # objects freed by the collector (cycles: a leak's sign)
         self.pause_ms_total = [0.0, 0.0, 0.0]
         self.pause_ms_max = [0.0, 0.0, 0.0]
+        self.cpu_ms_total = [0.0, 0.0, 0.0]
+        self.cpu_ms_max = [0.0, 0.0, 0.0]
         self.last_full_ms = 0.0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = self._clock()
+            self._cpu_started = self._cpu_clock()
             return
         if self._started is None:
             return
         pause = (self._clock() - self._started) * 1000
+        cpu = (self._cpu_clock() - self._cpu_started) * 1000
         self._started = None
         generation = info["generation"]
         self.collections[generation] += 1
         self.collected[generation] += info["collected"]
         self.pause_ms_total[generation] += pause
         self.pause_ms_max[generation] = max(self.pause_ms_max[generation], pause)
+        self.cpu_ms_total[generation] += cpu
+        self.cpu_ms_max[generation] = max(self.cpu_ms_max[generation], cpu)
         if generation == 2:
             self.last_full_ms = pause
 
@@ -80,6 +90,8 @@ class GcMonitor:
                     "collected": self.collected[g],
                     "pause ms total": round(self.pause_ms_total[g], 1),
                     "pause ms max": round(self.pause_ms_max[g], 2),
+                    "cpu ms total": round(self.cpu_ms_total[g], 1),
+                    "cpu ms max": round(self.cpu_ms_max[g], 2),
                 }
                 for g in range(3)
             ],
