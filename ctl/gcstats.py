@@ -19,16 +19,17 @@ import time
 from typing import Any
 
 # (gen0, gen1, gen2); CPython's default is (700, 10, 10). Measured on the benchmark machine
-# (docs/performance.md, "Churn"): a live call holds ~250 tracked objects, and a full
-# collection traverses them all, garbage or not: ~70 ms of CPU at 480 calls, past the 40 ms a
-# caller's jitter buffer hides, and it pauses every call at once. Young collections are cheap
-# (~2 ms per 100,000 young objects). With the defaults, 480 calls with 40 set-ups a second
-# saw 228 young, 20 middle and 2 full collections in 30 s (the full ones 77 and 145 ms), and
-# every one of them freed nothing: calls leave no cycles. A young collection runs when
-# allocations exceed deallocations by gen0's threshold; a churn of calls that are freed by
-# reference counting allocates about as much as it frees, so with 50,000 the same run had no
-# collection at all. The collector stays on (a cycle from a rare path is still collected)
-# and `statistics` -> `gc` shows what it does.
+# (docs/performance.md, "Churn"): a live call holds ~250 tracked objects, and a collection
+# traverses the live objects of the generations it collects, garbage or not: a full one ~70 ms
+# of CPU at 480 calls (116 ms at 580), past the 40 ms a caller's jitter buffer hides, pausing
+# every call at once; a young one ~0.5 ms for 5 000 objects, ~5 ms for 20 000, ~28 ms for
+# 50 000. With the defaults, 480 calls with 40 set-ups a second saw 228 young, 20 middle and 2
+# full collections in 30 s (the full ones 77 and 145 ms), and every one of them freed nothing:
+# calls leave no cycles. A young collection runs when allocations exceed deallocations by gen0's
+# threshold; calls freed by reference counting allocate about as much as they free, so with
+# 50 000 the same churn ran 0 or 1 collection per 30 s window (7 runs at 200 and 480 calls),
+# each at most a young one of ~50 000 objects. The collector stays on, so a cycle from a rare
+# path is still collected, and ``statistics`` -> ``gc`` shows what it does.
 THRESHOLDS = (50_000, 20, 10)
 
 
