@@ -453,10 +453,10 @@ def churn_media(n: int, rate: float, args: argparse.Namespace) -> dict[str, Any]
             now = time.monotonic()
             if not in_window and now >= window[0]:
                 in_window = True  # once: an rtpai without the gc hook answers None
-                gc_before = ng.command("statistics")["statistics"].get("gc")
+                gc_before = ng.command("statistics")["statistics"].get("rtpai", {}).get("gc")
                 waited = run_queue_wait_s(rtpai.pid)
             if now >= window[1]:
-                gc_after = ng.command("statistics")["statistics"].get("gc")
+                gc_after = ng.command("statistics")["statistics"].get("rtpai", {}).get("gc")
                 waited = run_queue_wait_s(rtpai.pid) - waited
                 break
             if now < next_at:

@@ -516,8 +516,9 @@ class Engine:
         gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
         return {
             "statistics": {
-                # rtpai's own: the cycle collector's collections and pauses (ctl/gcstats.py).
-                "gc": gc_figures,
+                # rtpai's own keys under a key of their own, as in the query reply: the cycle
+                # collector's collections and pauses (ctl/gcstats.py).
+                "rtpai": {"gc": gc_figures},
                 "currentstatistics": {
                     "sessionsown": self.active_calls(),
                     "sessionstotal": len(self.calls),

@@ -4,7 +4,7 @@ A full collection stops the one thread that paces every call's audio for as long
 to traverse every tracked object: with per-call reference cycles that was 115 ms at 480 calls
 (issue 18). Calls now leave no cycles (tests/test_churn_memory.py), so collections find
 (almost) nothing; what is left is their cost, which this module makes visible to operators
-(``statistics`` -> ``gc``) and keeps small:
+(``statistics`` -> ``rtpai`` -> ``gc``) and keeps small:
 
 * ``gc.freeze()`` once started: the modules, configuration and engine objects built at start-up
   live as long as the process, and a full collection need not traverse them again.
@@ -29,7 +29,7 @@ from typing import Any
 # threshold; calls freed by reference counting allocate about as much as they free, so with
 # 50 000 the same churn ran 0 or 1 collection per 30 s window (7 runs at 200 and 480 calls),
 # each at most a young one of ~50 000 objects. The collector stays on, so a cycle from a rare
-# path is still collected, and ``statistics`` -> ``gc`` shows what it does.
+# path is still collected, and ``statistics`` -> ``rtpai`` -> ``gc`` shows what it does.
 THRESHOLDS = (50_000, 20, 10)
 
 
