@@ -380,3 +380,31 @@ async def test_dtmf_reaches_the_ai_session_as_a_user_text_item():
             stats = engine.query(request("query", **{"call-id": "dtmf"}))
             assert stats["rtpai"]["dtmf"] == 3
             nursery.cancel_scope.cancel()
+
+
+async def test_delete_delay_is_a_deadline_of_the_calls_own(autojump_clock):
+    """delete-delay: the statistics now, the call queryable meanwhile, its end at the deadline.
+    The wait is a deadline on the call's own scope: no task in the engine nursery, nothing of
+    the call that could outlive it."""
+    server = FakeRealtimeServer(respond_after_ms=None)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        engine = Engine(config(OPENAI_URL=url))
+        await nursery.start(engine.run)
+        await offer(engine, "later")
+        call = engine.calls["later"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert engine._calls_nursery is not None
+        engine_tasks = len(engine._calls_nursery.child_tasks)
+        start = trio.current_time()
+        reply = engine.delete(request("delete", **{"call-id": "later", "delete-delay": 30}))
+        assert reply["rtpai"]["state"] == "offered"
+        assert len(engine._calls_nursery.child_tasks) == engine_tasks
+        await trio.sleep(29)
+        assert engine.query(request("query", **{"call-id": "later"}))["rtpai"]["state"] == "offered"
+        await call.ended.wait()
+        assert trio.current_time() - start == pytest.approx(30, abs=0.1)
+        assert call.end_reason == "deleted by the proxy (after 30 s delay)"
+        assert engine.calls.call_ids() == [] and engine.totals["ended"] == 1
+        assert engine.ports.in_use == 0
+        nursery.cancel_scope.cancel()
