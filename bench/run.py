@@ -825,7 +825,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=int, default=10000, help="offer/delete cycles")
     parser.add_argument("--profile", type=int, default=0, help="py-spy rtpai under N calls")
     parser.add_argument("--quick", action="store_true",
-                        help="50,200 calls, 10 s windows, 300 offers, 2000 churn cycles")
+                        help="50,200 calls, 10 s windows, 300 offers, 2000 churn cycles, "
+                             "churn-media 200@20")
     parser.add_argument("--skip", default="", help="comma list of: calls,churn-media,offers,churn")
     parser.add_argument("--churn-media", default="200@20,480@40",
                         help="comma list of N@R: N concurrent calls while R a second come and go")
@@ -839,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
-        args.offers, args.churn = 300, 2000
+        args.offers, args.churn, args.churn_media = 300, 2000, "200@20"
     skip = set(filter(None, args.skip.split(",")))
     global RTPAI_TREE, GC_THRESHOLDS
     RTPAI_TREE, GC_THRESHOLDS = args.rtpai_tree.resolve(), args.gc_thresholds
