@@ -19,6 +19,14 @@
  *   out: WINDOW_START / WINDOW_END     the measurement window (after --warmup seconds)
  *   out: SUMMARY {json}                after the window and a short drain
  *   in:  EOF                           exit (the socket keeps draining until then)
+ *
+ * --churn: calls come and go while it runs (bench/run.py's churn profile). No TARGETS line;
+ * --calls is the number of slots, each idle until told, on stdin, at any time:
+ *   in:  START <slot> <port>           a new call on that slot, to rtpai's RTP port <port>
+ *   in:  STOP <slot>                   its call ended (no more sending, its gaps stop counting)
+ * and the summary adds "stalls": every gap error over --stall-ms in the window, as
+ * [arrival ms since the window start, slot, error us], so that the driver can tell how many
+ * calls one stall hit at once.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -76,8 +84,8 @@ static double hist_q_us(const hist_t *h, double q) {
 }
 
 static void hist_json(FILE *f, const char *name, const hist_t *h) {
-    fprintf(f, "\"%s\":{\"n\":%llu,\"p50_us\":%.0f,\"p99_us\":%.0f,\"max_us\":%.1f,\"min_us\":%.1f}",
-            name, (unsigned long long)h->n, hist_q_us(h, 0.5), hist_q_us(h, 0.99),
+    fprintf(f, "\"%s\":{\"n\":%llu,\"p50_us\":%.0f,\"p99_us\":%.0f,\"p999_us\":%.0f,\"max_us\":%.1f,\"min_us\":%.1f}",
+            name, (unsigned long long)h->n, hist_q_us(h, 0.5), hist_q_us(h, 0.99), hist_q_us(h, 0.999),
             h->n ? h->max / 1000.0 : -1, h->n ? h->min / 1000.0 : -1);
 }
 
@@ -93,7 +101,15 @@ typedef struct {
     int64_t last_ts;
     uint16_t last_seq;
     uint64_t received;
+    int active; /* --churn: a call is on this slot */
 } call_t;
+
+#define MAX_STALLS 200000
+typedef struct {
+    int64_t at; /* kernel arrival, CLOCK_REALTIME ns */
+    int32_t slot;
+    int32_t err_us;
+} stall_t;
 
 static int64_t now_ns(clockid_t c) {
     struct timespec ts;
@@ -107,12 +123,14 @@ static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 int main(int argc, char **argv) {
     int ncalls = 50;
     double warmup = 5, duration = 20, spurt_ms = 1000, silence_ms = 2000, drain = 0.5;
-    int continuous = 0, wake_on_receive = 0;
+    int continuous = 0, wake_on_receive = 0, churn = 0;
+    double stall_ms = 10;
     static struct option opts[] = {
         {"calls", required_argument, 0, 'n'},   {"warmup", required_argument, 0, 'w'},
         {"duration", required_argument, 0, 'd'}, {"spurt-ms", required_argument, 0, 's'},
         {"silence-ms", required_argument, 0, 'S'}, {"continuous", no_argument, 0, 'c'},
         {"drain", required_argument, 0, 'D'},   {"wake-on-receive", no_argument, 0, 'W'},
+        {"churn", no_argument, 0, 'C'},         {"stall-ms", required_argument, 0, 'T'},
         {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -125,6 +143,8 @@ int main(int argc, char **argv) {
         case 'c': continuous = 1; break;
         case 'D': drain = atof(optarg); break;
         case 'W': wake_on_receive = 1; break;
+        case 'C': churn = 1; break;
+        case 'T': stall_ms = atof(optarg); break;
         default: fprintf(stderr, "usage: loadgen --calls N --warmup S --duration S\n"); return 2;
         }
     }
@@ -151,17 +171,25 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 65536; i++) port2call[i] = -1;
     char *line = NULL;
     size_t cap = 0;
-    if (getline(&line, &cap, stdin) < 0 || strncmp(line, "TARGETS", 7) != 0) {
-        fprintf(stderr, "loadgen: expected TARGETS\n");
-        return 2;
+    if (!churn) {
+        if (getline(&line, &cap, stdin) < 0 || strncmp(line, "TARGETS", 7) != 0) {
+            fprintf(stderr, "loadgen: expected TARGETS\n");
+            return 2;
+        }
+        char *p = line + 7;
+        for (int i = 0; i < ncalls; i++) {
+            long port = strtol(p, &p, 10);
+            if (port <= 0 || port > 65535) { fprintf(stderr, "loadgen: bad target %d\n", i); return 2; }
+            calls[i].target = (uint16_t)port;
+            calls[i].active = 1;
+            port2call[port] = i;
+        }
     }
-    char *p = line + 7;
-    for (int i = 0; i < ncalls; i++) {
-        long port = strtol(p, &p, 10);
-        if (port <= 0 || port > 65535) { fprintf(stderr, "loadgen: bad target %d\n", i); return 2; }
-        calls[i].target = (uint16_t)port;
-        port2call[port] = i;
-    }
+    stall_t *stalls = churn ? calloc(MAX_STALLS, sizeof *stalls) : NULL;
+    size_t nstalls = 0;
+    int64_t stall_ns = (int64_t)(stall_ms * 1e6);
+    char cmdbuf[65536];
+    size_t cmdlen = 0;
 
     /* Stagger the callers over the talk-spurt cycle (and so over the 20 ms grid). */
     int64_t t0 = now_ns(CLOCK_MONOTONIC) + 20000000LL;
@@ -188,6 +216,10 @@ int main(int argc, char **argv) {
     if (wake_on_receive) {
         ev.data.fd = sock;
         epoll_ctl(ep, EPOLL_CTL_ADD, sock, &ev);
+    }
+    if (churn) {
+        ev.data.fd = 0;
+        epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
     }
 
     /* send buffers */
@@ -230,6 +262,35 @@ int main(int argc, char **argv) {
         }
         for (int e = 0; e < ne; e++) {
             int do_recv = 1;
+            if (evs[e].data.fd == 0) { /* --churn: START/STOP lines from the driver */
+                ssize_t r = read(0, cmdbuf + cmdlen, sizeof cmdbuf - cmdlen - 1);
+                if (r <= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, 0, NULL); continue; }
+                cmdlen += (size_t)r;
+                cmdbuf[cmdlen] = 0;
+                char *start = cmdbuf, *nl;
+                while ((nl = strchr(start, '\n')) != NULL) {
+                    *nl = 0;
+                    int slot = -1, port = 0;
+                    if (sscanf(start, "START %d %d", &slot, &port) == 2 && slot >= 0 &&
+                        slot < ncalls && port > 0 && port < 65536) {
+                        call_t *c = &calls[slot];
+                        if (c->active) port2call[c->target] = -1;
+                        memset(c, 0, sizeof *c);
+                        c->target = (uint16_t)port;
+                        c->active = 1;
+                        c->seq = (uint16_t)(slot * 7919);
+                        c->next_due = now_ns(CLOCK_MONOTONIC);
+                        port2call[port] = slot;
+                    } else if (sscanf(start, "STOP %d", &slot) == 1 && slot >= 0 && slot < ncalls) {
+                        if (calls[slot].active) port2call[calls[slot].target] = -1;
+                        calls[slot].active = 0;
+                    }
+                    start = nl + 1;
+                }
+                cmdlen -= (size_t)(start - cmdbuf);
+                memmove(cmdbuf, start, cmdlen);
+                continue;
+            }
             if (evs[e].data.fd == tfd) {
                 uint64_t exp;
                 if (read(tfd, &exp, sizeof exp) < 0) {}
@@ -239,6 +300,7 @@ int main(int argc, char **argv) {
                 int64_t rt = now_ns(CLOCK_REALTIME);
                 for (int i = 0; i < ncalls; i++) {
                     call_t *c = &calls[i];
+                    if (!c->active) continue;
                     while (c->next_due <= mono) {
                         int pos = (int)(c->frame % cycle_frames);
                         int speech = pos < spurt_frames;
@@ -338,6 +400,12 @@ int main(int argc, char **argv) {
                                 int64_t gap = kts - c->last_ts;
                                 int64_t err = gap > PTIME_NS ? gap - PTIME_NS : PTIME_NS - gap;
                                 hist_add(gap_err, err);
+                                if (stalls && err > stall_ns && nstalls < MAX_STALLS) {
+                                    stalls[nstalls].at = kts;
+                                    stalls[nstalls].slot = idx;
+                                    stalls[nstalls].err_us = (int32_t)(err / 1000);
+                                    nstalls++;
+                                }
                                 if (gap < PTIME_NS / 2) bursts++;
                                 uint16_t d = (uint16_t)(seq - c->last_seq);
                                 if (d == 0) dups++;
@@ -405,6 +473,14 @@ int main(int argc, char **argv) {
     hist_json(stdout, "delta_all", delta_all);
     putchar(',');
     hist_json(stdout, "delta_excess", delta_excess);
+    if (stalls) {
+        int64_t win_rt = win_start + rt_off;
+        printf(",\"stalls\":[");
+        for (size_t k = 0; k < nstalls; k++)
+            printf("%s[%.3f,%d,%d]", k ? "," : "", (stalls[k].at - win_rt) / 1e6, stalls[k].slot,
+                   stalls[k].err_us);
+        printf("]");
+    }
     printf(",\"sent_per_call\":[");
     for (int i = 0; i < ncalls; i++) printf("%s%u", i ? "," : "", calls[i].sent);
     printf("]}\n");

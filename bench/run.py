@@ -5,9 +5,11 @@ the ng socket (callers on the C load generator's socket); talk spurts both ways 
 ``--warmup`` + ``--duration`` seconds; then N deletes, whose statistics give rtpai's side of
 the packet counts. rtpai's CPU is ``utime+stime`` from /proc over the generator's window.
 
-Then: offer -> reply latency and throughput against rtpai and Debian's ``rtpengine`` (userspace
-only, 127.0.0.1, a private port range), a 10,000-cycle offer/delete churn for memory, and
-(``--profile N``) a py-spy profile of rtpai under N calls.
+Then: calls that come and go (``--churn-media N@R``: N concurrent calls with media both ways
+while R calls a second start and end: stalls and how many calls each hit, ng latency, the
+collector's pauses), offer -> reply latency and throughput against rtpai and Debian's
+``rtpengine`` (userspace only, 127.0.0.1, a private port range), a 10,000-cycle offer/delete
+churn for memory, and (``--profile N``) a py-spy profile of rtpai under N calls.
 
 Everything runs on 127.0.0.1 and every child is stopped at the end. Results are printed and
 written as JSON to bench/build/.
@@ -60,13 +62,14 @@ class Child:
     """A child process whose stdout lines arrive on a queue (a thread reads them)."""
 
     def __init__(self, name: str, argv: list[str], *, env: dict | None = None,
-                 stdin: bool = True, stderr_path: Path | None = None) -> None:
+                 stdin: bool = True, stderr_path: Path | None = None,
+                 cwd: Path = ROOT) -> None:
         self.name = name
         self.stderr_file = (
             open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
         )
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, text=True, bufsize=1,
+            argv, cwd=cwd, env=env, text=True, bufsize=1,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=self.stderr_file,
         )
@@ -137,6 +140,13 @@ def machine_cpu() -> dict[str, float]:
             "steal": steal / CLK_TCK}
 
 
+def run_queue_wait_s(pid: int) -> float:
+    """Seconds ``pid``'s main thread has waited on a run queue, ready but not running
+    (/proc/PID/schedstat, second field): on a shared machine, the stalls that are not its own."""
+    with open(f"/proc/{pid}/schedstat") as handle:
+        return int(handle.read().split()[1]) / 1e9
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as handle:
         return int(handle.read().split()[1]) * PAGE_KIB
@@ -151,6 +161,13 @@ def start_server(interval: float = 3.0) -> tuple[Child, str]:
 def server_stats(server: Child) -> dict[str, Any]:
     server.write("STATS")
     return json.loads(server.expect("STATS ", 10))
+
+
+# The tree whose ctl.daemon runs (``--rtpai-tree``): another checkout's, to measure before/after
+# with the same driver and load generator.
+RTPAI_TREE = ROOT
+# RTPAI_GC_THRESHOLDS for the daemon (``--gc-thresholds``), to measure the collector's settings.
+GC_THRESHOLDS: str | None = None
 
 
 def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
@@ -170,8 +187,10 @@ def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
     }
     for name in ("OPENAI_WELCOME_MSG", "OPENAI_INSTRUCTIONS", "OPENAI_DISABLE"):
         env.pop(name, None)
+    if GC_THRESHOLDS:
+        env["RTPAI_GC_THRESHOLDS"] = GC_THRESHOLDS
     rtpai = Child("rtpai", [sys.executable, "-m", "ctl.daemon"], env=env, stdin=False,
-                  stderr_path=log_path)
+                  stderr_path=log_path, cwd=RTPAI_TREE)
     client = NgClient(("127.0.0.1", ng_port))
     client.wait_ready()
     return rtpai, client
@@ -347,6 +366,172 @@ def healthy(r: dict[str, Any]) -> bool:
     return (r["gap_err_us"]["p99_us"] is not None and r["gap_err_us"]["p99_us"] < 5000
             and r["lost_out"] == 0 and r["lost_in"] == 0
             and r["caller_frames_at_server"] >= r["caller_packets_sent"])
+
+
+# --- calls that come and go ------------------------------------------------------------------
+
+
+# A gap error above this is a stall's mark on a call (the generator records each one).
+STALL_MS = 10.0
+# Stall marks closer than this to the previous one are the same stall: a pause of the engine's
+# one thread delays every call's next packet, and they arrive in one burst when it ends.
+STALL_CLUSTER_MS = 10.0
+
+
+def stall_clusters(marks: list[list[float]]) -> list[dict[str, Any]]:
+    """The generator's stall marks ([ms, slot, error us]) grouped into stalls, biggest first."""
+    clusters: list[dict[str, Any]] = []
+    last = None
+    for at, slot, err in sorted(marks):
+        if last is None or at - last > STALL_CLUSTER_MS:
+            clusters.append({"at_s": round(at / 1000, 3), "calls": set(), "max_ms": 0.0})
+        cluster = clusters[-1]
+        cluster["calls"].add(slot)
+        cluster["max_ms"] = max(cluster["max_ms"], round(err / 1000, 1))
+        last = at
+    for cluster in clusters:
+        cluster["calls"] = len(cluster["calls"])
+    return sorted(clusters, key=lambda c: (-c["calls"], -c["max_ms"]))
+
+
+def gc_window(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The collector's figures (``statistics`` -> ``gc``, ctl/gcstats.py) over the window."""
+    if not before or not after:
+        return None  # an rtpai without the hook (before issue 18)
+    gens = []
+    for b, a in zip(before["generations"], after["generations"], strict=True):
+        gens.append({"collections": a["collections"] - b["collections"],
+                     "collected": a["collected"] - b["collected"],
+                     "pause_ms_total": round(a["pause ms total"] - b["pause ms total"], 1),
+                     "pause_ms_max_since_start": a["pause ms max"],
+                     "cpu_ms_total": round(a.get("cpu ms total", 0) - b.get("cpu ms total", 0), 1),
+                     "cpu_ms_max_since_start": a.get("cpu ms max")})
+    return {"thresholds": after["thresholds"], "frozen": after["frozen"], "generations": gens}
+
+
+def ms_summary(values: list[float]) -> dict[str, float | None]:
+    pick = lambda q: None if not values else round(percentile(values, q), 2)  # noqa: E731
+    return {"n": len(values), "p50": pick(0.5), "p99": pick(0.99),
+            "max": round(max(values), 2) if values else None}
+
+
+def churn_media(n: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """N concurrent calls with media both ways while ``rate`` calls a second start and end.
+
+    Calls ramp up at ``rate`` (the warm-up covers it), then each ``1/rate`` s the oldest call
+    is deleted and a new one offered, so a call lives ``n/rate`` s. The generator's callers
+    follow (START/STOP on its stdin). Over the window: gap errors across all calls, the stalls
+    and how many calls each hit, offer and delete round trips, the AI timeline, rtpai's CPU
+    and the collector's collections and pauses (``statistics``).
+    """
+    tag = f"churn-{n}-{rate:g}"
+    load_before = wait_for_quiet()
+    server, url = start_server()
+    rtpai, ng = start_rtpai(url, BUILD / f"rtpai-{tag}.log")
+    warmup = n / rate + args.warmup
+    loadgen = None
+    offers: list[tuple[float, float]] = []  # (time, round trip ms)
+    deletes: list[tuple[float, float, dict]] = []
+    errors: list[dict] = []
+    try:
+        time.sleep(0.5)
+        loadgen = Child("loadgen", [str(LOADGEN), "--churn", "--calls", str(n), "--warmup",
+                                    str(warmup), "--duration", str(args.duration),
+                                    "--stall-ms", str(STALL_MS)])
+        caller_port = int(loadgen.expect("PORT", 5))
+        loadgen.expect("STREAMING", 5)
+        started = time.monotonic()
+        window = (started + warmup, started + warmup + args.duration)
+        sdp = caller_sdp(caller_port)
+        free = list(range(n))
+        live: collections.deque[tuple[int, str]] = collections.deque()
+        serial = 0
+        next_at = started
+        gc_before = gc_after = None
+        in_window = False
+        while True:
+            now = time.monotonic()
+            if not in_window and now >= window[0]:
+                in_window = True  # once: an rtpai without the gc hook answers None
+                gc_before = ng.command("statistics")["statistics"].get("rtpai", {}).get("gc")
+                waited = run_queue_wait_s(rtpai.pid)
+            if now >= window[1]:
+                gc_after = ng.command("statistics")["statistics"].get("rtpai", {}).get("gc")
+                waited = run_queue_wait_s(rtpai.pid) - waited
+                break
+            if now < next_at:
+                time.sleep(min(next_at - now, 0.005))
+                continue
+            next_at += 1 / rate
+            if len(live) >= n:
+                slot, call_id = live.popleft()
+                loadgen.write(f"STOP {slot}")
+                t = time.perf_counter()
+                reply = ng.command("delete", **{"call-id": call_id, "from-tag": "ft"})
+                deletes.append((time.monotonic(), 1000 * (time.perf_counter() - t), reply))
+                if reply.get("result") != "ok" or "warning" in reply:
+                    errors.append(reply)
+                free.append(slot)
+            slot = free.pop()
+            serial += 1
+            call_id = f"{tag}-{serial}"
+            t = time.perf_counter()
+            reply = ng.command("offer", **{"call-id": call_id, "from-tag": "ft", "sdp": sdp})
+            offers.append((time.monotonic(), 1000 * (time.perf_counter() - t)))
+            try:
+                port = answer_port(reply)
+            except RuntimeError:
+                errors.append(reply)
+                free.append(slot)
+                continue
+            loadgen.write(f"START {slot} {port}")
+            live.append((slot, call_id))
+        cpu = cpu_seconds(rtpai.pid)
+        loadgen.expect("WINDOW_END", 10)
+        gen = json.loads(loadgen.expect("SUMMARY", 15))
+    finally:
+        if loadgen is not None:
+            loadgen.stop("eof")
+        rtpai.stop()
+        server.write("EXIT")
+        server.stop("eof")
+        ng.close()
+
+    def in_window(at: float) -> bool:
+        return window[0] <= at < window[1]
+
+    timelines = [d["rtpai"]["timeline ms"] for at, _, d in deletes if "rtpai" in d]
+    ai_open = [t["ai_session_open"] for t in timelines if "ai_session_open" in t]
+    # rtpai's share of the first AI audio: its first delta received -> its first RTP sent.
+    playout = [t["first_rtp_to_caller"] - t["first_ai_audio"] for t in timelines
+               if "first_rtp_to_caller" in t and "first_ai_audio" in t]
+    stalls = stall_clusters(gen.get("stalls", []))
+    return {
+        "calls": n,
+        "rate_per_s": rate,
+        "call_seconds": round(n / rate, 1),
+        "window_s": args.duration,
+        "others_before_start_percent": load_before,
+        "rtpai_cpu_s_total": round(cpu, 1),
+        # Ready to run but not running, over the window: the machine's doing, not rtpai's.
+        "rtpai_run_queue_wait_s": round(waited, 2),
+        "gap_err_us": {k: gen["gap_err"][k] for k in ("n", "p50_us", "p99_us", "p999_us",
+                                                       "max_us")},
+        "stall_marks_over_ms": STALL_MS,
+        "stalls": len(stalls),
+        "stall_most_calls": stalls[0]["calls"] if stalls else 0,
+        "stalls_over_5_calls": sum(1 for c in stalls if c["calls"] > 5),
+        "worst_stalls": stalls[:8],
+        "offer_ms": ms_summary([ms for at, ms in offers if in_window(at)]),
+        "delete_ms": ms_summary([ms for at, ms, _ in deletes if in_window(at)]),
+        "ai_session_open_ms": ms_summary(ai_open),
+        "ai_delta_to_first_rtp_ms": ms_summary(playout),
+        "gc": gc_window(gc_before, gc_after),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "lost_out": gen["lost_out"],
+        "unknown_src": gen["unknown_src"],
+    }
 
 
 # --- ng: offer -> reply, rtpai vs rtpengine ---------------------------------------------------
@@ -640,16 +825,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=int, default=10000, help="offer/delete cycles")
     parser.add_argument("--profile", type=int, default=0, help="py-spy rtpai under N calls")
     parser.add_argument("--quick", action="store_true",
-                        help="50,200 calls, 10 s windows, 300 offers, 2000 churn cycles")
-    parser.add_argument("--skip", default="", help="comma list of: calls,offers,churn")
+                        help="50,200 calls, 10 s windows, 300 offers, 2000 churn cycles, "
+                             "churn-media 200@20")
+    parser.add_argument("--skip", default="", help="comma list of: calls,churn-media,offers,churn")
+    parser.add_argument("--churn-media", default="200@20,480@40",
+                        help="comma list of N@R: N concurrent calls while R a second come and go")
+    parser.add_argument("--rtpai-tree", type=Path, default=ROOT,
+                        help="run that checkout's rtpai (e.g. the code before a change)")
+    parser.add_argument("--gc-thresholds", default=None,
+                        help="RTPAI_GC_THRESHOLDS for rtpai, e.g. 700,10,10 (CPython's)")
     parser.add_argument("--gen-wake", action="store_true",
                         help="the generator sleeps in epoll on its socket (each RTP packet "
                              "then costs rtpai a cross-CPU wake-up); default: 1 ms polling")
     args = parser.parse_args(argv)
     if args.quick:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
-        args.offers, args.churn = 300, 2000
+        args.offers, args.churn, args.churn_media = 300, 2000, "200@20"
     skip = set(filter(None, args.skip.split(",")))
+    global RTPAI_TREE, GC_THRESHOLDS
+    RTPAI_TREE, GC_THRESHOLDS = args.rtpai_tree.resolve(), args.gc_thresholds
     if not LOADGEN.exists():
         print(f"{LOADGEN} is missing: run `make bench` (or `make bench/build/loadgen`)",
               file=sys.stderr)
@@ -680,6 +874,15 @@ def main(argv: list[str] | None = None) -> int:
         print_table(results)
         print(f"largest N with p99 gap error < 5 ms, no loss, every frame delivered: "
               f"{report['largest_healthy_n']}")
+    if "churn-media" not in skip:
+        report["churn_media"] = []
+        for spec in filter(None, args.churn_media.split(",")):
+            calls, _, rate = spec.partition("@")
+            print(f"\n== churn: {calls} calls, {rate} a second come and go, "
+                  f"{args.duration:g} s window", flush=True)
+            result = section(lambda a, c=int(calls), r=float(rate): churn_media(c, r, a), args)
+            report["churn_media"].append(result)
+            print(json.dumps(result))
     if "offers" not in skip:
         print(f"\n== offer -> reply: {args.offers} offers each, rtpai vs rtpengine", flush=True)
         report["offers"] = section(compare_offers, args)

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge, CallerEvent
+from media.bridge import CallBridge, CallerEvent, weak_method
 from media.clock import MediaClock
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
@@ -130,7 +130,9 @@ class Call:
         self._sockets = sockets
         self._clock = clock  # the engine's: it paces our RTP along with every other call's
         self._poller = poller  # the engine's: it receives for every call
+        # The call's scope: cancelled when it ends; its deadline is a delayed delete's.
         self._scope = trio.CancelScope()
+        self._reason_at_deadline = ""
         events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
         frame_bytes = media.ptime_ms * 8
         self.bridge = CallBridge(
@@ -138,9 +140,10 @@ class Call:
             codec=media.codec,
             ptime_ms=media.ptime_ms,
             playout=PlayoutQueue(frame_bytes, max_bytes=MAX_PLAYOUT_SECONDS * 8000),
-            end_call=self.hang_up,
-            hang_up=self.hang_up_for_ai,
-            transfer=self.transfer,
+            # Weakly: the bridge is the call's, and a bound method would be a reference cycle.
+            end_call=weak_method(self.hang_up),
+            hang_up=weak_method(self.hang_up_for_ai),
+            transfer=weak_method(self.transfer),
             caller_events=events_receive,
         )
         self.bridge.mark("offer")
@@ -162,7 +165,7 @@ class Call:
             ai_batch_ms=ai_batch_ms,
             strict_source=strict_source,
             relatch=Relatch(relatch),
-            on_media_started=self._media_started,
+            on_media_started=weak_method(self._media_started),
         )
         self.ai = RealtimeSession(settings, self.bridge, poller)
 
@@ -227,6 +230,14 @@ class Call:
         self._nursery.start_soon(async_fn, *args)
         return True
 
+    def end_after(self, delay: float, reason: str) -> None:
+        """End the call in ``delay`` seconds (a delete with ``delete-delay``): a deadline on
+        the call's own scope, so the wait is the call's and dies with it; no task of its own."""
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            return
+        self._reason_at_deadline = reason
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + delay)
+
     def transfer(self, target: str) -> None:
         """The AI asks for the caller to be transferred: recorded in the statistics, and
         handed to ``on_transfer`` (the engine tells the proxy, which sends the REFER)."""
@@ -255,7 +266,10 @@ class Call:
                     task_status.started()
         finally:
             self._nursery = None
-            self.stream.stop_pacing()  # before the sockets close: no tick may send after
+            if self._scope.cancelled_caught and self.state in (CallState.OFFERED,
+                                                              CallState.ACTIVE):
+                self.end(self._reason_at_deadline, tell_proxy=False)  # end_after's deadline
+            self.stream.close()  # before the sockets close: no tick may send after
             for sock in self._sockets:
                 close_socket(sock)
             self._release_ports()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import trio
 
+from ctl import gcstats
 from ctl.config import SETTINGS, Config, ConfigError, load_config
 from ctl.engine import Engine
 from ctl.logs import RedactSecrets, configure_logging
@@ -149,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if after != before:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
                  after // FDS_PER_CALL)
+    engine = Engine(config)
+    gcstats.tune_for_server()  # everything built so far lives as long as the process
     try:
-        engine = Engine(config)
         trio.run(serve, engine, lambda: reload_config(engine, args.config, redactor))
     except OSError as exc:
         print(f"rtpai: {exc}", file=sys.stderr)

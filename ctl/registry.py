@@ -56,6 +56,11 @@ class CallRegistry(Generic[C]):
             raise KeyError(call_id)
         return next(iter(branches.values()))
 
+    def __contains__(self, call: object) -> bool:
+        """Whether this very call is registered (O(1): a delete asks, with thousands live)."""
+        branches = self._calls.get(getattr(call, "call_id", None), {})  # type: ignore[arg-type]
+        return branches.get(getattr(call, "branch", None)) is call  # type: ignore[arg-type]
+
     def call_ids(self) -> list[str]:
         return list(self._calls)
 

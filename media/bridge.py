@@ -7,8 +7,10 @@ a sibling of ``openai_flavor/``, not a change to the media plane.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -23,6 +25,25 @@ CallerEvent = Dtmf
 # Caller frames held while no AI connection takes them (early media while the WebSocket
 # opens): 50 frames is a second at 20 ms. Beyond it frames are dropped and counted.
 CALLER_AUDIO_BACKLOG_FRAMES = 50
+
+
+def weak_method(method: Callable[..., Any]) -> Callable[..., None]:
+    """``method``, bound without keeping its object alive; a no-op once that object is gone.
+
+    For back-pointers: what a call owns (its bridge, its stream) calls back into the call, and
+    a bound method there would make every call a reference cycle that only the cycle collector
+    frees, in a full collection that pauses every live call's audio (issue 18). Only for rare
+    calls (ending, a transfer, the first packet): a per-packet callback is dropped with its
+    owner's scope instead (``MediaStream.close``), without the cost of a dereference.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
 
 
 @dataclass

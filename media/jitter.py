@@ -25,6 +25,10 @@ HISTORY_BITS = 64  # sequence numbers remembered behind `expected`, to tell dupl
 _HISTORY_MASK = (1 << HISTORY_BITS) - 1
 
 
+def _discard(packet: RtpPacket) -> None:
+    """Where a detached buffer delivers: nowhere."""
+
+
 class ReorderBuffer:
     """Delivers one SSRC's packets in sequence order to ``deliver``; time passed in.
 
@@ -133,6 +137,12 @@ class ReorderBuffer:
         self._track_gap()
 
     # --- internals ----------------------------------------------------------------------------
+
+    def detach(self) -> None:
+        """Forget the callbacks: the owner is done with the stream (they point back at it,
+        a reference cycle that only the cycle collector would otherwise free)."""
+        self._deliver = _discard
+        self._on_restart = None
 
     def _deliver_next(self, packet: RtpPacket) -> None:
         self._history = ((self._history << 1) | 1) & _HISTORY_MASK

@@ -592,7 +592,16 @@ class MediaStream:
         if self._pacing is not None and self._clock is not None:
             self._clock.unregister(self._pacing)
         self._pacing = None
+        self._clock = None
         self.bridge.playout.on_audio = None
+
+    def close(self) -> None:
+        """The call's end (its ``finally``, before the sockets close): stop pacing, and drop
+        every callback that points back at this stream or its call, so that the call's objects
+        are freed by reference counting when it is forgotten, not by the cycle collector."""
+        self.stop_pacing()
+        self.reorder.detach()
+        self._on_media_started = None
 
     def _wake_pacer(self) -> None:
         """Audio was queued or the caller's media started: unpark the sender if it can send."""

@@ -47,9 +47,9 @@ log = logging.getLogger("rtpai.openai")
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
 # Bounds the TCP, TLS and WebSocket handshakes together, not the conversation.
 CONNECT_TIMEOUT = 10.0
-# When a call is deleted, the close frame is written at once; this bounds the wait for the
-# server's close in reply. It must not hold up the delete reply, which Kamailio abandons
-# after rtpengine_tout_ms (1 s by default, often set lower).
+# When a call ends, the close frame is written at once; this bounds the wait for the server's
+# close in reply, in the call's own task (its ports are released after it). The delete's reply
+# does not wait for it (ctl/engine.py): the proxy's worker is blocked until that reply.
 CLOSE_ON_END = 0.05
 # The ng reply carries the transcript; a UDP datagram holds at most ~64 KB, and a long call's
 # transcript could exceed it. The reply keeps the most recent part; the log has all of it.
@@ -294,7 +294,15 @@ class RealtimeSession:
                 nursery.start_soon(self._until_lost, task, ended)
         if ended:
             # Re-raised bare (not in an ExceptionGroup) so that the close code is classified.
-            raise ended[0]
+            # The list is emptied as it goes: it is a local of the frames in the exception's
+            # traceback, and holding the exception would make a reference cycle of them (and
+            # of the session they hold) for the cycle collector (issue 18).
+            lost = ended[0]
+            ended.clear()
+            try:
+                raise lost
+            finally:
+                del lost
 
     async def _until_lost(self, task, ended: list[BaseException]) -> None:
         """Run one side of the conversation; a lost connection ends every side."""
@@ -379,8 +387,14 @@ class RealtimeSession:
             await ended.wait()
         finally:
             self._poller.unregister(ws.socket)
-        assert self._reader_stop is not None
-        raise self._reader_stop
+        # Taken off the session before it is raised: a raised exception's traceback holds
+        # this frame, and so the session (a reference cycle per call otherwise, issue 18).
+        why, self._reader_stop = self._reader_stop, None
+        assert why is not None
+        try:
+            raise why
+        finally:
+            del why
 
     def _readable(self, now: float) -> None:
         """The poller's call: what one read brought, event by event, synchronously."""
@@ -400,7 +414,10 @@ class RealtimeSession:
                 self._on_event(event)
                 self._notify()
         except _Lost as lost:
-            ended = lost
+            # Handed on from inside the handler, which forgets `lost` as it ends: a local
+            # holding it would keep this frame (in its traceback) and the session in a cycle.
+            self._stop_reading(lost)
+            return
         if ended is not None:
             self._stop_reading(ended)
 

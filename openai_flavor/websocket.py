@@ -306,7 +306,12 @@ class WebSocket:
         # whoever flushes the handshake or the close. Others wait for that one's turn.
         self._awaiting_writable = False
         self._wrote = trio.Event()
-        self._failure: BaseException | None = None  # what went wrong, for our own tasks
+        # What went wrong (its description), for our own tasks to raise. Kept as text, and
+        # ``closed`` as an exception that is never raised itself (``_ended`` raises copies): a
+        # raised exception keeps its traceback's frames, whose locals hold this connection, so
+        # one stored here would make each call's objects a reference cycle that only the cycle
+        # collector frees (issue 18).
+        self._failure: str | None = None
         self._close_sent = False
         self.closed: ConnectionClosed | None = None  # set once the connection is over
 
@@ -428,7 +433,7 @@ class WebSocket:
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
-            self._failure = exc
+            self._failure = _describe(exc)
         self._pending_changed.set()  # wakes the flusher, which raises it
 
     async def flush(self) -> None:
@@ -494,7 +499,7 @@ class WebSocket:
         after those messages. Pings are answered here. Frames buffered earlier (those that
         came with the 101) are returned too."""
         if self.closed is not None:
-            return [], self.closed
+            return [], self._ended()
         if self._failure is not None:
             return [], self._closed_abnormally(self._failure)
         ended: ConnectionClosed | None = None
@@ -511,7 +516,7 @@ class WebSocket:
         except ProtocolError as exc:
             self._send_close(exc.code, str(exc))
             self.closed = ConnectionClosed(exc.code, str(exc))
-            return [], self.closed
+            return [], self._ended()
         messages: list[bytes] = []
         for opcode, payload in frames:
             if opcode in (OP_TEXT, OP_BINARY):
@@ -532,7 +537,10 @@ class WebSocket:
             if messages:
                 inbox.extend(messages)
             elif ended is not None:
-                raise ended
+                try:
+                    raise ended
+                finally:
+                    del ended  # a local of the frame its traceback holds: no cycle
             else:
                 await trio.lowlevel.wait_readable(self._sock)
                 waited = True
@@ -548,12 +556,19 @@ class WebSocket:
         # Echo the close (RFC 6455 section 5.5.1) unless we started the closing handshake.
         self._send_close(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code)
         self.closed = ConnectionClosed(code, reason)
-        return self.closed
+        return self._ended()
 
-    def _closed_abnormally(self, exc: BaseException | None) -> ConnectionClosed:
-        reason = "connection lost" if exc is None else f"connection lost: {_describe(exc)}"
+    def _closed_abnormally(self, failure: BaseException | str | None) -> ConnectionClosed:
+        if isinstance(failure, BaseException):
+            failure = _describe(failure)
+        reason = "connection lost" if failure is None else f"connection lost: {failure}"
         self.closed = self.closed or ConnectionClosed(CLOSE_ABNORMAL, reason)
-        return self.closed
+        return self._ended()
+
+    def _ended(self) -> ConnectionClosed:
+        """A fresh exception for the recorded end, to raise: ``closed`` itself never is."""
+        assert self.closed is not None
+        return ConnectionClosed(self.closed.code, self.closed.reason)
 
     async def _read_plain(self) -> bytes:
         """Application bytes (during the upgrade): waits; b"" at the end of the stream."""

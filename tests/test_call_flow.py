@@ -14,7 +14,9 @@ import trio
 
 from ctl.config import load_config
 from ctl.engine import Engine
+from ctl.ng import encode_request
 from media.sdp import parse_sdp
+from openai_flavor.websocket import accept_key
 from tests.fakes.caller import FakeCaller
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.proxy import FakeProxy
@@ -228,12 +230,15 @@ async def test_deleted_while_ringing_the_session_closes_cleanly():
                 # The session opened at offer time: the phone is still ringing, no media yet.
                 session = await server.wait_for_session(1)
                 await session.wait_for_client_event("session.update")
+                call = engine.calls["ringing"]
                 deleted = await proxy.command("delete", **{"call-id": "ringing"})
+                # Answered at once: the call closes its session after the reply.
+                assert deleted["rtpai"]["end reason"] == "deleted by the proxy"
+                assert deleted["rtpai"]["state"] == "ending"
                 await session.closed.wait()
                 assert session.close_code == 1000  # a clean WebSocket close, not a drop
-                ai = deleted["rtpai"]["ai"]
-                assert ai["state"] == "closed" and ai.get("failure") is None  # bencode drops None
-                assert deleted["rtpai"]["end reason"] == "deleted by the proxy"
+                await call.ended.wait()
+                assert call.ai.stats.state == "closed" and call.ai.stats.failure is None
                 assert engine.ports.in_use == 0 and server.crashes == []
             nursery.cancel_scope.cancel()
 
@@ -260,10 +265,12 @@ async def test_deleted_during_the_handshake_the_session_is_abandoned_promptly():
                     "offer", **{"call-id": "hs", "from-tag": "f", "sdp": caller.sdp_offer()}
                 )
                 await accepted.wait()
+                call = engine.calls["hs"]
                 deleted = await proxy.command("delete", **{"call-id": "hs"})
                 assert deleted["result"] == "ok"
-                assert deleted["rtpai"]["ai"]["state"] == "closed"
                 assert deleted["rtpai"]["ai"].get("failure") is None
+                await call.ended.wait()  # promptly: the fail_after is well under 10 s
+                assert call.ai.stats.state == "closed" and call.ai.stats.failure is None
                 assert engine.ports.in_use == 0
             nursery.cancel_scope.cancel()
 
@@ -373,7 +380,9 @@ async def test_transfer_tool_is_recorded_in_the_call_statistics():
             nursery.cancel_scope.cancel()
 
 
-async def test_concurrent_deletes_of_one_call_both_get_its_statistics():
+async def test_concurrent_deletes_of_one_call_first_gets_its_statistics_then_a_warning():
+    """As rtpengine: a delete is answered at once and the call is gone, so a second proxy's
+    delete (another cookie, not a retransmit) finds no call: ok with a warning."""
     server = FakeRealtimeServer(respond_after_ms=None)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -395,6 +404,65 @@ async def test_concurrent_deletes_of_one_call_both_get_its_statistics():
                     both.start_soon(delete, first)
                     both.start_soon(delete, second)
                 assert [r["result"] for r in replies] == ["ok", "ok"]
-                assert all(r["rtpai"]["end reason"] == "deleted by the proxy" for r in replies)
+                # Whichever was handled first (the replies may arrive in either order).
+                first, second = sorted(replies, key=lambda reply: "warning" in reply)
+                assert first["rtpai"]["end reason"] == "deleted by the proxy"
+                assert second == {"result": "ok",
+                                  "warning": "Call-ID not found or tags didn't match"}
                 assert len(engine.calls) == 0 and engine.totals["ended"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_delete_is_answered_before_the_ai_session_has_closed():
+    """rtpengine answers a delete at once; the Kamailio module blocks a SIP worker until it
+    does. A Realtime server that never answers our close frame holds the AI session's close
+    for its whole bound (CLOSE_ON_END): the reply must not wait for it, nor for anything else
+    of the closing. What the proxy sees afterwards is rtpengine's: the call is gone, a new
+    delete gets a warning, a retransmit the same reply; the ports come back once closed."""
+    upgraded = trio.Event()
+
+    async def never_closes(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(key.decode()).encode() + b"\r\n\r\n")
+        upgraded.set()
+        while await stream.receive_some(4096):
+            pass  # reads everything, the close frame too, and answers nothing
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                partial(trio.serve_tcp, never_closes, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            engine, ng = await start_engine(nursery, f"ws://127.0.0.1:{port}/v1/realtime")
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                await proxy.command(
+                    "offer", **{"call-id": "bye", "from-tag": "f", "sdp": caller.sdp_offer()})
+                call = engine.calls["bye"]
+                await upgraded.wait()
+                await call.ai.wait_until(lambda session: session.stats.state == "open")
+                cookie = proxy.next_cookie()
+                datagram = encode_request(cookie, "delete", {"call-id": "bye"})
+                deleted = await proxy.send_raw(datagram, cookie)
+                assert deleted["result"] == "ok"
+                assert deleted["rtpai"]["end reason"] == "deleted by the proxy"
+                # The reply came while the session's close was still waiting for the server.
+                assert not call.ended.is_set() and deleted["rtpai"]["state"] == "ending"
+                assert engine.ports.in_use == 1  # not yet: its sockets are still open
+                assert await proxy.send_raw(datagram, cookie) == deleted  # the cached reply
+                assert await proxy.command("query", **{"call-id": "bye"}) == {
+                    "result": "error", "error-reason": "Unknown call-id"}
+                assert await proxy.command("delete", **{"call-id": "bye"}) == {
+                    "result": "ok", "warning": "Call-ID not found or tags didn't match"}
+                await call.ended.wait()  # the close's bound, in the call's own task
+                assert call.ai.stats.state == "closed"
+                assert engine.ports.in_use == 0 and engine.totals["ended"] == 1
             nursery.cancel_scope.cancel()

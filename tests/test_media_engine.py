@@ -87,7 +87,9 @@ async def test_ports_exhausted_then_reused_after_delete():
         assert ports == {43000, 43002, 43004}  # even RTP ports; RTCP 43001/3/5 inside the range
         with pytest.raises(NgError, match="^Ran out of ports$"):
             await offer(engine, "c3")
-        await engine.delete(request("delete", **{"call-id": "c1"}))
+        deleted = engine.calls["c1"]
+        engine.delete(request("delete", **{"call-id": "c1"}))  # answered at once ...
+        await deleted.ended.wait()  # ... its ports are free once its sockets are closed
         assert answer_port(await offer(engine, "c4")) in ports
         nursery.cancel_scope.cancel()
 
@@ -163,7 +165,9 @@ async def test_port_churn_through_the_engine_frees_every_port_on_every_exit_path
                         await call.ended.wait()  # the AI failed: the call ended by itself
                         ai.recover()
                         assert call.end_reason.startswith("AI session failed")
-                    await engine.delete(request("delete", **{"call-id": victim}))
+                    deleted = engine.calls[victim]
+                    engine.delete(request("delete", **{"call-id": victim}))
+                    await deleted.ended.wait()  # its ports are free once it has closed
                     del live[victim]
                 if rng.random() < 0.1:
                     await trio.testing.wait_all_tasks_blocked()  # let AI failures land
@@ -297,7 +301,7 @@ async def test_media_timeout_ends_the_call_frees_ports_and_records_why(autojump_
         assert engine.ports.in_use == 0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", port))
-        deleted = await engine.delete(request("delete", **{"call-id": "quiet"}))
+        deleted = engine.delete(request("delete", **{"call-id": "quiet"}))
         assert deleted["rtpai"]["end reason"] == "media timeout (60 s without RTP)"
         assert engine.totals["timeouts"] == 1
         nursery.cancel_scope.cancel()
@@ -376,3 +380,31 @@ async def test_dtmf_reaches_the_ai_session_as_a_user_text_item():
             stats = engine.query(request("query", **{"call-id": "dtmf"}))
             assert stats["rtpai"]["dtmf"] == 3
             nursery.cancel_scope.cancel()
+
+
+async def test_delete_delay_is_a_deadline_of_the_calls_own(autojump_clock):
+    """delete-delay: the statistics now, the call queryable meanwhile, its end at the deadline.
+    The wait is a deadline on the call's own scope: no task in the engine nursery, nothing of
+    the call that could outlive it."""
+    server = FakeRealtimeServer(respond_after_ms=None)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        engine = Engine(config(OPENAI_URL=url))
+        await nursery.start(engine.run)
+        await offer(engine, "later")
+        call = engine.calls["later"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert engine._calls_nursery is not None
+        engine_tasks = len(engine._calls_nursery.child_tasks)
+        start = trio.current_time()
+        reply = engine.delete(request("delete", **{"call-id": "later", "delete-delay": 30}))
+        assert reply["rtpai"]["state"] == "offered"
+        assert len(engine._calls_nursery.child_tasks) == engine_tasks
+        await trio.sleep(29)
+        assert engine.query(request("query", **{"call-id": "later"}))["rtpai"]["state"] == "offered"
+        await call.ended.wait()
+        assert trio.current_time() - start == pytest.approx(30, abs=0.1)
+        assert call.end_reason == "deleted by the proxy (after 30 s delay)"
+        assert engine.calls.call_ids() == [] and engine.totals["ended"] == 1
+        assert engine.ports.in_use == 0
+        nursery.cancel_scope.cancel()

@@ -140,7 +140,8 @@ async def test_an_async_handler_is_answered_from_its_own_task_with_retransmits()
 
 async def test_an_offer_and_its_delete_in_one_burst_leave_nothing_behind():
     """The delete is read in the same wake-up as the offer, before the call's task has run:
-    it still finds the call, and the call's sockets and ports are released."""
+    it still finds the call, and the call's sockets and ports are released (once its task has
+    run: the delete is answered at once)."""
     server = FakeRealtimeServer(respond_after_ms=None)
     sdp = (
         "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
@@ -154,6 +155,9 @@ async def test_an_offer_and_its_delete_in_one_burst_leave_nothing_behind():
                 "OPENAI_URL": url, "OPENAI_API_KEY": "test-key",
             }))
             client = Client(await nursery.start(engine.run))
+            created = []
+            add = engine.calls.add
+            engine.calls.add = lambda call: (created.append(call), add(call))[-1]
             for n in range(5):
                 call = {"call-id": f"burst-{n}", "from-tag": "ft"}
                 client.send(f"o{n}".encode(), "offer", sdp=sdp, **call)
@@ -162,7 +166,10 @@ async def test_an_offer_and_its_delete_in_one_burst_leave_nothing_behind():
             assert all(replies[f"o{n}".encode()]["result"] == "ok" for n in range(5))
             deleted = [replies[f"d{n}".encode()] for n in range(5)]
             assert all(reply["result"] == "ok" and "warning" not in reply for reply in deleted)
-            assert [reply["rtpai"]["state"] for reply in deleted] == ["ended"] * 5
-            assert len(engine.calls) == 0 and engine.ports.in_use == 0
+            assert [reply["rtpai"]["state"] for reply in deleted] == ["ending"] * 5
+            assert len(engine.calls) == 0
+            for call in created:
+                await call.ended.wait()
+            assert engine.ports.in_use == 0
             nursery.cancel_scope.cancel()
     client.close()
