@@ -58,8 +58,11 @@ class CallRegistry(Generic[C]):
 
     def __contains__(self, call: object) -> bool:
         """Whether this very call is registered (O(1): a delete asks, with thousands live)."""
-        branches = self._calls.get(getattr(call, "call_id", None), {})  # type: ignore[arg-type]
-        return branches.get(getattr(call, "branch", None)) is call  # type: ignore[arg-type]
+        legs = self._calls.get(getattr(call, "call_id", None), {})  # type: ignore[arg-type]
+        try:
+            return legs.get(_key(call)) is call  # type: ignore[arg-type]
+        except AttributeError:
+            return False  # not a call at all
 
     def call_ids(self) -> list[str]:
         return list(self._calls)

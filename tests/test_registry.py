@@ -21,5 +21,8 @@ def test_registry_knows_a_call_by_identity_not_by_name():
     calls.add(first)
     calls.add(fork)
     assert first in calls and fork in calls and stranger not in calls
+    second_leg = Tagged("c", "b1", from_tag="g")  # a new from-tag: another leg (issue 11)
+    calls.add(second_leg)
+    assert second_leg in calls and object() not in calls
     calls.remove(first)
-    assert first not in calls and fork in calls
+    assert first not in calls and fork in calls and second_leg in calls
