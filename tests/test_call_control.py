@@ -115,7 +115,7 @@ async def test_the_proxys_delete_within_the_bound_ends_the_call_for_the_reason_a
             call.hang_up("media timeout (60 s without RTP)")
             await trio.sleep(0.2)
             assert call.hangup["status"] == "sent" and engine.ports.in_use == 1
-            reply = await engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            reply = engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
             assert reply["rtpai"]["end reason"] == "media timeout (60 s without RTP)"
             await trio.sleep(60)  # the bound's task died with the call
             totals = engine.statistics(NgRequest("statistics", {}))["statistics"]
@@ -137,7 +137,7 @@ async def test_no_refer_after_the_call_has_ended(autojump_clock):
             call.bridge.playout.push(b"\xff" * 160 * 1000, "item-1")
             call.transfer("sip:agent@example.com")
             await trio.sleep(1)
-            await engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
             await trio.sleep(TRANSFER_PLAYOUT_WAIT + 5)
             assert proxy.requests == []
             nursery.cancel_scope.cancel()
@@ -173,7 +173,7 @@ async def test_an_accepted_opensips_transfer_is_followed_by_a_hangup(autojump_cl
             await trio.testing.wait_all_tasks_blocked()
             assert [event.event for _, event in proxy.requests] == ["transfer", "hangup"]
             assert proxy.requests[1][1].reason == "transferred to sip:agent@example.com"
-            reply = await engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            reply = engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
             assert reply["rtpai"]["end reason"] == "transferred to sip:agent@example.com"
             nursery.cancel_scope.cancel()
 

@@ -257,6 +257,7 @@ async def test_an_unreachable_ai_makes_the_proxy_hang_up_with_the_reason():
             assert event["reason"].startswith("AI session failed")
             # The end reason is why rtpai asked, not "deleted by the proxy".
             assert stats["rtpai"]["end reason"].startswith("AI session failed")
+            await call.ended.wait()  # the delete is answered at once; the call closes after
             assert engine.ports.in_use == 0
             nursery.cancel_scope.cancel()
 

@@ -174,7 +174,7 @@ async def _call_until_ai_fails(engine: Engine, call_id: str) -> bytes:
         await call.ended.wait()
     request = NgRequest("query", {"call-id": call_id})
     replies.append(engine.query(request))
-    replies.append(await engine.delete(NgRequest("delete", {"call-id": call_id})))
+    replies.append(engine.delete(NgRequest("delete", {"call-id": call_id})))
     assert call.end_reason.startswith("AI session failed"), call.end_reason
     return b"".join(bencode(reply) for reply in replies)
 
