@@ -226,6 +226,7 @@ class RealtimeSession:
                         )
                     self.stats.state = "reconnecting"
                     self.stats.reconnects += 1
+                    self._notify()
                     log.warning(
                         "call %s: Realtime connection lost (%s); reconnecting in %.1f s",
                         self.bridge.call_id, reason, delay,
@@ -255,6 +256,7 @@ class RealtimeSession:
         self.stats.state = "failed"
         if not self.stats.failure:
             self.stats.failure = reason
+        self._notify()
         raise RealtimeSessionError(self.stats.failure)
 
     async def _connect_once(self) -> None:
@@ -457,7 +459,7 @@ class RealtimeSession:
         frames = ws.frames_received - frames
         if frames:
             dog = self._watchdog
-            if not dog.heard(now, frames):
+            if not dog.frames(now, frames):
                 # Parsing it would hold up every call's media in the poller: give it up.
                 self._stop_reading(_Lost(
                     f"a flood of server frames (more than {FLOOD_BURST} at once or "
@@ -466,6 +468,11 @@ class RealtimeSession:
             if ws.pong is not None:
                 dog.pong(ws.pong, now)
                 ws.pong = None
+            if ws.binary_dropped:
+                self.stats.malformed_events += ws.binary_dropped
+                ws.binary_dropped = 0
+        if messages:
+            self._watchdog.heard(now)
         try:
             for message in messages:
                 try:

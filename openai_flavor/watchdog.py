@@ -77,13 +77,17 @@ class Watchdog:
 
     # --- what happened ----------------------------------------------------------------------
 
-    def heard(self, now: float, frames: int = 1) -> bool:
-        """Server frames arrived; False if they exceed the flood bound."""
-        self.last_heard = now
+    def frames(self, now: float, count: int) -> bool:
+        """Server frames arrived (pings and pongs too); False past the flood bound."""
         tokens = min(FLOOD_BURST, self._tokens + (now - self._tokens_at) * FLOOD_RATE)
         self._tokens_at = now
-        self._tokens = tokens - frames
+        self._tokens = tokens - count
         return self._tokens >= 0
+
+    def heard(self, now: float) -> None:
+        """Server events arrived (not pongs: a server that answers pings but never a
+        response is still silent)."""
+        self.last_heard = now
 
     def session_created(self) -> None:
         self.created = True

@@ -314,6 +314,7 @@ class WebSocket:
         self._send_timeout = send_timeout
         self.frames_received = 0  # every frame, control frames too: for a flood policy
         self.pong: bytes | None = None  # the payload of the last pong (keepalive)
+        self.binary_dropped = 0  # binary messages, which no Realtime event is
         self._inbox: deque[bytes] = deque()  # messages read but not yet returned by receive
         self._pending = bytearray()  # bytes the kernel has not taken yet (after TLS)
         self._pending_changed = trio.Event()  # set when output queues (wakes the flusher)
@@ -528,8 +529,9 @@ class WebSocket:
         return self._sock
 
     def read_ready(self) -> tuple[list[bytes], ConnectionClosed | None]:
-        """What one read of the socket brings, without waiting: the complete text and binary
-        messages (text stays UTF-8 bytes: ``json.loads`` takes them as they are), and the
+        """What one read of the socket brings, without waiting: the complete text messages
+        (as UTF-8 bytes: ``json.loads`` takes them as they are; binary ones are counted in
+        :attr:`binary_dropped` and dropped), and the
         end of the connection if it came (a close frame, the end of the stream, an error),
         after those messages. Pings are answered here. Frames buffered earlier (those that
         came with the 101) are returned too."""
@@ -558,8 +560,10 @@ class WebSocket:
         messages: list[bytes] = []
         ping: bytes | None = None
         for opcode, payload in frames:
-            if opcode in (OP_TEXT, OP_BINARY):
+            if opcode == OP_TEXT:
                 messages.append(payload)
+            elif opcode == OP_BINARY:
+                self.binary_dropped += 1  # the Realtime API speaks JSON text only
             elif opcode == OP_PING:
                 ping = payload
             elif opcode == OP_PONG:

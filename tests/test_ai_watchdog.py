@@ -1,0 +1,221 @@
+"""The AI link's watchdog against a hostile Realtime server (tests/fakes/hostile.py).
+
+Each fault is picked by the session's URL, as the tests of the strict fake pick theirs. With
+``times=1`` the fault hits the first connection only: the call must recover within the fault's
+bound. Without it, every connection is faulty: the call must end, with a reason naming the
+bound, once ``reconnect_timeout`` has passed. Time is trio's MockClock (autojump) where the
+sockets allow it, so a 5 s bound is asserted as 5 s, not "soon".
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from media.bridge import CallBridge
+from media.playout import PlayoutQueue
+from media.poller import MediaPoller
+from media.tones import reconnect_cue
+from openai_flavor.session import RealtimeSession, RealtimeSessionError
+from tests.fakes.hostile import GARBAGE, HostileRealtimeServer
+from tests.test_openai_session import FRAME, Harness, make_settings
+
+pytestmark = pytest.mark.trio
+
+
+@asynccontextmanager
+async def hostile(fault: str, *, times: int | None = None, **settings):
+    """A session (no media plane) whose server misbehaves as ``fault`` says."""
+    server = HostileRealtimeServer()
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(server.serve)
+        url = f"{base}?fault={fault}&call=c1" + (f"&times={times}" if times else "")
+        poller = MediaPoller()
+        await nursery.start(poller.run)
+        ended: list[str] = []
+        bridge = CallBridge(
+            call_id="call-1@test", codec="PCMU", ptime_ms=20,
+            playout=PlayoutQueue(FRAME, max_bytes=120 * 8000), end_call=ended.append,
+            transfer=lambda target: None,
+        )
+        session = RealtimeSession(make_settings(url, **settings), bridge, poller)
+        h = Harness(server, session, bridge, None, ended)  # type: ignore[arg-type]
+
+        async def run() -> None:
+            try:
+                await session.run()
+            except RealtimeSessionError as exc:
+                h.failure.append(exc)
+                h.call_ended.set()
+
+        nursery.start_soon(run)
+        yield h
+        nursery.cancel_scope.cancel()
+
+
+def recovered(s: RealtimeSession) -> bool:
+    """A new connection after a loss has its session configured."""
+    return s.stats.reconnects >= 1 and s.stats.state == "open" and s._ready.is_set()
+
+
+# --- each phase's bound: recover when the next connection is healthy ----------------------
+
+
+@pytest.mark.parametrize(("fault", "bound", "reason"), [
+    ("no-upgrade", 5.0, "no answer to the WebSocket upgrade within 5 s"),
+    ("silent-101", 5.0, "no session.created within 5 s"),
+    ("no-session-updated", 5.0, "no session.updated within 5 s"),
+    # Not reading: the keepalive ping goes out at 5 s; no pong before the next one is due.
+    ("not-reading", 10.0, "no pong within 5 s"),
+])
+async def test_a_silent_phase_is_given_up_at_its_bound_and_the_call_recovers(
+        autojump_clock, fault, bound, reason):
+    with trio.fail_after(100):
+        async with hostile(fault, times=1) as h:
+            start = trio.current_time()
+            await h.session.wait_until(recovered)
+            assert trio.current_time() - start == pytest.approx(bound, abs=0.1)  # + the bounded close
+            assert h.session.stats.last_loss == reason
+            assert h.failure == [] and h.ended == []
+            assert [c.fault for c in h.server.connections] == [fault, "none"]
+
+
+@pytest.mark.parametrize("fault", ["no-upgrade", "silent-101", "no-session-updated"])
+async def test_a_server_that_never_gets_past_a_phase_ends_the_call_after_reconnect_timeout(
+        autojump_clock, fault):
+    with trio.fail_after(200):
+        async with hostile(fault, reconnect_timeout=20) as h:
+            start = trio.current_time()
+            await h.call_ended.wait()
+            # The first loss at 5 s, then retries until 20 s after it; the last attempt
+            # may begin just before the window closes and take its own 5 s.
+            assert 20 <= trio.current_time() - start <= 5 + 20 + 5 + 0.1
+            failure = str(h.failure[0])
+            assert failure.startswith("the Realtime API could not be reached within 20 s (")
+            assert "within 5 s)" in failure
+            assert h.session.stats.state == "failed"
+
+
+async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(autojump_clock):
+    """A server that configures the session and then never answers the caller: each
+    connection is given up response_timeout after the caller's turn ended, and the call ends
+    because those connections never worked (they are not 'stable' however long they stood)."""
+    with trio.fail_after(300):
+        async with hostile("mute-response", reconnect_timeout=20) as h:
+            losses: list[float] = []
+            opened = 0
+            while True:
+                await h.session.wait_until(
+                    lambda s, n=opened: (s.stats.connections > n and s.stats.state == "open"
+                                         and s._ready.is_set()) or s.stats.failure)
+                if h.session.stats.failure:
+                    break
+                opened = h.session.stats.connections
+                spoke = trio.current_time()
+                for _ in range(30):
+                    h.bridge.caller_audio(b"\x55" * FRAME)
+                lost = len(losses)
+                await h.session.wait_until(
+                    lambda s, n=lost: s.stats.reconnects > n or s.stats.failure)
+                losses.append(trio.current_time() - spoke)
+            await h.call_ended.wait()
+            assert losses and all(loss == pytest.approx(10, abs=0.1) for loss in losses)
+            assert "no server event within 10 s while a response was expected" in str(
+                h.failure[0])
+            assert len(losses) <= 4
+
+
+async def test_response_create_unanswered_is_bounded_too(autojump_clock):
+    with trio.fail_after(100):
+        async with hostile("mute-response", times=1, welcome_message="Hi") as h:
+            h.bridge.media_started.set()  # the welcome's response.create goes out at once
+            start = trio.current_time()
+            await h.session.wait_until(recovered)
+            assert trio.current_time() - start == pytest.approx(10, abs=0.1)
+            assert "while a response was expected" in h.session.stats.last_loss
+
+
+async def test_a_quiet_server_is_fine_when_nothing_is_expected(autojump_clock):
+    """No false alarm: a configured session with the caller silent for ten minutes."""
+    with trio.fail_after(1000):
+        async with hostile("none") as h:
+            await h.session.wait_until(lambda s: s._ready.is_set())
+            await trio.sleep(600)
+            assert h.session.stats.reconnects == 0 and h.session.stats.last_loss is None
+            # And a turn is answered as before.
+            for _ in range(30):
+                h.bridge.caller_audio(b"\x55" * FRAME)
+            await h.session.wait_until(lambda s: s.stats.responses == 1)
+
+
+# --- hostile traffic ----------------------------------------------------------------------
+
+
+async def test_type_confused_events_are_counted_and_dropped_and_the_call_goes_on():
+    with trio.fail_after(10):
+        async with hostile("garbage") as h:
+            await h.session.wait_until(lambda s: s.stats.malformed_events >= len(GARBAGE))
+            assert h.session.stats.malformed_events == len(GARBAGE)
+            assert h.session.stats.reconnects == 0 and h.failure == []
+            for _ in range(30):
+                h.bridge.caller_audio(b"\x55" * FRAME)
+            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            assert h.session.stats.audio_received_bytes == 400 * 8
+
+
+async def test_a_16_mib_message_closes_with_1009_and_the_call_recovers():
+    with trio.fail_after(20):
+        async with hostile("huge", times=1) as h:
+            await h.session.wait_until(recovered)
+            assert h.session.stats.last_loss == (
+                "the Realtime API closed the session (1009 message too big)")
+            assert h.failure == []
+
+
+async def test_a_ping_flood_is_cut_off_and_the_call_recovers():
+    with trio.fail_after(20):
+        async with hostile("ping-flood", times=1) as h:
+            await h.session.wait_until(recovered)
+            loss = h.session.stats.last_loss
+            assert "flood" in loss or "frames in one read" in loss, loss
+            assert h.failure == []
+
+
+async def test_a_server_that_stops_reading_is_bounded_by_back_pressure(autojump_clock):
+    """Keepalive off: the caller's audio backs up in the socket, the flusher waits
+    send_timeout for the socket to take anything, then the connection is given up."""
+    with trio.fail_after(100):
+        async with hostile("not-reading", times=1, ping_interval=0,
+                           send_buffer_bytes=16 * 1024) as h:
+            await h.session.wait_until(lambda s: s._ready.is_set())
+            while h.session.stats.reconnects == 0:
+                for _ in range(500):  # as the media plane hands it over, 10 s at a time
+                    h.bridge.caller_audio(b"\x55" * FRAME)
+                await trio.sleep(1)
+            assert "the server took no output for 5 s" in h.session.stats.last_loss
+            await h.session.wait_until(recovered)
+            assert h.failure == []
+
+
+# --- the caller is told -------------------------------------------------------------------
+
+
+async def test_the_reconnect_cue_is_played_once_per_loss_when_configured(autojump_clock):
+    with trio.fail_after(100):
+        async with hostile("no-session-updated", times=1, reconnect_tone=True) as h:
+            h.bridge.media_started.set()
+            await h.session.wait_until(recovered)
+            cue = reconnect_cue("PCMU")
+            assert len(cue) == 300 * 8
+            queued = b"".join(iter(h.bridge.playout.pop_frame, None))
+            assert queued == cue
+
+
+async def test_no_cue_by_default(autojump_clock):
+    with trio.fail_after(100):
+        async with hostile("no-session-updated", times=1) as h:
+            h.bridge.media_started.set()
+            await h.session.wait_until(recovered)
+            assert h.bridge.playout.pop_frame() is None
