@@ -9,17 +9,25 @@ sockets allow it, so a 5 s bound is asserted as 5 s, not "soon".
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
+from ctl.config import load_config
+from ctl.engine import Engine
 from media.bridge import CallBridge
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
+from media.sdp import parse_sdp
 from media.tones import reconnect_cue
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
+from tests.fakes.caller import FakeCaller
 from tests.fakes.hostile import GARBAGE, HostileRealtimeServer
+from tests.fakes.http import FakeHttpServer
+from tests.fakes.proxy import FakeProxy
+from tests.fakes.realtime import FakeRealtimeServer
 from tests.test_openai_session import FRAME, Harness, make_settings
 
 pytestmark = pytest.mark.trio
@@ -219,3 +227,71 @@ async def test_no_cue_by_default(autojump_clock):
             h.bridge.media_started.set()
             await h.session.wait_until(recovered)
             assert h.bridge.playout.pop_frame() is None
+
+
+# --- through the engine: the faulty call ends via the proxy, the healthy one keeps pace ------
+
+
+async def test_a_faulty_ai_link_ends_its_call_through_the_proxy_while_a_healthy_call_keeps_pace(
+        tmp_path):
+    """Real time, real RTP: one call's Realtime server never answers session.update (its
+    profile points at the hostile server); the other's is the strict fake. The faulty caller
+    keeps hearing silence frames while rtpai retries, then the proxy is told to hang up with
+    the reason; the healthy caller's RTP stays paced throughout."""
+    hostile_server, healthy_server, http = HostileRealtimeServer(), FakeRealtimeServer(), (
+        FakeHttpServer())
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bad_url = await nursery.start(hostile_server.serve)
+            good_url = await nursery.start(healthy_server.serve)
+            hook = await nursery.start(http.serve)
+            ini = tmp_path / "rtpai.conf"
+            ini.write_text(
+                "[openai:faulty]\n"
+                f"url = {bad_url}?fault=no-session-updated&call=bad\n"
+                "session_timeout = 0.5\nreconnect_timeout = 1.5\n")
+            engine = Engine(load_config(str(ini), environ={
+                "NG_LISTEN": "127.0.0.1:0", "RTP_MIN_PORT": "45300", "RTP_MAX_PORT": "45399",
+                "OPENAI_URL": good_url, "OPENAI_API_KEY": "test-key",
+                "PROXY_TYPE": "webhook", "PROXY_URL": hook}))
+            address = await nursery.start(engine.run)
+            good, bad = FakeCaller(), FakeCaller()
+            for caller in (good, bad):
+                await caller.bind()
+                nursery.start_soon(caller.receive)
+            async with FakeProxy(address) as proxy:
+                ports = {}
+                for name, caller, extra in (("good", good, {}), ("bad", bad,
+                                                                  {"profile": "faulty"})):
+                    reply = await proxy.command("offer", **{
+                        "call-id": name, "from-tag": "ft", "to-tag": "tt",
+                        "sdp": caller.sdp_offer(), **extra})
+                    assert reply["result"] == "ok", reply
+                    ports[name] = parse_sdp(reply["sdp"]).media[0].port
+                silence = [bytes([0xFF]) * 160] * 150  # 3 s of a quiet caller each
+                nursery.start_soon(good.stream, ("127.0.0.1", ports["good"]), silence)
+                nursery.start_soon(bad.stream, ("127.0.0.1", ports["bad"]), silence)
+                start = trio.current_time()
+                await http.wait_for(1)
+                ended_after = trio.current_time() - start
+                event = json.loads(http.requests[0].body)
+                assert event["call_id"] == "bad" and event["event"] == "hangup"
+                assert event["reason"] == ("AI session failed: the Realtime API could not be "
+                                           "reached within 1.5 s (no session.updated within "
+                                           "0.5 s)")
+                assert ended_after < 0.5 + 1.5 + 0.5 + 1.0
+                # The faulty caller was not left in dead silence while rtpai retried.
+                heard = [p.at for p in bad.received if p.at <= start + ended_after]
+                assert heard and max(b - a for a, b in zip(heard, heard[1:],
+                                                            strict=False)) < 0.2
+                # The healthy call: paced, and still up with its session open.
+                await trio.sleep(0.5)
+                gaps = sorted(b.at - a.at for a, b in zip(good.received, good.received[1:],
+                                                          strict=False))
+                assert len(gaps) > 50
+                p99 = gaps[int(0.99 * (len(gaps) - 1))]
+                assert abs(p99 - 0.020) < 0.015, p99
+                query = await proxy.command("query", **{"call-id": "good"})
+                assert query["rtpai"]["state"] == "active"
+                assert query["rtpai"]["ai"]["state"] == "open"
+            nursery.cancel_scope.cancel()
