@@ -25,6 +25,8 @@ ASSISTANT_TRANSCRIPT_DONE = frozenset(
 )
 CALLER_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
 SPEECH_STARTED = "input_audio_buffer.speech_started"
+# Server events that say nothing about a response coming (nor do input_audio_buffer.*).
+NO_PROGRESS = frozenset({"error", "rate_limits.updated"})
 # The server's VAD ended the caller's turn; with create_response a response follows.
 TURN_ENDED = frozenset({"input_audio_buffer.speech_stopped", "input_audio_buffer.committed"})
 RESPONSE_CREATED = "response.created"

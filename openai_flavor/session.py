@@ -289,8 +289,10 @@ class RealtimeSession:
             raise _Lost(str(exc)) from None
         except ConnectionClosed as exc:
             detail = f"{exc.code} {exc.reason}".strip()
+            who = "rtpai closed the session: the server broke the protocol" if exc.local else (
+                "the Realtime API closed the session")
             raise _Lost(
-                f"the Realtime API closed the session ({detail})",
+                f"{who} ({detail})",
                 fatal=exc.code in events.FATAL_CLOSE_CODES,
             ) from None
         except WebSocketError as exc:
@@ -471,8 +473,6 @@ class RealtimeSession:
             if ws.binary_dropped:
                 self.stats.malformed_events += ws.binary_dropped
                 ws.binary_dropped = 0
-        if messages:
-            self._watchdog.heard(now)
         try:
             for message in messages:
                 try:
@@ -511,6 +511,10 @@ class RealtimeSession:
         MalformedEvent for a wrong type before anything changes (the caller drops it)."""
         kind = event["type"]
         turns = self._turns
+        if kind not in events.NO_PROGRESS and not kind.startswith("input_audio_buffer."):
+            # Progress towards a response. VAD events, errors and rate limits are not: a
+            # server that hears the caller but never answers is as mute as a silent one.
+            self._watchdog.heard(now)
         if kind in events.AUDIO_DELTA:
             audio = events.decode_audio_delta(event)
             item_id = events.field_str(event, "item_id") or ""

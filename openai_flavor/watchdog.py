@@ -13,7 +13,8 @@ The bounds (``[openai]`` settings, docs/reliability.md):
   ``session.updated`` within it of our ``session.update`` (sent right after the 101);
 * ``response_timeout``: while a response is expected (we sent ``response.create``; the
   server's VAD committed the caller's turn; a response is in progress) the server may not
-  be silent longer than this;
+  go longer than this without an event that makes progress (VAD events, errors and rate
+  limits do not: a server that hears the caller and never answers is mute too);
 * ``ping_interval``: a keepalive ping goes out this often, and its pong must be back before
   the next one is due. It catches a server that stopped reading when nothing else would (the
   caller silent, the model listening): the kernel's buffers take minutes of caller audio
@@ -85,8 +86,8 @@ class Watchdog:
         return self._tokens >= 0
 
     def heard(self, now: float) -> None:
-        """Server events arrived (not pongs: a server that answers pings but never a
-        response is still silent)."""
+        """The server made progress towards a response (an event other than VAD, errors,
+        rate limits; not a pong: a server that answers pings but never the caller is mute)."""
         self.last_heard = now
 
     def session_created(self) -> None:
@@ -136,7 +137,7 @@ class Watchdog:
                 deadline = quiet_from + bounds.response
                 if now >= deadline:
                     return Verdict(
-                        f"no server event within {bounds.response:g} s while a response "
+                        f"no response event within {bounds.response:g} s while a response "
                         "was expected", quiet_from, None, math.inf)
                 wake_at = deadline
         ping = None

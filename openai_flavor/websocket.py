@@ -93,10 +93,11 @@ class HandshakeRejected(WebSocketError):
 class ConnectionClosed(WebSocketError):
     """The connection ended: by a close frame (``code``, ``reason``), or abnormally (1006)."""
 
-    def __init__(self, code: int, reason: str = "") -> None:
+    def __init__(self, code: int, reason: str = "", *, local: bool = False) -> None:
         super().__init__(f"{code} {reason}".strip())
         self.code = code
         self.reason = reason
+        self.local = local  # we closed it: the server broke the protocol
 
 
 class HandshakeTimeout(WebSocketError):
@@ -552,7 +553,7 @@ class WebSocket:
             frames = self._decoder.events()
         except ProtocolError as exc:
             self._send_close(exc.code, str(exc))
-            self.closed = ConnectionClosed(exc.code, str(exc))
+            self.closed = ConnectionClosed(exc.code, str(exc), local=True)
             return [], self.closed
         if not frames:
             return [], ended

@@ -130,7 +130,7 @@ async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(
                 losses.append(trio.current_time() - spoke)
             await h.call_ended.wait()
             assert losses and all(loss == pytest.approx(10, abs=0.1) for loss in losses)
-            assert "no server event within 10 s while a response was expected" in str(
+            assert "no response event within 10 s while a response was expected" in str(
                 h.failure[0])
             assert len(losses) <= 4
 
@@ -178,7 +178,7 @@ async def test_a_16_mib_message_closes_with_1009_and_the_call_recovers():
         async with hostile("huge", times=1) as h:
             await h.session.wait_until(recovered)
             assert h.session.stats.last_loss == (
-                "the Realtime API closed the session (1009 message too big)")
+                "rtpai closed the session: the server broke the protocol (1009 message too big)")
             assert h.failure == []
 
 
@@ -295,3 +295,19 @@ async def test_a_faulty_ai_link_ends_its_call_through_the_proxy_while_a_healthy_
                 assert query["rtpai"]["state"] == "active"
                 assert query["rtpai"]["ai"]["state"] == "open"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_keeps_hearing_the_caller_but_never_answers_is_mute_too(
+        autojump_clock):
+    """VAD events every 2 s (the caller keeps talking) are not progress towards a response."""
+    with trio.fail_after(100):
+        async with hostile("mute-response", times=1) as h:
+            await h.session.wait_until(lambda s: s._ready.is_set())
+            start = trio.current_time()
+            while not recovered(h.session):
+                for _ in range(30):
+                    h.bridge.caller_audio(b"\x55" * FRAME)
+                with trio.move_on_after(2):
+                    await h.session.wait_until(recovered)
+            assert trio.current_time() - start == pytest.approx(10, abs=0.1)
+            assert "no response event within 10 s" in h.session.stats.last_loss
