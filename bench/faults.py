@@ -150,6 +150,7 @@ def run(args: argparse.Namespace, *, with_faults: bool) -> dict[str, Any]:
                         "sdp": caller_sdp(callers.port), "profile": name})
                     callers.targets.append(answer_port(reply))
                     offered[name] = time.monotonic()
+                    time.sleep(0.05)  # one offer at a time, as calls arrive
         loadgen.expect("WINDOW_END", args.duration + 10)
         gen = json.loads(loadgen.expect("SUMMARY", 10))
         hostile.write("STATS")
@@ -228,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         once, always = modes.get("once", {}), modes.get("always", {})
         rec = once.get("recovered_s")
         end = always.get("ended_s")
+        what = always.get("reason") or always.get("loss") or once.get("loss")
+        if fault == "garbage":
+            what = (f"{always.get('malformed')} malformed events counted and dropped, "
+                    "the link kept")
         print(f"{fault:<20} {('-' if rec is None else f'{rec:.2f} s'):>14} "
-              f"{('up' if end is None else f'{end:.2f} s'):>12}  "
-              f"{always.get('reason') or always.get('loss') or once.get('loss')}")
+              f"{('up' if end is None else f'{end:.2f} s'):>12}  {what}")
     out = BUILD / "faults.json"
     out.write_text(json.dumps(report, indent=1))
     print(f"written to {out}")
