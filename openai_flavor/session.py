@@ -44,6 +44,7 @@ from openai_flavor.turns import FunctionCall, IllegalTransition, ResponseDone, T
 from openai_flavor.watchdog import FLOOD_BURST, FLOOD_RATE, Bounds, Watchdog
 from openai_flavor.webhook import WebhookError, post_json
 from openai_flavor.websocket import (
+    CLOSE_ABNORMAL,
     ConnectionClosed,
     HandshakeRejected,
     HandshakeTimeout,
@@ -289,10 +290,14 @@ class RealtimeSession:
             raise _Lost(str(exc)) from None
         except ConnectionClosed as exc:
             detail = f"{exc.code} {exc.reason}".strip()
-            who = "rtpai closed the session: the server broke the protocol" if exc.local else (
-                "the Realtime API closed the session")
+            if exc.local:
+                what = f"rtpai closed the session: the server broke the protocol ({detail})"
+            elif exc.code == CLOSE_ABNORMAL:  # no close frame: a network or back-pressure loss
+                what = f"the connection to the Realtime API was lost ({exc.reason})"
+            else:
+                what = f"the Realtime API closed the session ({detail})"
             raise _Lost(
-                f"{who} ({detail})",
+                what,
                 fatal=exc.code in events.FATAL_CLOSE_CODES,
             ) from None
         except WebSocketError as exc:
