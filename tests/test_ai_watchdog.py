@@ -34,11 +34,14 @@ pytestmark = pytest.mark.trio
 
 
 @asynccontextmanager
-async def hostile(fault: str, *, times: int | None = None, **settings):
-    """A session (no media plane) whose server misbehaves as ``fault`` says."""
+async def hostile(fault: str, *, times: int | None = None, tls: bool = False, **settings):
+    """A session (no media plane) whose server misbehaves as ``fault`` says (``tls``: the
+    URL says wss://, which this server never speaks)."""
     server = HostileRealtimeServer()
     async with trio.open_nursery() as nursery:
         base = await nursery.start(server.serve)
+        if tls:
+            base = base.replace("ws://", "wss://")
         url = f"{base}?fault={fault}&call=c1" + (f"&times={times}" if times else "")
         poller = MediaPoller()
         await nursery.start(poller.run)
@@ -88,6 +91,16 @@ async def test_a_silent_phase_is_given_up_at_its_bound_and_the_call_recovers(
             assert h.session.stats.last_loss == reason
             assert h.failure == [] and h.ended == []
             assert [c.fault for c in h.server.connections] == [fault, "none"]
+
+
+async def test_a_server_that_never_answers_the_tls_handshake_is_bounded_by_connect_timeout(
+        autojump_clock):
+    with trio.fail_after(100):
+        async with hostile("no-upgrade", tls=True, connect_timeout=3, reconnect_timeout=0) as h:
+            start = trio.current_time()
+            await h.call_ended.wait()
+            assert trio.current_time() - start == pytest.approx(3, abs=0.01)
+            assert "(no TLS session within 3 s)" in str(h.failure[0])
 
 
 @pytest.mark.parametrize("fault", ["no-upgrade", "silent-101", "no-session-updated"])
