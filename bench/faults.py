@@ -12,8 +12,9 @@ its own process), two calls through an ``[openai:...]`` profile each:
   opening to the proxy being told to hang up (a webhook in this process), with the reason.
 
 The faulty calls' callers are a Python thread sending 20 ms frames of speech-like audio (the
-``mute-response`` fault needs a caller turn). A baseline run without the faulty calls comes
-first, so the healthy p99 gap error can be read against it. Everything runs on 127.0.0.1.
+``mute-response`` fault needs a caller turn). A baseline run comes first with the same 16
+extra calls to the same hostile server process, only with ``fault=none``: the difference in
+the healthy calls' p99 gap error is the faults' alone. Everything runs on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace, *, with_faults: bool) -> dict[str, Any]:
     hangups = Hangups()
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as ini:
         ini.write(f"[openai]\nurl = {lean_url}\n")
+        ini.write(f"[openai:clean]\nurl = {hostile_url}?fault=none\n")
         for fault in FAULTY:
             ini.write(f"[openai:{fault}-once]\nurl = {hostile_url}?fault={fault}&times=1"
                       f"&call={fault}-once\n")
@@ -140,24 +142,27 @@ def run(args: argparse.Namespace, *, with_faults: bool) -> dict[str, Any]:
         loadgen.write("TARGETS " + " ".join(map(str, targets)))
         loadgen.expect("WINDOW_START", args.warmup + 10)
         offered: dict[str, float] = {}
-        if with_faults:
-            feeder.start()
-            for fault in FAULTY:
-                for mode in ("once", "always"):
-                    name = f"{fault}-{mode}"
-                    reply = ng.command("offer", **{
-                        "call-id": name, "from-tag": "ft", "to-tag": "tt",
-                        "sdp": caller_sdp(callers.port), "profile": name})
-                    callers.targets.append(answer_port(reply))
-                    offered[name] = time.monotonic()
-                    time.sleep(0.05)  # one offer at a time, as calls arrive
+        # The baseline has the same extra calls, the same callers, the same hostile server
+        # process, only healthy: what differs is the faults alone.
+        feeder.start()
+        for fault in FAULTY:
+            for mode in ("once", "always"):
+                name = f"{fault}-{mode}"
+                reply = ng.command("offer", **{
+                    "call-id": name, "from-tag": "ft", "to-tag": "tt",
+                    "sdp": caller_sdp(callers.port),
+                    "profile": name if with_faults else "clean"})
+                callers.targets.append(answer_port(reply))
+                offered[name] = time.monotonic()
+                time.sleep(0.05)  # one offer at a time, as calls arrive
         loadgen.expect("WINDOW_END", args.duration + 10)
         gen = json.loads(loadgen.expect("SUMMARY", 10))
         hostile.write("STATS")
         connections = json.loads(hostile.expect("STATS ", 10))
         queries = {name: ng.command("query", **{"call-id": name}) for name in offered}
         results = {"gap_err_us": gen["gap_err"], "lost_out": gen["lost_out"],
-                   "faults": summarise(offered, connections, hangups.events, queries)}
+                   "faults": summarise(offered, connections, hangups.events, queries)
+                   if with_faults else {}}
     finally:
         callers.stop.set()
         if loadgen is not None:
@@ -217,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_baseline:
         report["baseline"] = run(args, with_faults=False)
         g = report["baseline"]["gap_err_us"]
-        print(f"baseline: {args.calls} healthy calls, gap error p50/p99/max ms "
+        print(f"baseline: {args.calls} healthy calls beside {2 * len(FAULTY)} healthy "
+              f"calls to the hostile server (fault=none), gap error p50/p99/max ms "
               f"{ms(g['p50_us'])}/{ms(g['p99_us'])}/{ms(g['max_us'])}", flush=True)
     report["faults"] = run(args, with_faults=True)
     g = report["faults"]["gap_err_us"]
