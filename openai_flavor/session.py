@@ -63,6 +63,15 @@ CLOSE_ON_END = 0.05
 # Keypad digits typed in one go (a PIN, an extension) reach the model as one message: a
 # sequence ends at '#' or after this pause.
 DTMF_PAUSE = 1.5
+# What a hostile server can make a call hold (docs/reliability.md): the statistics keep the
+# last errors and a bounded transcript; an assistant item is a few per response, so more than
+# MAX_ASSISTANT_ITEMS live at once is a server inventing item ids.
+KEPT_ERRORS = 10
+MAX_ERROR_CODE_CHARS = 64
+MAX_ERROR_MESSAGE_CHARS = 500
+MAX_TRANSCRIPT_ENTRIES = 2000  # a 60-minute call has a few hundred turns
+MAX_TRANSCRIPT_ENTRY_CHARS = 8000
+MAX_ASSISTANT_ITEMS = 64
 # The ng reply carries the transcript; a UDP datagram holds at most ~64 KB, and a long call's
 # transcript could exceed it. The reply keeps the most recent part; the log has all of it.
 TRANSCRIPT_REPLY_CHARS = 16_000
@@ -523,6 +532,8 @@ class RealtimeSession:
         if kind in events.AUDIO_DELTA:
             audio = events.decode_audio_delta(event)
             item_id = events.field_str(event, "item_id") or ""
+            if item_id not in turns.items and len(turns.items) >= MAX_ASSISTANT_ITEMS:
+                raise events.MalformedEvent("too many assistant items at once")
             # False for a late delta of an interrupted response: the caller must not hear it.
             if turns.audio_delta(events.field_str(event, "response_id"), item_id, len(audio)):
                 self.stats.audio_received_bytes += len(audio)
@@ -696,9 +707,15 @@ class RealtimeSession:
     # --- errors and transcripts ---------------------------------------------------------------
 
     def _on_error(self, error: dict[str, Any]) -> None:
-        code = str(error.get("code") or error.get("type") or "error")
+        # Bounded: a hostile server may send errors of any size at any rate (within the
+        # flood bound); the statistics keep the last few, each cut to a readable length.
+        code = str(error.get("code") or error.get("type") or "error")[:MAX_ERROR_CODE_CHARS]
         message = redact(str(error.get("message") or ""), self.settings.api_key)
-        self.stats.errors.append({"code": code, "message": message})
+        message = message[:MAX_ERROR_MESSAGE_CHARS]
+        errors = self.stats.errors
+        errors.append({"code": code, "message": message})
+        if len(errors) > KEPT_ERRORS:
+            del errors[0]
         log.warning("call %s: Realtime error %s: %s", self.bridge.call_id, code, message)
         if code in events.FATAL_ERROR_CODES:
             # Retrying cannot help (a bad key, no quota): end the call now, not after a close.
@@ -706,5 +723,8 @@ class RealtimeSession:
 
     def _transcript(self, role: str, text: Any) -> None:
         if isinstance(text, str) and text:
-            self.stats.transcript.append({"role": role, "text": text})
+            transcript = self.stats.transcript
+            transcript.append({"role": role, "text": text[:MAX_TRANSCRIPT_ENTRY_CHARS]})
+            if len(transcript) > MAX_TRANSCRIPT_ENTRIES:
+                del transcript[0]
             log.info("call %s: %s said: %s", self.bridge.call_id, role, text)

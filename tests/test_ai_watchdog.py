@@ -324,3 +324,34 @@ async def test_a_server_that_keeps_hearing_the_caller_but_never_answers_is_mute_
                     await h.session.wait_until(recovered)
             assert trio.current_time() - start == pytest.approx(10, abs=0.1)
             assert "no response event within 10 s" in h.session.stats.last_loss
+
+
+async def test_what_a_hostile_server_can_make_a_call_hold_is_bounded():
+    """Invented item ids, error floods and endless transcripts: each kept within a bound."""
+    from openai_flavor import events
+    from openai_flavor import session as session_module
+
+    bridge = CallBridge(call_id="c", codec="PCMU", ptime_ms=20,
+                        playout=PlayoutQueue(FRAME, max_bytes=8000), end_call=lambda r: None,
+                        transfer=lambda t: None)
+    session = RealtimeSession(make_settings("ws://127.0.0.1:9/"), bridge, None)  # type: ignore[arg-type]
+    dropped = 0
+    for n in range(1000):
+        try:
+            session._on_event({"type": "response.output_audio.delta", "item_id": f"i{n}",
+                               "delta": ""}, 0.0)
+        except events.MalformedEvent:
+            dropped += 1
+    assert len(session._turns.items) == session_module.MAX_ASSISTANT_ITEMS
+    assert dropped == 1000 - session_module.MAX_ASSISTANT_ITEMS
+    for _ in range(1000):
+        session._on_event({"type": "error", "error": {"code": "x" * 10_000,
+                                                      "message": "m" * 100_000}}, 0.0)
+        session._on_event({"type": "response.output_audio_transcript.done",
+                           "transcript": "t" * 100_000}, 0.0)
+    snapshot = session.stats
+    assert len(snapshot.errors) == session_module.KEPT_ERRORS
+    assert all(len(e["code"]) <= 64 and len(e["message"]) <= 500 for e in snapshot.errors)
+    assert len(snapshot.transcript) == 1000
+    assert all(len(e["text"]) == session_module.MAX_TRANSCRIPT_ENTRY_CHARS
+               for e in snapshot.transcript)
