@@ -1,5 +1,7 @@
 # rtpai: `make demo` runs a whole local call, `make test` runs the tests,
 # `make bench` measures the media path (docs/performance.md; BENCH_ARGS=--quick for 2 minutes).
+# `make fuzz` sends 1,000,000 mutated ng datagrams through the dispatcher, then 100,000 to a real
+# daemon over UDP (docs/security.md); each run is bounded by FUZZ_SECONDS.
 # Both create or refresh .venv themselves (it is rebuilt when pyproject.toml changes).
 
 PYTHON ?= python3
@@ -12,7 +14,12 @@ LOADGEN := bench/build/loadgen
 BENCH_ARGS ?= --profile 300
 BENCH_CC ?= gcc
 
-.PHONY: demo test lint venv clean bench
+FUZZ_COUNT ?= 1000000
+FUZZ_DAEMON_COUNT ?= 100000
+FUZZ_SECONDS ?= 1800
+FUZZ_SEED ?= 1
+
+.PHONY: demo test lint venv clean bench fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +45,11 @@ $(LOADGEN): bench/loadgen.c
 
 bench: $(BENCH_STAMP) $(LOADGEN)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz_ng --count $(FUZZ_COUNT) --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
+	$(PY) -m tests.fuzz_ng --daemon --count $(FUZZ_DAEMON_COUNT) --seconds $(FUZZ_SECONDS) \
+		--seed $(FUZZ_SEED)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

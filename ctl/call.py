@@ -6,7 +6,7 @@ import enum
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,12 +59,15 @@ class CallMedia:
     protocol: str
     local_address: str  # advertised in SDP
     local_port: int
-    remote: tuple[str, int] | None  # from the SDP; None while on hold (c=0.0.0.0)
+    remote: tuple[str, int] | None  # from the SDP; None for c=0.0.0.0 (hold, or unknown)
     sending: bool  # False when the caller holds the call
     telephone_event: int | None = None  # RFC 4733 payload type, if negotiated
     rtcp_remote: tuple[str, int] | None = None  # RFC 3605 a=rtcp, else the RTP port + 1
     rtcp_mux: bool = False  # RFC 5761
     caller_sends: bool = True  # False for a=inactive / recvonly / c=0.0.0.0: no RTP expected
+    # c=0.0.0.0 with sendrecv in the first offer: the caller's address is learnt by latching
+    # (remote stays None until then), not hold; see Engine._call_media.
+    address_unknown: bool = False
 
 
 class Call:
@@ -83,6 +86,7 @@ class Call:
         sdp_origin: tuple[int, int] = (0, 1),
         on_end: Callable[[Call, str, bool], None] | None = None,
         on_transfer: Callable[[Call, dict[str, Any]], None] | None = None,
+        on_hang_up: Callable[[Call, str, bool], Awaitable[None]] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
         poller: MediaPoller,
@@ -108,13 +112,21 @@ class Call:
         self.created = time.time()
         self.last_signal = self.created
         self.end_reason: str | None = None
-        self.transfers: list[dict[str, Any]] = []  # requested by the AI; #6 tells the proxy
+        self.transfers: list[dict[str, Any]] = []  # requested by the AI; the engine REFERs
+        # rtpai's latest request to the proxy to end the call: reason, status, error.
+        self.hangup: dict[str, Any] | None = None
+        # Why the proxy's delete is expected (a hang-up or transfer it accepted): the end
+        # reason the delete records, rather than "deleted by the proxy".
+        self.pending_reason: str | None = None
         self.ended = trio.Event()
         self._release_ports = release_ports
         # Told when the call starts ending: (call, reason, whether the proxy must be told to
         # hang up, i.e. the end did not come from the proxy itself).
         self._on_end = on_end
         self._on_transfer = on_transfer  # carries a transfer out (the engine: the proxy)
+        # Asks the proxy to end the call, as a task of this call (the engine: the proxy).
+        self._on_hang_up = on_hang_up
+        self._nursery: trio.Nursery | None = None  # open while the call's tasks run
         self._sockets = sockets
         self._clock = clock  # the engine's: it paces our RTP along with every other call's
         self._poller = poller  # the engine's: it receives for every call
@@ -126,7 +138,8 @@ class Call:
             codec=media.codec,
             ptime_ms=media.ptime_ms,
             playout=PlayoutQueue(frame_bytes, max_bytes=MAX_PLAYOUT_SECONDS * 8000),
-            end_call=self.end,
+            end_call=self.hang_up,
+            hang_up=self.hang_up_for_ai,
             transfer=self.transfer,
             caller_events=events_receive,
         )
@@ -168,12 +181,51 @@ class Call:
         """
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
+        if not tell_proxy and self.pending_reason:
+            reason = self.pending_reason  # the delete we asked for: say what it was for
+        if self.hangup is not None and self.hangup["status"] == "sent":
+            tell_proxy = False  # it accepted already (e.g. shutdown while its BYE is on the way)
         self.end_reason = reason
         self._to(CallState.ENDING)
         log.info("call %s: ending (%s)", self.call_id, reason)
         self._scope.cancel()
         if self._on_end is not None:
             self._on_end(self, reason, tell_proxy)
+
+    def hang_up(self, reason: str, *, by_ai: bool = False) -> None:
+        """rtpai ends the call (media timeout, AI failure, the model's ``end_call``).
+
+        With a proxy that can end calls the call stays up while the proxy is asked, and ends
+        with its ``delete`` (the engine bounds the wait); ``by_ai``: a refusal is told to
+        the model, and the call goes on. Without one (or before the call's tasks run), the
+        call ends here at once.
+        """
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            return
+        if self.hangup is not None and self.hangup["status"] in ("requested", "sent"):
+            return  # one request at a time; the first reason stands
+        if self._on_hang_up is None or not self.follow_up(self._on_hang_up, self, reason, by_ai):
+            self.end(reason)
+            return
+        self.hangup = {"reason": reason, "status": "requested", "at": int(time.time())}
+
+    def hang_up_for_ai(self, reason: str) -> None:
+        """The model's ``end_call``, once its goodbye has played."""
+        self.hang_up(reason, by_ai=True)
+
+    def end_unanswered(self, reason: str) -> None:
+        """The proxy accepted a hang-up but no delete came: end here, with ``reason``."""
+        self.pending_reason = None
+        self.end(reason, tell_proxy=False)
+
+    def follow_up(self, async_fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Start work that belongs to this call (a hang-up, a transfer after playout) in its
+        nursery, so that it ends with the call. False when the call's tasks are not running
+        (not started yet, or ending)."""
+        if self._nursery is None or self.state in (CallState.ENDING, CallState.ENDED):
+            return False
+        self._nursery.start_soon(async_fn, *args)
+        return True
 
     def transfer(self, target: str) -> None:
         """The AI asks for the caller to be transferred: recorded in the statistics, and
@@ -196,11 +248,13 @@ class Call:
             self.stream.start_pacing(self._clock)
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._receive_media)
-                    nursery.start_soon(self.stream.send_rtcp)
+                    nursery.start_soon(self._send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
         finally:
+            self._nursery = None
             self.stream.stop_pacing()  # before the sockets close: no tick may send after
             for sock in self._sockets:
                 close_socket(sock)
@@ -229,7 +283,16 @@ class Call:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.stream.receive(self._poller)
         if self.stream.timed_out:
-            self.end(f"media timeout ({self.stream.timeout:g} s without RTP)")
+            self.hang_up(f"media timeout ({self.stream.timeout:g} s without RTP)")
+
+    async def _send_rtcp(self) -> None:
+        # A bug in a report must end this call, never escape into the engine's nursery and
+        # take every call with it (an RTCP port of 65536 once did).
+        try:
+            await self.stream.send_rtcp()
+        except Exception:
+            log.exception("call %s: RTCP failed", self.call_id)
+            self.end("media failure: internal error")
 
     def _media_started(self) -> None:
         """The caller's first RTP latched (a callback: no task per call waits for it)."""
@@ -401,5 +464,6 @@ class Call:
             "dtmf": stats.dtmf_events,
             "pacer re-anchors": stats.pacer_reanchors,
             "transfers": list(self.transfers),
+            "hang-up": self.hangup,
             "ai": self.ai.stats.snapshot(),
         }

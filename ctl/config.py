@@ -16,7 +16,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from ctl.acl import parse_networks
 from openai_flavor.settings import VOICES, parse_tools
 
 
@@ -123,6 +125,25 @@ def codec_preference(value: str) -> tuple[str, ...] | None:
     return codecs
 
 
+def api_key(value: str) -> str | None:
+    """An API key: surrounding whitespace is dropped (a key pasted with its newline, an
+    ``export`` with a trailing space); anything else but printable ASCII is refused.
+
+    A key goes into an HTTP header verbatim: a newline, tab or non-ASCII character left in it
+    makes the request invalid, and the HTTP library's error then quotes the whole header (the
+    key with it). So it is refused here, at start-up, with a message that never shows it.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError(
+            "the key contains whitespace, a control character or a non-ASCII character "
+            "inside it (keys are printable ASCII; the value is not shown)"
+        )
+    return value
+
+
 def optional_http_url(value: str) -> str | None:
     value = value.strip()
     if not value:
@@ -179,8 +200,11 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("ng", "listen", "NG_LISTEN", "127.0.0.1:2223", host_port,
-            help="UDP address of the ng control socket (bind a concrete address: the proxy "
-                 "expects the reply from the address it sent to)"),
+            help="UDP address of the ng control socket (on a wildcard address each reply "
+                 "leaves from the address its request reached, as the proxies expect)"),
+    Setting("ng", "allow", "NG_ALLOW", "", parse_networks,
+            help="addresses/CIDRs allowed to send ng commands, comma- or space-separated "
+                 "(empty: anyone who reaches the socket; others are dropped and counted)"),
     Setting("ng", "max_sessions", "NG_MAX_SESSIONS", "0", int_range(0, 1_000_000),
             help="concurrent calls before offers get 'load limit' (0 = unlimited)"),
     Setting("rtp", "ip", "RTP_IP", None, optional_text,
@@ -208,14 +232,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rtp", "relatch", "RTP_RELATCH", "sdp", one_of("never", "sdp", "silence"),
             help="when another source may take over a latched call: never, sdp (only the "
                  "SDP's address), silence (also any, after 2 s without the latched source)"),
-    Setting("openai", "key", "OPENAI_API_KEY", None, optional_text, aliases=("openai_key",),
+    Setting("openai", "key", "OPENAI_API_KEY", None, api_key, aliases=("openai_key",),
             secret=True, help="API key (required unless disabled)"),
     Setting("openai", "url", "OPENAI_URL", "wss://api.openai.com/v1/realtime", url,
             help="Realtime endpoint; ?model= is added"),
     Setting("openai", "model", "OPENAI_API_MODEL", "gpt-realtime-2.1", text),
     Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
     Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
-            help="refuse offers so the proxy fails over to another engine"),
+            help="refuse offers (OpenSIPS fails over on it with extra_failover_error)"),
     Setting("openai", "voice", "OPENAI_VOICE", "alloy", one_of(*VOICES)),
     Setting("openai", "instructions", "OPENAI_INSTRUCTIONS", None, optional_text),
     Setting("openai", "welcome_message", "OPENAI_WELCOME_MSG", None, optional_text),
@@ -237,6 +261,8 @@ SETTINGS: tuple[Setting, ...] = (
             "gpt-4o-mini-transcribe", text,
             help="model transcribing the caller; 'none' turns caller transcripts off"),
     Setting("openai", "end_call_tool", "OPENAI_END_CALL_TOOL", "true", parse_bool),
+    Setting("openai", "dtmf_terminator", "OPENAI_DTMF_TERMINATOR", "#", one_of("#", "*", "none"),
+            help="the key that ends a keypad sequence at once (else a 1.5 s pause does)"),
     Setting("openai", "transfer_target", "OPENAI_TRANSFER_TARGET", None, optional_text),
     Setting("openai", "transfer_allow", "OPENAI_TRANSFER_ALLOW", "", word_list),
     Setting("openai", "tools", "OPENAI_TOOLS", "", tool_declarations),
@@ -279,6 +305,9 @@ SETTINGS: tuple[Setting, ...] = (
             help="the proxy's management URL (Kamailio JSON-RPC, OpenSIPS MI) or the webhook"),
     Setting("proxy", "timeout", "PROXY_TIMEOUT", "2", float_range(0.1, 60.0)),
     Setting("proxy", "retries", "PROXY_RETRIES", "2", int_range(0, 10)),
+    Setting("proxy", "hangup_timeout", "PROXY_HANGUP_TIMEOUT", "10", float_range(0.1, 600.0),
+            help="seconds to wait for the proxy's delete after asking it to end or transfer "
+                 "a call; then rtpai ends the call itself"),
     Setting("log", "level", "LOG_LEVEL", "info",
             one_of("debug", "info", "warning", "error", "critical")),
 )
@@ -306,6 +335,23 @@ class Config:
     def is_set(self, section: str, key: str) -> bool:
         return (section, key) in self.explicit
 
+    def secrets(self) -> list[str]:
+        """Every secret value configured, for the log redaction (ctl/logs.py): the secret
+        settings of every section and profile, and a password written into a proxy URL."""
+        found: list[str] = []
+        for setting in SETTINGS:
+            if not setting.secret:
+                continue
+            values = [self.values[setting.section][setting.key]]
+            if setting.section == "openai":
+                values += [profile[setting.key] for profile in self.profiles.values()]
+            for value in values:
+                if isinstance(value, str):
+                    found.append(value)
+                    found.extend(_url_secrets(value))
+        found.extend(_url_secrets(self.values["proxy"]["url"]))
+        return found
+
     def __repr__(self) -> str:
         # Secrets never reach logs: a Config printed anywhere shows only whether a key is set.
         shown = {
@@ -315,6 +361,18 @@ class Config:
             for s in SETTINGS
         }
         return f"Config({shown})"
+
+
+def _url_secrets(url: str | None) -> list[str]:
+    """The password of ``scheme://user:password@host`` and a query string (webhook tokens)."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    return [part for part in (password, parts.query) if part]
 
 
 def _read_ini(path: str | None) -> configparser.ConfigParser:

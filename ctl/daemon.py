@@ -1,4 +1,16 @@
-"""``rtpai``: the daemon. Loads the configuration, then serves ng until SIGTERM/SIGINT."""
+"""``rtpai``: the daemon. Loads the configuration, then serves ng until SIGTERM/SIGINT.
+
+Signals (docs/configuration.md, "Signals"): none of them kills a call without a drain.
+
+* SIGTERM, SIGINT: drain (new offers refused, calls given ``[ng] shutdown_grace`` to end, the
+  rest hung up through the proxy), then exit 0. A second one during the drain stops at once.
+* SIGHUP: reload the configuration file and the environment; ``[log] level`` and the
+  ``[openai]`` settings and profiles apply from then on (to new calls); anything else that
+  changed is named in a warning and waits for a restart. An invalid file changes nothing.
+* SIGUSR1: one log line with the engine's state (calls, ports, AI sessions).
+* SIGUSR2, SIGALRM: logged and ignored (their default action would kill every call).
+* SIGPIPE: ignored, as Python ignores it from start-up (a closed socket is an EPIPE error).
+"""
 
 from __future__ import annotations
 
@@ -7,35 +19,95 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 import trio
 
-from ctl.config import ConfigError, load_config
+from ctl.config import SETTINGS, Config, ConfigError, load_config
 from ctl.engine import Engine
+from ctl.logs import RedactSecrets, configure_logging
 
 log = logging.getLogger("rtpai")
 
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# Default-fatal signals someone may send by mistake (a log rotation script's USR1, a stray
+# alarm): caught so that they cannot end every call at once.
+HANDLED_SIGNALS = (
+    *sorted(STOP_SIGNALS), signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM,
+)
+# Sections a reload applies; the others (ng socket, RTP ports and addresses, proxy) are bound
+# into sockets and calls at start-up and need a restart.
+RELOADABLE_SECTIONS = frozenset({"openai", "log"})
+# Single settings of other sections that apply live: the ng source list, so that adding or
+# removing a proxy does not cost a restart (and every call with it).
+RELOADABLE_SETTINGS = frozenset({("ng", "allow")})
 
-async def serve(engine: Engine) -> None:
-    """Run the engine until a termination signal arrives, then cancel every call."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+async def serve(engine: Engine, reload: Callable[[], None] | None = None) -> None:
+    """Run the engine until a termination signal arrives, then drain it; see the module doc.
+
+    ``reload`` is what SIGHUP does (None: the signal is logged and ignored).
+    """
+    with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(engine.run)
             log.info("rtpai ready: ng on %s:%s", *address)
+            draining = False
             async for signum in signals:
-                log.info("received %s: draining, then shutting down", signal.Signals(signum).name)
-                # A second signal during the drain stops at once.
-                nursery.start_soon(_cancel_on_next_signal, signals, nursery.cancel_scope)
-                await engine.drain(engine.config["ng"]["shutdown_grace"])
-                nursery.cancel_scope.cancel()
-                break
+                name = signal.Signals(signum).name
+                if signum in STOP_SIGNALS:
+                    if draining:
+                        log.warning("received %s again: stopping now", name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    draining = True
+                    log.info("received %s: draining, then shutting down", name)
+                    nursery.start_soon(_drain_then_stop, engine, nursery.cancel_scope)
+                elif signum == signal.SIGUSR1:
+                    log.info("received %s: %s", name, engine.summary())
+                elif signum == signal.SIGHUP and reload is not None:
+                    log.info("received %s: reloading the configuration", name)
+                    reload()
+                else:
+                    log.info("received %s: ignored", name)
 
 
-async def _cancel_on_next_signal(signals, scope: trio.CancelScope) -> None:
-    async for signum in signals:
-        log.warning("received %s again: stopping now", signal.Signals(signum).name)
-        scope.cancel()
-        return
+async def _drain_then_stop(engine: Engine, scope: trio.CancelScope) -> None:
+    await engine.drain(engine.config["ng"]["shutdown_grace"])
+    scope.cancel()
+
+
+def reload_config(
+    engine: Engine, path: str | None, redactor: RedactSecrets, *, environ=None
+) -> Config | None:
+    """SIGHUP's work: re-read the file and the environment; apply what can change live.
+
+    Returns the new configuration, or None when it is invalid (then nothing changes).
+    """
+    try:
+        new = load_config(path, environ)
+    except ConfigError as exc:
+        log.error("configuration not reloaded, nothing changed: %s", exc)
+        return None
+    # First: a new key must be redacted before anything can log it.
+    redactor.add(new.secrets())
+    logging.getLogger().setLevel(new["log"]["level"].upper())
+    engine.reload_ai_settings(new)
+    engine.dispatcher.allow_sources(new["ng"]["allow"])
+    old = engine.config
+    restart = [
+        setting.label
+        for setting in SETTINGS
+        if setting.section not in RELOADABLE_SECTIONS
+        and (setting.section, setting.key) not in RELOADABLE_SETTINGS
+        and new[setting.section][setting.key] != old[setting.section][setting.key]
+    ]
+    if restart:
+        log.warning("changed settings that need a restart (not applied): %s", ", ".join(restart))
+    log.info("configuration reloaded: [openai] (and profiles %s) apply to new calls; "
+             "log level %s; [ng] allow: %s", ", ".join(sorted(new.profiles)) or "none",
+             new["log"]["level"], ", ".join(str(n) for n in new["ng"]["allow"]) or "anyone")
+    return new
 
 
 # Descriptors a call holds: its RTP and RTCP sockets and its WebSocket.
@@ -71,19 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rtpai: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config["log"]["level"].upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    redactor = configure_logging(config["log"]["level"], config.secrets())
     log.info("configuration: %r", config)
     before, after = raise_descriptor_limit()
     if after != before:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
                  after // FDS_PER_CALL)
     try:
-        trio.run(serve, Engine(config))
+        engine = Engine(config)
+        trio.run(serve, engine, lambda: reload_config(engine, args.config, redactor))
     except OSError as exc:
         print(f"rtpai: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        # Through the log, not Python's default hook: the redacting handler sees the
+        # traceback's text before it is written.
+        log.critical("rtpai stopped by an internal error", exc_info=True)
         return 1
     return 0
 

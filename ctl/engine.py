@@ -36,7 +36,7 @@ from media.clock import MediaClock
 from media.poller import MediaPoller
 from media.ports import PortPairAllocator, PortsExhausted
 from media.stream import bind_pair
-from openai_flavor.settings import RealtimeSettings
+from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 
 log = logging.getLogger("rtpai.engine")
 
@@ -44,6 +44,9 @@ log = logging.getLogger("rtpai.engine")
 # delete this long, then it is forgotten so an absent delete cannot leak memory.
 ENDED_CALL_LINGER = 300.0
 HOUSEKEEPING_INTERVAL = 30.0
+# The longest delete-delay honoured: rtpengine's default is 30 s and scripts use 0-60; a longer
+# one would keep a deleted call's ports for nothing, so it is cut to this (and the reply warns).
+MAX_DELETE_DELAY = 300
 # Binding retries when another process holds a port of our range.
 BIND_ATTEMPTS = 16
 
@@ -68,7 +71,10 @@ def codec_exclusions(request: NgRequest) -> set[str]:
     if isinstance(codec, dict):
         for key in ("strip", "mask"):
             value = codec.get(key) or []
-            excluded.update(str(v).upper() for v in ([value] if isinstance(value, str) else value))
+            # A list of names (Kamailio), or one name; anything else (a number, a dictionary)
+            # names no codec and is ignored, as rtpengine ignores what it cannot read.
+            names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            excluded.update(v.upper() for v in names if isinstance(v, str))
     for flag in request.flags:
         for prefix in ("codec-strip-", "codec-mask-"):
             if flag.startswith(prefix):
@@ -95,7 +101,8 @@ class Engine:
         }
         self.calls: CallRegistry[Call] = CallRegistry()
         self.started = time.time()
-        self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0}
+        self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0,
+                       "hangup failures": 0, "hangup timeouts": 0}
         self.dispatcher = Dispatcher(
             {
                 "ping": self.ping,
@@ -106,11 +113,18 @@ class Engine:
                 "list": self.list_calls,
                 "statistics": self.statistics,
                 **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
-            }
+            },
+            allow=config["ng"]["allow"],
         )
         proxy = config["proxy"]
         self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
                                    retries=proxy["retries"])
+        self.hangup_timeout = proxy["hangup_timeout"]
+        # The model is offered only the tools this proxy can carry out (issue 19: a tool that
+        # cannot work must not be promised to the caller).
+        self.withheld_tools: dict[str, str] = {}
+        self.settings = self._tools_for_proxy(self.settings)
+        self.profiles = {name: self._tools_for_proxy(s) for name, s in self.profiles.items()}
         self.draining = False
         self._notifications: set[trio.Event] = set()  # proxy requests under way
         self._calls_nursery: trio.Nursery | None = None
@@ -126,6 +140,8 @@ class Engine:
             log.error("offers will be refused: %s", refusal)
         for note in self.settings.startup_notes():
             log.warning("%s", note)
+        for tool, why in self.withheld_tools.items():
+            log.warning("the model is not offered %s: %s", tool, why)
         async with trio.open_nursery() as nursery:
             self._calls_nursery = nursery
             await nursery.start(self.clock.run)
@@ -133,6 +149,18 @@ class Engine:
             nursery.start_soon(self._housekeeping)
             address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
             task_status.started(address)
+
+    def _tools_for_proxy(self, settings: RealtimeSettings) -> RealtimeSettings:
+        """``settings`` without the built-in tools the configured proxy cannot carry out."""
+        why = self.proxy.cannot("hangup")
+        if why and settings.end_call_tool:
+            self.withheld_tools[END_CALL_TOOL] = why
+            settings = dataclasses.replace(settings, end_call_tool=False)
+        why = self.proxy.cannot("transfer")
+        if why and settings.transfer_enabled:
+            self.withheld_tools[TRANSFER_TOOL] = why
+            settings = dataclasses.replace(settings, transfer_target=None, transfer_allow=())
+        return settings
 
     async def _housekeeping(self) -> None:
         while True:
@@ -209,6 +237,7 @@ class Engine:
                     sdp_origin=(session_id, 1),
                     on_end=self._call_ending,
                     on_transfer=self._call_transfer,
+                    on_hang_up=self._hang_up_through_proxy if self.proxy.enabled else None,
                     send_silence=rtp_config["send_silence"],
                     reorder_packets=rtp_config["reorder_packets"],
                     ai_batch_ms=rtp_config["ai_batch_ms"],
@@ -275,19 +304,38 @@ class Engine:
             raise NgError(exc.reason) from None
 
     def _call_media(
-        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int
+        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int,
+        previous: CallMedia | None = None,
     ) -> CallMedia:
-        """What the call's media stream needs from an offer/answer exchange."""
+        """What the call's media stream needs from an offer/answer exchange.
+
+        ``previous`` is the call's media before a re-offer (None for a new call).
+        """
         remote = rtcp_remote = None
-        if negotiated.remote_address:  # None for c=0.0.0.0 (negotiate drops it)
-            address = self._sendable(negotiated.remote_address)
+        # None for c=0.0.0.0 (negotiate drops it), and for a host name (see _sendable).
+        address = self._sendable(negotiated.remote_address)
+        if address is not None:
             remote = (address, negotiated.remote_port)
-            rtcp_remote = (address, negotiated.remote_rtcp_port)
+            if negotiated.remote_rtcp_port:
+                rtcp_remote = (address, negotiated.remote_rtcp_port)
+        named_host = address is None and negotiated.remote_address is not None
         event = negotiated.telephone_event
-        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive);
-        # c=0.0.0.0 is RFC 2543 hold, which stops the caller's RTP as well as ours.
-        caller_sends = negotiated.answer_direction in ("sendrecv", "recvonly") and not (
-            negotiated.remote_address is None and negotiated.on_hold
+        # c=0.0.0.0 means two things. With sendrecv in a *new* call's offer it is a gateway
+        # that does not know its address yet: it sends RTP at once and expects it answered,
+        # so we receive, latch on its first valid packet (media/stream.py, with the usual
+        # RTP-Bleed rules) and send there, as rtpengine does. The call stays so until an offer
+        # gives an address. Once a call has had an address, c=0.0.0.0 in a re-offer is RFC
+        # 2543 hold (RFC 3264 s8.4), which stops the caller's RTP as well as ours.
+        # A host name is an address we do not resolve: learnt by latching as well.
+        address_unknown = named_host or (
+            negotiated.remote_address is None
+            and negotiated.answer_direction == "sendrecv"
+            and (previous is None or previous.address_unknown)
+        )
+        held_by_address = negotiated.remote_address is None and not address_unknown
+        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive).
+        caller_sends = (
+            negotiated.answer_direction in ("sendrecv", "recvonly") and not held_by_address
         )
         return CallMedia(
             codec=negotiated.codec.encoding,
@@ -297,19 +345,30 @@ class Engine:
             local_address=advertised,
             local_port=rtp_port,
             remote=remote,
-            sending=not negotiated.on_hold,
+            # (negotiate's on_hold counts every c=0.0.0.0; an unknown address is not hold.)
+            sending=not negotiated.on_hold or (address_unknown and not named_host),
             telephone_event=event.payload_type if event is not None else None,
             rtcp_remote=rtcp_remote,
             rtcp_mux=negotiated.rtcp_mux,
             caller_sends=caller_sends,
+            address_unknown=address_unknown,
         )
 
-    def _sendable(self, address: str) -> str:
-        """An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``."""
+    def _sendable(self, address: str | None) -> str | None:
+        """The SDP's address as sendto() takes it, or None if we will not send to it.
+
+        An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``. A host
+        name (RFC 4566 allows one in c=) is not resolved: sendto() would look it up in the
+        event loop, for every packet, blocking every call, and some names make it raise
+        (a NUL: TypeError). The caller's first packet tells its address instead (latching),
+        as for c=0.0.0.0.
+        """
+        if address is None:
+            return None
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return address  # an FQDN: left to the resolver, and latching fixes it anyway
+            return None
         if ip.version == 4 and ":" in self.config["rtp"]["bind_ip"]:
             return f"::ffff:{ip}"
         return str(ip)
@@ -344,7 +403,7 @@ class Engine:
             version += 1
             answer_sdp = answer(version)
             call.sdp_origin = (session_id, version)
-        media = self._call_media(negotiated, local[0], local[1])
+        media = self._call_media(negotiated, local[0], local[1], previous=call.media)
         call.update_media(media, answer_sdp)
         log.info("call %s: re-offer, remote %s, %s", call.call_id, media.remote,
                  "sending" if media.sending else "on hold")
@@ -398,6 +457,10 @@ class Engine:
                 raise NgError(REASON_NOT_FOUND)
             return {"warning": REASON_NOT_FOUND}
         delay = request.integer("delete-delay", 0) or 0
+        warning = None
+        if delay > MAX_DELETE_DELAY:
+            delay = MAX_DELETE_DELAY
+            warning = f"delete-delay cut to {MAX_DELETE_DELAY} s"
         for call in calls:
             call.last_signal = time.time()
         if delay > 0:
@@ -406,7 +469,10 @@ class Engine:
             assert self._calls_nursery is not None
             for call in calls:
                 self._calls_nursery.start_soon(self._delete_later, call, delay)
-            return calls[0].statistics()
+            reply = calls[0].statistics()
+            if warning:
+                reply["warning"] = warning
+            return reply
         for call in calls:
             await self._end_and_forget(call, "deleted by the proxy")
         return calls[0].statistics()
@@ -419,34 +485,99 @@ class Engine:
             self._notifications.add(done)
             self._calls_nursery.start_soon(self._notify_proxy, event, done)
 
-    async def _notify_proxy(
-        self, event: ProxyEvent, done: trio.Event, record: dict[str, Any] | None = None
-    ) -> None:
+    async def _notify_proxy(self, event: ProxyEvent, done: trio.Event) -> None:
         try:
-            sent = await self.proxy.notify(event)
-            if record is not None:
-                record["status"] = "sent" if sent else "failed"
+            await self.proxy.notify(event)
         finally:
             self._notifications.discard(done)
             done.set()
 
-    def _call_transfer(self, call: Call, record: dict[str, Any]) -> None:
-        """The AI asked for a transfer: once what it said so far has played, REFER."""
-        if self._calls_nursery is not None:
-            done = trio.Event()
-            self._notifications.add(done)
-            self._calls_nursery.start_soon(self._transfer_after_playout, call, record, done)
+    async def _hang_up_through_proxy(self, call: Call, reason: str, by_ai: bool) -> None:
+        """A task of ``call``: ask the proxy to end it, then wait (bounded) for the delete,
+        which cancels this task with the call."""
+        record = call.hangup
+        assert record is not None
+        event = ProxyEvent("hangup", call.call_id, call.from_tag, call.to_tag, reason)
+        try:
+            outcome = await self.proxy.carry_out(event)
+        finally:
+            if call.state is CallState.ENDING and record["status"] == "requested":
+                # The proxy's BYE came back as a delete before its answer did (OpenSIPS and
+                # Kamailio send it while handling the request): done, whatever it answers.
+                record["status"] = "sent"
+        if not outcome.ok:
+            record.update(status="failed", error=outcome.detail)
+            self.totals["hangup failures"] += 1
+            if by_ai:
+                # The caller is still there: the model says so instead of going silent.
+                call.bridge.action_failed("hang-up", outcome.detail)
+                return
+            # No delete will come: end here, and do not keep the call listed for one.
+            self._forget_when_ended(call)
+            call.end(reason, tell_proxy=False)
+            return
+        record["status"] = "sent"
+        call.pending_reason = reason
+        await self._await_delete(call, reason)
 
-    async def _transfer_after_playout(
-        self, call: Call, record: dict[str, Any], done: trio.Event
-    ) -> None:
+    async def _await_delete(self, call: Call, reason: str) -> None:
+        """The proxy accepted: its delete ends the call (and this wait, a task of the call).
+        Past ``[proxy] hangup_timeout`` the call ends here."""
+        await trio.sleep(self.hangup_timeout)
+        if call.hangup is not None:
+            call.hangup["status"] = "no delete"
+        self.totals["hangup timeouts"] += 1
+        log.warning("call %s: no delete within %g s of the proxy's accepting (%s): ending the "
+                    "call here", call.call_id, self.hangup_timeout, reason)
+        self._forget_when_ended(call)
+        call.end_unanswered(f"proxy did not hang up ({reason})")
+
+    def _forget_when_ended(self, call: Call) -> None:
+        """Drop ``call`` from the registry once it has ended: no delete is coming for it."""
+        assert self._calls_nursery is not None
+
+        async def forget() -> None:
+            await call.ended.wait()
+            if call in list(self.calls):
+                self.calls.remove(call)
+                self._count_end(call)
+
+        self._calls_nursery.start_soon(forget)
+
+    def _call_transfer(self, call: Call, record: dict[str, Any]) -> None:
+        """The AI asked for a transfer: once what it said so far has played, REFER.
+
+        A task of the call: if the call ends first, there is nobody left to transfer."""
+        if not call.follow_up(self._transfer_after_playout, call, record):
+            record.update(status="failed", error="the call has ended")
+
+    async def _transfer_after_playout(self, call: Call, record: dict[str, Any]) -> None:
         # "I'm transferring you now" must reach the caller before the REFER moves them; a
         # bound keeps a stuck queue from holding the transfer back for ever.
         with trio.move_on_after(TRANSFER_PLAYOUT_WAIT):
             await call.bridge.wait_playout_idle()
+        target = record["target"]
         event = ProxyEvent("transfer", call.call_id, call.from_tag, call.to_tag,
-                           "requested by the AI", target=record["target"])
-        await self._notify_proxy(event, done, record)
+                           "requested by the AI", target=target)
+        try:
+            outcome = await self.proxy.carry_out(event)
+        finally:
+            if call.state is CallState.ENDING and record["status"] == "requested":
+                record["status"] = "sent"  # the proxy's delete came before its answer
+        if not outcome.ok:
+            record.update(status="failed", error=outcome.detail)
+            call.bridge.action_failed("transfer", outcome.detail)
+            return
+        record["status"] = "sent"
+        reason = f"transferred to {target}"
+        if self.proxy.transfer_ends_dialog:
+            # The proxy releases the old dialog itself (Kamailio's dlg_refer BYEs it).
+            call.pending_reason = reason
+            await self._await_delete(call, reason)
+        else:
+            # OpenSIPS's in-dialog REFER leaves the dialog up: end it now that the caller
+            # has accepted, as Kamailio's dlg_refer does.
+            call.hang_up(reason)
 
     async def drain(self, grace: float) -> None:
         """Graceful shutdown: refuse new calls, let calls finish for ``grace`` seconds, then
@@ -500,6 +631,39 @@ class Engine:
     def unsupported(self, request: NgRequest) -> dict[str, Any]:
         raise NgError(f"Command not supported by rtpai (an AI endpoint): {request.command}")
 
+    def reload_ai_settings(self, config: Config) -> None:
+        """SIGHUP: ``[openai]`` and its profiles from ``config`` apply to calls offered from
+        now on; running calls keep the settings (key, voice, prompt) they started with."""
+        explicit = frozenset(key for section, key in config.explicit if section == "openai")
+        self.settings = RealtimeSettings.from_config(config["openai"], explicit=explicit)
+        self.profiles = {
+            name: RealtimeSettings.from_config(values, explicit=explicit)
+            for name, values in config.profiles.items()
+        }
+        refusal = self.settings.refusal_reason()
+        if refusal:
+            log.error("offers will be refused: %s", refusal)
+        for note in self.settings.startup_notes():
+            log.warning("%s", note)
+
+    def summary(self) -> str:
+        """One line of state for an operator (SIGUSR1): calls, ports, AI sessions."""
+        states: dict[str, int] = {}
+        ai: dict[str, int] = {}
+        for call in self.calls:
+            states[call.state.value] = states.get(call.state.value, 0) + 1
+            if call.state is not CallState.ENDED:
+                ai[call.ai.stats.state] = ai.get(call.ai.stats.state, 0) + 1
+
+        def counts(table: dict[str, int]) -> str:
+            return ", ".join(f"{n} {name}" for name, n in sorted(table.items())) or "none"
+
+        return (
+            f"calls: {counts(states)}; ports in use: {self.ports.in_use}/{self.ports.capacity} "
+            f"pairs; AI sessions: {counts(ai)}; proxy requests under way: "
+            f"{len(self._notifications)}{'; draining' if self.draining else ''}"
+        )
+
     def active_calls(self) -> int:
         return sum(1 for call in self.calls if call.state is not CallState.ENDED)
 
@@ -518,11 +682,17 @@ class Engine:
                     "endedsessions": self.totals["ended"],
                     "timeoutsessions": self.totals["timeouts"],
                     "aifailures": self.totals["ai failures"],
+                    # rtpai asked the proxy to end a call: it refused or failed, or it
+                    # accepted but no delete came within [proxy] hangup_timeout.
+                    "hangupfailures": self.totals["hangup failures"],
+                    "hanguptimeouts": self.totals["hangup timeouts"],
                 },
                 "controlstatistics": {
                     "proxies": [],
                     "commands": dict(self.dispatcher.commands),
                     "errors": dict(self.dispatcher.errors),
+                    # Datagrams from sources [ng] allow does not list (dropped, unanswered).
+                    "denied": self.dispatcher.denied,
                 },
                 "interfaces": [
                     {

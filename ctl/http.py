@@ -8,9 +8,10 @@ WebSocket upgrade (openai_flavor/websocket.py); this module only moves bytes. Ea
 
 from __future__ import annotations
 
+import base64
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
@@ -37,16 +38,24 @@ async def http_request(request: HttpRequest, *, timeout: float | None = None) ->
     trio.TooSlowError; without it the caller bounds the call with its own cancel scope."""
     parts = urlsplit(request.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise HttpError(f"not an http(s) URL: {request.url}")
+        # Not the URL itself: it may carry a password or a webhook's token.
+        raise HttpError(f"not an http(s) URL (scheme {parts.scheme[:16]!r})")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # RFC 9110 s7.2: Host is the authority without userinfo; credentials written into the URL
+    # (a management interface behind an authenticating front end) go as Basic auth instead.
+    host = parts.netloc.rpartition("@")[2]
     headers = [
-        ("Host", parts.netloc),
+        ("Host", host),
         ("User-Agent", "rtpai"),
         ("Accept", "application/json, text/plain"),
         ("Connection", "close"),
         ("Content-Length", str(len(request.body))),
     ]
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers.append(("Authorization",
+                        "Basic " + base64.b64encode(credentials.encode()).decode("ascii")))
     if request.body:
         headers.append(("Content-Type", request.content_type))
     with trio.fail_after(timeout) if timeout is not None else trio.CancelScope():

@@ -12,6 +12,7 @@ replies so that a retransmitted datagram is answered, never executed twice.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,46 @@ REASON_NOT_FOUND = "Call-ID not found or tags didn't match"
 REASON_UNKNOWN_CALL = "Unknown call-id"
 REASON_NO_PORTS = "Ran out of ports"
 REASON_SESSION_LIMIT = "Parallel session limit reached"
+# Ours (rtpengine has no wording for these): a JSON string that no UTF-8 reply could carry.
+REASON_BAD_STRING = "Invalid UTF-8 in string"
+
+# --- limits on what a datagram may carry ---------------------------------------------------------
+#
+# Everything a peer sends is bounded before a handler sees it: strings that end up as keys of
+# the call registry or echoed in replies (ids, tags, labels, profile names), the flags list,
+# the SDP, and every number. A value past its limit gets an error reply naming the key and the
+# limit (rtpengine's style: "Value too long for key 'call-id' (max 256)"); nothing is truncated
+# silently, since a truncated call-id would name another call.
+
+# A cookie is the proxy's sequence number (Kamailio ``serverid_pid_seq``, OpenSIPS
+# ``pid_rand_seq``: ~30 bytes). Longer is not a proxy's: dropped, never answered, so that
+# nobody can make us reflect their bytes or key the reply cache with them.
+MAX_COOKIE_LENGTH = 256
+# String keys that name a call or a party, or are echoed back; the lengths are characters.
+# Call-IDs and tags are 10-100 characters from every SIP stack we know (RFC 3261 puts no limit,
+# but a 1 KiB id is an attack, not a phone); the via-branch is "z9hG4bK" plus a few dozen;
+# labels name a party; profile names are INI section names. ``sdp`` has its own limit below.
+MAX_FIELD_LENGTHS: Mapping[str, int] = {
+    "call-id": 256,
+    "from-tag": 256,
+    "to-tag": 256,
+    "via-branch": 256,
+    "label": 256,
+    "set-label": 256,
+    "profile": 128,
+    "command": 64,
+}
+# The SDP of an offer: an audio-only phone sends ~300 bytes, a WebRTC offer with video and
+# simulcast ~10 KB. 32 KiB leaves room for any real offer and keeps the parser's work bounded
+# (media/sdp.py bounds lines and m-lines too).
+MAX_SDP_LENGTH = 32 * 1024
+# Entries in the ``flags`` list: Kamailio and OpenSIPS scripts send a dozen or so.
+MAX_FLAGS = 128
+# Integers: rtpengine reads them into 64-bit integers (strtoll), and so do we. A bencoded
+# integer of more digits than that cannot be one, and is refused by the decoder.
+MIN_INTEGER = -(2**63)
+MAX_INTEGER = 2**63 - 1
+_MAX_INTEGER_DIGITS = 19  # of 2**63 - 1
 
 
 class NgFramingError(Exception):
@@ -124,7 +165,10 @@ def _bdecode(data: bytes, pos: int, depth: int, fold: Callable[[str], str] | Non
         magnitude = digits[1:] if digits[:1] == b"-" else digits
         if not magnitude.isdigit() or (magnitude[0] == 0x30 and (len(digits) > 1)):
             raise BencodeError("bad integer")  # i03e, i-0e, i-e, ie
-        return int(digits), end + 1
+        value = int(digits) if len(magnitude) <= _MAX_INTEGER_DIGITS else MAX_INTEGER + 1
+        if not MIN_INTEGER <= value <= MAX_INTEGER:
+            raise BencodeError("integer out of range")
+        return value, end + 1
     if kind == 0x6C:  # l
         if depth >= MAX_BENCODE_DEPTH:
             raise BencodeError("nested too deep")
@@ -199,8 +243,29 @@ def bencode(value: Any) -> bytes:
     return b"".join(out)
 
 
-def _text(value: Any, fold_keys: bool = True) -> Any:
-    """A decoded JSON message's keys folded (requests) or kept (replies)."""
+def _text(value: Any, fold_keys: bool = True, depth: int = 0) -> Any:
+    """A decoded JSON message's keys folded (requests) or kept (replies).
+
+    JSON can carry what bencode cannot: lone surrogates (``"\\ud800"``), which no UTF-8 reply
+    can encode, and integers of any size. Both are refused here, with the nesting bounded as
+    bencode's is, so that whatever a request holds can be encoded again in a reply.
+    """
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise NgError(REASON_BAD_STRING) from None
+        return value
+    if kind is int:
+        if not MIN_INTEGER <= value <= MAX_INTEGER:
+            raise NgError(REASON_BAD_BENCODE)
+        return value
+    if kind is float and not math.isfinite(value):  # 1e400 reads as inf, which encodes nowhere
+        raise NgError(REASON_BAD_BENCODE)
+    if depth >= MAX_BENCODE_DEPTH and kind in (dict, list):
+        raise NgError(REASON_BAD_BENCODE)
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -208,10 +273,17 @@ def _text(value: Any, fold_keys: bool = True) -> Any:
             return value.decode("latin-1")
     if isinstance(value, Mapping):
         fold = canonical_name if fold_keys else str
-        return {fold(str(_text(k))): _text(v, fold_keys) for k, v in value.items()}
+        return {
+            fold(str(_text(k))): _text(v, fold_keys, depth + 1) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_text(v, fold_keys) for v in value]
+        return [_text(v, fold_keys, depth + 1) for v in value]
     return value
+
+
+def _refuse_json_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259 s6), though Python's reader takes them."""
+    raise ValueError(f"not a JSON number: {name}")
 
 
 @dataclass(frozen=True)
@@ -256,13 +328,17 @@ class NgRequest:
         if isinstance(value, bool):
             return int(value)
         if isinstance(value, int):
-            return value
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, str) and len(value) <= 32:  # 19 digits, a sign and blanks
             try:
-                return int(value.strip())
+                number = int(value.strip())
             except ValueError:
                 raise NgError(f"Invalid integer for key {key!r}") from None
-        raise NgError(f"Invalid integer for key {key!r}")
+        else:
+            raise NgError(f"Invalid integer for key {key!r}")
+        if not MIN_INTEGER <= number <= MAX_INTEGER:
+            raise NgError(f"Invalid integer for key {key!r}")
+        return number
 
     def string_list(self, key: str) -> list[str]:
         """A list that may also be sent as one string (``ICE``, ``replace``, ``supports``)."""
@@ -282,7 +358,7 @@ class NgRequest:
 def split_cookie(datagram: bytes) -> tuple[bytes, bytes]:
     """Split ``cookie<space>body``. Raises :class:`NgFramingError` if there is no cookie."""
     cookie, sep, body = datagram.partition(b" ")
-    if not sep or not cookie:
+    if not sep or not cookie or len(cookie) > MAX_COOKIE_LENGTH:
         raise NgFramingError("no cookie")
     return cookie, body
 
@@ -295,17 +371,36 @@ def decode_request(body: bytes) -> NgRequest:
     """
     is_json = body.lstrip().startswith(b"{")
     try:
-        params = _text(json.loads(body)) if is_json else bdecode(body, fold_keys=True)
-    except Exception:
+        if is_json:
+            # Strict UTF-8 first: json.loads would take surrogates encoded in the raw bytes.
+            params = _text(json.loads(body.decode(), parse_constant=_refuse_json_constant))
+        else:
+            params = bdecode(body, fold_keys=True)
+    except NgError:
+        raise
+    except UnicodeDecodeError:
+        raise NgError(REASON_BAD_STRING) from None
+    except Exception:  # anything json or bdecode raise, RecursionError included
         raise NgError(REASON_BAD_BENCODE) from None
     if not isinstance(params, Mapping):
         raise NgError(REASON_NOT_A_DICTIONARY)
     command = params.get("command")
     if not isinstance(command, str) or not command:
         raise NgError(REASON_NO_COMMAND)
+    for key, limit in MAX_FIELD_LENGTHS.items():
+        value = params.get(key)
+        if type(value) is str and len(value) > limit:
+            raise NgError(f"Value too long for key '{key}' (max {limit})")
+    sdp = params.get("sdp")
+    if type(sdp) is str and len(sdp) > MAX_SDP_LENGTH:
+        raise NgError(f"Value too long for key 'sdp' (max {MAX_SDP_LENGTH})")
     raw_flags = params.get("flags") or []
     if isinstance(raw_flags, str):
         raw_flags = [raw_flags]
+    elif not isinstance(raw_flags, list):
+        raw_flags = []
+    if len(raw_flags) > MAX_FLAGS:
+        raise NgError(f"Too many flags (max {MAX_FLAGS})")
     flags = frozenset(canonical_name(str(f)).lower() for f in raw_flags if isinstance(f, str))
     return NgRequest(
         command=canonical_name(command).lower(), params=params, flags=flags, is_json=is_json
@@ -353,7 +448,8 @@ class _Pending:
 
 # What one cached reply costs besides its bytes: the dictionary entry, the (time, reply) tuple
 # and the time (~170 bytes, measured with tracemalloc), and the key it holds on to, the source
-# address and the cookie (~200 bytes).
+# address and the cookie (~200 bytes with a proxy's ~30-byte cookie; cookies are at most
+# MAX_COOKIE_LENGTH, so the worst case adds 20,000 x 226 bytes, ~4.5 MB, beyond the budget).
 REPLY_CACHE_ENTRY_OVERHEAD = 400
 # The cache's bytes, overhead included. A retransmit comes at most ~6 s after the original
 # (both proxy modules: 5 retries, 1 s apart), so the cache must hold 6 s of replies: at ~1.5 KB

@@ -16,8 +16,10 @@ Only a command that must wait for something (``delete`` waits for the call's tas
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import logging
 import socket
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import Any, NamedTuple
 
 import trio
 
+from ctl.acl import Network, SourceFilter
 from ctl.ng import (
     REASON_UNKNOWN_COMMAND,
     NgError,
@@ -51,6 +54,23 @@ KNOWN_KEYS = frozenset({
 
 # Kamailio reads replies of up to 256 KiB; a UDP datagram carries at most 65507 bytes over IPv4.
 MAX_DATAGRAM = 65535
+# The largest reply we send: what one UDP datagram carries over IPv4 (65535 minus the IP and UDP
+# headers). A bigger one would fail in sendto and leave the proxy retransmitting into silence;
+# it is answered with REASON_REPLY_TOO_LARGE instead.
+MAX_REPLY = 65507
+REASON_REPLY_TOO_LARGE = f"Reply too large for one datagram ({MAX_REPLY} bytes)"
+# A handler that raised something else than NgError (a bug) or a reply that cannot be encoded:
+# the proxy still gets an answer, the traceback goes to our log.
+REASON_INTERNAL = "Internal error"
+# Error reasons are cut to this many characters, in the reply and in the counts: some quote the
+# request (an unknown profile, an SDP's transport). rtpengine's own reasons are < 60 characters.
+MAX_REASON_LENGTH = 200
+# Commands are counted by name in `statistics` only if a handler has that name; every other name
+# is counted as this one, so that no peer can grow the table.
+UNKNOWN_COMMAND_BUCKET = "unknown"
+# Datagrams refused by ``[ng] allow`` are logged at debug at most once per this many seconds
+# (with how many since the last line): a flood must not become a flood of log lines.
+DENIED_LOG_INTERVAL = 10.0
 # Requests handled by async handlers at once. Past this the receive loop waits: control-path
 # back-pressure.
 MAX_CONCURRENT_REQUESTS = 64
@@ -108,19 +128,36 @@ class Deferred:
 class Dispatcher:
     """Routes ng commands to handlers and turns their outcome into reply datagrams."""
 
-    def __init__(self, handlers: Mapping[str, Handler], *, cache: ReplyCache | None = None):
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        *,
+        cache: ReplyCache | None = None,
+        allow: tuple[Network, ...] = (),
+    ):
         self.handlers = dict(handlers)
         self.cache = cache or ReplyCache()
         self.commands: Counter[str] = Counter()  # per command, for `statistics`
         self.errors: Counter[str] = Counter()
+        self.acl = SourceFilter(allow)
+        self.denied = 0  # datagrams from sources ``[ng] allow`` does not list
+        self._denied_logged = (-DENIED_LOG_INTERVAL, 0)  # (when, self.denied then)
+
+    def allow_sources(self, allow: tuple[Network, ...]) -> None:
+        """Replace the ``[ng] allow`` list (SIGHUP); the next datagram is judged by it."""
+        self.acl = SourceFilter(allow)
 
     def begin(self, datagram: bytes, source: Any, now: float) -> tuple[str, Any]:
         """Classify an incoming datagram.
 
-        Returns ``("drop", None)`` (no cookie: nothing can be answered), ``("resend", bytes)``
+        Returns ``("deny", None)`` (a source ``[ng] allow`` does not list: no reply),
+        ``("drop", None)`` (no cookie: nothing can be answered), ``("resend", bytes)``
         (a retransmit of an answered request), ``("wait", None)`` (a retransmit of one still
         being handled) or ``("handle", (cookie, body))``.
         """
+        if self.acl and not self.acl.allows(source[0]):
+            self._deny(source, now)
+            return "deny", None
         try:
             cookie, body = split_cookie(datagram)
         except NgFramingError:
@@ -132,13 +169,22 @@ class Dispatcher:
             return "wait", None
         return "resend", state
 
+    def _deny(self, source: Any, now: float) -> None:
+        self.denied += 1
+        when, count = self._denied_logged
+        if now - when >= DENIED_LOG_INTERVAL and log.isEnabledFor(logging.DEBUG):
+            log.debug("ng: dropped a datagram from %s, not in [ng] allow (%d dropped since "
+                      "the last such line)", source[0], self.denied - count)
+            self._denied_logged = (now, self.denied)
+
     def answer(self, cookie: bytes, body: bytes, source: Any, now: float) -> Answer | Deferred:
         """Decode and run the command: its :class:`Answer`, or, when the handler is
         ``async``, a :class:`Deferred` for :meth:`finish`."""
         request: NgRequest | None = None
         try:
             request = decode_request(body)
-            self.commands[request.command] += 1
+            command = request.command
+            self.commands[command if command in self.handlers else UNKNOWN_COMMAND_BUCKET] += 1
             if log.isEnabledFor(logging.DEBUG):
                 unknown = sorted(set(request.params) - KNOWN_KEYS)
                 if unknown:
@@ -195,14 +241,16 @@ class Dispatcher:
                 return {"result": "load limit", "message": exc.reason}
             return {"result": "error", "error-reason": exc.reason}
         if isinstance(exc, NgError):
-            counted = exc.reason
+            reason = _bounded_reason(exc.reason)
+            counted = reason
             if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
                 counted = "other"
             self.errors[counted] += 1
-            return {"result": "error", "error-reason": exc.reason}
+            return {"result": "error", "error-reason": reason}
         # A bug must not cost the proxy a reply: it would retransmit and then mark us dead.
         log.error("ng: handler failed", exc_info=exc)
-        return {"result": "error", "error-reason": "Internal error"}
+        self.errors[REASON_INTERNAL] += 1
+        return {"result": "error", "error-reason": REASON_INTERNAL}
 
     def _complete(
         self,
@@ -213,9 +261,31 @@ class Dispatcher:
         source: Any,
         now: float,
     ) -> Answer:
-        datagram = encode_reply(cookie, reply, as_json=as_json)
+        try:
+            datagram = encode_reply(cookie, reply, as_json=as_json)
+        except Exception:
+            # What a handler returned cannot be encoded (a bug: requests are checked so that
+            # everything they carry can be): the proxy still gets its answer.
+            log.exception("ng: cannot encode the reply")
+            self.errors[REASON_INTERNAL] += 1
+            reply = {"result": "error", "error-reason": REASON_INTERNAL}
+            datagram = encode_reply(cookie, reply, as_json=as_json)
+        if len(datagram) > MAX_REPLY:
+            log.warning("ng: a %d-byte reply does not fit in a datagram; answering an error",
+                        len(datagram))
+            self.errors[REASON_REPLY_TOO_LARGE] += 1
+            reply = {"result": "error", "error-reason": REASON_REPLY_TOO_LARGE}
+            datagram = encode_reply(cookie, reply, as_json=as_json)
+            # ``then`` still runs: it owns what the handler set up (an offer's ports) and
+            # hands it to a call that a delete or the media timeout ends.
         duplicates = self.cache.complete((source, cookie), datagram, now)
         return Answer(datagram, 1 + duplicates, then)
+
+
+def _bounded_reason(reason: str) -> str:
+    if len(reason) <= MAX_REASON_LENGTH:
+        return reason
+    return reason[: MAX_REASON_LENGTH - 3] + "..."
 
 
 def _succeeded(result: Result) -> tuple[dict[str, Any], Callable[[], None] | None]:
@@ -223,6 +293,39 @@ def _succeeded(result: Result) -> tuple[dict[str, Any], Callable[[], None] | Non
     if isinstance(result, ReplyFirst):
         return {"result": "ok", **result.reply}, result.then
     return {"result": "ok", **result}, None
+
+
+# Linux's IP_PKTINFO (<linux/in.h>); Python's socket module names it only from 3.13 on.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+# Room for the one control message a wildcard socket asks for: in_pktinfo (12 bytes) or
+# in6_pktinfo (20 bytes).
+_PKTINFO_SPACE = socket.CMSG_SPACE(20)
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
+_IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
+
+Ancillary = list[tuple[int, int, bytes]]
+
+
+def reply_from(ancillary: Ancillary) -> Ancillary:
+    """The control message that makes a reply leave from the address the request reached.
+
+    A wildcard socket otherwise answers from whatever address the route to the proxy
+    prefers, and the proxy's *connected* socket (Kamailio's and OpenSIPS's) discards it.
+    IPv4: ``ipi_spec_dst`` is the source to use (RFC 3542's IPv6 analogue: ``ipi6_addr``, and
+    the interface, which a link-local address needs). An IPv4 request to a dual-stack ``::``
+    socket reports its address IPv4-mapped, and the kernel takes it back in that form.
+    """
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+            _, _, destination = _IN_PKTINFO.unpack_from(data)
+            return [(level, kind, _IN_PKTINFO.pack(0, destination, bytes(4)))]
+        if (
+            level == socket.IPPROTO_IPV6
+            and kind == socket.IPV6_PKTINFO
+            and len(data) >= _IN6_PKTINFO.size
+        ):
+            return [(level, kind, data[: _IN6_PKTINFO.size])]
+    return []
 
 
 async def serve_ng(
@@ -236,24 +339,46 @@ async def serve_ng(
     The socket is a plain non-blocking one: a datagram costs one wake-up of this task however
     many arrive together, and a reply is a ``sendto`` that checkpoints only if the socket's
     buffer is full (``trio.socket`` would pay a scheduler pass per receive and per send).
+
+    On a wildcard address (``0.0.0.0``, ``::``) requests are read with ``recvmsg`` and their
+    destination address (IP_PKTINFO / IPV6_PKTINFO), and each reply is sent from it with
+    ``sendmsg``; a concrete address keeps the cheaper ``recvfrom``/``sendto``.
     """
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    wildcard = ipaddress.ip_address(address[0]).is_unspecified
     sock = socket.socket(family, socket.SOCK_DGRAM)
     with sock:
         sock.setblocking(False)
+        if wildcard:
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:  # (IPv4 requests to a dual-stack socket come with IPV6_PKTINFO too)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         sock.bind(address)
         bound = sock.getsockname()[:2]
-        log.info("ng: listening on %s:%s", bound[0], bound[1])
+        if wildcard:
+            log.info("ng: listening on %s:%s (wildcard: each reply leaves from the address its "
+                     "request reached, by IP_PKTINFO)", bound[0], bound[1])
+        else:
+            log.info("ng: listening on %s:%s", bound[0], bound[1])
+        if not dispatcher.acl and not ipaddress.ip_address(bound[0]).is_loopback:
+            log.warning(
+                "ng: [ng] allow / NG_ALLOW is empty and ng listens on %s: anyone who can "
+                "reach it can create and delete calls (list your proxies' addresses)", bound[0]
+            )
         limiter = trio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
         # Held while waiting for the socket to take a reply: trio allows one waiter per socket.
         writable = trio.Lock()
 
-        async def send(datagram: bytes, source: Any, copies: int) -> None:
+        async def send(datagram: bytes, source: Any, copies: int, via: Ancillary) -> None:
             """Send ``copies`` times; it checkpoints only when the socket's buffer is full."""
             for _ in range(copies):
                 while True:
                     try:
-                        sock.sendto(datagram, source)
+                        if via:
+                            sock.sendmsg([datagram], via, 0, source)
+                        else:
+                            sock.sendto(datagram, source)
                         break
                     except BlockingIOError:
                         # Control-path back-pressure: the reply waits, and so does the loop.
@@ -263,28 +388,28 @@ async def serve_ng(
                         log.warning("ng: cannot reply to %s: %s", source, exc)
                         return
 
-        async def finish(deferred: Deferred, source: Any, token: object) -> None:
+        async def finish(deferred: Deferred, source: Any, via: Ancillary, token: object) -> None:
             try:
                 answer = await dispatcher.finish(deferred, source, trio.current_time)
                 try:
-                    await send(answer.datagram, source, answer.copies)
+                    await send(answer.datagram, source, answer.copies, via)
                 finally:
                     dispatcher.follow_up(answer)  # even if cancelled: it cleans up after itself
             finally:
                 limiter.release_on_behalf_of(token)
 
-        async def take(datagram: bytes, source: Any, nursery: trio.Nursery) -> None:
+        async def take(datagram: bytes, source: Any, via: Ancillary, nursery: trio.Nursery):
             """One datagram: answered here, or by a task of its own if its handler is async."""
             now = trio.current_time()
             action, value = dispatcher.begin(datagram, source, now)
             if action == "resend":
-                await send(value, source, 1)
+                await send(value, source, 1, via)
                 return
             if action == "drop":
                 log.debug("ng: dropping a datagram without cookie from %s", source)
                 return
-            if action == "wait":
-                return  # the first copy's reply goes out once more for it
+            if action in ("wait", "deny"):
+                return  # wait: the first copy's reply goes out once more for it
             outcome = dispatcher.answer(*value, source, now)
             if isinstance(outcome, Deferred):
                 token = object()
@@ -296,13 +421,14 @@ async def serve_ng(
                     except BaseException:
                         outcome.abandon()
                         raise
-                nursery.start_soon(finish, outcome, source, token)
+                nursery.start_soon(finish, outcome, source, via, token)
                 return
             try:
-                await send(outcome.datagram, source, outcome.copies)
+                await send(outcome.datagram, source, outcome.copies, via)
             finally:
                 dispatcher.follow_up(outcome)  # even if cancelled: it cleans up after itself
 
+        no_ancillary: Ancillary = []
         async with trio.open_nursery() as nursery:
             task_status.started(bound)
             try:
@@ -310,12 +436,19 @@ async def serve_ng(
                     await trio.lowlevel.wait_readable(sock)
                     for _ in range(RECEIVE_BATCH):
                         try:
-                            datagram, source = sock.recvfrom(MAX_DATAGRAM)
+                            if wildcard:
+                                datagram, ancillary, _, source = sock.recvmsg(
+                                    MAX_DATAGRAM, _PKTINFO_SPACE
+                                )
+                                via = reply_from(ancillary)
+                            else:
+                                datagram, source = sock.recvfrom(MAX_DATAGRAM)
+                                via = no_ancillary
                         except BlockingIOError:
                             break
                         except OSError as exc:  # e.g. an ICMP error queued on the socket
                             log.debug("ng: receive failed: %s", exc)
                             continue
-                        await take(datagram, source, nursery)
+                        await take(datagram, source, via, nursery)
             finally:
                 trio.lowlevel.notify_closing(sock)

@@ -35,6 +35,8 @@ class CallBridge:
     playout: PlayoutQueue
     end_call: Callable[[str], None]  # ask for the call to end, with a reason for the stats
     transfer: Callable[[str], None]  # ask for the caller to be transferred to a target
+    # The AI's own hang-up (end_call, after its goodbye); None: end_call serves for it too.
+    hang_up: Callable[[str], None] | None = None
     media_started: trio.Event = field(default_factory=trio.Event)  # first valid caller RTP
     # What the caller does besides speaking, for the AI: key presses (RFC 4733) in the order
     # pressed. Bounded: the media plane drops and counts when the AI session does not read
@@ -48,6 +50,9 @@ class CallBridge:
     _audio_closed: bool = field(default=False, init=False, repr=False)
     _hangup_reason: str | None = field(default=None, init=False, repr=False)
     _ran_dry: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
+    # The AI session's ear for the outcome of what it asked for (set by the session).
+    _outcome_listener: Callable[[str, str], None] | None = field(
+        default=None, init=False, repr=False)
 
     def mark(self, milestone: str) -> None:
         if milestone not in self.timeline:
@@ -105,16 +110,27 @@ class CallBridge:
         :meth:`playout_ran_dry` and the hang-up happens there.
         """
         if self.playout_idle:
-            self.end_call(reason)
+            (self.hang_up or self.end_call)(reason)
         elif self._hangup_reason is None:
             self._hangup_reason = reason
 
     def playout_ran_dry(self) -> None:
         """The paced sender found nothing more to play: a talkspurt just ended."""
         if self._hangup_reason is not None:
-            self.end_call(self._hangup_reason)
+            reason, self._hangup_reason = self._hangup_reason, None
+            (self.hang_up or self.end_call)(reason)
         self._ran_dry.set()
         self._ran_dry = trio.Event()
+
+    def listen_for_failures(self, listener: Callable[[str, str], None]) -> None:
+        """The AI session's: ``listener(action, why)`` hears of an action it asked for (a
+        transfer, a hang-up) that failed after its tool call was answered."""
+        self._outcome_listener = listener
+
+    def action_failed(self, action: str, why: str) -> None:
+        """The control plane's: ``action`` ("transfer", "hang-up") did not happen."""
+        if self._outcome_listener is not None:
+            self._outcome_listener(action, why)
 
     async def wait_playout_idle(self) -> None:
         """Return once everything queued so far has been played."""

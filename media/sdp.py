@@ -155,6 +155,19 @@ _FMTP = re.compile(r"([0-9]{1,3})\s+(\S.*)")
 _PTIME = re.compile(r"([0-9]{1,6})(?:\.[0-9]*)?")  # RFC 4566 allows a decimal; we keep whole ms
 
 
+# Bounds on the parser's work, so that a hostile offer costs the event loop about a
+# millisecond (a 60 KB offer of thousands of m-lines took 15-30 ms, delaying the RTP of every
+# call beside it; bench/micro_sdp_limits.py measures it). Real offers are far below them: a
+# SIP phone's audio+video offer has ~60 lines, a WebRTC one (which rtpai declines anyway: it
+# needs DTLS-SRTP) ~150-250; a SIP call has at most a handful of m-lines (audio, video, T.38,
+# BFCP); the longest m-line we know is a browser's video line, ~40 payload types (codecs, their
+# RTX, RED, FEC). Lines get twice a WebRTC offer's count as margin: refusing a real caller's
+# offer is a failed call, while the worst offer within these bounds costs ~1 ms, once.
+MAX_SDP_LINES = 512
+MAX_MEDIA_SECTIONS = 8
+MAX_MEDIA_FORMATS = 64
+
+
 def _unparseable(detail: str) -> SdpError:
     return SdpError(f"Unparseable SDP: {detail}")
 
@@ -222,11 +235,15 @@ class _SessionDefaults:
 def _parse_media(
     m_value: str, lines: Sequence[tuple[str, str]], session: _SessionDefaults
 ) -> MediaDescription:
+    if m_value.count(" ") > MAX_MEDIA_FORMATS + 64:  # (before split(): blanks may pad)
+        raise _unparseable(f"more than {MAX_MEDIA_FORMATS} formats on an m-line")
     tokens = m_value.split()
     # RFC 4566 s5.14 wants at least one format; a format-less rejected line is tolerated.
     if len(tokens) < 3:
         raise _unparseable(f"bad media line m={m_value[:60]!r}")
     kind, port_field, protocol, *formats = tokens
+    if len(formats) > MAX_MEDIA_FORMATS:
+        raise _unparseable(f"more than {MAX_MEDIA_FORMATS} formats on an m-line")
     port_text, slash, count_text = port_field.partition("/")
     port = _uint(port_text)
     port_count = _uint(count_text) if slash else 1
@@ -327,6 +344,9 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
     if not isinstance(text, str):
         raise _unparseable(f"expected text, got {type(text).__name__}")
 
+    # Counted before any per-line work (str.count is C speed). Bare CR line ends count too.
+    if text.count("\n") > MAX_SDP_LINES or text.count("\r") > MAX_SDP_LINES:
+        raise _unparseable(f"more than {MAX_SDP_LINES} lines")
     lines = [
         stripped
         for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -347,6 +367,8 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
             raise _unparseable(f"line {number}: {line[:40]!r}")
         value = line[2:]
         if letter == "m":
+            if len(media_sections) >= MAX_MEDIA_SECTIONS:
+                raise _unparseable(f"more than {MAX_MEDIA_SECTIONS} m-lines")
             current = []
             media_sections.append((value, current))
         else:
@@ -418,7 +440,7 @@ class Negotiated:
     ptime: int
     remote_address: str | None  # None if the offer gave none or the RFC 2543 hold 0.0.0.0
     remote_port: int
-    remote_rtcp_port: int
+    remote_rtcp_port: int  # 0: none (RTP on port 65535 without a=rtcp)
     rtcp_mux: bool
     on_hold: bool
     answer_direction: str
@@ -499,6 +521,8 @@ def negotiate(offer: SessionDescription, preference: Sequence[str] | None = None
         # RFC 5761: we accept mux whenever it is offered; else RFC 3605 a=rtcp; else RFC 3550
         # s11, the next port up.
         rtcp_port = media.port if media.rtcp_mux else (media.rtcp_port or media.port + 1)
+        if rtcp_port > 65535:
+            rtcp_port = 0  # RTP on 65535 has no port above it: no RTCP to send (0: none)
         return Negotiated(
             media_index=index,
             # G.711 has no parameters to answer.

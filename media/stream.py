@@ -571,6 +571,8 @@ class MediaStream:
         latched = self.latched
         if latched is None or _same_endpoint(latched, self.sdp_remote):
             return self.sdp_rtcp_remote
+        if latched[1] >= 65535:
+            return None  # no next port (sendto would raise OverflowError): no RTCP for it
         return (latched[0], latched[1] + 1)  # behind a NAT: RFC 3550 section 11's next port
 
     # --- send ---------------------------------------------------------------------------------

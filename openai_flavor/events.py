@@ -206,6 +206,18 @@ def caller_text(text: str) -> dict[str, Any]:
                      "content": [{"type": "input_text", "text": text}]}}
 
 
+def system_text(text: str) -> dict[str, Any]:
+    """Something the model must know that neither it nor the caller said (an action failed)."""
+    return {"type": "conversation.item.create",
+            "item": {"type": "message", "role": "system",
+                     "content": [{"type": "input_text", "text": text}]}}
+
+
+def action_failed_text(action: str, why: str) -> str:
+    return (f"The {action} you asked for did not go through ({why}). The caller is still on "
+            "the line: tell them so, and offer what else you can do.")
+
+
 def dtmf_text(digits: str) -> str:
     return f"[The caller pressed these keys on the phone keypad: {digits}]"
 

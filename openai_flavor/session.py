@@ -37,7 +37,7 @@ import trio
 from media.bridge import CallBridge
 from media.poller import MediaPoller
 from media.tones import reconnect_cue
-from openai_flavor import events
+from openai_flavor import events, keypad
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 from openai_flavor.turns import FunctionCall, IllegalTransition, ResponseDone, Turns
@@ -48,6 +48,7 @@ from openai_flavor.websocket import (
     ConnectionClosed,
     HandshakeRejected,
     HandshakeTimeout,
+    InvalidRequestHeader,
     WebSocket,
     WebSocketError,
 )
@@ -60,9 +61,6 @@ MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
 # server's close in reply. It must not hold up the delete reply, which Kamailio abandons
 # after rtpengine_tout_ms (1 s by default, often set lower).
 CLOSE_ON_END = 0.05
-# Keypad digits typed in one go (a PIN, an extension) reach the model as one message: a
-# sequence ends at '#' or after this pause.
-DTMF_PAUSE = 1.5
 # What a hostile server can make a call hold (docs/reliability.md): the statistics keep the
 # last errors and a bounded transcript; an assistant item is a few per response, so more than
 # MAX_ASSISTANT_ITEMS live at once is a server inventing item ids.
@@ -183,6 +181,9 @@ class RealtimeSession:
         self._reader_stop: Exception | None = None
         self._watchdog = Watchdog(self._bounds(), 0.0)
         self._watch_scope = trio.CancelScope()
+        # Failures of actions the model asked for, to tell it once a connection is ready.
+        self._untold_failures: list[str] = []
+        bridge.listen_for_failures(self._action_failed)
 
     async def wait_until(self, predicate) -> None:
         """Block until ``predicate(self)`` holds; re-checked after every event and action.
@@ -309,6 +310,9 @@ class RealtimeSession:
                 what,
                 fatal=exc.code in events.FATAL_CLOSE_CODES,
             ) from None
+        except InvalidRequestHeader as exc:
+            # Our own request cannot be sent: no retry would send a different one.
+            raise _Lost(f"WebSocket handshake failed: {exc}", fatal=True) from None
         except WebSocketError as exc:
             raise _Lost(f"WebSocket handshake failed: {exc}") from None
         except OSError as exc:
@@ -419,21 +423,20 @@ class RealtimeSession:
         return True
 
     async def _forward_dtmf(self) -> None:
-        """The caller's keypad digits, to the model as a user message, then a response."""
+        """The caller's keypad digits, to the model as a user message, then a response:
+        one message per sequence (openai_flavor/keypad.py)."""
         caller_events = self.bridge.caller_events
         assert caller_events is not None
         await self._ready.wait()
-        async for event in caller_events:
-            digits = [event.digit]
-            with trio.move_on_after(DTMF_PAUSE):
-                while digits[-1] != "#":
-                    try:
-                        digits.append((await caller_events.receive()).digit)
-                    except trio.EndOfChannel:
-                        break
-            self.stats.dtmf_digits += len(digits)
-            log.info("call %s: caller pressed %s", self.bridge.call_id, "".join(digits))
-            self._send(events.caller_text(events.dtmf_text("".join(digits))))
+        more = True
+        while more:
+            sequence = keypad.KeySequence(terminator=self.settings.dtmf_terminator)
+            text, more = await keypad.next_sequence(caller_events, sequence)
+            if not text:
+                continue
+            self.stats.dtmf_digits += len(text)
+            log.info("call %s: caller pressed %s", self.bridge.call_id, text)
+            self._send(events.caller_text(events.dtmf_text(text)))
             self._want_response()
             self._notify()
 
@@ -579,6 +582,7 @@ class RealtimeSession:
                 if not self._ready.is_set():
                     self._ready.set()
                     self._backoff.connected(now)
+                    self._tell_failures()  # any that happened while disconnected
         elif kind == "error":
             self._on_error(events.field_object(event, "error"))
 
@@ -703,6 +707,26 @@ class RealtimeSession:
         if output.startswith('{"error"'):
             log.warning("call %s: tool %s: %s", self.bridge.call_id, call.name, output)
         outputs[call.call_id] = output
+
+    def _action_failed(self, action: str, why: str) -> None:
+        """A transfer or hang-up the model asked for did not happen (the proxy refused or
+        failed, after the tool call was answered): the model must know, so that the caller
+        hears it rather than silence."""
+        log.warning("call %s: the model is told that its %s failed: %s", self.bridge.call_id,
+                    action, why)
+        self.stats.errors.append({"code": f"{action} failed", "message": why})
+        self._untold_failures.append(events.action_failed_text(action, why))
+        # While reconnecting the old connection's state lingers: wait for the new session.
+        if self.stats.state == "open" and self._ready.is_set():
+            self._tell_failures()
+
+    def _tell_failures(self) -> None:
+        for text in self._untold_failures:
+            self._send(events.system_text(text))
+        if self._untold_failures:
+            self._untold_failures.clear()
+            self._want_response()
+            self._notify()
 
     # --- errors and transcripts ---------------------------------------------------------------
 

@@ -76,6 +76,7 @@ class RealtimeSettings:
     turn_detection_eagerness: str = "auto"
     transcription_model: str | None = "gpt-4o-mini-transcribe"
     end_call_tool: bool = True
+    dtmf_terminator: str | None = "#"  # ends a keypad sequence at once (openai_flavor/keypad)
     transfer_target: str | None = None
     transfer_allow: tuple[str, ...] = ()
     tools: tuple[ToolSpec, ...] = ()
@@ -116,6 +117,8 @@ class RealtimeSettings:
             turn_detection_eagerness=section["turn_detection_eagerness"],
             transcription_model=None if transcription.lower() == "none" else transcription,
             end_call_tool=section["end_call_tool"],
+            dtmf_terminator=None if section["dtmf_terminator"] == "none"
+            else section["dtmf_terminator"],
             transfer_target=section["transfer_target"],
             transfer_allow=section["transfer_allow"],
             tools=section["tools"],

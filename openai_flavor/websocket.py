@@ -82,6 +82,13 @@ class WebSocketError(Exception):
     """The connection failed; the message is safe to log (it never holds request headers)."""
 
 
+class InvalidRequestHeader(WebSocketError):
+    """A request header we were given is not valid HTTP (e.g. a key with a newline in it).
+
+    h11's own error quotes the whole header, i.e. the key: this one names nothing.
+    """
+
+
 class HandshakeRejected(WebSocketError):
     """The server answered the upgrade with an HTTP status other than 101."""
 
@@ -263,15 +270,22 @@ def handshake_request(
     """The HTTP/1.1 upgrade request (RFC 6455 section 4.1), and the h11 connection that will
     read the answer."""
     connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HANDSHAKE_BYTES)
-    request = h11.Request(method="GET", target=target, headers=[
-        ("Host", host),
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", key),
-        ("Sec-WebSocket-Version", "13"),
-        ("User-Agent", "rtpai"),
-        *headers,
-    ])
+    try:
+        request = h11.Request(method="GET", target=target, headers=[
+            ("Host", host),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", key),
+            ("Sec-WebSocket-Version", "13"),
+            ("User-Agent", "rtpai"),
+            *headers,
+        ])
+    except (h11.LocalProtocolError, UnicodeError):
+        # Not chained (`from None`): the h11 error's text holds the header's value.
+        raise InvalidRequestHeader(
+            "a request header is not valid HTTP (its value is not shown; check the "
+            "[openai] key for whitespace or control characters)"
+        ) from None
     return connection, connection.send(request)
 
 

@@ -5,6 +5,7 @@ Real sockets on 127.0.0.1, real trio-websocket; only the peers are fakes.
 
 from __future__ import annotations
 
+import json
 import socket
 from functools import partial
 
@@ -15,6 +16,7 @@ from ctl.config import load_config
 from ctl.engine import Engine
 from media.sdp import parse_sdp
 from tests.fakes.caller import FakeCaller
+from tests.fakes.http import FakeHttpServer
 from tests.fakes.proxy import FakeProxy
 from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
 
@@ -315,10 +317,13 @@ async def test_end_call_tool_ends_the_call_after_the_caller_heard_the_whole_good
     server = FakeRealtimeServer(respond_after_ms=600, speed=0)
     server.queue_response(ScriptedResponse(audio=goodbye, transcript="Goodbye!",
                                            function_call=("end_call", {"reason": "resolved"})))
+    hook = FakeHttpServer()  # the proxy's management interface: end_call needs one
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
-            engine, ng = await start_engine(nursery, url)
+            hook_url = await nursery.start(hook.serve)
+            engine, ng = await start_engine(nursery, url, PROXY_TYPE="webhook",
+                                            PROXY_URL=hook_url)
             caller = FakeCaller()
             await caller.bind()
             nursery.start_soon(caller.receive)
@@ -328,10 +333,11 @@ async def test_end_call_tool_ends_the_call_after_the_caller_heard_the_whole_good
                 )
                 await caller.stream(("127.0.0.1", answer_port(offer["sdp"])), caller_speech(30))
                 (call,) = engine.calls.select("bye")
-                await call.ended.wait()
-                assert call.end_reason == "the AI ended the call: resolved"
+                await hook.wait_for(1)  # the proxy is asked once the goodbye has played
+                assert json.loads(hook.requests[0].body)["reason"] == (
+                    "the AI ended the call: resolved")
                 assert goodbye in b"".join(p.payload for p in caller.received)
-                deleted = await proxy.command("delete", **{"call-id": "bye"})
+                deleted = await proxy.command("delete", **{"call-id": "bye"})  # its BYE
                 assert deleted["rtpai"]["end reason"] == "the AI ended the call: resolved"
                 assert deleted["rtpai"]["ai"]["tool calls"][0]["name"] == "end_call"
             nursery.cancel_scope.cancel()
@@ -341,11 +347,14 @@ async def test_transfer_tool_is_recorded_in_the_call_statistics():
     server = FakeRealtimeServer(respond_after_ms=600, speed=0, reply_audio=tone("pcmu", 200))
     server.queue_response(ScriptedResponse(audio=tone("pcmu", 200),
                                            function_call=("transfer_call", {})))
+    hook = FakeHttpServer()  # the proxy's management interface: transfer_call needs one
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
+            hook_url = await nursery.start(hook.serve)
             engine, ng = await start_engine(nursery, url,
-                                            OPENAI_TRANSFER_TARGET="sip:desk@example.com")
+                                            OPENAI_TRANSFER_TARGET="sip:desk@example.com",
+                                            PROXY_TYPE="webhook", PROXY_URL=hook_url)
             caller = FakeCaller()
             await caller.bind()
             async with FakeProxy(ng) as proxy:
@@ -358,7 +367,9 @@ async def test_transfer_tool_is_recorded_in_the_call_statistics():
                 query = await proxy.command("query", **{"call-id": "t"})
                 (transfer,) = query["rtpai"]["transfers"]
                 assert transfer["target"] == "sip:desk@example.com"
-                assert query["rtpai"]["state"] == "active"  # #6 makes the proxy act on it
+                # Told to the proxy once the words before it have played; the call stays
+                # until the proxy's delete.
+                assert query["rtpai"]["state"] == "active"
             nursery.cancel_scope.cancel()
 
 

@@ -133,6 +133,10 @@ def test_transcription_transfer_and_welcome_settings():
     assert defaults.transcription_model == "gpt-4o-mini-transcribe"
     assert not defaults.transfer_enabled and not defaults.welcome_guarded
     assert defaults.end_call_tool and defaults.reconnect_timeout == 20
+    assert defaults.dtmf_terminator == "#"
+    for written, terminator in (("*", "*"), ("none", None)):
+        section = load_config(None, environ={"OPENAI_DTMF_TERMINATOR": written})["openai"]
+        assert RealtimeSettings.from_config(section).dtmf_terminator == terminator
 
 
 def test_start_up_notes_for_settings_the_dialect_does_not_send():

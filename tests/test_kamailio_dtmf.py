@@ -1,9 +1,10 @@
-"""sipp's own RFC 4733 captures, through Kamailio 5.6 and rtpai, reach the AI as digits.
+"""sipp's own RFC 4733 captures, through the proxy (Kamailio 5.6, OpenSIPS 3.6) and rtpai,
+reach the AI as digits.
 
 sipp ships one capture per key (/usr/share/sip-tester/dtmf_2833_*.pcap): a press of 280 ms,
 its end packet sent three times with one sequence number, as real phones do. The frames of all
 twelve are written into one pcap byte for byte (only the capture times are respaced so the
-call stays short) and played by tests/peers/uac.xml through Kamailio's rtpengine module. The
+call stays short) and played by tests/peers/uac.xml through the proxy's rtpengine module. The
 fake Realtime server must receive each key once, in order, as the text the AI session sends.
 """
 
@@ -25,7 +26,7 @@ from tests.peers import (
     require_root,
     require_tool,
     run_sipp,
-    start_kamailio,
+    start_proxy,
     unused_media_port,
     unused_port,
 )
@@ -58,16 +59,16 @@ def read_pcap(path: Path) -> list[tuple[int, bytes]]:
     return records
 
 
-def merge_captures(out: Path) -> int:
-    """Write every key's capture into ``out``, respaced; returns the number of packets."""
+def merge_captures(out: Path, keys: list[str] = KEYS, spacing_us: int = SPACING_US) -> int:
+    """Write each key's capture into ``out``, respaced; returns the number of packets."""
     count = 0
     with out.open("wb") as f:
         f.write(_GLOBAL.pack(0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for n, key in enumerate(KEYS):
+        for n, key in enumerate(keys):
             records = read_pcap(SIPP_PCAPS / f"dtmf_2833_{key}.pcap")
             first = records[0][0]
             for at, frame in records:
-                usec = n * SPACING_US + (at - first)
+                usec = n * spacing_us + (at - first)
                 f.write(_RECORD.pack(usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)))
                 f.write(frame)
                 count += 1
@@ -77,21 +78,24 @@ def merge_captures(out: Path) -> int:
 KEYPAD_TEXT = re.compile(r"pressed these keys on the phone keypad: ([0-9*#A-D]+)")
 
 
-def pressed(session) -> list[str]:
-    """Every key the model was told about, in order (the session groups a key sequence into
-    one message, ended by # or a pause)."""
+def keypad_messages(session) -> list[str]:
+    """The key sequences the model was told about, one per message, in order."""
     texts = [
         part["text"]
         for event in session.events_of("conversation.item.create")
         for part in event["item"]["content"]
         if part.get("type") == "input_text"
     ]
-    return [key for text in texts for match in KEYPAD_TEXT.finditer(text)
-            for key in match.group(1)]
+    return [match.group(1) for text in texts for match in KEYPAD_TEXT.finditer(text)]
 
 
-async def test_sipp_dtmf_captures_through_kamailio_reach_the_ai_as_digits(tmp_path):
-    require_tool("kamailio")
+def pressed(session) -> list[str]:
+    """Every key the model was told about, in order (the session groups a key sequence into
+    one message, ended by # or a pause)."""
+    return [key for sequence in keypad_messages(session) for key in sequence]
+
+
+async def test_sipp_dtmf_captures_through_the_proxy_reach_the_ai_as_digits(tmp_path, proxy_kind):
     require_tool("sipp")
     require_root()
     if not (SIPP_PCAPS / "dtmf_2833_pound.pcap").exists():
@@ -108,7 +112,8 @@ async def test_sipp_dtmf_captures_through_kamailio_reach_the_ai_as_digits(tmp_pa
             url = await nursery.start(server.serve)
             engine = engine_for_test(url, RTP_MIN_PORT="42100", RTP_MAX_PORT="42199")
             ng_address = await nursery.start(engine.run)
-            async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
+            async with start_proxy(proxy_kind, tmp_path, sip_port=sip_port,
+                                   ng_port=ng_address[1]):
                 sipp_done = trio.Event()
 
                 async def call() -> None:
@@ -141,4 +146,39 @@ async def test_sipp_dtmf_captures_through_kamailio_reach_the_ai_as_digits(tmp_pa
             assert rtpai["rtp in"]["packets"] == packets
             assert session.audio_in == bytearray()  # events never reach the model as audio
             assert len(engine.calls) == 0 and engine.ports.in_use == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_keys_pressed_0_8_s_apart_reach_the_model_as_one_message(tmp_path, proxy_kind):
+    """What a softphone (baresip) showed: 1, 5, # pressed 0.8 s apart reached the model as
+    "15" and "#", two messages and two responses. The pause counts from the last key now."""
+    require_tool("sipp")
+    require_root()
+    if not (SIPP_PCAPS / "dtmf_2833_pound.pcap").exists():
+        pytest.skip("sipp's DTMF captures are not installed")
+    pcap = tmp_path / "dtmf.pcap"
+    merge_captures(pcap, ["1", "5", "pound"], spacing_us=800_000)
+    server = FakeRealtimeServer(respond_after_ms=None)
+    sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine = engine_for_test(url, RTP_MIN_PORT="42100", RTP_MAX_PORT="42199")
+            ng_address = await nursery.start(engine.run)
+            async with start_proxy(proxy_kind, tmp_path, sip_port=sip_port,
+                                   ng_port=ng_address[1]):
+                sipp_done = trio.Event()
+
+                async def call() -> None:
+                    await run_sipp(UAC_SCENARIO, target=(LOOPBACK, sip_port),
+                                   local_port=sipp_port, media_port=media_port, pcap=pcap,
+                                   pause_ms=3000)
+                    sipp_done.set()
+
+                nursery.start_soon(call)
+                session = await server.wait_for_session(1)
+                await session.wait_until(lambda s: len(pressed(s)) >= 3)
+                await sipp_done.wait()
+            assert keypad_messages(session) == ["15#"]
             nursery.cancel_scope.cancel()

@@ -1,6 +1,7 @@
-"""The whole path on real parts: sipp -> Kamailio 5.6 (rtpengine module) -> rtpai -> Realtime.
+"""The whole path on real parts: sipp -> Kamailio 5.6 or OpenSIPS 3.6 (rtpengine module) ->
+rtpai -> Realtime. Each test runs once per proxy (the ``proxy_kind`` fixture).
 
-sipp places a call and plays the caller's RTP from a pcap; Kamailio answers it with the SDP
+sipp places a call and plays the caller's RTP from a pcap; the proxy answers it with the SDP
 rtpai returns from ``offer``; rtpai streams the caller's audio to the fake Realtime server and
 the server's reply back to sipp's RTP port (seen on lo, byte for byte); BYE -> ``delete`` ends
 the call and frees its ports. Breaking rtpai's SDP, media or delete handling fails this test.
@@ -28,7 +29,7 @@ from tests.peers import (
     require_root,
     require_tool,
     run_sipp,
-    start_kamailio,
+    start_proxy,
     unused_media_port,
     unused_port,
     write_rtp_pcap,
@@ -44,8 +45,7 @@ def caller_payloads() -> list[bytes]:
     return [bytes([(n * 13 + i) % 251 for i in range(160)]) for n in range(CALLER_FRAMES)]
 
 
-async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
-    require_tool("kamailio")
+async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, proxy_kind):
     require_tool("sipp")
     require_root()  # sipp's pcap player and LoopbackCapture use raw sockets
 
@@ -60,14 +60,15 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
+            path = "/RPC" if proxy_kind == "kamailio" else "/mi"
             engine = engine_for_test(url, RTP_MIN_PORT="42000", RTP_MAX_PORT="42099",
-                                 PROXY_TYPE="kamailio",
-                                 PROXY_URL=f"http://127.0.0.1:{http_port}/RPC")
+                                     PROXY_TYPE=proxy_kind,
+                                     PROXY_URL=f"http://127.0.0.1:{http_port}{path}")
             deletes = watch(engine, "delete")
             ng_address = await nursery.start(engine.run)  # the engine first: Kamailio pings it
             async with (
-                start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1],
-                               http_port=http_port),
+                start_proxy(proxy_kind, tmp_path, sip_port=sip_port, ng_port=ng_address[1],
+                            http_port=http_port),
                 LoopbackCapture(media_port) as capture,
             ):
                 sipp_done = trio.Event()
@@ -105,10 +106,10 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
                 assert len({p.ssrc for p in packets}) == 1
                 assert all(p.payload_type == 0 for p in packets)
 
-                # Done: rtpai ends the call; Kamailio BYEs sipp and deletes the call on rtpai.
+                # Done: rtpai ends the call; the proxy BYEs sipp and deletes the call on rtpai.
                 call.end("test done")
                 await sipp_done.wait()
-                await deletes.wait_for(1)  # Kamailio's BYE to its inner UAS -> rtpengine_delete
+                await deletes.wait_for(1)  # the proxy's BYE to its inner UAS -> rtpengine_delete
 
             assert engine.proxy.sent[0].reason == "test done"
             assert len(engine.calls) == 0
@@ -120,13 +121,12 @@ async def test_sipp_call_through_kamailio_reaches_the_model_and_back(tmp_path):
             nursery.cancel_scope.cancel()
 
 
-async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
+async def test_reinvite_hold_and_resume_through_the_proxy(tmp_path, proxy_kind):
     """sipp holds (a=sendonly) and resumes the call: one call, same port, the right answers.
 
     sipp's scenario fails the call unless the 200 to the hold carries a=recvonly and the 200
     to the resume a=sendrecv.
     """
-    require_tool("kamailio")
     require_tool("sipp")
     require_root()
     pcap = tmp_path / "caller.pcap"
@@ -139,8 +139,10 @@ async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
             url = await nursery.start(server.serve)
             engine = engine_for_test(url, RTP_MIN_PORT="42100", RTP_MAX_PORT="42199")
             offers = watch(engine, "offer")
+            answer_commands = watch(engine, "answer")
             ng_address = await nursery.start(engine.run)
-            async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
+            async with start_proxy(proxy_kind, tmp_path, sip_port=sip_port,
+                                   ng_port=ng_address[1]):
                 await run_sipp(
                     UAC_HOLD_SCENARIO,
                     target=(LOOPBACK, sip_port),
@@ -157,9 +159,15 @@ async def test_reinvite_hold_and_resume_through_kamailio(tmp_path):
     assert engine.totals["calls"] == 1  # updated in place, never a new call
     assert [a.media[0].direction for a in answers] == ["sendrecv", "recvonly", "sendrecv"]
     assert [int(a.origin.session_version) for a in answers] == [1, 2, 3]
-    # Kamailio named the dialog with the To-tag rtpai got in the first offer.
-    first_to_tag = offers.seen[0][0]["to-tag"]
-    assert all(request["to-tag"] == first_to_tag for request, _ in offers.seen)
+    # The proxy named the dialog with the To-tag rtpai was given in the first offer (Kamailio)
+    # or in the answer to it (OpenSIPS).
+    if proxy_kind == "kamailio":
+        dialog_to_tag = offers.seen[0][0]["to-tag"]
+    else:
+        assert "to-tag" not in offers.seen[0][0]
+        dialog_to_tag = answer_commands.seen[0][0]["to-tag"]
+    assert dialog_to_tag
+    assert all(request["to-tag"] == dialog_to_tag for request, _ in offers.seen[1:])
     # sipp's BYE -> rtpengine_delete: the call is gone, its ports are free.
     assert len(engine.calls) == 0 and engine.ports.in_use == 0
     assert engine.dispatcher.commands["delete"] == 1

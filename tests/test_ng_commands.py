@@ -224,6 +224,13 @@ def test_codec_exclusions_read_both_spellings():
     assert codec_exclusions(request) == {"PCMA", "0"}
 
 
+@pytest.mark.parametrize("strip", [b"i5e", b"d1:xi1ee", b"li5ed1:xi1ee4:PCMAe"])
+def test_codec_exclusions_ignore_what_names_no_codec(strip):
+    """A number or a dictionary where codec names belong is ignored, not a TypeError."""
+    request = decode_request(b"d7:command5:offer5:codecd5:strip" + strip + b"ee")
+    assert codec_exclusions(request) <= {"PCMA"}
+
+
 async def test_profile_selects_its_section(tmp_path):
     config = "[openai]\nvoice = alloy\n[openai:sales]\nvoice = ash\ninstructions = Sell.\n"
     async with engine_and_proxy(tmp_path, config) as proxy:

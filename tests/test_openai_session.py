@@ -451,6 +451,19 @@ async def test_dtmf_digits_reach_the_model_as_one_message():
             assert errors(fake) == []
 
 
+async def test_a_configured_terminator_ends_the_sequence():
+    server = FakeRealtimeServer(reply_audio=tone("pcmu", 200), speed=0)
+    with trio.fail_after(10):
+        async with harness(server, dtmf_terminator="*") as h:
+            fake = await server.wait_for_session()
+            await fake.wait_for_client_event("session.update")
+            for key in "12*":  # sent at once: no pause could have ended it in time
+                await h.keys.send(Digit(key))
+            with trio.fail_after(1):  # less than the 1.5 s pause: '*' ended it
+                item = (await fake.wait_for_client_event("conversation.item.create"))["item"]
+            assert "12*" in item["content"][0]["text"]
+
+
 async def test_dtmf_during_a_response_waits_for_it_to_finish():
     server = FakeRealtimeServer(reply_audio=tone("pcmu", 2000), speed=0, stall_after_ms=100)
     with trio.fail_after(10):
@@ -466,6 +479,26 @@ async def test_dtmf_during_a_response_waits_for_it_to_finish():
             # The server is still busy: a second response.create would be refused.
             assert len(fake.events_of("response.create")) == 1
             await fake.wait_for_client_event("response.create")
+            assert errors(fake) == []
+
+
+async def test_a_failed_transfer_is_told_to_the_model_which_answers_the_caller():
+    """The REFER goes out after playout, long after the tool call was answered {"ok": true}:
+    when the proxy refuses it, the model hears so and a response follows."""
+    server = FakeRealtimeServer(reply_audio=tone("pcmu", 200), speed=0)
+    with trio.fail_after(10):
+        async with harness(server) as h:
+            fake = await server.wait_for_session()
+            await fake.wait_for_client_event("session.update")
+            await h.session.wait_until(lambda s: s._ready.is_set())
+            h.bridge.action_failed("transfer", "the caller answered 603 Declined")
+            item = (await fake.wait_for_client_event("conversation.item.create"))["item"]
+            assert item["role"] == "system"
+            text = item["content"][0]["text"]
+            assert "transfer you asked for did not go through" in text
+            assert "603 Declined" in text
+            await fake.wait_for_client_event("response.create")
+            assert h.session.stats.errors[-1]["code"] == "transfer failed"
             assert errors(fake) == []
 
 

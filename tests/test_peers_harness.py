@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import bencode
 import pytest
@@ -22,11 +22,13 @@ from tests.peers import (
     LOOPBACK,
     UAC_SCENARIO,
     LoopbackCapture,
+    attach_filter,
     parse_loopback_frame,
     require_root,
     require_tool,
     run_sipp,
     start_kamailio,
+    udp_dst_port_filter,
     unused_media_port,
     unused_port,
     write_rtp_pcap,
@@ -215,3 +217,35 @@ async def test_sipp_calls_through_kamailio_to_an_ng_engine(tmp_path):
 
     keep_golden("kamailio56_offer.bin", offer_raw)
     keep_golden("kamailio56_delete.bin", delete_raw)
+
+
+def test_the_capture_filter_keeps_only_udp_to_its_port_in_the_kernel():
+    """What the kernel queues for LoopbackCapture: UDP to its port, nothing else on lo."""
+    require_root()
+    wanted, other = unused_port(), unused_port()
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    with (raw, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+          socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+          socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other_sink):
+        attach_filter(raw, udp_dst_port_filter(wanted))
+        raw.bind(("lo", 0))
+        # A packet socket queues frames from its creation on: what crossed lo (other tests'
+        # traffic) before the filter was attached is thrown away first.
+        raw.setblocking(False)
+        with suppress(BlockingIOError):
+            while True:
+                raw.recv(65536)
+        sink.bind((LOOPBACK, wanted))
+        other_sink.bind((LOOPBACK, other))
+        for n in range(20):
+            sender.sendto(b"other %d" % n, (LOOPBACK, other))
+            sender.sendto(b"wanted %d" % n, (LOOPBACK, wanted))
+        for n in range(20):
+            assert sink.recv(100) == b"wanted %d" % n  # all 20 have crossed lo by now
+        queued = []
+        with suppress(BlockingIOError):
+            while True:
+                queued.append(parse_loopback_frame(raw.recv(65536)))
+    # Each datagram twice (lo shows it going out and coming in); nothing else at all.
+    assert [d.payload for d in queued] == [b"wanted %d" % n for n in range(20) for _ in (0, 1)]
+    assert {d.dst for d in queued} == {(LOOPBACK, wanted)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import trio
@@ -38,12 +39,36 @@ def test_kamailio_needs_the_to_tag():
         build_request("kamailio", "http://h/RPC", ProxyEvent("hangup", "c", "f", None, "r"))
 
 
-def test_opensips_hangup_and_no_transfer():
+def test_opensips_hangup_is_dlg_end_dlg():
     request = build_request("opensips", "http://127.0.0.1:8888/mi", HANGUP, 3)
     assert json.loads(request.body) == {
         "jsonrpc": "2.0", "method": "dlg_end_dlg", "params": {"dialog_id": "c1@h"}, "id": 3}
-    with pytest.raises(ProxyError, match="webhook"):
-        build_request("opensips", "http://127.0.0.1:8888/mi", TRANSFER)
+
+
+def test_opensips_transfer_is_an_in_dialog_refer_through_dlg_send_sequential():
+    event = ProxyEvent("transfer", "c1@h", "ft", "tt", "caller asked", target="sip:agent@h")
+    request = build_request("opensips", "http://127.0.0.1:8888/mi", event, 4)
+    assert json.loads(request.body) == {
+        "jsonrpc": "2.0", "method": "dlg_send_sequential", "id": 4, "params": {
+            "callid": "c1@h", "method": "REFER", "body": "none", "mode": "caller",
+            "headers": "Refer-To: <sip:agent@h>\r\nReferred-By: <sip:rtpai@127.0.0.1>\r\n"}}
+    # A target that would break out of the header is never sent.
+    for bad in ("sip:a@h>\r\nX-Evil: 1", "", 'sip:"a"@h'):
+        with pytest.raises(ProxyError, match="REFER"):
+            build_request("opensips", "http://127.0.0.1:8888/mi",
+                          ProxyEvent("transfer", "c", "f", "t", "r", target=bad))
+
+
+def test_opensips_reports_the_callers_answer_to_the_refer():
+    check_response("opensips", 200, b'{"jsonrpc":"2.0","result":{"Code":202,'
+                                    b'"Reason":"Accepted"},"id":1}')
+    with pytest.raises(ProxyError, match="the caller answered 603 Declined"):
+        check_response("opensips", 200, b'{"jsonrpc":"2.0","result":{"Code":603,'
+                                        b'"Reason":"Declined"},"id":1}')
+    with pytest.raises(ProxyError) as gone:
+        check_response("opensips", 200, b'{"jsonrpc":"2.0","error":{"code":404,'
+                                        b'"message":"Requested Dialog not found"},"id":1}')
+    assert gone.value.gone
 
 
 def test_webhook_body():
@@ -76,6 +101,56 @@ async def test_notifier_retries_then_succeeds():
         assert json.loads(last.body)["reason"].startswith("media timeout")
         assert notifier.sent == [HANGUP]
         nursery.cancel_scope.cancel()
+
+
+NOT_FOUND = b'{"jsonrpc":"2.0","error":{"code":404,"message":"Requested Dialog not found"},"id":1}'
+
+
+async def test_a_retry_that_finds_the_dialog_gone_counts_as_done():
+    # OpenSIPS answered 500 to dlg_end_dlg yet sent the BYE: the retry finds no dialog.
+    server = FakeHttpServer(statuses=[500], reply_body=NOT_FOUND)
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(server.serve)
+        notifier = ProxyNotifier("opensips", f"{base}/mi", retries=2, retry_delay=0.01)
+        outcome = await notifier.carry_out(HANGUP)
+        assert outcome.ok and "gone" in outcome.detail
+        assert len(server.requests) == 2  # not three failures
+        # Not so at the first attempt: nothing says that dialog was ever there.
+        server.statuses = []
+        assert not await notifier.notify(HANGUP)
+        assert len(server.requests) == 5
+        nursery.cancel_scope.cancel()
+
+
+DECLINED = b'{"jsonrpc":"2.0","result":{"Code":603,"Reason":"Declined"},"id":1}'
+
+
+async def test_a_declined_refer_is_not_sent_again():
+    server = FakeHttpServer(reply_body=DECLINED)
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(server.serve)
+        notifier = ProxyNotifier("opensips", f"{base}/mi", retries=2, retry_delay=0.01)
+        outcome = await notifier.carry_out(TRANSFER)
+        assert not outcome.ok and outcome.detail == "the caller answered 603 Declined"
+        assert len(server.requests) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_transfer_that_timed_out_is_not_sent_again():
+    silent = socket.socket()  # accepts (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    with silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/mi"
+        notifier = ProxyNotifier("opensips", url, timeout=0.2, retries=2, retry_delay=0.01)
+        outcome = await notifier.carry_out(TRANSFER)
+        assert not outcome.ok and "did not answer in 0.2 s" in outcome.detail
+        assert notifier.asked == [TRANSFER]
+        # One connection only: a second REFER could transfer the caller twice.
+        silent.settimeout(0)
+        silent.accept()[0].close()
+        with pytest.raises(BlockingIOError):
+            silent.accept()
 
 
 async def test_notifier_gives_up_after_its_retries():
@@ -172,8 +247,33 @@ async def test_an_unreachable_ai_makes_the_proxy_hang_up_with_the_reason():
                 await proxy.command("offer", **{"call-id": "lost", "from-tag": "ft",
                                                 "to-tag": "tt", "sdp": caller.sdp_offer()})
                 await http.wait_for(1)
+                # The call stays until the proxy's BYE reaches rtpai as a delete.
+                (call,) = engine.calls
+                await trio.testing.wait_all_tasks_blocked()
+                assert call.hangup["status"] == "sent" and engine.ports.in_use == 1
+                stats = await proxy.command("delete", **{"call-id": "lost", "from-tag": "ft"})
             event = json.loads(http.requests[0].body)
             assert event["event"] == "hangup" and event["call_id"] == "lost"
             assert event["reason"].startswith("AI session failed")
+            # The end reason is why rtpai asked, not "deleted by the proxy".
+            assert stats["rtpai"]["end reason"].startswith("AI session failed")
             assert engine.ports.in_use == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_credentials_in_the_url_are_basic_auth_never_the_host_header():
+    """A management interface behind an authenticating front end: user:password@ in the URL
+    becomes an Authorization header; Host names only the server (RFC 9110 s7.2)."""
+    from ctl.http import HttpRequest, http_request
+
+    server = FakeHttpServer()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        authority = url.removeprefix("http://")
+        status, _ = await http_request(
+            HttpRequest("POST", f"http://ops:s%40cret@{authority}/RPC", b"{}"), timeout=5)
+        nursery.cancel_scope.cancel()
+    assert status == 200
+    (received,) = server.requests
+    assert received.headers["host"] == authority
+    assert received.headers["authorization"] == "Basic b3BzOnNAY3JldA=="  # ops:s@cret

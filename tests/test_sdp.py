@@ -831,3 +831,34 @@ def test_parse_reads_every_offer_as_the_reference_parser_did(text, line_end):
             return exc.reason
 
     assert outcome(parse_sdp) == outcome(sdp_reference.parse_sdp)
+
+
+# --- bounds on the parser's work (issue 11: a 60 KB offer held the event loop 15-30 ms) --------
+
+_HEAD = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+
+
+def test_an_offer_of_too_many_lines_is_refused_before_any_work():
+    from media.sdp import MAX_SDP_LINES
+
+    fits = _HEAD + "m=audio 4000 RTP/AVP 0\r\n" + "a=x\r\n" * (MAX_SDP_LINES - 6)
+    assert parse_sdp(fits).media[0].port == 4000
+    with pytest.raises(SdpError, match=f"more than {MAX_SDP_LINES} lines"):
+        parse_sdp(fits + "a=x\r\n" * 2)
+    with pytest.raises(SdpError, match=f"more than {MAX_SDP_LINES} lines"):
+        parse_sdp((fits + "a=x\r\n" * 2).replace("\r\n", "\r"))  # bare CR line ends
+
+
+def test_an_offer_of_too_many_m_lines_or_formats_is_refused():
+    from media.sdp import MAX_MEDIA_FORMATS, MAX_MEDIA_SECTIONS
+
+    m_line = "m=audio 4000 RTP/AVP 0\r\n"
+    assert len(parse_sdp(_HEAD + m_line * MAX_MEDIA_SECTIONS).media) == MAX_MEDIA_SECTIONS
+    with pytest.raises(SdpError, match=f"more than {MAX_MEDIA_SECTIONS} m-lines"):
+        parse_sdp(_HEAD + m_line * (MAX_MEDIA_SECTIONS + 1))
+    formats = " ".join(["0"] * MAX_MEDIA_FORMATS)
+    assert len(parse_sdp(_HEAD + f"m=audio 4000 RTP/AVP {formats}\r\n").media[0].formats) == MAX_MEDIA_FORMATS
+    with pytest.raises(SdpError, match=f"more than {MAX_MEDIA_FORMATS} formats"):
+        parse_sdp(_HEAD + f"m=audio 4000 RTP/AVP {formats} 8\r\n")
+    with pytest.raises(SdpError, match=f"more than {MAX_MEDIA_FORMATS} formats"):
+        parse_sdp(_HEAD + "m=audio 4000 RTP/AVP " + "0 " * 20_000 + "\r\n")

@@ -6,6 +6,9 @@ Helpers, not tests. Everything talks on 127.0.0.1 only.
 - `write_rtp_pcap(path, payloads)`: a pcap that sipp's `play_pcap_audio` plays.
 - `start_kamailio(tmpdir, sip_port=..., ng_port=...)`: Kamailio 5.6 with
   `kamailio.cfg`, the caller's UAS using an ng engine; async context manager.
+- `start_opensips(tmpdir, sip_port=..., ng_port=...)`: the same with OpenSIPS 3.6 and
+  `opensips.cfg` (the configuration docs/opensips.md shows); `start_proxy(kind, ...)`
+  starts either, and `require_proxy(kind)` skips or fails when it is missing.
 - `run_sipp(UAC_SCENARIO, target=..., local_port=..., media_port=..., pcap=...)`.
 - `LoopbackCapture(port)`: UDP datagrams to `port` as they cross `lo` (root).
 
@@ -15,6 +18,7 @@ start-up), then sipp.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import json
 import os
@@ -33,10 +37,13 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 KAMAILIO_CFG = HERE / "kamailio.cfg"
+OPENSIPS_CFG = HERE / "opensips.cfg"
+PROXIES = ("kamailio", "opensips")  # what the end-to-end tests take as a parameter
 UAC_SCENARIO = HERE / "uac.xml"
 UAC_HOLD_SCENARIO = HERE / "uac_hold.xml"  # re-INVITE: hold, then resume
 UAC_WAIT_BYE_SCENARIO = HERE / "uac_wait_bye.xml"  # expects the proxy's BYE
 UAC_TRANSFER_SCENARIO = HERE / "uac_transfer.xml"  # expects a REFER to -key target
+UAC_REFER_DECLINED_SCENARIO = HERE / "uac_refer_declined.xml"  # answers the REFER 603
 GOLDEN = HERE / "golden"
 LOOPBACK = "127.0.0.1"
 
@@ -57,6 +64,29 @@ def require_tool(name: str) -> str:
     if path is None:
         _unavailable(f"{name} is not installed")
     return os.path.abspath(path)
+
+
+def require_opensips() -> str:
+    """The OpenSIPS binary: ``$OPENSIPS`` (a path), else ``opensips`` on PATH or in sbin.
+
+    OpenSIPS has no Debian package, so its absence is a skip everywhere, CI included
+    (issue 19): the one tool whose tests a CI machine may not run.
+    """
+    path = os.environ.get("OPENSIPS") or shutil.which("opensips") or shutil.which(
+        "opensips", path="/usr/local/sbin:/usr/sbin:/sbin")
+    if not path:
+        pytest.skip("OpenSIPS is not installed (no Debian package): set OPENSIPS to the "
+                    "path of an opensips 3.6 binary to run these tests")
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"OPENSIPS={path} is not an executable")
+    return os.path.abspath(path)
+
+
+def require_proxy(kind: str) -> str:
+    """The binary of proxy ``kind`` (see PROXIES), or skip / fail as that tool requires."""
+    if kind == "opensips":
+        return require_opensips()
+    return require_tool(kind)
 
 
 def require_root() -> None:
@@ -200,6 +230,12 @@ class Kamailio:
     http_port: int  # JSON-RPC at http://127.0.0.1:<http_port>/RPC
     ng_port: int
     log_path: Path
+    kind = "kamailio"
+
+    @property
+    def management_url(self) -> str:
+        """rtpai's ``[proxy] url`` for this Kamailio."""
+        return f"http://{LOOPBACK}:{self.http_port}/RPC"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -383,6 +419,162 @@ async def _stop(process: trio.Process, grace: float = 5.0) -> None:
             await process.wait()
 
 
+# --------------------------------------------------------------------------- OpenSIPS
+
+
+@dataclass
+class Opensips:
+    """A running OpenSIPS from `start_opensips`."""
+
+    process: trio.Process
+    sip_port: int  # the edge socket: send the caller here
+    inner_port: int  # the UAS socket, reached through the edge
+    http_port: int  # MI (JSON-RPC) at http://127.0.0.1:<http_port>/mi
+    ng_port: int
+    log_path: Path
+    kind = "opensips"
+
+    @property
+    def management_url(self) -> str:
+        """rtpai's ``[proxy] url`` for this OpenSIPS."""
+        return f"http://{LOOPBACK}:{self.http_port}/mi"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def mi(self, method: str, **params: object) -> object:
+        """Call an MI command over mi_http (JSON-RPC); return its ``result``."""
+        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
+        request = (
+            f"POST /mi HTTP/1.1\r\nHost: {LOOPBACK}:{self.http_port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+        stream = await trio.open_tcp_stream(LOOPBACK, self.http_port)
+        async with stream:
+            await stream.send_all(request)
+            reply = json.loads(await _read_http_response(stream))
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result")
+
+
+# The addresses opensips.cfg is written with (as docs/opensips.md shows it): start_opensips
+# puts free ports in their place, and fails if one is not there any more, so the file and the
+# harness cannot drift apart unnoticed.
+_OPENSIPS_SIP = "127.0.0.1:5060"
+_OPENSIPS_INNER = "127.0.0.1:5062"
+_OPENSIPS_INNER_CHECK = "$socket_in(port) == 5062"
+_OPENSIPS_HTTP = 'modparam("httpd", "port", 8888)'
+_OPENSIPS_NG = "udp:127.0.0.1:2223"
+_OPENSIPS_MPATH = 'mpath="/opt/opensips/lib64/opensips/modules/"'
+
+
+def opensips_modules_dir(binary: str) -> Path:
+    """Where the modules of this opensips binary are: ``$OPENSIPS_MODULES``, else beside
+    its prefix (a source build's lib64/ or lib/), else a distribution's directory."""
+    if os.environ.get("OPENSIPS_MODULES"):
+        return Path(os.environ["OPENSIPS_MODULES"])
+    prefix = Path(binary).resolve().parent.parent
+    candidates = [prefix / "lib64/opensips/modules", prefix / "lib/opensips/modules",
+                  Path("/usr/lib/x86_64-linux-gnu/opensips/modules"),
+                  Path("/usr/lib/opensips/modules")]
+    for candidate in candidates:
+        if (candidate / "dialog.so").exists():
+            return candidate
+    pytest.skip(f"no OpenSIPS modules found for {binary}: set OPENSIPS_MODULES")
+
+
+def opensips_config(text: str, *, sip_port: int, inner_port: int, http_port: int,
+                    ng_port: int, modules: Path, ng_socks: str | None = None) -> str:
+    """opensips.cfg with the test's ports and module directory in place of its own;
+    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``)."""
+    for written, wanted in (
+        (_OPENSIPS_SIP, f"127.0.0.1:{sip_port}"),
+        (_OPENSIPS_INNER, f"127.0.0.1:{inner_port}"),
+        (_OPENSIPS_INNER_CHECK, f"$socket_in(port) == {inner_port}"),
+        (_OPENSIPS_HTTP, f'modparam("httpd", "port", {http_port})'),
+        (_OPENSIPS_NG, ng_socks or f"udp:127.0.0.1:{ng_port}"),
+        (_OPENSIPS_MPATH, f'mpath="{modules}/"'),
+    ):
+        assert written in text, f"opensips.cfg no longer has {written!r}: update tests/peers"
+        text = text.replace(written, wanted)
+    return text
+
+
+@asynccontextmanager
+async def start_opensips(
+    tmpdir: str | os.PathLike[str],
+    *,
+    sip_port: int,
+    ng_port: int,
+    http_port: int | None = None,
+    inner_port: int | None = None,
+    ng_socks: str | None = None,
+    ready_timeout: float = 10.0,
+) -> AsyncIterator[Opensips]:
+    """Run `opensips.cfg` (main process in the foreground) until the block ends.
+
+    As `start_kamailio`: the ng engine first; ready when both SIP sockets answer an OPTIONS
+    and the MI port accepts; SIGTERM then SIGKILL on exit; the log is
+    `<tmpdir>/opensips.log`, its tail attached to any exception from the block.
+    """
+    opensips = require_opensips()
+    tmp = Path(tmpdir)
+    rundir = tmp / "opensips-run"
+    rundir.mkdir(parents=True, exist_ok=True)
+    http_port = http_port or unused_port(socket.SOCK_STREAM)
+    inner_port = inner_port or unused_port()
+    config = rundir / "opensips.cfg"
+    config.write_text(opensips_config(
+        OPENSIPS_CFG.read_text(), sip_port=sip_port, inner_port=inner_port,
+        http_port=http_port, ng_port=ng_port, modules=opensips_modules_dir(opensips),
+        ng_socks=ng_socks))
+    log_path = tmp / "opensips.log"
+    command = [opensips, "-F", "-f", str(config), "-w", str(rundir), "-m", "64", "-M", "8"]
+    with open(log_path, "wb") as log:
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    handle = Opensips(process, sip_port, inner_port, http_port, ng_port, log_path)
+    try:
+        async def answered() -> None:
+            await _sip_options_answered(sip_port)
+            await _sip_options_answered(inner_port)
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream(LOOPBACK, http_port)
+                except OSError:
+                    await trio.sleep(0.05)  # polling a port that is not open yet: no event
+                    continue
+                await stream.aclose()
+                return
+
+        if not await ready_or_exited(process, answered, ready_timeout):
+            why = (
+                f"exited with {process.returncode}"
+                if process.returncode is not None
+                else f"not ready within {ready_timeout} s"
+            )
+            raise RuntimeError(f"opensips did not start: {why}\n{_tail(log_path)}")
+        try:
+            yield handle
+        except Exception as exc:
+            exc.add_note(f"--- opensips log ({log_path}), tail ---\n{_tail(log_path)}")
+            raise
+    finally:
+        await _stop(process)
+
+
+def start_proxy(kind: str, tmpdir: str | os.PathLike[str], **ports: int):
+    """`start_kamailio` or `start_opensips` (``kind`` is one of PROXIES)."""
+    if kind == "opensips":
+        return start_opensips(tmpdir, **ports)
+    if kind == "kamailio":
+        return start_kamailio(tmpdir, **ports)
+    raise ValueError(f"unknown proxy {kind!r}")
+
+
 # --------------------------------------------------------------------------- sipp
 
 
@@ -478,6 +670,34 @@ def parse_loopback_frame(frame: bytes) -> UdpDatagram | None:
 
 
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not name it
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # linux/filter.h
+_BPF_INSTRUCTION = struct.Struct("HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+def udp_dst_port_filter(port: int) -> list[tuple[int, int, int, int]]:
+    """Classic BPF for Ethernet/IPv4/UDP to ``port``, unfragmented (tcpdump's
+    "ip and udp dst port PORT"): the kernel drops everything else before it is queued."""
+    return [
+        (0x28, 0, 0, 12),  # ldh [12]: ethertype
+        (0x15, 0, 8, _ETHERTYPE_IPV4),  # not IPv4: drop
+        (0x30, 0, 0, 23),  # ldb [23]: IP protocol
+        (0x15, 0, 6, socket.IPPROTO_UDP),  # not UDP: drop
+        (0x28, 0, 0, 20),  # ldh [20]: flags + fragment offset
+        (0x45, 4, 0, 0x1FFF),  # a fragment: drop
+        (0xB1, 0, 0, 14),  # ldxb 4*([14]&0xf): IP header length
+        (0x48, 0, 0, 16),  # ldh [x+16]: UDP destination port
+        (0x15, 0, 1, port),
+        (0x06, 0, 0, 0x40000),  # keep the packet (up to 256 KiB)
+        (0x06, 0, 0, 0),  # drop
+    ]
+
+
+def attach_filter(sock: socket.socket | trio.socket.SocketType,
+                  program: list[tuple[int, int, int, int]]) -> None:
+    """SO_ATTACH_FILTER with ``program`` (struct sock_fprog: length, then a pointer)."""
+    code = ctypes.create_string_buffer(b"".join(_BPF_INSTRUCTION.pack(*i) for i in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
 
 class LoopbackCapture:
@@ -490,10 +710,10 @@ class LoopbackCapture:
             ...
             datagram = await capture.receive()   # UdpDatagram(src, dst, payload)
 
-    The raw socket sees every packet on lo (twice: out and in), WebSocket and SIP included.
-    Left unread while a test waits for something else, its kernel buffer filled and the
-    kernel dropped what came next, our RTP too: so a reader drains it continuously and keeps
-    the datagrams to `port`, in a channel bounded at `keep` datagrams.
+    The raw socket would see every packet on lo (twice: out and in), WebSocket and SIP and
+    every other test's on the machine included: under load its reader fell behind and the
+    kernel dropped our RTP with the rest. So a BPF filter keeps only UDP to `port` in the
+    kernel, and a reader drains it continuously into a channel bounded at `keep` datagrams.
     """
 
     def __init__(self, port: int, *, interface: str = "lo", rcvbuf: int = 16 << 20,
@@ -509,6 +729,7 @@ class LoopbackCapture:
         require_root()
         sock = trio.socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
         try:
+            attach_filter(sock, udp_dst_port_filter(self.port))
             # Root may go past net.core.rmem_max (~208 KiB) with SO_RCVBUFFORCE.
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self._rcvbuf)
@@ -518,6 +739,7 @@ class LoopbackCapture:
         except BaseException:
             sock.close()
             raise
+        self.socket = sock
         nursery = await self._nursery_manager.__aenter__()
         nursery.start_soon(self._read, sock)
         self._nursery = nursery

@@ -1,0 +1,18 @@
+"""Fixtures shared by the real-peer tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.peers import PROXIES, require_proxy
+
+
+@pytest.fixture(params=PROXIES)
+def proxy_kind(request) -> str:
+    """Each SIP proxy rtpai is tested behind: ``kamailio`` and ``opensips``.
+
+    A missing Kamailio fails in CI; a missing OpenSIPS is skipped everywhere (no Debian
+    package: set OPENSIPS to a binary's path).
+    """
+    require_proxy(request.param)
+    return request.param
