@@ -25,6 +25,10 @@ ASSISTANT_TRANSCRIPT_DONE = frozenset(
 )
 CALLER_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
 SPEECH_STARTED = "input_audio_buffer.speech_started"
+# Server events that say nothing about a response coming (nor do input_audio_buffer.*).
+NO_PROGRESS = frozenset({"error", "rate_limits.updated"})
+# The server's VAD ended the caller's turn; with create_response a response follows.
+TURN_ENDED = frozenset({"input_audio_buffer.speech_stopped", "input_audio_buffer.committed"})
 RESPONSE_CREATED = "response.created"
 RESPONSE_DONE = "response.done"
 FUNCTION_CALL_DONE = "response.function_call_arguments.done"
@@ -219,11 +223,13 @@ def dtmf_text(digits: str) -> str:
 
 
 def parse_function_call(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
-    """``(call_id, name, arguments)`` of a finished function call; arguments None if invalid."""
-    call_id = str(event.get("call_id") or "")
-    name = str(event.get("name") or "")
+    """``(call_id, name, arguments)`` of a finished function call; arguments None if invalid.
+    Raises :class:`MalformedEvent` for a call id or name that is not a string."""
+    call_id = field_str(event, "call_id") or ""
+    name = field_str(event, "name") or ""
+    raw = event.get("arguments") or "{}"
     try:
-        arguments = json.loads(event.get("arguments") or "{}")
+        arguments = json.loads(raw) if isinstance(raw, str) else None
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict):
@@ -254,6 +260,29 @@ def truncate_item(item_id: str, audio_end_ms: int) -> dict[str, Any]:
     }
 
 
+class MalformedEvent(ValueError):
+    """A server event whose fields have the wrong types: counted and dropped, never raised
+    into the poller (the server is broken or hostile; the call goes on)."""
+
+
+def field_str(event: dict[str, Any], key: str) -> str | None:
+    """``event[key]`` if it is a string, None if absent or null; else MalformedEvent."""
+    value = event.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedEvent(f"{key} is not a string")
+
+
+def field_object(event: dict[str, Any], key: str) -> dict[str, Any]:
+    """``event[key]`` if it is an object, {} if absent or null; else MalformedEvent."""
+    value = event.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise MalformedEvent(f"{key} is not an object")
+
+
 def decode_event(message: str | bytes) -> dict[str, Any]:
     """A server event; raises ValueError for anything that is not a JSON object with a type."""
     event = json.loads(message)
@@ -263,7 +292,14 @@ def decode_event(message: str | bytes) -> dict[str, Any]:
 
 
 def decode_audio_delta(event: dict[str, Any]) -> bytes:
-    return base64.b64decode(event.get("delta", ""))
+    """The audio of a delta event; MalformedEvent if ``delta`` is not base64 text."""
+    delta = event.get("delta", "")
+    if not isinstance(delta, str):
+        raise MalformedEvent("delta is not a string")
+    try:
+        return base64.b64decode(delta)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise MalformedEvent("delta is not base64") from None
 
 
 USAGE_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
@@ -275,12 +311,21 @@ USAGE_DETAIL_FIELDS = {
 
 def add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
     """Sum a ``response.done`` usage block into ``total`` (same shape, numbers only)."""
-    if not usage:
-        return
+    if not isinstance(usage, dict):
+        return  # absent, or type-confused: usage is statistics, not worth a failure
     for name in USAGE_FIELDS:
-        total[name] = total.get(name, 0) + int(usage.get(name) or 0)
+        total[name] = total.get(name, 0) + _count(usage.get(name))
     for detail, names in USAGE_DETAIL_FIELDS.items():
-        source = usage.get(detail) or {}
+        source = usage.get(detail)
+        if not isinstance(source, dict):
+            source = {}
         target = total.setdefault(detail, {})
         for name in names:
-            target[name] = target.get(name, 0) + int(source.get(name) or 0)
+            target[name] = target.get(name, 0) + _count(source.get(name))
+
+
+def _count(value: Any) -> int:
+    """A token count as the server should send it (a non-negative integer), else 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0

@@ -38,9 +38,16 @@ class Backoff:
         """A session is up and configured."""
         self.connected_at = now
 
-    def failed(self, now: float) -> float | None:
-        """The connection was lost (or never made): seconds to wait, or None to give up."""
-        if self.connected_at is not None and now - self.connected_at >= STABLE_AFTER:
+    def failed(self, now: float, *, working_until: float | None = None) -> float | None:
+        """The connection was lost (or never made): seconds to wait, or None to give up.
+
+        ``working_until``: when the link last did its job, if that was before ``now`` (a
+        watchdog expiry: the server went silent, a keepalive went unanswered). Only that
+        time counts towards the connection having been stable, so a server that accepts,
+        configures and then never answers cannot keep a call retrying forever.
+        """
+        up_until = now if working_until is None else min(now, working_until)
+        if self.connected_at is not None and up_until - self.connected_at >= STABLE_AFTER:
             self.attempt = 0
             self.failing_since = None
         self.connected_at = None

@@ -15,12 +15,20 @@ A lost connection is reopened with back-off while the call stays up, the new ses
 the instructions plus a recap of the conversation; a fatal failure (a refused key, a wrong API
 shape) or a loss longer than ``reconnect_timeout`` raises :class:`RealtimeSessionError`, which
 ends this call only. The assistant's response/playout state lives in :class:`Turns`.
+
+Every phase of a connection is bounded (docs/reliability.md): the TCP/TLS connect and the
+upgrade in :meth:`WebSocket.connect`, the rest by a per-connection :class:`Watchdog` (a pure
+policy) that the watch task polls: ``session.created``/``session.updated``, server silence
+while a response is expected, keepalive pongs, floods; the socket's own back-pressure bounds
+in the flusher. An expiry is a lost connection like any other: reconnect, or end the call.
+A malformed server event is counted and dropped; it never reaches the poller.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +36,18 @@ import trio
 
 from media.bridge import CallBridge
 from media.poller import MediaPoller
+from media.tones import reconnect_cue
 from openai_flavor import events, keypad
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
-from openai_flavor.turns import FunctionCall, ResponseDone, Turns
+from openai_flavor.turns import FunctionCall, IllegalTransition, ResponseDone, Turns
+from openai_flavor.watchdog import FLOOD_BURST, FLOOD_RATE, Bounds, Watchdog
 from openai_flavor.webhook import WebhookError, post_json
 from openai_flavor.websocket import (
+    CLOSE_ABNORMAL,
     ConnectionClosed,
     HandshakeRejected,
+    HandshakeTimeout,
     InvalidRequestHeader,
     WebSocket,
     WebSocketError,
@@ -45,12 +57,19 @@ log = logging.getLogger("rtpai.openai")
 
 # Audio held while the connection opened goes out as appends of at most this many frames.
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
-# Bounds the TCP, TLS and WebSocket handshakes together, not the conversation.
-CONNECT_TIMEOUT = 10.0
 # When a call ends, the close frame is written at once; this bounds the wait for the server's
 # close in reply, in the call's own task (its ports are released after it). The delete's reply
 # does not wait for it (ctl/engine.py): the proxy's worker is blocked until that reply.
 CLOSE_ON_END = 0.05
+# What a hostile server can make a call hold (docs/reliability.md): the statistics keep the
+# last errors and a bounded transcript; an assistant item is a few per response, so more than
+# MAX_ASSISTANT_ITEMS live at once is a server inventing item ids.
+KEPT_ERRORS = 10
+MAX_ERROR_CODE_CHARS = 64
+MAX_ERROR_MESSAGE_CHARS = 500
+MAX_TRANSCRIPT_ENTRIES = 2000  # a 60-minute call has a few hundred turns
+MAX_TRANSCRIPT_ENTRY_CHARS = 8000
+MAX_ASSISTANT_ITEMS = 64
 # The ng reply carries the transcript; a UDP datagram holds at most ~64 KB, and a long call's
 # transcript could exceed it. The reply keeps the most recent part; the log has all of it.
 TRANSCRIPT_REPLY_CHARS = 16_000
@@ -61,12 +80,14 @@ class RealtimeSessionError(Exception):
 
 
 class _Lost(Exception):
-    """One connection ended; ``fatal`` when retrying cannot help."""
+    """One connection ended; ``fatal`` when retrying cannot help; ``since``: when the link
+    stopped working, if before it was noticed (a watchdog expiry)."""
 
-    def __init__(self, reason: str, *, fatal: bool = False) -> None:
+    def __init__(self, reason: str, *, fatal: bool = False, since: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.fatal = fatal
+        self.since = since
 
 
 @dataclass
@@ -87,6 +108,8 @@ class RealtimeStats:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     dtmf_digits: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
+    malformed_events: int = 0  # type-confused, invalid JSON, binary: counted and dropped
+    last_loss: str | None = None  # why the last connection was lost (the call went on)
     usage: dict[str, Any] = field(default_factory=dict)
     transcript: list[dict[str, str]] = field(default_factory=list)
     failure: str | None = None
@@ -117,6 +140,8 @@ class RealtimeStats:
             "tool calls": list(self.tool_calls[-20:]),
             "dtmf digits": self.dtmf_digits,
             "errors": list(self.errors[-10:]),
+            "malformed events": self.malformed_events,
+            "last loss": self.last_loss,
             "usage": self.usage,
             "transcript": shown,
             "transcript omitted": len(self.transcript) - len(shown),
@@ -154,6 +179,8 @@ class RealtimeSession:
         self._changed = trio.Event()
         self._reader_ended = trio.Event()
         self._reader_stop: Exception | None = None
+        self._watchdog = Watchdog(self._bounds(), 0.0)
+        self._watch_scope = trio.CancelScope()
         # Failures of actions the model asked for, to tell it once a connection is ready.
         self._untold_failures: list[str] = []
         bridge.listen_for_failures(self._action_failed)
@@ -177,6 +204,11 @@ class RealtimeSession:
             guard_welcome=not self._welcome_played,
         )
 
+    def _bounds(self) -> Bounds:
+        settings = self.settings
+        return Bounds(session=settings.session_timeout, response=settings.response_timeout,
+                      ping_interval=settings.ping_interval)
+
     def _headers(self) -> list[tuple[str, str]]:
         headers = [("Authorization", f"Bearer {self.settings.api_key}")]
         if self.settings.dialect == "beta":
@@ -194,9 +226,10 @@ class RealtimeSession:
                     await self._connect_once()  # ends by _Lost, or by the call's cancellation
                 except _Lost as lost:
                     reason = redact(lost.reason, self.settings.api_key)
+                    self.stats.last_loss = reason
                     if lost.fatal:
                         self._fail(reason)
-                    delay = backoff.failed(trio.current_time())
+                    delay = backoff.failed(trio.current_time(), working_until=lost.since)
                     if delay is None:
                         self._fail(
                             f"the Realtime API could not be reached within "
@@ -204,10 +237,12 @@ class RealtimeSession:
                         )
                     self.stats.state = "reconnecting"
                     self.stats.reconnects += 1
+                    self._notify()
                     log.warning(
                         "call %s: Realtime connection lost (%s); reconnecting in %.1f s",
                         self.bridge.call_id, reason, delay,
                     )
+                    self._play_reconnect_cue()
                     await trio.sleep(delay)
         finally:
             self.bridge.detach_caller_audio(for_good=True)
@@ -216,21 +251,38 @@ class RealtimeSession:
             if self.stats.usage:
                 log.info("call %s: AI usage %s", self.bridge.call_id, json.dumps(self.stats.usage))
 
+    def _play_reconnect_cue(self) -> None:
+        """Tell the caller the line is alive while the AI link recovers (``reconnect_tone``).
+
+        Silence frames keep flowing regardless ([rtp] send_silence): the pacer does not
+        depend on the AI link. The cue follows whatever was already queued, once per loss,
+        and only once the caller is there to hear it."""
+        if not self.settings.reconnect_tone or not self.bridge.media_started.is_set():
+            return
+        playout = self.bridge.playout
+        playout.finish_item(self.bridge.silence_byte)  # the cue starts on a frame boundary
+        playout.push(reconnect_cue(self.bridge.codec), "reconnect cue")
+
     def _fail(self, reason: str) -> None:
         self.stats.state = "failed"
         if not self.stats.failure:
             self.stats.failure = reason
+        self._notify()
         raise RealtimeSessionError(self.stats.failure)
 
     async def _connect_once(self) -> None:
         """One WebSocket connection, from handshake to close; raises :class:`_Lost`."""
         self.stats.connections += 1
+        settings = self.settings
         try:
-            ws = None
-            with trio.move_on_after(CONNECT_TIMEOUT):
-                ws = await WebSocket.connect(self.settings.session_url(), self._headers())
-            if ws is None:
-                raise _Lost("connecting to the Realtime API timed out")
+            ws = await WebSocket.connect(
+                settings.session_url(), self._headers(),
+                connect_timeout=settings.connect_timeout,
+                upgrade_timeout=settings.upgrade_timeout,
+                max_message=settings.max_message_bytes,
+                send_buffer=settings.send_buffer_bytes,
+                send_timeout=settings.send_timeout,
+            )
             try:
                 await self._converse(ws)
             finally:
@@ -244,10 +296,18 @@ class RealtimeSession:
                 f"the Realtime API rejected the connection (HTTP {exc.status})",
                 fatal=exc.status in events.FATAL_HTTP_STATUS,
             ) from None
+        except HandshakeTimeout as exc:
+            raise _Lost(str(exc)) from None
         except ConnectionClosed as exc:
             detail = f"{exc.code} {exc.reason}".strip()
+            if exc.local:
+                what = f"rtpai closed the session: the server broke the protocol ({detail})"
+            elif exc.code == CLOSE_ABNORMAL:  # no close frame: a network or back-pressure loss
+                what = f"the connection to the Realtime API was lost ({exc.reason})"
+            else:
+                what = f"the Realtime API closed the session ({detail})"
             raise _Lost(
-                f"the Realtime API closed the session ({detail})",
+                what,
                 fatal=exc.code in events.FATAL_CLOSE_CODES,
             ) from None
         except InvalidRequestHeader as exc:
@@ -265,6 +325,9 @@ class RealtimeSession:
         self._ws = ws
         self._turns = self._new_turns()
         self._ready = trio.Event()
+        # The bounds run from the 101: session.created, and session.updated to the
+        # session.update sent just below.
+        self._watchdog = Watchdog(self._bounds(), trio.current_time())
         self.stats.state = "open"
         self.bridge.mark("ai_session_open")
         instructions = self.settings.instructions
@@ -285,7 +348,7 @@ class RealtimeSession:
         ended: list[BaseException] = []
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            tasks = [self._read_events, ws.flush]
+            tasks = [self._read_events, ws.flush, self._watch]
             if self.settings.welcome_message and not self._welcome_sent:
                 tasks.append(self._welcome)
             if self.bridge.caller_events is not None:
@@ -318,6 +381,28 @@ class RealtimeSession:
         (openai_flavor/websocket.py), which end this connection; here it is dropped."""
         assert self._ws is not None
         self._ws.send_text(json.dumps(event))
+        if event["type"] == "response.create":
+            self._expect_response()
+
+    # --- the watchdog ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Poll the connection's watchdog when it asks to be; raise :class:`_Lost` when a
+        bound expires. Keepalive pings go out from here."""
+        assert self._ws is not None
+        while True:
+            verdict = self._watchdog.poll(trio.current_time())
+            if verdict.expired is not None:
+                raise _Lost(verdict.expired, since=verdict.since)
+            if verdict.ping is not None:
+                self._ws.send_ping(verdict.ping)
+            with trio.CancelScope(deadline=verdict.wake_at) as self._watch_scope:
+                await trio.sleep_forever()
+
+    def _expect_response(self) -> None:
+        """A response is due: the server's silence is bounded from now on."""
+        if self._watchdog.expect_response(trio.current_time()):
+            self._watch_scope.deadline = -math.inf  # poll now: the deadline moved earlier
 
     # --- the writer side ------------------------------------------------------------------------
 
@@ -402,16 +487,31 @@ class RealtimeSession:
             return
         ws = self._ws
         assert ws is not None
+        frames = ws.frames_received
         messages, ended = ws.read_ready()
+        frames = ws.frames_received - frames
+        if frames:
+            dog = self._watchdog
+            if not dog.frames(now, frames):
+                # Parsing it would hold up every call's media in the poller: give it up.
+                self._stop_reading(_Lost(
+                    f"a flood of server frames (more than {FLOOD_BURST} at once or "
+                    f"{FLOOD_RATE:g} a second)"))
+                return
+            if ws.pong is not None:
+                dog.pong(ws.pong, now)
+                ws.pong = None
+            if ws.binary_dropped:
+                self.stats.malformed_events += ws.binary_dropped
+                ws.binary_dropped = 0
         try:
             for message in messages:
                 try:
-                    event = events.decode_event(message)
-                except ValueError:
-                    log.warning("call %s: ignoring a malformed Realtime event",
-                                self.bridge.call_id)
+                    self._on_event(events.decode_event(message), now)
+                except (ValueError, IllegalTransition) as exc:
+                    # ValueError: not JSON, not an event, or events.MalformedEvent.
+                    self._malformed(exc)
                     continue
-                self._on_event(event)
                 self._notify()
         except _Lost as lost:
             # Handed on from inside the handler, which forgets `lost` as it ends: a local
@@ -420,6 +520,14 @@ class RealtimeSession:
             return
         if ended is not None:
             self._stop_reading(ended)
+
+    def _malformed(self, exc: Exception) -> None:
+        """A server event that makes no sense: counted and dropped, the call goes on."""
+        stats = self.stats
+        stats.malformed_events += 1
+        if stats.malformed_events <= 3 or log.isEnabledFor(logging.DEBUG):
+            log.warning("call %s: dropped a malformed Realtime event (%s; %d so far)",
+                        self.bridge.call_id, type(exc).__name__, stats.malformed_events)
 
     def _reader_failed(self) -> None:
         """The poller dropped the socket after ``_readable`` raised (a bug): end this
@@ -432,46 +540,68 @@ class RealtimeSession:
         self._reader_stop = why
         self._reader_ended.set()
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def _on_event(self, event: dict[str, Any], now: float) -> None:
+        """One server event. Fields are read through ``events.field_*``, which raise
+        MalformedEvent for a wrong type before anything changes (the caller drops it)."""
         kind = event["type"]
         turns = self._turns
+        if kind not in events.NO_PROGRESS and not kind.startswith("input_audio_buffer."):
+            # Progress towards a response. VAD events, errors and rate limits are not: a
+            # server that hears the caller but never answers is as mute as a silent one.
+            self._watchdog.heard(now)
         if kind in events.AUDIO_DELTA:
             audio = events.decode_audio_delta(event)
-            item_id = event.get("item_id") or ""
+            item_id = events.field_str(event, "item_id") or ""
+            if item_id not in turns.items and len(turns.items) >= MAX_ASSISTANT_ITEMS:
+                raise events.MalformedEvent("too many assistant items at once")
             # False for a late delta of an interrupted response: the caller must not hear it.
-            if turns.audio_delta(event.get("response_id"), item_id, len(audio)):
+            if turns.audio_delta(events.field_str(event, "response_id"), item_id, len(audio)):
                 self.stats.audio_received_bytes += len(audio)
                 self.bridge.mark("first_ai_audio")
                 self.bridge.playout.push(audio, item_id)
         elif kind in events.AUDIO_DONE:
-            if turns.audio_done(event.get("response_id"), event.get("item_id") or ""):
+            response_id = events.field_str(event, "response_id")
+            if turns.audio_done(response_id, events.field_str(event, "item_id") or ""):
                 self.bridge.playout.finish_item(self.bridge.silence_byte)
         elif kind == events.SPEECH_STARTED:
             self._barge_in()
+        elif kind in events.TURN_ENDED:
+            # The server's VAD ended the caller's turn: it creates a response (create_response).
+            if self.settings.turn_detection_type != "none":
+                self._expect_response()
         elif kind == events.RESPONSE_CREATED:
-            response = event.get("response") or {}
-            turns.response_created(str(response.get("id")), self.bridge.playout)
+            response = events.field_object(event, "response")
+            turns.response_created(events.field_str(response, "id") or "", self.bridge.playout)
+            self._expect_response()
         elif kind == events.FUNCTION_CALL_DONE:
             call_id, name, arguments = events.parse_function_call(event)
-            turns.function_call(event.get("response_id"), FunctionCall(call_id, name, arguments))
+            turns.function_call(events.field_str(event, "response_id"),
+                                FunctionCall(call_id, name, arguments))
         elif kind == events.RESPONSE_DONE:
-            response = event.get("response") or {}
+            response = events.field_object(event, "response")
+            done = turns.response_done(events.field_str(response, "id"))
             self.stats.responses += 1
             events.add_usage(self.stats.usage, response.get("usage"))
-            self._on_response_done(turns.response_done(response.get("id")))
+            # Settled before what follows sends a response.create, which expects anew.
+            self._watchdog.response_settled()
+            self._on_response_done(done)
         elif kind in events.ASSISTANT_TRANSCRIPT_DONE:
             self._transcript("assistant", event.get("transcript"))
         elif kind == events.CALLER_TRANSCRIPT_DONE:
             self._transcript("caller", event.get("transcript"))
         elif kind in {"session.created", "session.updated"}:
-            session = event.get("session") or {}
-            self.stats.session_id = session.get("id") or self.stats.session_id
-            if kind == "session.updated" and not self._ready.is_set():
-                self._ready.set()
-                self._backoff.connected(trio.current_time())
-                self._tell_failures()  # any that happened while disconnected
+            session_id = events.field_str(events.field_object(event, "session"), "id")
+            self.stats.session_id = session_id or self.stats.session_id
+            if kind == "session.created":
+                self._watchdog.session_created()
+            else:
+                self._watchdog.session_updated()
+                if not self._ready.is_set():
+                    self._ready.set()
+                    self._backoff.connected(now)
+                    self._tell_failures()  # any that happened while disconnected
         elif kind == "error":
-            self._on_error(event.get("error") or {})
+            self._on_error(events.field_object(event, "error"))
 
     def _barge_in(self) -> None:
         """The caller started speaking: stop playing at once and tell the server what was heard.
@@ -618,9 +748,15 @@ class RealtimeSession:
     # --- errors and transcripts ---------------------------------------------------------------
 
     def _on_error(self, error: dict[str, Any]) -> None:
-        code = str(error.get("code") or error.get("type") or "error")
+        # Bounded: a hostile server may send errors of any size at any rate (within the
+        # flood bound); the statistics keep the last few, each cut to a readable length.
+        code = str(error.get("code") or error.get("type") or "error")[:MAX_ERROR_CODE_CHARS]
         message = redact(str(error.get("message") or ""), self.settings.api_key)
-        self.stats.errors.append({"code": code, "message": message})
+        message = message[:MAX_ERROR_MESSAGE_CHARS]
+        errors = self.stats.errors
+        errors.append({"code": code, "message": message})
+        if len(errors) > KEPT_ERRORS:
+            del errors[0]
         log.warning("call %s: Realtime error %s: %s", self.bridge.call_id, code, message)
         if code in events.FATAL_ERROR_CODES:
             # Retrying cannot help (a bad key, no quota): end the call now, not after a close.
@@ -628,5 +764,8 @@ class RealtimeSession:
 
     def _transcript(self, role: str, text: Any) -> None:
         if isinstance(text, str) and text:
-            self.stats.transcript.append({"role": role, "text": text})
+            transcript = self.stats.transcript
+            transcript.append({"role": role, "text": text[:MAX_TRANSCRIPT_ENTRY_CHARS]})
+            if len(transcript) > MAX_TRANSCRIPT_ENTRIES:
+                del transcript[0]
             log.info("call %s: %s said: %s", self.bridge.call_id, role, text)

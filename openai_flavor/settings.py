@@ -83,6 +83,16 @@ class RealtimeSettings:
     tool_webhook: str | None = None
     tool_timeout: float = 5.0
     reconnect_timeout: float = 20.0
+    # The AI link's watchdog (docs/reliability.md): a bound on every phase of a connection.
+    connect_timeout: float = 5.0  # TCP and TLS
+    upgrade_timeout: float = 5.0  # the HTTP 101
+    session_timeout: float = 5.0  # session.created, and session.updated after session.update
+    response_timeout: float = 10.0  # server silence while a response is expected
+    ping_interval: float = 5.0  # keepalive; its pong is due before the next (0: none)
+    send_timeout: float = 5.0  # the socket taking no output at all
+    send_buffer_bytes: int = 256 * 1024  # output waiting: caller audio dropped past it
+    max_message_bytes: int = 1024 * 1024  # a bigger server message closes with 1009
+    reconnect_tone: bool = False  # a short cue to the caller when the link is lost
     explicit: frozenset[str] = frozenset()  # the keys the user set (file or environment)
 
     @classmethod
@@ -115,6 +125,15 @@ class RealtimeSettings:
             tool_webhook=section["tool_webhook"],
             tool_timeout=section["tool_timeout"],
             reconnect_timeout=section["reconnect_timeout"],
+            connect_timeout=section["connect_timeout"],
+            upgrade_timeout=section["upgrade_timeout"],
+            session_timeout=section["session_timeout"],
+            response_timeout=section["response_timeout"],
+            ping_interval=section["ping_interval"],
+            send_timeout=section["send_timeout"],
+            send_buffer_bytes=section["send_buffer_bytes"],
+            max_message_bytes=section["max_message_bytes"],
+            reconnect_tone=section["reconnect_tone"],
             explicit=explicit,
         )
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import math
 import os
 import socket
 import ssl
 import struct
 from collections import deque
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
@@ -47,6 +49,7 @@ _KNOWN = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY, *_CONTROL})
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_NO_STATUS = 1005  # never sent: what a close frame without a code means
 CLOSE_ABNORMAL = 1006  # never sent: the connection dropped without a close frame
@@ -55,14 +58,24 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # A Realtime event is at most a few hundred KB (a long transcript, a session echo); anything
 # far beyond is a broken or hostile server, and the decoder must not buffer it without end.
+# The session passes its own bound ([openai] max_message_bytes, 1 MiB by default).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Frames one read may bring: a read is at most RECEIVE_BYTES, and a real Realtime event is
+# 50+ bytes, so a legitimate read holds a few hundred at most. More is a flood (of pings, of
+# empty messages) whose parsing would hold up every call's media in the engine's poller.
+MAX_FRAMES_PER_READ = 512
 # The upgrade response: headers only (and a short body when refused).
 MAX_HANDSHAKE_BYTES = 64 * 1024
 # Output waiting for the kernel to take it: past this, droppable messages (caller audio) are
 # refused (the caller counts them) rather than queued: 256 KiB is ~25 s of G.711 in base64
 # appends, far beyond any useful lag; control messages are always queued, they are few.
 MAX_BUFFERED_BYTES = 256 * 1024
-RECEIVE_BYTES = 64 * 1024
+# Past this many times the droppable bound, even control messages (and pongs) cannot be
+# queued: the server is not reading, and the connection is failed rather than grow without end.
+STUCK_FACTOR = 4
+# One read's worth: the poller calls the session again while more is waiting. 16 KiB keeps
+# the work of one read (at most MAX_FRAMES_PER_READ frames) well under a millisecond.
+RECEIVE_BYTES = 16 * 1024
 
 
 class WebSocketError(Exception):
@@ -87,10 +100,15 @@ class HandshakeRejected(WebSocketError):
 class ConnectionClosed(WebSocketError):
     """The connection ended: by a close frame (``code``, ``reason``), or abnormally (1006)."""
 
-    def __init__(self, code: int, reason: str = "") -> None:
+    def __init__(self, code: int, reason: str = "", *, local: bool = False) -> None:
         super().__init__(f"{code} {reason}".strip())
         self.code = code
         self.reason = reason
+        self.local = local  # we closed it: the server broke the protocol
+
+
+class HandshakeTimeout(WebSocketError):
+    """A phase of the opening handshake did not finish within its bound."""
 
 
 class ProtocolError(WebSocketError):
@@ -173,6 +191,9 @@ class FrameDecoder:
         at = 0
         end = len(buffer)
         while end - at >= 2:
+            if len(out) >= MAX_FRAMES_PER_READ:
+                raise ProtocolError(
+                    f"more than {MAX_FRAMES_PER_READ} frames in one read", CLOSE_POLICY)
             first, second = buffer[at], buffer[at + 1]
             if first & 0x70:
                 raise ProtocolError("reserved bits set without an extension")
@@ -293,12 +314,22 @@ class WebSocket:
     """
 
     def __init__(self, sock: socket.socket, tls: ssl.SSLObject | None,
-                 incoming: ssl.MemoryBIO | None, outgoing: ssl.MemoryBIO | None) -> None:
+                 incoming: ssl.MemoryBIO | None, outgoing: ssl.MemoryBIO | None, *,
+                 max_message: int = MAX_MESSAGE_BYTES, send_buffer: int = MAX_BUFFERED_BYTES,
+                 send_timeout: float = math.inf) -> None:
         self._sock = sock
         self._tls = tls
         self._tls_in = incoming
         self._tls_out = outgoing
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_message=max_message)
+        # Back-pressure bounds: past send_buffer bytes waiting, droppable messages are
+        # refused; past STUCK_FACTOR times it, or when the socket takes nothing for
+        # send_timeout seconds, the connection is failed (the server stopped reading).
+        self._send_buffer = send_buffer
+        self._send_timeout = send_timeout
+        self.frames_received = 0  # every frame, control frames too: for a flood policy
+        self.pong: bytes | None = None  # the payload of the last pong (keepalive)
+        self.binary_dropped = 0  # binary messages, which no Realtime event is
         self._inbox: deque[bytes] = deque()  # messages read but not yet returned by receive
         self._pending = bytearray()  # bytes the kernel has not taken yet (after TLS)
         self._pending_changed = trio.Event()  # set when output queues (wakes the flusher)
@@ -319,30 +350,46 @@ class WebSocket:
 
     @classmethod
     async def connect(cls, url: str, headers: list[tuple[str, str]], *,
-                      ssl_context: ssl.SSLContext | None = None) -> WebSocket:
-        """TCP, TLS for ``wss://``, and the upgrade. Bound it with a cancel scope.
+                      ssl_context: ssl.SSLContext | None = None,
+                      connect_timeout: float = math.inf, upgrade_timeout: float = math.inf,
+                      **limits: Any) -> WebSocket:
+        """TCP, TLS for ``wss://``, and the upgrade, each phase bounded: TCP and TLS
+        together by ``connect_timeout``, the HTTP upgrade (request sent, 101 read) by
+        ``upgrade_timeout``. ``limits`` go to the constructor (max_message, send_buffer,
+        send_timeout).
 
         Raises OSError (cannot connect), :class:`HandshakeRejected` (an HTTP status instead
-        of 101) or :class:`WebSocketError`.
+        of 101), :class:`HandshakeTimeout` or :class:`WebSocketError`.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise WebSocketError(f"not a ws:// or wss:// URL: {parts.scheme}://{parts.hostname}")
         port = parts.port or (443 if parts.scheme == "wss" else 80)
-        sock = await _open_tcp(parts.hostname, port)
-        tls = incoming = outgoing = None
+        sock = None
         try:
-            if parts.scheme == "wss":
-                context = ssl_context or ssl.create_default_context()
-                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-                tls = context.wrap_bio(incoming, outgoing, server_hostname=parts.hostname)
-            ws = cls(sock, tls, incoming, outgoing)
-            if tls is not None:
-                await ws._tls_handshake()
+            with trio.move_on_after(connect_timeout) as scope:
+                sock = await _open_tcp(parts.hostname, port)
+                tls = incoming = outgoing = None
+                if parts.scheme == "wss":
+                    context = ssl_context or ssl.create_default_context()
+                    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                    tls = context.wrap_bio(incoming, outgoing, server_hostname=parts.hostname)
+                ws = cls(sock, tls, incoming, outgoing, **limits)
+                if tls is not None:
+                    await ws._tls_handshake()
+            if scope.cancelled_caught:
+                raise HandshakeTimeout(
+                    f"no {'TLS session' if sock is not None else 'TCP connection'} "
+                    f"within {connect_timeout:g} s")
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            await ws._upgrade(parts.netloc, target, headers)
+            with trio.move_on_after(upgrade_timeout) as scope:
+                await ws._upgrade(parts.netloc, target, headers)
+            if scope.cancelled_caught:
+                raise HandshakeTimeout(
+                    f"no answer to the WebSocket upgrade within {upgrade_timeout:g} s")
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
         return ws
 
@@ -395,12 +442,12 @@ class WebSocket:
         """Frame and send one text message now, without blocking.
 
         Returns False if it was not taken: the connection is over, or (``droppable``) output
-        is already backed up past MAX_BUFFERED_BYTES. Never raises for a broken socket: that
+        is already backed up past ``send_buffer`` bytes. Never raises for a broken socket: that
         is raised from :meth:`receive` and :meth:`flush`, in the connection's own tasks.
         """
         if self.closed is not None or self._failure is not None or self._close_sent:
             return False
-        if droppable and len(self._pending) > MAX_BUFFERED_BYTES:
+        if droppable and len(self._pending) > self._send_buffer:
             return False
         payload = text.encode("utf-8") if isinstance(text, str) else text
         self._write(encode_frame(OP_TEXT, payload))
@@ -419,6 +466,9 @@ class WebSocket:
         """Hand the kernel what it takes now; queue the rest, in order, for ``flush``."""
         if self._pending:
             self._pending += data  # behind what is already waiting
+            if len(self._pending) > STUCK_FACTOR * self._send_buffer:
+                self._fail(WebSocketError(
+                    f"{len(self._pending)} bytes of output waiting: the server is not reading"))
             return
         try:
             sent = self._sock.send(data)
@@ -434,11 +484,13 @@ class WebSocket:
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = _describe(exc)
+            self._pending.clear()  # never sent now: do not hold it
         self._pending_changed.set()  # wakes the flusher, which raises it
 
     async def flush(self) -> None:
         """Run beside the reading: write queued output whenever the socket takes it.
-        Raises :class:`ConnectionClosed` if sending fails."""
+        Raises :class:`ConnectionClosed` if sending fails, or if the socket takes nothing
+        for ``send_timeout`` seconds (the server stopped reading)."""
         while True:
             if self._failure is not None:
                 raise self._closed_abnormally(self._failure)
@@ -446,7 +498,11 @@ class WebSocket:
                 self._pending_changed = trio.Event()
                 await self._pending_changed.wait()
                 continue
-            await self._send_when_writable()
+            with trio.move_on_after(self._send_timeout) as scope:
+                await self._send_when_writable()
+            if scope.cancelled_caught:
+                self._fail(WebSocketError(
+                    f"the server took no output for {self._send_timeout:g} s"))
 
     async def _flush_now(self) -> None:
         """Wait until everything queued is written (the handshakes, the close frame)."""
@@ -493,8 +549,9 @@ class WebSocket:
         return self._sock
 
     def read_ready(self) -> tuple[list[bytes], ConnectionClosed | None]:
-        """What one read of the socket brings, without waiting: the complete text and binary
-        messages (text stays UTF-8 bytes: ``json.loads`` takes them as they are), and the
+        """What one read of the socket brings, without waiting: the complete text messages
+        (as UTF-8 bytes: ``json.loads`` takes them as they are; binary ones are counted in
+        :attr:`binary_dropped` and dropped), and the
         end of the connection if it came (a close frame, the end of the stream, an error),
         after those messages. Pings are answered here. Frames buffered earlier (those that
         came with the 101) are returned too."""
@@ -515,16 +572,29 @@ class WebSocket:
             frames = self._decoder.events()
         except ProtocolError as exc:
             self._send_close(exc.code, str(exc))
-            self.closed = ConnectionClosed(exc.code, str(exc))
+            self.closed = ConnectionClosed(exc.code, str(exc), local=True)
             return [], self._ended()
+        if not frames:
+            return [], ended
+        self.frames_received += len(frames)
         messages: list[bytes] = []
+        ping: bytes | None = None
         for opcode, payload in frames:
-            if opcode in (OP_TEXT, OP_BINARY):
+            if opcode == OP_TEXT:
                 messages.append(payload)
+            elif opcode == OP_BINARY:
+                self.binary_dropped += 1  # the Realtime API speaks JSON text only
             elif opcode == OP_PING:
-                self._write(encode_frame(OP_PONG, payload))
+                ping = payload
+            elif opcode == OP_PONG:
+                self.pong = payload
             elif opcode == OP_CLOSE:
-                return messages, self._on_close_frame(payload)  # nothing counts after it
+                ended = self._on_close_frame(payload)  # nothing counts after it
+                break
+        if ping is not None and self.closed is None:
+            # One pong for the last ping of a read (RFC 6455 section 5.5.3 allows it): a
+            # flood of pings costs one small write, not one per ping.
+            self._write(encode_frame(OP_PONG, ping))
         return messages, ended
 
     async def receive(self) -> bytes:
@@ -568,7 +638,7 @@ class WebSocket:
     def _ended(self) -> ConnectionClosed:
         """A fresh exception for the recorded end, to raise: ``closed`` itself never is."""
         assert self.closed is not None
-        return ConnectionClosed(self.closed.code, self.closed.reason)
+        return ConnectionClosed(self.closed.code, self.closed.reason, local=self.closed.local)
 
     async def _read_plain(self) -> bytes:
         """Application bytes (during the upgrade): waits; b"" at the end of the stream."""
@@ -580,30 +650,49 @@ class WebSocket:
 
     def _recv_plain_nowait(self) -> bytes | None:
         """One socket read, decrypted: None if nothing is there yet (or only part of a TLS
-        record), b"" at the end of the stream. Raises :class:`ConnectionClosed` on errors."""
+        record), b"" at the end of the stream. Raises :class:`ConnectionClosed` on errors.
+
+        With TLS, every record that read completed is decrypted now (OpenSSL returns one
+        record per call): a record left in the memory BIO would never make the socket
+        readable again."""
         tls = self._tls
         if tls is None:
             return self._recv_raw_nowait()
         assert self._tls_in is not None
+        chunks: list[bytes] = []
+        read_socket = False
         while True:
             try:
                 data = tls.read(RECEIVE_BYTES)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
+                if chunks:
+                    break  # the end is reported on the next call, which sees it again
                 return b""
             except ssl.SSLError as exc:
                 raise self._closed_abnormally(exc) from None
             else:
-                self._flush_tls_output()  # TLS 1.3 may answer (e.g. a KeyUpdate) on a read
-                return data
+                if not data:  # a ragged end of stream (no close_notify)
+                    if chunks:
+                        break
+                    return b""
+                chunks.append(data)
+                continue
+            if read_socket or chunks:
+                break  # one socket read per call; the poller calls again while readable
             raw = self._recv_raw_nowait()
             if raw is None:
                 return None
+            read_socket = True
             if raw:
                 self._tls_in.write(raw)
             else:
                 self._tls_in.write_eof()
+        self._flush_tls_output()  # TLS 1.3 may answer (e.g. a KeyUpdate) on a read
+        if not chunks:
+            return None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _recv_raw_nowait(self) -> bytes | None:
         try:
@@ -629,6 +718,11 @@ class WebSocket:
         self._tls_in.write(raw)
 
     # --- closing ------------------------------------------------------------------------------
+
+    def send_ping(self, payload: bytes) -> None:
+        """A keepalive ping; its pong shows up in :attr:`pong`."""
+        if self.closed is None and self._failure is None and not self._close_sent:
+            self._write(encode_frame(OP_PING, payload))
 
     def _send_close(self, code: int, reason: str = "") -> None:
         if self._close_sent or self._failure is not None:
@@ -686,4 +780,6 @@ async def _open_tcp(host: str, port: int) -> socket.socket:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WebSocketError):
+        return str(exc)
     return getattr(exc, "strerror", None) or type(exc).__name__

@@ -34,3 +34,20 @@ def test_a_stable_connection_starts_a_fresh_series_a_flapping_one_does_not():
     policy.connected(13.0)
     assert policy.failed(14.0) == 0.5
     assert policy.failed(40.0) is None  # 20 s after the series began
+
+
+def test_a_connection_that_went_silent_counts_as_stable_only_until_it_went_silent():
+    policy = Backoff(20.0, jitter=lambda: 1.0)
+    policy.connected(0.0)
+    # Up 30 s, but silent since 2 s: not a stable connection, the series goes on from here.
+    assert policy.failed(30.0, working_until=2.0) == 0.0
+    policy.connected(30.0)
+    assert policy.failed(45.0, working_until=31.0) == 0.5  # the same series
+    policy.connected(46.0)
+    assert policy.failed(56.0, working_until=47.0) is None  # 26 s after the series began
+    # Working for 10 s before it went silent: a fresh series.
+    policy = Backoff(20.0, jitter=lambda: 1.0)
+    policy.connected(0.0)
+    assert policy.failed(30.0, working_until=12.0) == 0.0
+    policy.connected(31.0)
+    assert policy.failed(60.0, working_until=45.0) == 0.0

@@ -273,8 +273,8 @@ async def test_a_dropped_connection_is_an_abnormal_close_and_sends_stop_being_ta
         nursery.cancel_scope.cancel()
 
 
-async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order(monkeypatch):
-    monkeypatch.setattr(websocket, "MAX_BUFFERED_BYTES", 64 * 1024)
+async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order():
+    bound = 64 * 1024
     reading = trio.Event()
     received: list[str] = []
 
@@ -289,7 +289,7 @@ async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order
 
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, handler)
-        ws = await WebSocket.connect(url, [])
+        ws = await WebSocket.connect(url, [], send_buffer=bound)
         # Shrink the kernel's buffers so that back-pressure comes quickly.
         ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         nursery.start_soon(ws.flush)
@@ -297,7 +297,7 @@ async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order
         message = "a" * 1000
         while ws.send_text(f"{taken:06d}" + message, droppable=True):
             taken += 1
-        assert ws.buffered > websocket.MAX_BUFFERED_BYTES
+        assert bound < ws.buffered < bound + 2000
         assert ws.send_text("control", droppable=False)  # control messages always queue
         reading.set()
         await ws.aclose()  # the close frame goes out behind everything queued
@@ -375,3 +375,65 @@ async def test_an_event_sent_in_the_same_segment_as_the_101_is_received():
             await ws.aclose()
         assert ws.closed is not None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_never_reads_fails_the_connection_past_the_hard_cap():
+    """Control messages always queue, but not without end: past STUCK_FACTOR times the
+    droppable bound the connection is failed, and its flusher says why."""
+    bound = 16 * 1024
+    stop = trio.Event()
+
+    async def handler(request):
+        await request.accept()
+        await stop.wait()  # never reads
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [], send_buffer=bound)
+        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sent = 0
+        while ws.send_text("c" * 1000):
+            sent += 1
+            assert sent < 10_000, "the queue grew without bound"
+        assert ws.buffered == 0  # what can never be sent is not held
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.flush()
+        assert "bytes of output waiting: the server is not reading" in closed.value.reason
+        stop.set()
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_flusher_gives_up_when_the_socket_takes_nothing_for_send_timeout(
+        autojump_clock):
+    stop = trio.Event()
+
+    async def handler(request):
+        await request.accept()
+        await stop.wait()
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [], send_timeout=3)
+        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        # The server's reader takes one message and stops (nobody asks for it): the kernel's
+        # buffers fill, then ours.
+        while ws.buffered < 32 * 1024:
+            ws.send_text("a" * 1000)
+            await trio.sleep(0)
+        start = trio.current_time()
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.flush()
+        assert trio.current_time() - start == pytest.approx(3)
+        assert closed.value.reason == "connection lost: the server took no output for 3 s"
+        stop.set()
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_flood_gets_one_pong_per_read_and_too_many_frames_close_with_1008():
+    decoder = FrameDecoder()
+    decoder.feed(server_frame(OP_PING, b"") * (websocket.MAX_FRAMES_PER_READ + 1))
+    with pytest.raises(ProtocolError) as flood:
+        decoder.events()
+    assert flood.value.code == 1008
