@@ -36,6 +36,8 @@ def weak_method(method: Callable[..., Any]) -> Callable[..., None]:
     calls (ending, a transfer, the first packet): a per-packet callback is dropped with its
     owner's scope instead (``MediaStream.close``), without the cost of a dereference.
     """
+    if getattr(method, "__self__", None) is None:
+        return method  # a plain function holds no object to point back at
     ref = weakref.WeakMethod(method)
 
     def call(*args: Any) -> None:
@@ -145,8 +147,9 @@ class CallBridge:
 
     def listen_for_failures(self, listener: Callable[[str, str], None]) -> None:
         """The AI session's: ``listener(action, why)`` hears of an action it asked for (a
-        transfer, a hang-up) that failed after its tool call was answered."""
-        self._outcome_listener = listener
+        transfer, a hang-up) that failed after its tool call was answered. Held weakly: the
+        session holds this bridge, and a bound method back would make both a reference cycle."""
+        self._outcome_listener = weak_method(listener)
 
     def action_failed(self, action: str, why: str) -> None:
         """The control plane's: ``action`` ("transfer", "hang-up") did not happen."""
