@@ -208,11 +208,15 @@ class FrameDecoder:
                     break
                 (size,) = struct.unpack_from("!H", buffer, at + 2)
                 head = 4
+                if size < 126:  # RFC 6455 s5.2: the minimal number of bytes must be used
+                    raise ProtocolError("a 16-bit length for a payload under 126 bytes")
             elif size == 127:
                 if end - at < 10:
                     break
                 (size,) = struct.unpack_from("!Q", buffer, at + 2)
                 head = 10
+                if size < 0x10000 or size >> 63:  # minimal, and the most significant bit 0
+                    raise ProtocolError("a 64-bit length that is not minimal or not valid")
             if opcode not in _KNOWN:
                 raise ProtocolError(f"unknown opcode {opcode:#x}")
             if opcode in _CONTROL and (size > 125 or not fin):
@@ -231,18 +235,39 @@ class FrameDecoder:
                 self._fragments.append(payload)
                 self._fragment_size += size
                 if fin:
-                    out.append((self._fragment_opcode, b"".join(self._fragments)))
+                    out.append(_message(self._fragment_opcode, b"".join(self._fragments)))
                     self._fragments, self._fragment_opcode, self._fragment_size = [], None, 0
             elif self._fragment_opcode is not None:
                 raise ProtocolError("a new message inside a fragmented one")
             elif fin:
-                out.append((opcode, payload))
+                out.append(_message(opcode, payload))
             else:
                 self._fragment_opcode, self._fragments, self._fragment_size = (
                     opcode, [payload], size)
         # CPython drops a bytearray's prefix in O(1) (it moves the start pointer).
         del buffer[:at]
         return out
+
+
+def _message(opcode: int, payload: bytes) -> tuple[int, bytes]:
+    """A whole data message; a text one must be UTF-8 (RFC 6455 s8.1: else close 1007).
+
+    The Realtime API's messages are JSON, nearly always pure ASCII: ``isascii`` settles those
+    in C without a copy; only the others pay for a decode."""
+    if opcode == OP_TEXT and not payload.isascii():
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("a text message that is not UTF-8", CLOSE_INVALID_DATA) from None
+    return opcode, payload
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` (RFC 6455 s7.4.1-7.4.2 and IANA's registry): the
+    defined 1000-1003 and 1007-1014, and 3000-4999 (libraries', applications': OpenAI's
+    3000 invalid_api_key, 4000 beta_api_shape_disabled). 1005, 1006 and 1015 name what
+    happened without a close frame and must never be sent."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def parse_close(payload: bytes) -> tuple[int, str]:
@@ -252,6 +277,8 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     if len(payload) < 2:
         raise ProtocolError("close frame with a 1-byte payload")
     (code,) = struct.unpack_from("!H", payload)
+    if not valid_close_code(code):
+        raise ProtocolError(f"close code {code} is not one a peer may send")
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:

@@ -89,7 +89,8 @@ def test_mask_keys_differ_between_frames():
 
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=6), st.data())
 def test_decoder_reassembles_messages_whatever_the_read_boundaries(payloads, data):
-    stream = b"".join(server_frame(OP_TEXT, p) for p in payloads)
+    # Binary: any bytes (a text message must be UTF-8, its own test).
+    stream = b"".join(server_frame(OP_BINARY, p) for p in payloads)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     decoder = FrameDecoder()
     seen = []
@@ -98,7 +99,7 @@ def test_decoder_reassembles_messages_whatever_the_read_boundaries(payloads, dat
         decoder.feed(stream[last:cut])
         last = cut
         seen.extend(decoder.events())
-    assert seen == [(OP_TEXT, p) for p in payloads]
+    assert seen == [(OP_BINARY, p) for p in payloads]
 
 
 def test_fragments_join_and_control_frames_may_come_between_them():
@@ -122,6 +123,13 @@ def test_fragments_join_and_control_frames_may_come_between_them():
     (server_frame(OP_CONTINUATION, b"x"), 1002),
     (server_frame(OP_TEXT, b"a", fin=False) + server_frame(OP_TEXT, b"b"), 1002),
     (server_frame(OP_TEXT, b"x" * 200), 1009),
+    # RFC 6455 s5.2: lengths in the fewest bytes, the 64-bit one with its top bit clear.
+    (struct.pack("!BBH", 0x81, 126, 5) + b"x" * 5, 1002),
+    (struct.pack("!BBQ", 0x81, 127, 60) + b"x" * 60, 1002),
+    (struct.pack("!BBQ", 0x81, 127, 2**63 + 5), 1002),
+    # s8.1: a text message must be UTF-8, whole or across its fragments.
+    (server_frame(OP_TEXT, b'{"a":"\xff"}'), 1007),
+    (server_frame(OP_TEXT, b"\xc3", fin=False) + server_frame(OP_CONTINUATION, b"A"), 1007),
 ])
 def test_protocol_violations_name_their_close_code(frame, code):
     decoder = FrameDecoder(max_message=100)
@@ -129,6 +137,25 @@ def test_protocol_violations_name_their_close_code(frame, code):
     with pytest.raises(ProtocolError) as error:
         decoder.events()
     assert error.value.code == code
+
+
+def test_utf8_split_across_fragments_and_binary_bytes_are_accepted():
+    decoder = FrameDecoder()
+    decoder.feed(server_frame(OP_TEXT, b'"\xc3', fin=False) + server_frame(OP_CONTINUATION, b'\xa9"')
+                 + server_frame(OP_BINARY, b"\xff\xfe"))
+    assert decoder.events() == [(OP_TEXT, '"é"'.encode()), (OP_BINARY, b"\xff\xfe")]
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
+def test_close_codes_a_peer_may_not_send_are_a_protocol_error(code):
+    with pytest.raises(ProtocolError) as error:
+        parse_close(struct.pack("!H", code))
+    assert error.value.code == 1002
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4000, 4999])
+def test_close_codes_a_peer_may_send(code):
+    assert parse_close(struct.pack("!H", code) + b"why") == (code, "why")
 
 
 def test_a_huge_length_is_refused_before_its_payload_arrives():
@@ -312,6 +339,30 @@ async def test_a_server_frame_breaking_the_protocol_closes_with_1002():
     async def handler(request):
         ws = await request.accept()
         await ws._stream.send_all(server_frame(OP_TEXT, b"x", masked=True))
+        with pytest.raises(ServerConnectionClosed):
+            await ws.get_message()
+        assert ws.closed.code == 1002
+        handled.set()
+
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, handler)
+        ws = await WebSocket.connect(url, [])
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.receive()
+        assert closed.value.code == 1002
+        await ws.aclose()
+        await handled.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_close_1006_on_the_wire_is_answered_1002_never_echoed():
+    """RFC 6455 s7.4.1: 1006 names a connection lost without a close frame; it is never sent,
+    so a peer that sends it broke the protocol, and we must not send it back."""
+    handled = trio.Event()
+
+    async def handler(request):
+        ws = await request.accept()
+        await ws._stream.send_all(server_frame(OP_CLOSE, struct.pack("!H", 1006)))
         with pytest.raises(ServerConnectionClosed):
             await ws.get_message()
         assert ws.closed.code == 1002
