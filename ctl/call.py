@@ -192,6 +192,10 @@ class Call:
         self._to(CallState.ENDING)
         log.info("call %s: ending (%s)", self.call_id, reason)
         self._scope.cancel()
+        # Its media stops now, not once its tasks have wound down (the AI session's close can
+        # take CLOSE_ON_END): the proxy is ending the dialog, and rtpengine, too, stops
+        # forwarding at the delete. Playout is unregistered from the clock; idempotent.
+        self.stream.stop_pacing()
         if self._on_end is not None:
             self._on_end(self, reason, tell_proxy)
 

@@ -6,6 +6,7 @@ Real sockets on 127.0.0.1, real trio-websocket; only the peers are fakes.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from functools import partial
 
@@ -413,6 +414,17 @@ async def test_concurrent_deletes_of_one_call_first_gets_its_statistics_then_a_w
             nursery.cancel_scope.cancel()
 
 
+def drain(sock) -> int:
+    """How many datagrams wait on ``sock``, read without blocking."""
+    count = 0
+    while True:
+        try:
+            sock._sock.recv(2048, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return count
+        count += 1
+
+
 async def test_delete_is_answered_before_the_ai_session_has_closed():
     """rtpengine answers a delete at once; the Kamailio module blocks a SIP worker until it
     does. A Realtime server that never answers our close frame holds the AI session's close
@@ -449,6 +461,9 @@ async def test_delete_is_answered_before_the_ai_session_has_closed():
                 call = engine.calls["bye"]
                 await upgraded.wait()
                 await call.ai.wait_until(lambda session: session.stats.state == "open")
+                answer_port = int(re.search(r"m=audio (\d+)", call.answer_sdp).group(1))
+                await caller.stream(("127.0.0.1", answer_port), [b"\xff" * 160] * 3)
+                await trio.lowlevel.wait_readable(caller.sock)  # rtpai latched and sends
                 cookie = proxy.next_cookie()
                 datagram = encode_request(cookie, "delete", {"call-id": "bye"})
                 deleted = await proxy.send_raw(datagram, cookie)
@@ -465,4 +480,8 @@ async def test_delete_is_answered_before_the_ai_session_has_closed():
                 await call.ended.wait()  # the close's bound, in the call's own task
                 assert call.ai.stats.state == "closed"
                 assert engine.ports.in_use == 0 and engine.totals["ended"] == 1
+                # Nothing was sent after the reply: the call's media stopped as it ended
+                # (loopback delivers at send time, so all that was sent is queued by now).
+                sent = deleted["rtpai"]["rtp out"]["packets"]
+                assert sent > 0 and drain(caller.sock) == sent
             nursery.cancel_scope.cancel()
