@@ -51,9 +51,9 @@ import trio.testing
 
 from media.bridge import CallBridge
 from media.clock import TICK, MediaClock
+from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
-from media.options import MediaOptions
 from media.stream import MediaStream, bind_pair
 
 BUILD = Path(__file__).resolve().parent / "build"

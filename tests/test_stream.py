@@ -19,13 +19,13 @@ import trio.testing
 
 from media.bridge import CallBridge
 from media.clock import MediaClock
+from media.latch import Relatch
+from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
 from media.rfc4733 import Dtmf, build_event
 from media.rtcp import ReportBlock, build_report, ntp_middle, ntp_timestamp, parse_compound
 from media.rtp import RtpPacketizer, parse_rtp
-from media.latch import Relatch
-from media.options import MediaOptions
 from media.stream import MediaStream
 
 CALLER = ("192.0.2.10", 40000)  # what the SDP says
