@@ -9,8 +9,8 @@ argument.
 
 from __future__ import annotations
 
-from media.jitter import JitterEstimator, ReorderBuffer
 from media.latch import Endpoint, LatchPolicy, same_endpoint
+from media.reorder import JitterEstimator, ReorderBuffer
 from media.rtcp import (
     Bye,
     ReportBlock,

@@ -7,7 +7,7 @@ engine's clock (media/clock.py) calls ``tick`` when a frame is due. Neither cost
 call and packet.
 
 The protocol work is done by sans-IO cores that take time as an argument: ``rtp`` (parsing,
-packetizing), ``latch`` (which source may send: symmetric RTP, RTP Bleed), ``jitter`` (reorder
+packetizing), ``latch`` (which source may send: symmetric RTP, RTP Bleed), ``reorder`` (reorder
 buffer, RFC 3550 statistics), ``rfc4733`` (key presses), ``rtcp_session`` over ``rtcp``
 (reports, MOS) and ``playout`` (pacing). The ``[rtp]`` settings come as one ``MediaOptions``.
 This module only moves bytes and time, and counts.
@@ -29,11 +29,11 @@ import trio
 
 from media.bridge import CallBridge, CallerEvent
 from media.clock import ClockEntry, MediaClock, align
-from media.jitter import JitterEstimator, ReorderBuffer
 from media.latch import Endpoint, LatchPolicy, Verdict
 from media.options import MediaOptions
 from media.playout import Pacer
 from media.poller import MediaPoller
+from media.reorder import JitterEstimator, ReorderBuffer
 from media.rfc4733 import DtmfDecoder
 from media.rtcp import RtcpError
 from media.rtcp_session import RtcpSession

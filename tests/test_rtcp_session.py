@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from media.jitter import JitterEstimator, ReorderBuffer
 from media.latch import LatchPolicy
+from media.reorder import JitterEstimator, ReorderBuffer
 from media.rtcp import ReportBlock, RtcpError, build_report, ntp_middle, parse_compound
 from media.rtcp_session import RtcpSession
 from media.rtp import RtpPacketizer, parse_rtp
