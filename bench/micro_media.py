@@ -51,6 +51,7 @@ import trio.testing
 
 from media.bridge import CallBridge
 from media.clock import TICK, MediaClock
+from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
 from media.stream import MediaStream, bind_pair
@@ -97,7 +98,7 @@ class Call:
         )
         self.stream = MediaStream(
             self.bridge, rtp, rtcp, payload_type=0, remote=phones,
-            telephone_event=101, timeout=60,
+            telephone_event=101, options=MediaOptions(timeout=60),
         )
         self.bridge.attach_caller_audio(lambda frame: True)  # the AI session's stand-in
         self.slot = index % SLOTS
@@ -157,7 +158,7 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
     by_slot = [[call for call in table if call.slot == slot] for slot in range(SLOTS)]
     async with trio.open_nursery() as nursery:
         for call in table:
-            nursery.start_soon(call.stream.receive, poller)
+            nursery.start_soon(call.stream.run, poller)
         await trio.testing.wait_all_tasks_blocked()
         # Each call starts on its own lattice point: its caller's first packet latches it
         # and starts its silence, on the grid of that millisecond.

@@ -14,9 +14,10 @@ import trio
 
 from media.bridge import CallBridge, CallerEvent, weak_method
 from media.clock import MediaClock
+from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
-from media.stream import MediaStream, Relatch, close_socket
+from media.stream import MediaStream, close_socket
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings
 
@@ -92,12 +93,7 @@ class Call:
         poller: MediaPoller,
         settings: RealtimeSettings,
         release_ports: Callable[[], None],
-        media_timeout: float = 0,
-        send_silence: bool = True,
-        reorder_packets: int = 2,
-        ai_batch_ms: int = 0,
-        strict_source: bool = False,
-        relatch: str = "sdp",
+        media_options: MediaOptions,
     ) -> None:
         self.call_id = call_id
         self.branch = branch  # the offer's via-branch ("" when none: matches any)
@@ -157,14 +153,9 @@ class Call:
             telephone_event=media.telephone_event,
             rtcp_remote=media.rtcp_remote,
             rtcp_mux=media.rtcp_mux,
-            send_silence=send_silence,
+            options=media_options,
             sending=media.sending,
             caller_sends=media.caller_sends,
-            timeout=media_timeout,
-            reorder_packets=reorder_packets,
-            ai_batch_ms=ai_batch_ms,
-            strict_source=strict_source,
-            relatch=Relatch(relatch),
             on_media_started=weak_method(self._media_started),
         )
         self.ai = RealtimeSession(settings, self.bridge, poller)
@@ -299,9 +290,9 @@ class Call:
         # The engine's poller closes once the engine is cancelled; so may we have been, since
         # `run` spawned this task, and then there is nothing to register with.
         await trio.lowlevel.checkpoint_if_cancelled()
-        await self.stream.receive(self._poller)
+        await self.stream.run(self._poller)
         if self.stream.timed_out:
-            self.hang_up(f"media timeout ({self.stream.timeout:g} s without RTP)")
+            self.hang_up(f"media timeout ({self.stream.options.timeout:g} s without RTP)")
 
     async def _send_rtcp(self) -> None:
         # A bug in a report must end this call, never escape into the engine's nursery and
@@ -360,7 +351,7 @@ class Call:
                 "advertised endpoint": endpoint(media.remote),
                 "last packet": last_packet,
                 "SSRC": stats.last_ssrc or 0,
-                "flags": ["RTP", "filled", "confirmed"] if self.stream.latched else ["RTP"],
+                "flags": ["RTP", "filled", "confirmed"] if self.stream.latch.latched else ["RTP"],
                 "stats": stats.rtp_in.as_dict(),
             },
             {
@@ -368,7 +359,7 @@ class Call:
                 "local port": media.local_port + 1,
                 "local address": media.local_address,
                 "family": family,
-                "endpoint": endpoint(self.stream.rtcp_latched or rtcp_of(remote)),
+                "endpoint": endpoint(self.stream.rtcp.latched or rtcp_of(remote)),
                 "advertised endpoint": endpoint(media.rtcp_remote or rtcp_of(media.remote)),
                 "last packet": last_packet,
                 "flags": ["RTCP", "filled"] if stats.rtcp_in.packets else ["RTCP"],
@@ -427,7 +418,7 @@ class Call:
         if stream.reorder.ssrc is not None:
             ssrcs.insert(0, stream.reorder.ssrc)
         for ssrc in ssrcs:
-            quality = stream.quality.get(ssrc)
+            quality = stream.rtcp.quality.get(ssrc)
             entries[str(ssrc)] = quality.as_dict() if quality else {}
         return entries
 
@@ -439,7 +430,7 @@ class Call:
         stream = self.stream
         stats = stream.stats
         reorder = stream.reorder
-        report = stream.caller_report
+        report = stream.rtcp.caller_report
         offer_at = self.bridge.timeline.get("offer", 0.0)
         return {
             "state": self.state.value,
@@ -467,7 +458,7 @@ class Call:
             },
             "lost": reorder.lost,
             "jitter ms": round(stream.jitter.milliseconds, 2),
-            "round-trip time us": stream.rtt_us,
+            "round-trip time us": stream.rtcp.rtt_us,
             "caller report": {
                 "fraction lost": report.fraction_lost,
                 "cumulative lost": report.cumulative_lost,

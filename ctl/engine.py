@@ -34,6 +34,7 @@ from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import sdp
 from media.clock import MediaClock
+from media.options import MediaOptions
 from media.poller import MediaPoller
 from media.ports import PortPairAllocator, PortsExhausted
 from media.stream import bind_pair
@@ -92,6 +93,7 @@ class Engine:
         self.config = config
         rtp = config["rtp"]
         self.ports = PortPairAllocator(rtp["min_port"], rtp["max_port"])
+        self.media_options = MediaOptions.from_config(rtp)  # every call's [rtp] behaviour
         explicit_openai = frozenset(key for section, key in config.explicit if section == "openai")
         self.settings = RealtimeSettings.from_config(
             config["openai"], explicit=explicit_openai
@@ -234,16 +236,11 @@ class Engine:
                     poller=self.poller,
                     settings=settings,
                     release_ports=lambda: self.ports.release(rtp_port),
-                    media_timeout=rtp_config["timeout"],
                     sdp_origin=(session_id, 1),
                     on_end=self._call_ending,
                     on_transfer=self._call_transfer,
                     on_hang_up=self._hang_up_through_proxy if self.proxy.enabled else None,
-                    send_silence=rtp_config["send_silence"],
-                    reorder_packets=rtp_config["reorder_packets"],
-                    ai_batch_ms=rtp_config["ai_batch_ms"],
-                    strict_source=rtp_config["strict_source"],
-                    relatch=rtp_config["relatch"],
+                    media_options=self.media_options,
                 )
                 assert self._calls_nursery is not None
                 # Not `start`: waiting for the call's tasks to be under way would cost

@@ -7,13 +7,14 @@ engine's clock (media/clock.py) calls ``tick`` when a frame is due. Neither cost
 call and packet.
 
 The protocol work is done by sans-IO cores that take time as an argument: ``rtp`` (parsing,
-packetizing), ``jitter`` (reorder buffer, RFC 3550 statistics), ``rfc4733`` (key presses),
-``rtcp`` (reports, MOS) and ``playout`` (pacing). This module only moves bytes and time.
+packetizing), ``latch`` (which source may send: symmetric RTP, RTP Bleed), ``reorder`` (reorder
+buffer, RFC 3550 statistics), ``rfc4733`` (key presses), ``rtcp_session`` over ``rtcp``
+(reports, MOS) and ``playout`` (pacing). The ``[rtp]`` settings come as one ``MediaOptions``.
+This module only moves bytes and time, and counts.
 """
 
 from __future__ import annotations
 
-import enum
 import errno
 import ipaddress
 import logging
@@ -28,22 +29,14 @@ import trio
 
 from media.bridge import CallBridge, CallerEvent
 from media.clock import ClockEntry, MediaClock, align
-from media.jitter import JitterEstimator, ReorderBuffer
+from media.latch import Endpoint, LatchPolicy, Verdict
+from media.options import MediaOptions
 from media.playout import Pacer
 from media.poller import MediaPoller
+from media.reorder import JitterEstimator, ReorderBuffer
 from media.rfc4733 import DtmfDecoder
-from media.rtcp import (
-    Bye,
-    ReportBlock,
-    RtcpError,
-    SenderReport,
-    StreamQuality,
-    build_report,
-    ntp_middle,
-    ntp_timestamp,
-    parse_compound,
-    round_trip_us,
-)
+from media.rtcp import RtcpError
+from media.rtcp_session import RtcpSession
 from media.rtp import PT_COMFORT_NOISE, RtpError, RtpPacket, RtpPacketizer, is_rtcp, parse_rtp
 
 log = logging.getLogger("rtpai.media")
@@ -52,18 +45,7 @@ MAX_DATAGRAM = 2048  # G.711 at 40 ms is 332 bytes; anything near this is not ou
 # RFC 3550 section 6.2: 5 s is the minimum report interval, randomised over [0.5, 1.5] of it
 # (section 6.3.1) so that calls started together do not report in lockstep.
 RTCP_INTERVAL = 5.0
-# The `silence` re-latch policy: the latched source must have been quiet this long before
-# another source may take over (a NAT rebinding or a mobile handover, not an attacker
-# racing a live stream).
-RELATCH_SILENCE = 2.0
-
-
-class Relatch(enum.Enum):
-    """When RTP from a source other than the latched one may take the call over."""
-
-    NEVER = "never"  # the first valid packet's source holds for the whole call
-    SDP = "sdp"  # only the address:port the (latest) SDP names; a re-offer that moves it re-latches
-    SILENCE = "silence"  # also any source, once the latched one has been quiet RELATCH_SILENCE
+DEFAULT_OPTIONS = MediaOptions()
 
 
 @dataclass
@@ -122,21 +104,6 @@ def close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-def _same_endpoint(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:
-    """Address equality that survives spelling: 2001:DB8::1 vs 2001:db8::1, v4-mapped v6."""
-    if a is None or b is None or a[1] != b[1]:
-        return False
-    if a[0] == b[0]:
-        return True
-    try:
-        x, y = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
-    except ValueError:
-        return False
-    x = getattr(x, "ipv4_mapped", None) or x
-    y = getattr(y, "ipv4_mapped", None) or y
-    return x == y
-
-
 class MediaStream:
     """The caller's RTP in, our paced RTP out, and RTCP both ways, for one call.
 
@@ -153,19 +120,14 @@ class MediaStream:
         rtcp_socket: socket.socket,
         *,
         payload_type: int,
-        remote: tuple[str, int] | None,
+        remote: Endpoint | None,
+        options: MediaOptions = DEFAULT_OPTIONS,
         caller_events: trio.MemorySendChannel[CallerEvent] | None = None,
         telephone_event: int | None = None,
-        rtcp_remote: tuple[str, int] | None = None,
+        rtcp_remote: Endpoint | None = None,
         rtcp_mux: bool = False,
-        send_silence: bool = True,
         sending: bool = True,
         caller_sends: bool = True,
-        timeout: float = 0,
-        reorder_packets: int = 2,
-        strict_source: bool = False,
-        relatch: Relatch = Relatch.SDP,
-        ai_batch_ms: int = 0,
         wall_clock=time.time,
         on_media_started: Callable[[], None] | None = None,
     ) -> None:
@@ -174,23 +136,20 @@ class MediaStream:
         self.rtcp_socket = rtcp_socket
         self.payload_type = payload_type
         self.telephone_event = telephone_event
-        self.sdp_remote = remote
-        self.sdp_rtcp_remote = rtcp_remote
-        self.rtcp_mux = rtcp_mux
+        self.options = options
+        # Which source may send (and so where we send once latched): media/latch.py.
+        self.latch = LatchPolicy(
+            remote, relatch=options.relatch, strict_source=options.strict_source
+        )
         # Where we send: the SDP's address until the first valid packet, then its source.
         self.remote = remote
-        self.latched: tuple[str, int] | None = None
-        self.rtcp_latched: tuple[str, int] | None = None
         self.caller_events = caller_events
-        self.send_silence = send_silence
         self.sending = sending  # False while the caller holds the call (sendonly/inactive)
         self.caller_sends = caller_sends  # False when the caller says it will not (inactive)
-        self.timeout = timeout
-        self.strict_source = strict_source
-        self.relatch = relatch
         self.stats = MediaStats()
         self.packetizer = RtpPacketizer(payload_type)
         ptime = bridge.ptime_ms / 1000
+        reorder_packets = options.reorder_packets
         self.reorder = ReorderBuffer(
             self._deliver,
             depth=reorder_packets,
@@ -199,18 +158,13 @@ class MediaStream:
         )
         self.jitter = JitterEstimator()
         self.dtmf = DtmfDecoder()
-        # RTCP state: the caller's last SR (LSR, when it arrived), the latest RTT, and MOS
-        # samples per SSRC in rtpengine's query shape.
-        self.cname = f"rtpai-{self.packetizer.ssrc:08x}".encode()
-        self._caller_sr: tuple[int, float] | None = None
-        self.rtt_us: int | None = None
-        self.caller_report: ReportBlock | None = None  # the caller's latest block about us
-        self.quality: dict[int, StreamQuality] = {}
-        self._sent_since_report = False
+        self.rtcp = RtcpSession(
+            self.packetizer.ssrc, self.reorder, self.jitter, sdp_remote=rtcp_remote, mux=rtcp_mux
+        )
+        self._sent_since_report = False  # set per RTP packet sent: the next report is an SR
         self._wall = wall_clock
         self._on_media_started = on_media_started  # told once, at the first latch
         self._now = 0.0  # trio time of the datagram being handled
-        self._latched_at = 0.0  # trio time of the latched source's last valid packet
         self._timer_scope: trio.CancelScope | None = None  # media timeout, reorder gap
         self._timeout_from = 0.0  # trio time the media timeout counts from, besides packets
         self._timed_out = False
@@ -224,12 +178,12 @@ class MediaStream:
         # private one, and a thousand ringing calls would otherwise cost as much as a thousand
         # answered ones. A plain attribute, set at the first latch, rather than a property over
         # the event: ``tick`` reads it for every silence frame.
-        self._idle_sends_silence = send_silence and bridge.media_started.is_set()
+        self._idle_sends_silence = options.send_silence and bridge.media_started.is_set()
         self._samples = bridge.ptime_ms * 8  # 8000 Hz
         self._silence = bytes((bridge.silence_byte,)) * self._samples
         # Caller audio to the AI in batches of this many frames ([rtp] ai_batch_ms): fewer
         # WebSocket messages (each a send syscall) for up to a batch's worth of latency.
-        self._ai_batch_frames = max(1, round(ai_batch_ms / bridge.ptime_ms))
+        self._ai_batch_frames = max(1, round(options.ai_batch_ms / bridge.ptime_ms))
         self._ai_batch: list[bytes] = []
         self._ai_batch_since = 0.0
         self._ai_batch_max_age = self._ai_batch_frames * ptime
@@ -239,34 +193,30 @@ class MediaStream:
     def update(
         self,
         *,
-        remote: tuple[str, int] | None,
-        rtcp_remote: tuple[str, int] | None,
+        remote: Endpoint | None,
+        rtcp_remote: Endpoint | None,
         sending: bool,
         caller_sends: bool,
     ) -> None:
         """A re-offer (hold, resume, a moved endpoint) changed what the SDP says."""
-        moved = remote is not None and not _same_endpoint(remote, self.sdp_remote)
-        self.sdp_remote = remote
-        self.sdp_rtcp_remote = rtcp_remote
+        moved = self.latch.sdp_changed(remote)
+        self.rtcp.sdp_changed(rtcp_remote, moved=moved)
         self.sending = sending
         self.caller_sends = caller_sends
-        if moved and (self.latched is None or self.relatch is not Relatch.NEVER):
-            # Signalling moved the media (the proxy vouches for it): send there now and latch
-            # afresh on the first packet, as for a new call.
-            self.latched = None
-            self.rtcp_latched = None
-            self.remote = remote
+        if moved:
+            self.remote = remote  # send there now; latched afresh on the first packet
         self._restart_timeout()
 
     # --- receive ------------------------------------------------------------------------------
 
-    async def receive(self, poller: MediaPoller) -> None:
-        """Receive the caller's RTP and RTCP until cancelled; returns if the media timeout
-        expires.
+    async def run(self, poller: MediaPoller) -> None:
+        """The stream's task: its sockets are registered with ``poller`` while it runs, and it
+        keeps the stream's two timers; returns if the media timeout expires, else runs until
+        cancelled.
 
         Datagrams are handled as they arrive by the engine's ``poller`` (one wake-up for all
-        calls' sockets, media/poller.py), synchronously; this task only keeps the stream's
-        two timers: the media timeout and the reorder buffer's open gap.
+        calls' sockets, media/poller.py), synchronously, not by this task: it only wakes for
+        the media timeout and the reorder buffer's open gap.
         """
         try:
             poller.register(self.rtp_socket, self._rtp_readable, self._receive_failed)
@@ -342,12 +292,13 @@ class MediaStream:
         return self._timed_out
 
     def _timeout_deadline(self) -> float:
-        if not (self.timeout and self.caller_sends):
+        timeout = self.options.timeout
+        if not (timeout and self.caller_sends):
             # A caller on hold with a=inactive (or c=0.0.0.0) legitimately sends nothing.
             return math.inf
         last = self.stats.last_packet
         start = self._timeout_from if last is None else max(last, self._timeout_from)
-        return start + self.timeout
+        return start + timeout
 
     def _restart_timeout(self) -> None:
         """A re-offer: the timeout counts afresh from now (or stops, on hold)."""
@@ -368,12 +319,15 @@ class MediaStream:
             stats.rtp_in.errors += 1
             return
         source = source[:2]
-        if source != self.latched and not self._accept_source(source):
-            stats.foreign_source += 1
-            stats.rtp_in.errors += 1
-            return
         now = self._now
-        self._latched_at = now
+        latch = self.latch
+        if source != latch.latched:  # the policy is asked only about a stranger
+            verdict = latch.accept(source, now, stats.last_packet)
+            if verdict is Verdict.FOREIGN:
+                stats.foreign_source += 1
+                stats.rtp_in.errors += 1
+                return
+            self._latched(verdict, source)
         stats.rtp_in.packets += 1
         stats.rtp_in.bytes += len(data)
         stats.last_packet = now
@@ -387,35 +341,20 @@ class MediaStream:
         self.jitter.reset()
         self._emit(self.dtmf.restart())
 
-    def _accept_source(self, source: tuple[str, int]) -> bool:
-        """Latching policy for a packet not from the latched source (RTP Bleed defence)."""
-        if self.strict_source and not _same_endpoint(source, self.sdp_remote):
-            return False  # only the SDP's address:port, ever
-        if self.latched is None:
-            self._latch(source)
-            self.bridge.mark("first_caller_rtp")
-            if not self.bridge.media_started.is_set():
-                self.bridge.media_started.set()
-                if self._on_media_started is not None:
-                    self._on_media_started()
-            self._idle_sends_silence = self.send_silence
-            self._wake_pacer()  # from now on we send silence between answers
-            return True
-        # Never re-latch to a stranger on its word alone: that is how "RTP Bleed" hijacks calls.
-        policy = self.relatch
-        if policy is Relatch.NEVER:
-            return False
-        if _same_endpoint(source, self.sdp_remote) or (
-            policy is Relatch.SILENCE and self._now - self._latched_at >= RELATCH_SILENCE
-        ):
-            self.stats.relatches += 1
-            self._latch(source)
-            return True
-        return False
-
-    def _latch(self, source: tuple[str, int]) -> None:
-        self.latched = source
+    def _latched(self, verdict: Verdict, source: Endpoint) -> None:
+        """The latch policy took ``source``: from now on our RTP goes there."""
         self.remote = source
+        if verdict is Verdict.MOVED:
+            self.stats.relatches += 1
+        if verdict is not Verdict.FIRST:
+            return
+        self.bridge.mark("first_caller_rtp")
+        if not self.bridge.media_started.is_set():
+            self.bridge.media_started.set()
+            if self._on_media_started is not None:
+                self._on_media_started()
+        self._idle_sends_silence = self.options.send_silence
+        self._wake_pacer()  # from now on we send silence between answers
 
     def _deliver(self, packet: RtpPacket) -> None:
         """The reorder buffer's output, in sequence order."""
@@ -473,90 +412,45 @@ class MediaStream:
 
     # --- RTCP ---------------------------------------------------------------------------------
 
-    def _on_rtcp(self, data: bytes, source: tuple[str, int]) -> None:
+    def _on_rtcp(self, data: bytes, source: Endpoint) -> None:
         stats = self.stats
-        # RTCP is accepted from the latched RTP host (any port: NATs pick their own) or, before
-        # latching, from the SDP's host; anything else could feed us forged reports.
-        expected = self.latched or self.sdp_remote
-        if expected is None or not _same_endpoint((source[0], 0), (expected[0], 0)):
+        if not self.latch.rtcp_source_ok(source):
             stats.foreign_source += 1
             stats.rtcp_in.errors += 1
             return
         try:
-            reports = parse_compound(data)
+            self.rtcp.receive(data, source, self._now, self._wall())
         except RtcpError:
             stats.rtcp_malformed += 1
             stats.rtcp_in.errors += 1
             return
         stats.rtcp_in.packets += 1
         stats.rtcp_in.bytes += len(data)
-        if not self.rtcp_mux:
-            self.rtcp_latched = source
-        wall = self._wall()
-        arrival = ntp_timestamp(wall)
-        our_ssrc = self.packetizer.ssrc
-        for report in reports:
-            if isinstance(report, Bye):
-                continue
-            if isinstance(report, SenderReport):
-                self._caller_sr = (ntp_middle(report.ntp), self._now)
-            for block in report.blocks:
-                if block.ssrc != our_ssrc:
-                    continue
-                self.caller_report = block
-                rtt = round_trip_us(block, arrival)
-                if rtt is not None:
-                    self.rtt_us = rtt
-                # The caller's view of our stream: its jitter and loss, our RTT.
-                self.quality.setdefault(our_ssrc, StreamQuality()).add(
-                    self.rtt_us or 0, block.jitter * 1000 / 8000,
-                    block.fraction_lost * 100 / 256, wall,
-                )
 
     async def send_rtcp(self) -> None:
         """An SR (while we send) or RR, with SDES CNAME, every ~5 s (RFC 3550 section 6.2)."""
         while True:
             await trio.sleep(RTCP_INTERVAL * random.uniform(0.5, 1.5))
-            if self.latched is None and self._pacer is None:
+            if self.latch.latched is None and self._pacer is None:
                 continue  # no media either way yet (ringing): nothing to report, as rtpengine
             self._now = trio.current_time()
             self.send_report()
 
     def send_report(self) -> None:
         """Build and send one compound RTCP report now; also samples the caller's quality."""
-        wall = self._wall()
-        ntp = ntp_timestamp(wall)
-        blocks = []
-        reorder = self.reorder
-        if reorder.ssrc is not None:
-            fraction, cumulative = reorder.report_interval()
-            lsr = dlsr = 0
-            if self._caller_sr is not None:
-                lsr, received_at = self._caller_sr
-                dlsr = int((self._now - received_at) * 65536)
-            jitter = int(self.jitter.jitter)
-            blocks.append(
-                ReportBlock(reorder.ssrc, fraction, cumulative, reorder.extended_max, jitter,
-                            lsr, dlsr)
-            )
-            # Our view of the caller's stream, rtpengine-style: one sample per report.
-            self.quality.setdefault(reorder.ssrc, StreamQuality()).add(
-                self.rtt_us or 0, self.jitter.milliseconds, fraction * 100 / 256, wall
-            )
         sender = None
         if self._sent_since_report:
             out = self.stats.rtp_out
-            sender = (ntp, self.packetizer.timestamp, out.packets, out.bytes)
+            sender = (self.packetizer.timestamp, out.packets, out.bytes)
             self._sent_since_report = False
-        packet = build_report(self.packetizer.ssrc, self.cname, blocks, sender=sender)
-        if self.rtcp_mux:
-            sock, destination = self.rtp_socket, self.remote
-        else:
-            sock, destination = self.rtcp_socket, self._rtcp_destination()
+        rtcp = self.rtcp
+        packet = rtcp.report(self._now, self._wall(), sender)
         # Unlike RTP, RTCP goes on while the caller holds (RFC 3264 section 5.1): only a
         # missing address (c=0.0.0.0) stops it.
+        destination = rtcp.destination(self.remote, self.latch)
         if destination is None:
             return
+        sock = self.rtp_socket if rtcp.mux else self.rtcp_socket
         try:
             sock.sendto(packet, destination)
         except OSError:
@@ -564,16 +458,6 @@ class MediaStream:
             return
         self.stats.rtcp_out.packets += 1
         self.stats.rtcp_out.bytes += len(packet)
-
-    def _rtcp_destination(self) -> tuple[str, int] | None:
-        if self.rtcp_latched is not None:
-            return self.rtcp_latched
-        latched = self.latched
-        if latched is None or _same_endpoint(latched, self.sdp_remote):
-            return self.sdp_rtcp_remote
-        if latched[1] >= 65535:
-            return None  # no next port (sendto would raise OverflowError): no RTCP for it
-        return (latched[0], latched[1] + 1)  # behind a NAT: RFC 3550 section 11's next port
 
     # --- send ---------------------------------------------------------------------------------
 

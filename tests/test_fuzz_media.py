@@ -428,7 +428,7 @@ async def test_rtcp_after_latching_a_source_port_of_65535_does_not_raise():
         await rtcp.bind(("127.0.0.1", 0))
         stream, _audio, _events = make_stream(rtcp=rtcp._sock)
         stream.on_datagram(RtpPacketizer(0).packet(b"\xff" * 160, 160), (CALLER[0], 65535))
-        assert stream.latched == (CALLER[0], 65535)
+        assert stream.latch.latched == (CALLER[0], 65535)
         stream.send_report()  # no port above 65535: no RTCP for this caller, and no crash
         assert stream.stats.rtcp_out.packets == 0
 

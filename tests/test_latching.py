@@ -102,7 +102,7 @@ async def test_audio_flows_both_ways_after_latching_an_unknown_address():
                 await stranger.sendto(b"\x00" * 40, ("127.0.0.1", port))
             nursery.start_soon(caller.stream, ("127.0.0.1", port), [b"\x10" * 160] * 50)
             await call.bridge.media_started.wait()
-            assert call.stream.latched == ("127.0.0.1", caller.port)
+            assert call.stream.latch.latched == ("127.0.0.1", caller.port)
             # Caller -> AI: its audio reaches the model.
             await session.wait_until(lambda fake: len(fake.audio_in) >= 160 * 10)
             # AI -> caller: the model's reply comes back to the latched address.

@@ -276,7 +276,7 @@ async def test_ipv6_offer_answered_on_ipv6_and_media_latches():
             rtp = struct.pack("!BBHII", 0x80, 0, 1, 160, 0xABC) + b"\xff" * 160
             await caller.sendto(rtp, ("::1", port))
             await call.bridge.media_started.wait()
-            assert call.stream.latched == ("::1", caller_port)
+            assert call.stream.latch.latched == ("::1", caller_port)
             data, source = await caller.recvfrom(2048)  # our paced RTP comes back over v6
             assert source[:2] == ("::1", port) and len(data) == 12 + 160
             nursery.cancel_scope.cancel()

@@ -19,12 +19,14 @@ import trio.testing
 
 from media.bridge import CallBridge
 from media.clock import MediaClock
+from media.latch import Relatch
+from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
 from media.rfc4733 import Dtmf, build_event
 from media.rtcp import ReportBlock, build_report, ntp_middle, ntp_timestamp, parse_compound
 from media.rtp import RtpPacketizer, parse_rtp
-from media.stream import MediaStream, Relatch
+from media.stream import MediaStream
 
 CALLER = ("192.0.2.10", 40000)  # what the SDP says
 NAT = ("198.51.100.7", 61000)  # where the caller's packets really come from
@@ -50,6 +52,7 @@ class Recorder:
 
 
 def make_stream(*, codec="PCMU", ptime=20, rtp=None, rtcp=None, **options):
+    """A stream on recorders; ``options`` are MediaStream's arguments or MediaOptions' fields."""
     events_send, events_receive = trio.open_memory_channel(4)
     bridge = CallBridge(
         call_id="c",
@@ -63,6 +66,9 @@ def make_stream(*, codec="PCMU", ptime=20, rtp=None, rtcp=None, **options):
     options.setdefault("remote", CALLER)
     options.setdefault("rtcp_remote", (CALLER[0], CALLER[1] + 1))
     options.setdefault("telephone_event", 101)
+    media_options = {
+        name: options.pop(name) for name in MediaOptions.__dataclass_fields__ if name in options
+    }
     stream = MediaStream(
         bridge,
         rtp or Recorder(),
@@ -70,6 +76,7 @@ def make_stream(*, codec="PCMU", ptime=20, rtp=None, rtcp=None, **options):
         payload_type=0 if codec == "PCMU" else 8,
         caller_events=events_send,
         wall_clock=lambda: WALL,
+        options=MediaOptions(**media_options),
         **options,
     )
     audio: list[bytes] = []  # what the AI session would have been handed
@@ -327,12 +334,12 @@ async def test_a_stream_whose_tick_fails_ends_its_call_and_not_the_others(autoju
 async def test_latches_on_the_first_valid_packet_and_sends_there():
     stream, audio, _ = make_stream()
     stream.on_datagram(b"\x80\x00junk", NAT)  # malformed: does not latch
-    assert stream.latched is None and stream.stats.malformed == 1
+    assert stream.latch.latched is None and stream.stats.malformed == 1
     stream.on_datagram(rtp(1), NAT)
-    assert stream.latched == NAT and stream.remote == NAT
+    assert stream.latch.latched == NAT and stream.remote == NAT
     assert stream.bridge.media_started.is_set()
     stream.on_datagram(rtp(2), ATTACKER)  # RTP Bleed: a stranger's packet is not audio
-    assert stream.latched == NAT and stream.stats.foreign_source == 1
+    assert stream.latch.latched == NAT and stream.stats.foreign_source == 1
     assert len(drain(audio)) == 1
 
 
@@ -341,14 +348,14 @@ async def test_relatch_to_the_sdp_address_is_allowed(policy):
     stream, audio, _ = make_stream(relatch=policy)
     stream.on_datagram(rtp(1), NAT)
     stream.on_datagram(rtp(2), CALLER)
-    assert stream.latched == CALLER and stream.stats.relatches == 1
+    assert stream.latch.latched == CALLER and stream.stats.relatches == 1
 
 
 async def test_relatch_never_holds_the_first_source():
     stream, _, _ = make_stream(relatch=Relatch.NEVER)
     stream.on_datagram(rtp(1), NAT)
     stream.on_datagram(rtp(2), CALLER)
-    assert stream.latched == NAT and stream.stats.foreign_source == 1
+    assert stream.latch.latched == NAT and stream.stats.foreign_source == 1
 
 
 async def test_relatch_silence_only_after_the_latched_source_went_quiet():
@@ -357,18 +364,18 @@ async def test_relatch_silence_only_after_the_latched_source_went_quiet():
     stream.on_datagram(rtp(1), NAT)
     stream._now = 11.0
     stream.on_datagram(rtp(2), ATTACKER)  # racing a live stream: refused
-    assert stream.latched == NAT
+    assert stream.latch.latched == NAT
     stream._now = 12.5
     stream.on_datagram(rtp(3), ATTACKER)  # 2.5 s of silence: a NAT rebinding, accepted
-    assert stream.latched == ATTACKER and stream.stats.relatches == 1
+    assert stream.latch.latched == ATTACKER and stream.stats.relatches == 1
 
 
 async def test_strict_source_accepts_only_the_sdp_endpoint():
     stream, audio, _ = make_stream(strict_source=True)
     stream.on_datagram(rtp(1), NAT)
-    assert stream.latched is None and stream.stats.foreign_source == 1
+    assert stream.latch.latched is None and stream.stats.foreign_source == 1
     stream.on_datagram(rtp(2), CALLER)
-    assert stream.latched == CALLER and len(drain(audio)) == 1
+    assert stream.latch.latched == CALLER and len(drain(audio)) == 1
 
 
 async def test_reoffer_moving_the_media_relatches_there():
@@ -376,15 +383,15 @@ async def test_reoffer_moving_the_media_relatches_there():
     stream.on_datagram(rtp(1), NAT)
     moved = ("192.0.2.20", 42000)
     stream.update(remote=moved, rtcp_remote=(moved[0], 42001), sending=True, caller_sends=True)
-    assert stream.remote == moved and stream.latched is None
+    assert stream.remote == moved and stream.latch.latched is None
     stream.on_datagram(rtp(2), ("192.0.2.20", 42000))
-    assert stream.latched == moved
+    assert stream.latch.latched == moved
 
 
 async def test_ipv6_sources_compare_by_address_not_spelling():
     stream, _, _ = make_stream(remote=("2001:DB8::10", 40000), strict_source=True)
     stream.on_datagram(rtp(1), ("2001:db8::10", 40000, 0, 0))
-    assert stream.latched == ("2001:db8::10", 40000)
+    assert stream.latch.latched == ("2001:db8::10", 40000)
 
 
 # --- inbound: payload types, reordering, DTMF --------------------------------------------------
@@ -471,11 +478,11 @@ async def test_rtcp_reports_round_trip_and_quality_both_ways():
         [ReportBlock(stream.packetizer.ssrc, 26, 1, 10, 80, ntp_middle(sr.ntp), 65536 // 20)],
     )
     stream._on_rtcp(reply, (CALLER[0], CALLER[1] + 1))
-    assert stream.rtt_us == pytest.approx(200_000, abs=100)
-    ours = stream.quality[stream.packetizer.ssrc].as_dict()["average MOS"]
-    assert ours["round-trip time"] == stream.rtt_us and ours["jitter"] == 10
+    assert stream.rtcp.rtt_us == pytest.approx(200_000, abs=100)
+    ours = stream.rtcp.quality[stream.packetizer.ssrc].as_dict()["average MOS"]
+    assert ours["round-trip time"] == stream.rtcp.rtt_us and ours["jitter"] == 10
     assert ours["packet loss"] == 10 and ours["samples"] == 1
-    assert stream.caller_report.fraction_lost == 26
+    assert stream.rtcp.caller_report.fraction_lost == 26
 
 
 async def test_rtcp_from_a_stranger_is_ignored():
@@ -483,7 +490,7 @@ async def test_rtcp_from_a_stranger_is_ignored():
     stream.on_datagram(rtp(1), NAT)
     forged = build_report(1, b"x", [ReportBlock(stream.packetizer.ssrc, 255, 99, 1, 1, 0, 0)])
     stream._on_rtcp(forged, ATTACKER)
-    assert stream.caller_report is None and stream.stats.foreign_source == 1
+    assert stream.rtcp.caller_report is None and stream.stats.foreign_source == 1
     stream._on_rtcp(b"\x80\xc9\x00\x09junk", NAT)
     assert stream.stats.rtcp_malformed == 1
 
@@ -497,7 +504,7 @@ async def test_rtcp_mux_sends_on_the_rtp_port_and_reads_it_there():
     assert destination == NAT and data[1] == 201  # an RR: we have sent no RTP yet
     report = build_report(5, b"p", [ReportBlock(stream.packetizer.ssrc, 0, 0, 1, 8, 0, 0)])
     stream.on_datagram(report, NAT)  # RFC 5761: told apart from RTP by its packet type
-    assert stream.stats.rtcp_in.packets == 1 and stream.caller_report is not None
+    assert stream.stats.rtcp_in.packets == 1 and stream.rtcp.caller_report is not None
 
 
 async def test_rtcp_sent_about_every_five_seconds(autojump_clock):
@@ -518,7 +525,7 @@ async def receive(stream, poller=None):
     poller = poller or MediaPoller()
     async with trio.open_nursery() as nursery:
         await nursery.start(poller.run)
-        await stream.receive(poller)
+        await stream.run(poller)
         nursery.cancel_scope.cancel()
 
 
@@ -618,7 +625,7 @@ async def test_one_poller_receives_for_every_call_and_forgets_ended_ones():
 
                 async def run(stream=stream, scope=scope):
                     with scope:
-                        await stream.receive(poller)
+                        await stream.run(poller)
 
                 nursery.start_soon(run)
             await trio.sleep(0.01)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.jitter import JitterEstimator, ReorderBuffer
+from media.reorder import JitterEstimator, ReorderBuffer
 from media.rtp import RtpPacket
 
 
