@@ -8,7 +8,7 @@ a sibling of ``openai_flavor/``, not a change to the media plane.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,12 +118,42 @@ class CallBridge:
         self._audio_backlog.clear()
         return dropped
 
-    # --- actions the AI asks for, and the playout signal they need ----------------------------
+    # --- playout: AI session -> media plane ----------------------------------------------------
+    #
+    # The AI session plays through these and never touches the queue itself: the queue and the
+    # paced sender that empties it are the media plane's.
+
+    def play(self, audio: bytes, item: Hashable) -> None:
+        """Queue the AI's ``audio`` (codec bytes) for assistant ``item``."""
+        self.playout.push(audio, item)
+
+    def end_item(self) -> None:
+        """The current item's audio is complete: its last partial frame is padded and plays."""
+        self.playout.finish_item(SILENCE_BYTE[self.codec])
+
+    def clear_playout(self) -> int:
+        """Stop playing at once (barge-in); returns the bytes dropped."""
+        return self.playout.clear()
+
+    def holds(self, item: Hashable) -> bool:
+        """Some of ``item``'s audio still waits to be played."""
+        return self.playout.holds(item)
+
+    def frames_sent_of(self, item: Hashable) -> int:
+        """Frames of ``item`` the caller was sent: what was heard of it (for truncation)."""
+        return self.playout.frames_sent.get(item, 0)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Audio waiting to be played, a partial frame included."""
+        return len(self.playout)
 
     @property
     def playout_idle(self) -> bool:
         """No whole frame is left to play (a partial one only exists while audio arrives)."""
         return self.playout.queued_frames == 0
+
+    # --- actions the AI asks for, and the playout signal they need ----------------------------
 
     def hang_up_after_playout(self, reason: str) -> None:
         """End the call once everything queued has been sent: a goodbye is never cut off.

@@ -259,9 +259,8 @@ class RealtimeSession:
         and only once the caller is there to hear it."""
         if not self.settings.reconnect_tone or not self.bridge.media_started.is_set():
             return
-        playout = self.bridge.playout
-        playout.finish_item(self.bridge.silence_byte)  # the cue starts on a frame boundary
-        playout.push(reconnect_cue(self.bridge.codec), "reconnect cue")
+        self.bridge.end_item()  # the cue starts on a frame boundary
+        self.bridge.play(reconnect_cue(self.bridge.codec), "reconnect cue")
 
     def _fail(self, reason: str) -> None:
         self.stats.state = "failed"
@@ -558,11 +557,11 @@ class RealtimeSession:
             if turns.audio_delta(events.field_str(event, "response_id"), item_id, len(audio)):
                 self.stats.audio_received_bytes += len(audio)
                 self.bridge.mark("first_ai_audio")
-                self.bridge.playout.push(audio, item_id)
+                self.bridge.play(audio, item_id)
         elif kind in events.AUDIO_DONE:
             response_id = events.field_str(event, "response_id")
             if turns.audio_done(response_id, events.field_str(event, "item_id") or ""):
-                self.bridge.playout.finish_item(self.bridge.silence_byte)
+                self.bridge.end_item()
         elif kind == events.SPEECH_STARTED:
             self._barge_in()
         elif kind in events.TURN_ENDED:
@@ -571,7 +570,7 @@ class RealtimeSession:
                 self._expect_response()
         elif kind == events.RESPONSE_CREATED:
             response = events.field_object(event, "response")
-            turns.response_created(events.field_str(response, "id") or "", self.bridge.playout)
+            turns.response_created(events.field_str(response, "id") or "", self.bridge)
             self._expect_response()
         elif kind == events.FUNCTION_CALL_DONE:
             call_id, name, arguments = events.parse_function_call(event)
@@ -611,13 +610,13 @@ class RealtimeSession:
         frame already on the wire. The server cancels the response itself (interrupt_response
         is on whenever barge-in is honoured), so no response.cancel is sent.
         """
-        decision = self._turns.barge_in(self.bridge.playout)
+        decision = self._turns.barge_in(self.bridge)
         if decision.ignored:
             self.stats.barge_ins_ignored += 1
             return
         if not decision.interrupted:
             return
-        self.bridge.playout.clear()
+        self.bridge.clear_playout()
         self.stats.barge_ins += 1
         for item_id, end_ms in decision.truncate:
             self._send(events.truncate_item(item_id, end_ms))
