@@ -12,13 +12,12 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge, CallerEvent, weak_method
+from media.bridge import AiSessionError, CallBridge, CallerEvent, weak_method
 from media.clock import MediaClock
+from media.flavor import AiSettings, Flavor
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
 from media.stream import MediaStream, Relatch, close_socket
-from openai_flavor.session import RealtimeSession, RealtimeSessionError
-from openai_flavor.settings import RealtimeSettings
 
 log = logging.getLogger("rtpai.call")
 
@@ -90,14 +89,16 @@ class Call:
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
         poller: MediaPoller,
-        settings: RealtimeSettings,
+        settings: AiSettings,
+        flavor: Flavor,
         release_ports: Callable[[], None],
-        media_timeout: float = 0,
-        send_silence: bool = True,
-        reorder_packets: int = 2,
-        ai_batch_ms: int = 0,
-        strict_source: bool = False,
-        relatch: str = "sdp",
+        # [rtp]'s, as configured (their defaults are its rows', media/settings.py).
+        media_timeout: float,
+        send_silence: bool,
+        reorder_packets: int,
+        ai_batch_ms: int,
+        strict_source: bool,
+        relatch: str,
     ) -> None:
         self.call_id = call_id
         self.branch = branch  # the offer's via-branch ("" when none: matches any)
@@ -167,7 +168,8 @@ class Call:
             relatch=Relatch(relatch),
             on_media_started=weak_method(self._media_started),
         )
-        self.ai = RealtimeSession(settings, self.bridge, poller)
+        # The AI session, whatever its flavor: run, statistics, closed by cancellation.
+        self.ai = flavor.new_session(settings, self.bridge, poller)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -322,7 +324,7 @@ class Call:
         # notification will hook in); the reason goes to the statistics.
         try:
             await self.ai.run()
-        except RealtimeSessionError as exc:
+        except AiSessionError as exc:
             log.warning("call %s: AI session failed: %s", self.call_id, exc)
             self.bridge.end_call(f"AI session failed: {exc}")
         except Exception:
@@ -483,5 +485,5 @@ class Call:
             "pacer re-anchors": stats.pacer_reanchors,
             "transfers": list(self.transfers),
             "hang-up": self.hangup,
-            "ai": self.ai.stats.snapshot(),
+            "ai": self.ai.snapshot(),
         }

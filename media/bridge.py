@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -21,6 +21,28 @@ from media.rtp import SILENCE_BYTE
 # What the media plane tells the AI session about the caller besides audio. Only DTMF today;
 # hold and hang-up would join it here, as flavor-neutral dataclasses.
 CallerEvent = Dtmf
+
+class AiSessionError(Exception):
+    """The AI session cannot go on; the reason is safe to log and to return in statistics."""
+
+
+class AiSession(Protocol):
+    """What a call needs of its AI session, whatever the flavor (media/flavor.py).
+
+    ``run`` lives in the call's nursery for the call's whole life: it connects, converses and
+    reconnects, and raises :class:`AiSessionError` when the session cannot go on (the call then
+    ends). Closing is cancelling it: the call's scope ends, and the session closes its
+    connection in ``run``'s own bounded ``finally``. ``state`` and ``snapshot`` are for the
+    statistics (the ``ai`` key of a query's reply, the SIGUSR1 state line).
+    """
+
+    @property
+    def state(self) -> str: ...
+
+    async def run(self) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
 
 # Caller frames held while no AI connection takes them (early media while the WebSocket
 # opens): 50 frames is a second at 20 ms. Beyond it frames are dropped and counted.

@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge
+from media.bridge import AiSessionError, CallBridge
 from media.poller import MediaPoller
 from media.tones import reconnect_cue
 from openai_flavor import events, keypad
@@ -75,7 +75,7 @@ MAX_ASSISTANT_ITEMS = 64
 TRANSCRIPT_REPLY_CHARS = 16_000
 
 
-class RealtimeSessionError(Exception):
+class RealtimeSessionError(AiSessionError):
     """The AI session cannot go on; the reason is safe to log and to return in statistics."""
 
 
@@ -184,6 +184,14 @@ class RealtimeSession:
         # Failures of actions the model asked for, to tell it once a connection is ready.
         self._untold_failures: list[str] = []
         bridge.listen_for_failures(self._action_failed)
+
+    @property
+    def state(self) -> str:
+        return self.stats.state
+
+    def snapshot(self) -> dict[str, Any]:
+        """The session's statistics, for the ``ai`` key of the call's statistics."""
+        return self.stats.snapshot()
 
     async def wait_until(self, predicate) -> None:
         """Block until ``predicate(self)`` holds; re-checked after every event and action.

@@ -35,7 +35,7 @@ def test_environment_wins_over_the_file(tmp_path):
     assert config["openai"]["voice"] == "coral"
     assert config["openai"]["key"] == "from-file"  # the alias openai_key
     assert config["ng"]["listen"] == ("127.0.0.1", 2300)
-    assert config.is_set("openai", "voice") and not config.is_set("openai", "model")
+    assert ("openai", "voice") in config.explicit and ("openai", "model") not in config.explicit
 
 
 @pytest.mark.parametrize(
