@@ -176,7 +176,6 @@ class RealtimeSession:
         self._turns = self._new_turns()
         self._ready = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._changed = trio.Event()
         self._reader_ended = trio.Event()
         self._reader_stop: Exception | None = None
         self._watchdog = Watchdog(self._bounds(), 0.0)
@@ -192,18 +191,6 @@ class RealtimeSession:
     def snapshot(self) -> dict[str, Any]:
         """The session's statistics, for the ``ai`` key of the call's statistics."""
         return self.stats.snapshot()
-
-    async def wait_until(self, predicate) -> None:
-        """Block until ``predicate(self)`` holds; re-checked after every event and action.
-
-        For tests and diagnostics: it lets them wait for the session's state without sleeping.
-        """
-        while not predicate(self):
-            await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     def _new_turns(self) -> Turns:
         return Turns(
@@ -245,7 +232,6 @@ class RealtimeSession:
                         )
                     self.stats.state = "reconnecting"
                     self.stats.reconnects += 1
-                    self._notify()
                     log.warning(
                         "call %s: Realtime connection lost (%s); reconnecting in %.1f s",
                         self.bridge.call_id, reason, delay,
@@ -274,7 +260,6 @@ class RealtimeSession:
         self.stats.state = "failed"
         if not self.stats.failure:
             self.stats.failure = reason
-        self._notify()
         raise RealtimeSessionError(self.stats.failure)
 
     async def _connect_once(self) -> None:
@@ -453,7 +438,6 @@ class RealtimeSession:
             log.info("call %s: caller pressed %s", self.bridge.call_id, text)
             self._send(events.caller_text(events.dtmf_text(text)))
             self._want_response()
-            self._notify()
 
     def _want_response(self) -> None:
         if self._turns.request_response():
@@ -518,8 +502,6 @@ class RealtimeSession:
                 except (ValueError, IllegalTransition) as exc:
                     # ValueError: not JSON, not an event, or events.MalformedEvent.
                     self._malformed(exc)
-                    continue
-                self._notify()
         except _Lost as lost:
             # Handed on from inside the handler, which forgets `lost` as it ends: a local
             # holding it would keep this frame (in its traceback) and the session in a cycle.
@@ -683,7 +665,6 @@ class RealtimeSession:
             if done.had_audio:
                 # The goodbye was in this response: end once it has been heard.
                 self.bridge.hang_up_after_playout(hang_up)
-                self._notify()
                 return
             # No goodbye yet: let the model say it, and hang up after that response.
             self._hang_up_after_next = hang_up
@@ -697,7 +678,6 @@ class RealtimeSession:
             self._send(events.response_create())
         elif outputs or hang_up is not None:
             self._want_response()
-        self._notify()
 
     def _transfer(self, call: FunctionCall) -> str:
         target = (call.arguments or {}).get("target") or self.settings.transfer_target
@@ -750,7 +730,6 @@ class RealtimeSession:
         if self._untold_failures:
             self._untold_failures.clear()
             self._want_response()
-            self._notify()
 
     # --- errors and transcripts ---------------------------------------------------------------
 
