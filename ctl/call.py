@@ -12,14 +12,13 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge, CallerEvent, weak_method
+from media.bridge import AiSessionError, CallBridge, CallerEvent, weak_method
 from media.clock import MediaClock
+from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
 from media.stream import MediaStream, close_socket
-from openai_flavor.session import RealtimeSession, RealtimeSessionError
-from openai_flavor.settings import RealtimeSettings
 
 log = logging.getLogger("rtpai.call")
 
@@ -91,9 +90,10 @@ class Call:
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
         poller: MediaPoller,
-        settings: RealtimeSettings,
+        settings: AiSettings,
+        flavor: Flavor,
         release_ports: Callable[[], None],
-        media_options: MediaOptions,
+        media_options: MediaOptions,  # [rtp]'s, built once by the engine
     ) -> None:
         self.call_id = call_id
         self.branch = branch  # the offer's via-branch ("" when none: matches any)
@@ -158,7 +158,8 @@ class Call:
             caller_sends=media.caller_sends,
             on_media_started=weak_method(self._media_started),
         )
-        self.ai = RealtimeSession(settings, self.bridge, poller)
+        # The AI session, whatever its flavor: run, statistics, closed by cancellation.
+        self.ai = flavor.new_session(settings, self.bridge, poller)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -313,7 +314,7 @@ class Call:
         # notification will hook in); the reason goes to the statistics.
         try:
             await self.ai.run()
-        except RealtimeSessionError as exc:
+        except AiSessionError as exc:
             log.warning("call %s: AI session failed: %s", self.call_id, exc)
             self.bridge.end_call(f"AI session failed: {exc}")
         except Exception:
@@ -474,5 +475,5 @@ class Call:
             "pacer re-anchors": stats.pacer_reanchors,
             "transfers": list(self.transfers),
             "hang-up": self.hangup,
-            "ai": self.ai.stats.snapshot(),
+            "ai": self.ai.snapshot(),
         }

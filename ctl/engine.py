@@ -14,7 +14,7 @@ import trio
 
 from ctl import gcstats
 from ctl.call import Call, CallMedia, CallState
-from ctl.config import Config
+from ctl.config import FLAVOR, Config
 from ctl.ng import (
     REASON_BAD_SDP,
     REASON_NO_CALL_ID,
@@ -32,13 +32,14 @@ from ctl.ng import (
 from ctl.ng_server import Dispatcher, ReplyFirst, serve_ng
 from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
+from media import flavor as flavors
 from media import sdp
 from media.clock import MediaClock
+from media.flavor import AiSettings
 from media.options import MediaOptions
 from media.poller import MediaPoller
 from media.ports import PortPairAllocator, PortsExhausted
 from media.stream import bind_pair
-from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
 
 log = logging.getLogger("rtpai.engine")
 
@@ -94,14 +95,9 @@ class Engine:
         rtp = config["rtp"]
         self.ports = PortPairAllocator(rtp["min_port"], rtp["max_port"])
         self.media_options = MediaOptions.from_config(rtp)  # every call's [rtp] behaviour
-        explicit_openai = frozenset(key for section, key in config.explicit if section == "openai")
-        self.settings = RealtimeSettings.from_config(
-            config["openai"], explicit=explicit_openai
-        )
-        self.profiles = {
-            name: RealtimeSettings.from_config(values, explicit=explicit_openai)
-            for name, values in config.profiles.items()
-        }
+        # The AI flavor, through the registry (media/flavor.py): ctl/ names none of its classes.
+        self.flavor = flavors.get(FLAVOR)
+        self.settings, self.profiles = self._configure_ai(config)
         self.calls: CallRegistry[Call] = CallRegistry()
         self.started = time.time()
         self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0,
@@ -153,16 +149,18 @@ class Engine:
             address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
             task_status.started(address)
 
-    def _tools_for_proxy(self, settings: RealtimeSettings) -> RealtimeSettings:
+    def _configure_ai(self, config: Config) -> tuple[AiSettings, dict[str, AiSettings]]:
+        """The flavor's settings from its section, and one per profile ``[openai:NAME]``."""
+        explicit = frozenset(key for section, key in config.explicit if section == FLAVOR)
+        configure = self.flavor.configure
+        return configure(config[FLAVOR], explicit), {
+            name: configure(values, explicit) for name, values in config.profiles.items()
+        }
+
+    def _tools_for_proxy(self, settings: AiSettings) -> AiSettings:
         """``settings`` without the built-in tools the configured proxy cannot carry out."""
-        why = self.proxy.cannot("hangup")
-        if why and settings.end_call_tool:
-            self.withheld_tools[END_CALL_TOOL] = why
-            settings = dataclasses.replace(settings, end_call_tool=False)
-        why = self.proxy.cannot("transfer")
-        if why and settings.transfer_enabled:
-            self.withheld_tools[TRANSFER_TOOL] = why
-            settings = dataclasses.replace(settings, transfer_target=None, transfer_allow=())
+        settings, withheld = settings.withhold(self.proxy.cannot)
+        self.withheld_tools.update(withheld)
         return settings
 
     async def _housekeeping(self) -> None:
@@ -235,6 +233,7 @@ class Engine:
                     clock=self.clock,
                     poller=self.poller,
                     settings=settings,
+                    flavor=self.flavor,
                     release_ports=lambda: self.ports.release(rtp_port),
                     sdp_origin=(session_id, 1),
                     on_end=self._call_ending,
@@ -267,7 +266,7 @@ class Engine:
             sock.close()
         self.ports.release(rtp_port)
 
-    def _settings_for(self, request: NgRequest) -> RealtimeSettings:
+    def _settings_for(self, request: NgRequest) -> AiSettings:
         """``profile=NAME`` (a custom key from the proxy script) picks ``[openai:NAME]``."""
         profile = request.text("profile")
         if not profile:
@@ -626,12 +625,7 @@ class Engine:
     def reload_ai_settings(self, config: Config) -> None:
         """SIGHUP: ``[openai]`` and its profiles from ``config`` apply to calls offered from
         now on; running calls keep the settings (key, voice, prompt) they started with."""
-        explicit = frozenset(key for section, key in config.explicit if section == "openai")
-        self.settings = RealtimeSettings.from_config(config["openai"], explicit=explicit)
-        self.profiles = {
-            name: RealtimeSettings.from_config(values, explicit=explicit)
-            for name, values in config.profiles.items()
-        }
+        self.settings, self.profiles = self._configure_ai(config)
         refusal = self.settings.refusal_reason()
         if refusal:
             log.error("offers will be refused: %s", refusal)
@@ -645,7 +639,7 @@ class Engine:
         for call in self.calls:
             states[call.state.value] = states.get(call.state.value, 0) + 1
             if call.state is not CallState.ENDED:
-                ai[call.ai.stats.state] = ai.get(call.ai.stats.state, 0) + 1
+                ai[call.ai.state] = ai.get(call.ai.state, 0) + 1
 
         def counts(table: dict[str, int]) -> str:
             return ", ".join(f"{n} {name}" for name, n in sorted(table.items())) or "none"

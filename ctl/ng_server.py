@@ -213,17 +213,6 @@ class Dispatcher:
             deferred.cookie, reply, then, deferred.request.is_json, source, now()
         )
 
-    async def handle(
-        self, cookie: bytes, body: bytes, source: Any, now: Callable[[], float]
-    ) -> tuple[bytes, int]:
-        """The whole of it, for tools and tests: :meth:`answer`, :meth:`finish` if the handler
-        is async, and the follow-up work; returns the reply and how many times to send it."""
-        outcome = self.answer(cookie, body, source, now())
-        if isinstance(outcome, Deferred):
-            outcome = await self.finish(outcome, source, now)
-        self.follow_up(outcome)
-        return outcome.datagram, outcome.copies
-
     def follow_up(self, answer: Answer) -> None:
         """Run what the handler left for after its reply (call once the reply is sent)."""
         if answer.then is None:

@@ -12,7 +12,7 @@ rtpengine does with its XML-RPC teardown of timed-out calls:
 - ``webhook``: a JSON event ``{event, call_id, from_tag, to_tag, reason, target}`` POSTed to
   any URL, for B2BUAs and call-control services.
 
-The request bodies are built by pure functions; ``ctl/http.py`` moves them.
+The request bodies are built by pure functions; ``media/http.py`` moves them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import trio
 
-from ctl.http import HttpError, HttpRequest, http_request
+from media.http import HttpError, HttpRequest, http_request
 
 log = logging.getLogger("rtpai.proxy")
 

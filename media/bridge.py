@@ -8,9 +8,9 @@ a sibling of ``openai_flavor/``, not a change to the media plane.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -21,6 +21,28 @@ from media.rtp import SILENCE_BYTE
 # What the media plane tells the AI session about the caller besides audio. Only DTMF today;
 # hold and hang-up would join it here, as flavor-neutral dataclasses.
 CallerEvent = Dtmf
+
+class AiSessionError(Exception):
+    """The AI session cannot go on; the reason is safe to log and to return in statistics."""
+
+
+class AiSession(Protocol):
+    """What a call needs of its AI session, whatever the flavor (media/flavor.py).
+
+    ``run`` lives in the call's nursery for the call's whole life: it connects, converses and
+    reconnects, and raises :class:`AiSessionError` when the session cannot go on (the call then
+    ends). Closing is cancelling it: the call's scope ends, and the session closes its
+    connection in ``run``'s own bounded ``finally``. ``state`` and ``snapshot`` are for the
+    statistics (the ``ai`` key of a query's reply, the SIGUSR1 state line).
+    """
+
+    @property
+    def state(self) -> str: ...
+
+    async def run(self) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
 
 # Caller frames held while no AI connection takes them (early media while the WebSocket
 # opens): 50 frames is a second at 20 ms. Beyond it frames are dropped and counted.
@@ -118,12 +140,42 @@ class CallBridge:
         self._audio_backlog.clear()
         return dropped
 
-    # --- actions the AI asks for, and the playout signal they need ----------------------------
+    # --- playout: AI session -> media plane ----------------------------------------------------
+    #
+    # The AI session plays through these and never touches the queue itself: the queue and the
+    # paced sender that empties it are the media plane's.
+
+    def play(self, audio: bytes, item: Hashable) -> None:
+        """Queue the AI's ``audio`` (codec bytes) for assistant ``item``."""
+        self.playout.push(audio, item)
+
+    def end_item(self) -> None:
+        """The current item's audio is complete: its last partial frame is padded and plays."""
+        self.playout.finish_item(SILENCE_BYTE[self.codec])
+
+    def clear_playout(self) -> int:
+        """Stop playing at once (barge-in); returns the bytes dropped."""
+        return self.playout.clear()
+
+    def holds(self, item: Hashable) -> bool:
+        """Some of ``item``'s audio still waits to be played."""
+        return self.playout.holds(item)
+
+    def frames_sent_of(self, item: Hashable) -> int:
+        """Frames of ``item`` the caller was sent: what was heard of it (for truncation)."""
+        return self.playout.frames_sent.get(item, 0)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Audio waiting to be played, a partial frame included."""
+        return len(self.playout)
 
     @property
     def playout_idle(self) -> bool:
         """No whole frame is left to play (a partial one only exists while audio arrives)."""
         return self.playout.queued_frames == 0
+
+    # --- actions the AI asks for, and the playout signal they need ----------------------------
 
     def hang_up_after_playout(self, reason: str) -> None:
         """End the call once everything queued has been sent: a goodbye is never cut off.

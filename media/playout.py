@@ -55,6 +55,14 @@ class PlayoutQueue:
         if self.on_audio is not None:
             self.on_audio()
 
+    @property
+    def queued_bytes(self) -> int:
+        return len(self._buffer)
+
+    def frames_sent_of(self, item: Hashable) -> int:
+        """Frames of ``item`` handed out so far (sent to the caller)."""
+        return self.frames_sent.get(item, 0)
+
     def holds(self, item: Hashable) -> bool:
         """Some of ``item``'s audio is still waiting to be played."""
         return any(segment[0] == item for segment in self._segments)

@@ -38,9 +38,8 @@ FATAL_ERROR_CODES = frozenset(
     {"invalid_api_key", "beta_api_shape_disabled", "insufficient_quota", "model_not_found"}
 )
 # Close codes: 3000 invalid key and 4000 wrong API shape are configuration mistakes (fatal);
-# 1001 is the 60-minute session cap, after which a new session is opened at once.
+# any other (1001 is the 60-minute session cap) is a lost connection: a new one is opened.
 FATAL_CLOSE_CODES = frozenset({3000, 4000})
-CLOSE_SESSION_CAP = 1001
 # HTTP answers to the upgrade that no retry will change: bad key, forbidden, no such endpoint.
 FATAL_HTTP_STATUS = frozenset({400, 401, 403, 404})
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from media.bridge import CallBridge
+from media.bridge import AiSessionError, CallBridge
 from media.poller import MediaPoller
 from media.tones import reconnect_cue
 from openai_flavor import events, keypad
@@ -75,7 +75,7 @@ MAX_ASSISTANT_ITEMS = 64
 TRANSCRIPT_REPLY_CHARS = 16_000
 
 
-class RealtimeSessionError(Exception):
+class RealtimeSessionError(AiSessionError):
     """The AI session cannot go on; the reason is safe to log and to return in statistics."""
 
 
@@ -176,7 +176,6 @@ class RealtimeSession:
         self._turns = self._new_turns()
         self._ready = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._changed = trio.Event()
         self._reader_ended = trio.Event()
         self._reader_stop: Exception | None = None
         self._watchdog = Watchdog(self._bounds(), 0.0)
@@ -185,17 +184,13 @@ class RealtimeSession:
         self._untold_failures: list[str] = []
         bridge.listen_for_failures(self._action_failed)
 
-    async def wait_until(self, predicate) -> None:
-        """Block until ``predicate(self)`` holds; re-checked after every event and action.
+    @property
+    def state(self) -> str:
+        return self.stats.state
 
-        For tests and diagnostics: it lets them wait for the session's state without sleeping.
-        """
-        while not predicate(self):
-            await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def snapshot(self) -> dict[str, Any]:
+        """The session's statistics, for the ``ai`` key of the call's statistics."""
+        return self.stats.snapshot()
 
     def _new_turns(self) -> Turns:
         return Turns(
@@ -237,7 +232,6 @@ class RealtimeSession:
                         )
                     self.stats.state = "reconnecting"
                     self.stats.reconnects += 1
-                    self._notify()
                     log.warning(
                         "call %s: Realtime connection lost (%s); reconnecting in %.1f s",
                         self.bridge.call_id, reason, delay,
@@ -259,15 +253,13 @@ class RealtimeSession:
         and only once the caller is there to hear it."""
         if not self.settings.reconnect_tone or not self.bridge.media_started.is_set():
             return
-        playout = self.bridge.playout
-        playout.finish_item(self.bridge.silence_byte)  # the cue starts on a frame boundary
-        playout.push(reconnect_cue(self.bridge.codec), "reconnect cue")
+        self.bridge.end_item()  # the cue starts on a frame boundary
+        self.bridge.play(reconnect_cue(self.bridge.codec), "reconnect cue")
 
     def _fail(self, reason: str) -> None:
         self.stats.state = "failed"
         if not self.stats.failure:
             self.stats.failure = reason
-        self._notify()
         raise RealtimeSessionError(self.stats.failure)
 
     async def _connect_once(self) -> None:
@@ -446,7 +438,6 @@ class RealtimeSession:
             log.info("call %s: caller pressed %s", self.bridge.call_id, text)
             self._send(events.caller_text(events.dtmf_text(text)))
             self._want_response()
-            self._notify()
 
     def _want_response(self) -> None:
         if self._turns.request_response():
@@ -511,8 +502,6 @@ class RealtimeSession:
                 except (ValueError, IllegalTransition) as exc:
                     # ValueError: not JSON, not an event, or events.MalformedEvent.
                     self._malformed(exc)
-                    continue
-                self._notify()
         except _Lost as lost:
             # Handed on from inside the handler, which forgets `lost` as it ends: a local
             # holding it would keep this frame (in its traceback) and the session in a cycle.
@@ -558,11 +547,11 @@ class RealtimeSession:
             if turns.audio_delta(events.field_str(event, "response_id"), item_id, len(audio)):
                 self.stats.audio_received_bytes += len(audio)
                 self.bridge.mark("first_ai_audio")
-                self.bridge.playout.push(audio, item_id)
+                self.bridge.play(audio, item_id)
         elif kind in events.AUDIO_DONE:
             response_id = events.field_str(event, "response_id")
             if turns.audio_done(response_id, events.field_str(event, "item_id") or ""):
-                self.bridge.playout.finish_item(self.bridge.silence_byte)
+                self.bridge.end_item()
         elif kind == events.SPEECH_STARTED:
             self._barge_in()
         elif kind in events.TURN_ENDED:
@@ -571,7 +560,7 @@ class RealtimeSession:
                 self._expect_response()
         elif kind == events.RESPONSE_CREATED:
             response = events.field_object(event, "response")
-            turns.response_created(events.field_str(response, "id") or "", self.bridge.playout)
+            turns.response_created(events.field_str(response, "id") or "", self.bridge)
             self._expect_response()
         elif kind == events.FUNCTION_CALL_DONE:
             call_id, name, arguments = events.parse_function_call(event)
@@ -611,13 +600,13 @@ class RealtimeSession:
         frame already on the wire. The server cancels the response itself (interrupt_response
         is on whenever barge-in is honoured), so no response.cancel is sent.
         """
-        decision = self._turns.barge_in(self.bridge.playout)
+        decision = self._turns.barge_in(self.bridge)
         if decision.ignored:
             self.stats.barge_ins_ignored += 1
             return
         if not decision.interrupted:
             return
-        self.bridge.playout.clear()
+        self.bridge.clear_playout()
         self.stats.barge_ins += 1
         for item_id, end_ms in decision.truncate:
             self._send(events.truncate_item(item_id, end_ms))
@@ -676,7 +665,6 @@ class RealtimeSession:
             if done.had_audio:
                 # The goodbye was in this response: end once it has been heard.
                 self.bridge.hang_up_after_playout(hang_up)
-                self._notify()
                 return
             # No goodbye yet: let the model say it, and hang up after that response.
             self._hang_up_after_next = hang_up
@@ -690,7 +678,6 @@ class RealtimeSession:
             self._send(events.response_create())
         elif outputs or hang_up is not None:
             self._want_response()
-        self._notify()
 
     def _transfer(self, call: FunctionCall) -> str:
         target = (call.arguments or {}).get("target") or self.settings.transfer_target
@@ -743,7 +730,6 @@ class RealtimeSession:
         if self._untold_failures:
             self._untold_failures.clear()
             self._want_response()
-            self._notify()
 
     # --- errors and transcripts ---------------------------------------------------------------
 

@@ -1,13 +1,27 @@
-"""The ``[openai]`` settings as the Realtime session needs them."""
+"""The ``[openai]`` settings: their configuration rows (declared here, once, with their defaults)
+and the :class:`RealtimeSettings` the Realtime session reads them as."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from media.settings import (
+    Setting,
+    float_range,
+    int_range,
+    one_of,
+    optional_http_url,
+    optional_text,
+    parse_bool,
+    text,
+    word_list,
+)
 
 # The GA voices (reference: audio.output.voice); the beta interface knows the same names.
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
@@ -56,43 +70,184 @@ def parse_tools(declared: Any) -> tuple[ToolSpec, ...]:
     return tuple(tools)
 
 
+def max_tokens(text: str) -> int | float:
+    """1..4096 or ``inf`` (the Realtime API's own range for a response's output tokens)."""
+    value = text.strip().lower()
+    if value in {"inf", "infinity", "unlimited"}:
+        return math.inf
+    return int_range(1, 4096)(value)
+
+
+
+
+def api_key(value: str) -> str | None:
+    """An API key: surrounding whitespace is dropped (a key pasted with its newline, an
+    ``export`` with a trailing space); anything else but printable ASCII is refused.
+
+    A key goes into an HTTP header verbatim: a newline, tab or non-ASCII character left in it
+    makes the request invalid, and the HTTP library's error then quotes the whole header (the
+    key with it). So it is refused here, at start-up, with a message that never shows it.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError(
+            "the key contains whitespace, a control character or a non-ASCII character "
+            "inside it (keys are printable ASCII; the value is not shown)"
+        )
+    return value
+
+
+
+
+def url(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("ws://", "wss://")):
+        raise ValueError("expected a ws:// or wss:// URL")
+    return value
+
+
+
+
+def tool_declarations(value: str) -> tuple[dict[str, Any], ...]:
+    """A JSON array of tools (``name``, ``description``, ``parameters``), or ``@/path/to.json``."""
+    value = value.strip()
+    if not value:
+        return ()
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as handle:
+                value = handle.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        return parse_tools(json.loads(value))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON array of tools: {exc.msg}") from None
+
+
+# --- the [openai] rows: every setting once, with its environment name, default and range -------
+
+OPENAI_SETTINGS: tuple[Setting, ...] = (
+    Setting("openai", "key", "OPENAI_API_KEY", None, api_key, aliases=("openai_key",),
+            secret=True, help="API key (required unless disabled)"),
+    Setting("openai", "url", "OPENAI_URL", "wss://api.openai.com/v1/realtime", url,
+            help="Realtime endpoint; ?model= is added"),
+    Setting("openai", "model", "OPENAI_API_MODEL", "gpt-realtime-2.1", text),
+    Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
+    Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
+            help="refuse offers (OpenSIPS fails over on it with extra_failover_error)"),
+    Setting("openai", "voice", "OPENAI_VOICE", "alloy", one_of(*VOICES)),
+    Setting("openai", "instructions", "OPENAI_INSTRUCTIONS", None, optional_text),
+    Setting("openai", "welcome_message", "OPENAI_WELCOME_MSG", None, optional_text),
+    Setting("openai", "welcome_interruptible", "OPENAI_WELCOME_INTERRUPTIBLE", "true", parse_bool,
+            help="false: the caller cannot barge in until the welcome message has played"),
+    Setting("openai", "temperature", "OPENAI_TEMPERATURE", "0.8", float_range(0.6, 1.2)),
+    Setting("openai", "max_tokens", "OPENAI_MAX_TOKENS", "inf", max_tokens),
+    Setting("openai", "turn_detection_type", "OPENAI_TURN_DETECT_TYPE", "server_vad",
+            one_of("server_vad", "semantic_vad", "none")),
+    Setting("openai", "turn_detection_silence_ms", "OPENAI_TURN_DETECT_SILENCE_MS", "200",
+            int_range(0, 10_000)),
+    Setting("openai", "turn_detection_threshold", "OPENAI_TURN_DETECT_THRESHOLD", "0.5",
+            float_range(0.0, 1.0)),
+    Setting("openai", "turn_detection_prefix_ms", "OPENAI_TURN_DETECT_PREFIX_MS", "300",
+            int_range(0, 10_000)),
+    Setting("openai", "turn_detection_eagerness", "OPENAI_TURN_DETECT_EAGERNESS", "auto",
+            one_of("low", "medium", "high", "auto")),
+    Setting("openai", "transcription_model", "OPENAI_TRANSCRIPTION_MODEL",
+            "gpt-4o-mini-transcribe", text,
+            help="model transcribing the caller; 'none' turns caller transcripts off"),
+    Setting("openai", "end_call_tool", "OPENAI_END_CALL_TOOL", "true", parse_bool),
+    Setting("openai", "dtmf_terminator", "OPENAI_DTMF_TERMINATOR", "#", one_of("#", "*", "none"),
+            help="the key that ends a keypad sequence at once (else a 1.5 s pause does)"),
+    Setting("openai", "transfer_target", "OPENAI_TRANSFER_TARGET", None, optional_text),
+    Setting("openai", "transfer_allow", "OPENAI_TRANSFER_ALLOW", "", word_list),
+    Setting("openai", "tools", "OPENAI_TOOLS", "", tool_declarations),
+    # Secret: webhook URLs often carry a token; the start-up log shows only <set>/<unset>.
+    Setting("openai", "tool_webhook", "OPENAI_TOOL_WEBHOOK", "", optional_http_url, secret=True),
+    Setting("openai", "tool_timeout", "OPENAI_TOOL_TIMEOUT", "5", float_range(0.1, 60.0)),
+    Setting("openai", "reconnect_timeout", "OPENAI_RECONNECT_TIMEOUT", "20",
+            float_range(0.0, 600.0)),
+    # The AI link's watchdog: a bound on every phase (docs/reliability.md).
+    Setting("openai", "connect_timeout", "OPENAI_CONNECT_TIMEOUT", "5", float_range(0.1, 60.0),
+            help="seconds for the TCP connection and the TLS handshake"),
+    Setting("openai", "upgrade_timeout", "OPENAI_UPGRADE_TIMEOUT", "5", float_range(0.1, 60.0),
+            help="seconds for the server's answer to the WebSocket upgrade"),
+    Setting("openai", "session_timeout", "OPENAI_SESSION_TIMEOUT", "5", float_range(0.1, 60.0),
+            help="seconds for session.created, and for session.updated after session.update"),
+    Setting("openai", "response_timeout", "OPENAI_RESPONSE_TIMEOUT", "10",
+            float_range(1.0, 300.0),
+            help="seconds the server may stay silent while a response is expected"),
+    Setting("openai", "ping_interval", "OPENAI_PING_INTERVAL", "5", float_range(0.0, 300.0),
+            help="seconds between keepalive pings; each pong is due before the next ping "
+                 "(0 = no keepalive)"),
+    Setting("openai", "send_timeout", "OPENAI_SEND_TIMEOUT", "5", float_range(0.1, 60.0),
+            help="seconds the socket may take no output at all while output waits"),
+    Setting("openai", "send_buffer_bytes", "OPENAI_SEND_BUFFER_BYTES", "262144",
+            int_range(16 * 1024, 16 * 1024 * 1024),
+            help="output waiting for the socket past which caller audio is dropped; past 4 "
+                 "times it the connection is given up"),
+    Setting("openai", "max_message_bytes", "OPENAI_MAX_MESSAGE_BYTES", "1048576",
+            int_range(64 * 1024, 16 * 1024 * 1024),
+            help="largest server message; a bigger one closes the connection (1009)"),
+    Setting("openai", "reconnect_tone", "OPENAI_RECONNECT_TONE", "false", parse_bool,
+            help="play a short two-beep cue to the caller when the AI link is lost mid-call"),
+)
+
+def _unless_none(value: str) -> str | None:
+    """``none`` (any case) turns a feature off: no transcription model, no DTMF terminator."""
+    return None if value.lower() == "none" else value
+
+
+# The defaults as parsed: RealtimeSettings takes them from here, so they are written only once.
+_DEFAULT = {row.key: None if row.default is None else row.parse(row.default)
+            for row in OPENAI_SETTINGS}
+
+
 @dataclass(frozen=True)
 class RealtimeSettings:
     url: str
     model: str
     api_key: str | None = field(default=None, repr=False)  # never in a repr, so never in logs
-    dialect: str = "ga"
-    disable: bool = False
-    voice: str = "alloy"
-    instructions: str | None = None
-    welcome_message: str | None = None
-    welcome_interruptible: bool = True
-    temperature: float = 0.8
-    max_tokens: int | float = math.inf
-    turn_detection_type: str = "server_vad"
-    turn_detection_silence_ms: int = 200
-    turn_detection_threshold: float = 0.5
-    turn_detection_prefix_ms: int = 300
-    turn_detection_eagerness: str = "auto"
-    transcription_model: str | None = "gpt-4o-mini-transcribe"
-    end_call_tool: bool = True
-    dtmf_terminator: str | None = "#"  # ends a keypad sequence at once (openai_flavor/keypad)
-    transfer_target: str | None = None
-    transfer_allow: tuple[str, ...] = ()
-    tools: tuple[ToolSpec, ...] = ()
-    tool_webhook: str | None = None
-    tool_timeout: float = 5.0
-    reconnect_timeout: float = 20.0
-    # The AI link's watchdog (docs/reliability.md): a bound on every phase of a connection.
-    connect_timeout: float = 5.0  # TCP and TLS
-    upgrade_timeout: float = 5.0  # the HTTP 101
-    session_timeout: float = 5.0  # session.created, and session.updated after session.update
-    response_timeout: float = 10.0  # server silence while a response is expected
-    ping_interval: float = 5.0  # keepalive; its pong is due before the next (0: none)
-    send_timeout: float = 5.0  # the socket taking no output at all
-    send_buffer_bytes: int = 256 * 1024  # output waiting: caller audio dropped past it
-    max_message_bytes: int = 1024 * 1024  # a bigger server message closes with 1009
-    reconnect_tone: bool = False  # a short cue to the caller when the link is lost
+    # The defaults are the [openai] rows' (OPENAI_SETTINGS), parsed.
+    dialect: str = _DEFAULT["dialect"]
+    disable: bool = _DEFAULT["disable"]
+    voice: str = _DEFAULT["voice"]
+    instructions: str | None = _DEFAULT["instructions"]
+    welcome_message: str | None = _DEFAULT["welcome_message"]
+    welcome_interruptible: bool = _DEFAULT["welcome_interruptible"]
+    temperature: float = _DEFAULT["temperature"]
+    max_tokens: int | float = _DEFAULT["max_tokens"]
+    turn_detection_type: str = _DEFAULT["turn_detection_type"]
+    turn_detection_silence_ms: int = _DEFAULT["turn_detection_silence_ms"]
+    turn_detection_threshold: float = _DEFAULT["turn_detection_threshold"]
+    turn_detection_prefix_ms: int = _DEFAULT["turn_detection_prefix_ms"]
+    turn_detection_eagerness: str = _DEFAULT["turn_detection_eagerness"]
+    transcription_model: str | None = _unless_none(_DEFAULT["transcription_model"])
+    end_call_tool: bool = _DEFAULT["end_call_tool"]
+    # Ends a keypad sequence at once (openai_flavor/keypad).
+    dtmf_terminator: str | None = _unless_none(_DEFAULT["dtmf_terminator"])
+    transfer_target: str | None = _DEFAULT["transfer_target"]
+    transfer_allow: tuple[str, ...] = _DEFAULT["transfer_allow"]
+    tools: tuple[ToolSpec, ...] = _DEFAULT["tools"]
+    tool_webhook: str | None = _DEFAULT["tool_webhook"]
+    tool_timeout: float = _DEFAULT["tool_timeout"]
+    reconnect_timeout: float = _DEFAULT["reconnect_timeout"]
+    # The AI link's watchdog (docs/reliability.md): a bound on every phase of a connection:
+    # TCP and TLS; the HTTP 101; session.created, and session.updated after session.update;
+    # server silence while a response is expected; keepalive (each pong is due before the
+    # next ping; 0: none); the socket taking no output at all; output waiting (caller audio
+    # dropped past it); a bigger server message closes with 1009.
+    connect_timeout: float = _DEFAULT["connect_timeout"]
+    upgrade_timeout: float = _DEFAULT["upgrade_timeout"]
+    session_timeout: float = _DEFAULT["session_timeout"]
+    response_timeout: float = _DEFAULT["response_timeout"]
+    ping_interval: float = _DEFAULT["ping_interval"]
+    send_timeout: float = _DEFAULT["send_timeout"]
+    send_buffer_bytes: int = _DEFAULT["send_buffer_bytes"]
+    max_message_bytes: int = _DEFAULT["max_message_bytes"]
+    reconnect_tone: bool = _DEFAULT["reconnect_tone"]  # a short cue when the link is lost
     explicit: frozenset[str] = frozenset()  # the keys the user set (file or environment)
 
     @classmethod
@@ -115,10 +270,9 @@ class RealtimeSettings:
             turn_detection_threshold=section["turn_detection_threshold"],
             turn_detection_prefix_ms=section["turn_detection_prefix_ms"],
             turn_detection_eagerness=section["turn_detection_eagerness"],
-            transcription_model=None if transcription.lower() == "none" else transcription,
+            transcription_model=_unless_none(transcription),
             end_call_tool=section["end_call_tool"],
-            dtmf_terminator=None if section["dtmf_terminator"] == "none"
-            else section["dtmf_terminator"],
+            dtmf_terminator=_unless_none(section["dtmf_terminator"]),
             transfer_target=section["transfer_target"],
             transfer_allow=section["transfer_allow"],
             tools=section["tools"],
@@ -166,6 +320,22 @@ class RealtimeSettings:
         """The allow-list: the configured targets, and the default target itself."""
         return target in self.transfer_allow or target == self.transfer_target
 
+    def withhold(
+        self, cannot: Callable[[str], str | None]
+    ) -> tuple[RealtimeSettings, dict[str, str]]:
+        """These settings without the built-in tools the proxy ``cannot`` carry out, and the
+        tools withheld (name -> why): a tool that cannot work is not promised to the caller."""
+        settings, withheld = self, {}
+        why = cannot("hangup")
+        if why and settings.end_call_tool:
+            withheld[END_CALL_TOOL] = why
+            settings = replace(settings, end_call_tool=False)
+        why = cannot("transfer")
+        if why and settings.transfer_enabled:
+            withheld[TRANSFER_TOOL] = why
+            settings = replace(settings, transfer_target=None, transfer_allow=())
+        return settings, withheld
+
     def startup_notes(self) -> list[str]:
         """What to say once at start-up about settings this dialect cannot honour."""
         notes = []
@@ -181,3 +351,13 @@ class RealtimeSettings:
                 f"only; with {self.turn_detection_type} they are not sent"
             )
         return notes
+
+
+def check_tools(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
+    """Checks across the tool settings, which no single parser can make; for ``[openai]`` and
+    for every profile (``label`` names the row where it is written)."""
+    if values["tools"] and not values["tool_webhook"]:
+        raise ValueError(
+            f"{label('tool_webhook')}: required when {label('tools')} declares tools "
+            "(their calls are forwarded to it)"
+        )

@@ -11,18 +11,29 @@ What the session must know to get barge-in, welcome messages and tools right:
 * the function calls of the current response, and whether a ``response.create`` is wanted
   once the server is free.
 
-The playout queue (what was actually sent to the caller) belongs to the media plane; it is
-passed in, never copied. No trio, no sockets: tested with plain calls.
+What was actually sent to the caller is the media plane's to know: a :class:`Playout` view of it
+(the call's bridge; a bare playout queue in tests) is passed in, never copied. No trio, no
+sockets: tested with plain calls.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from media.playout import PlayoutQueue
+
+class Playout(Protocol):
+    """What barge-in needs to know of the playout (media/bridge.py's ``CallBridge``)."""
+
+    @property
+    def queued_bytes(self) -> int: ...
+
+    def holds(self, item: Hashable) -> bool: ...
+
+    def frames_sent_of(self, item: Hashable) -> int: ...
 
 
 class Phase(enum.Enum):
@@ -111,7 +122,7 @@ class Turns:
 
     # --- server events ------------------------------------------------------------------------
 
-    def response_created(self, response_id: str, playout: PlayoutQueue | None = None) -> None:
+    def response_created(self, response_id: str, playout: Playout | None = None) -> None:
         self._to(Phase.RESPONDING)
         if playout is not None:
             # Items complete and fully played can no longer be interrupted: forget them, so a
@@ -173,7 +184,7 @@ class Turns:
 
     # --- barge-in -----------------------------------------------------------------------------
 
-    def welcome_playing(self, playout: PlayoutQueue) -> bool:
+    def welcome_playing(self, playout: Playout) -> bool:
         """The welcome is still being generated, or some of it still waits to be played."""
         welcome = self.welcome_response
         if welcome is None:
@@ -182,7 +193,7 @@ class Turns:
             return True
         return any(a.response_id == welcome and playout.holds(i) for i, a in self.items.items())
 
-    def barge_in(self, playout: PlayoutQueue) -> BargeIn:
+    def barge_in(self, playout: Playout) -> BargeIn:
         """The caller started speaking: what was heard of each item, and what to cancel.
 
         Only the pacer knows what the caller heard, so an item's truncation point is
@@ -200,7 +211,7 @@ class Turns:
         for item_id, audio in self.items.items():
             if audio.complete and not playout.holds(item_id):
                 continue
-            sent_ms = playout.frames_sent.get(item_id, 0) * self.ptime_ms
+            sent_ms = playout.frames_sent_of(item_id) * self.ptime_ms
             received_ms = audio.received_bytes // self.bytes_per_ms
             end_ms = min(sent_ms, received_ms)
             if end_ms <= 0 or (audio.complete and end_ms >= received_ms):
@@ -213,6 +224,6 @@ class Turns:
         # Whatever was audible is settled now: cleared from the queue, truncated or complete.
         self.items.clear()
         return BargeIn(
-            interrupted=generating or bool(truncate) or len(playout) > 0,
+            interrupted=generating or bool(truncate) or playout.queued_bytes > 0,
             truncate=tuple(truncate),
         )

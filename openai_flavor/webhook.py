@@ -1,11 +1,11 @@
-"""The custom tools' webhook: one HTTP POST of JSON per tool call (over ``ctl/http.py``)."""
+"""The custom tools' webhook: one HTTP POST of JSON per tool call (over ``media/http.py``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from ctl.http import HttpError, HttpRequest, http_request
+from media.http import HttpError, HttpRequest, http_request
 
 # The session catches this name; it is the shared client's error.
 WebhookError = HttpError

@@ -563,11 +563,6 @@ class WebSocket:
             return
         del self._pending[:sent]
 
-    @property
-    def buffered(self) -> int:
-        """Bytes waiting for the kernel: how far the connection is backed up."""
-        return len(self._pending)
-
     # --- receiving ----------------------------------------------------------------------------
 
     @property

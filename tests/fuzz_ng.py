@@ -42,6 +42,7 @@ from ctl.ng import (
     decode_reply,
     split_cookie,
 )
+from tests.fakes.ng import handle
 
 # --- seeds ---------------------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ async def answer_in_process(dispatcher, datagram: bytes, source, now: float) -> 
         return [value]
     if action != "handle":
         return []
-    reply, copies = await dispatcher.handle(*value, source, lambda: now)
+    reply, copies = await handle(dispatcher, *value, source, lambda: now)
     return [reply] * copies
 
 

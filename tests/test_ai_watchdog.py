@@ -28,6 +28,7 @@ from tests.fakes.hostile import GARBAGE, HostileRealtimeServer
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.proxy import FakeProxy
 from tests.fakes.realtime import FakeRealtimeServer
+from tests.fakes.session import wait_until
 from tests.test_openai_session import FRAME, Harness, make_settings
 
 pytestmark = pytest.mark.trio
@@ -86,7 +87,7 @@ async def test_a_silent_phase_is_given_up_at_its_bound_and_the_call_recovers(
     with trio.fail_after(100):
         async with hostile(fault, times=1) as h:
             start = trio.current_time()
-            await h.session.wait_until(recovered)
+            await wait_until(h.session, recovered)
             assert trio.current_time() - start == pytest.approx(bound, abs=0.1)  # + the bounded close
             assert h.session.stats.last_loss == reason
             assert h.failure == [] and h.ended == []
@@ -128,7 +129,7 @@ async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(
             losses: list[float] = []
             opened = 0
             while True:
-                await h.session.wait_until(
+                await wait_until(h.session,
                     lambda s, n=opened: (s.stats.connections > n and s.stats.state == "open"
                                          and s._ready.is_set()) or s.stats.failure)
                 if h.session.stats.failure:
@@ -138,7 +139,7 @@ async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(
                 for _ in range(30):
                     h.bridge.caller_audio(b"\x55" * FRAME)
                 lost = len(losses)
-                await h.session.wait_until(
+                await wait_until(h.session,
                     lambda s, n=lost: s.stats.reconnects > n or s.stats.failure)
                 losses.append(trio.current_time() - spoke)
             await h.call_ended.wait()
@@ -153,7 +154,7 @@ async def test_response_create_unanswered_is_bounded_too(autojump_clock):
         async with hostile("mute-response", times=1, welcome_message="Hi") as h:
             h.bridge.media_started.set()  # the welcome's response.create goes out at once
             start = trio.current_time()
-            await h.session.wait_until(recovered)
+            await wait_until(h.session, recovered)
             assert trio.current_time() - start == pytest.approx(10, abs=0.1)
             assert "while a response was expected" in h.session.stats.last_loss
 
@@ -162,13 +163,13 @@ async def test_a_quiet_server_is_fine_when_nothing_is_expected(autojump_clock):
     """No false alarm: a configured session with the caller silent for ten minutes."""
     with trio.fail_after(1000):
         async with hostile("none") as h:
-            await h.session.wait_until(lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s._ready.is_set())
             await trio.sleep(600)
             assert h.session.stats.reconnects == 0 and h.session.stats.last_loss is None
             # And a turn is answered as before.
             for _ in range(30):
                 h.bridge.caller_audio(b"\x55" * FRAME)
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
 
 
 # --- hostile traffic ----------------------------------------------------------------------
@@ -177,19 +178,19 @@ async def test_a_quiet_server_is_fine_when_nothing_is_expected(autojump_clock):
 async def test_type_confused_events_are_counted_and_dropped_and_the_call_goes_on():
     with trio.fail_after(10):
         async with hostile("garbage") as h:
-            await h.session.wait_until(lambda s: s.stats.malformed_events >= len(GARBAGE))
+            await wait_until(h.session, lambda s: s.stats.malformed_events >= len(GARBAGE))
             assert h.session.stats.malformed_events == len(GARBAGE)
             assert h.session.stats.reconnects == 0 and h.failure == []
             for _ in range(30):
                 h.bridge.caller_audio(b"\x55" * FRAME)
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert h.session.stats.audio_received_bytes == 400 * 8
 
 
 async def test_a_16_mib_message_closes_with_1009_and_the_call_recovers():
     with trio.fail_after(20):
         async with hostile("huge", times=1) as h:
-            await h.session.wait_until(recovered)
+            await wait_until(h.session, recovered)
             assert h.session.stats.last_loss == (
                 "rtpai closed the session: the server broke the protocol (1009 message too big)")
             assert h.failure == []
@@ -198,7 +199,7 @@ async def test_a_16_mib_message_closes_with_1009_and_the_call_recovers():
 async def test_a_ping_flood_is_cut_off_and_the_call_recovers():
     with trio.fail_after(20):
         async with hostile("ping-flood", times=1) as h:
-            await h.session.wait_until(recovered)
+            await wait_until(h.session, recovered)
             loss = h.session.stats.last_loss
             assert "flood" in loss or "frames in one read" in loss, loss
             assert h.failure == []
@@ -210,13 +211,13 @@ async def test_a_server_that_stops_reading_is_bounded_by_back_pressure(autojump_
     with trio.fail_after(100):
         async with hostile("not-reading", times=1, ping_interval=0,
                            send_buffer_bytes=16 * 1024) as h:
-            await h.session.wait_until(lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s._ready.is_set())
             while h.session.stats.reconnects == 0:
                 for _ in range(500):  # as the media plane hands it over, 10 s at a time
                     h.bridge.caller_audio(b"\x55" * FRAME)
                 await trio.sleep(1)
             assert "the server took no output for 5 s" in h.session.stats.last_loss
-            await h.session.wait_until(recovered)
+            await wait_until(h.session, recovered)
             assert h.failure == []
 
 
@@ -227,7 +228,7 @@ async def test_the_reconnect_cue_is_played_once_per_loss_when_configured(autojum
     with trio.fail_after(100):
         async with hostile("no-session-updated", times=1, reconnect_tone=True) as h:
             h.bridge.media_started.set()
-            await h.session.wait_until(recovered)
+            await wait_until(h.session, recovered)
             cue = reconnect_cue("PCMU")
             assert len(cue) == 300 * 8
             queued = b"".join(iter(h.bridge.playout.pop_frame, None))
@@ -238,7 +239,7 @@ async def test_no_cue_by_default(autojump_clock):
     with trio.fail_after(100):
         async with hostile("no-session-updated", times=1) as h:
             h.bridge.media_started.set()
-            await h.session.wait_until(recovered)
+            await wait_until(h.session, recovered)
             assert h.bridge.playout.pop_frame() is None
 
 
@@ -315,13 +316,13 @@ async def test_a_server_that_keeps_hearing_the_caller_but_never_answers_is_mute_
     """VAD events every 2 s (the caller keeps talking) are not progress towards a response."""
     with trio.fail_after(100):
         async with hostile("mute-response", times=1) as h:
-            await h.session.wait_until(lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s._ready.is_set())
             start = trio.current_time()
             while not recovered(h.session):
                 for _ in range(30):
                     h.bridge.caller_audio(b"\x55" * FRAME)
                 with trio.move_on_after(2):
-                    await h.session.wait_until(recovered)
+                    await wait_until(h.session, recovered)
             assert trio.current_time() - start == pytest.approx(10, abs=0.1)
             assert "no response event within 10 s" in h.session.stats.last_loss
 

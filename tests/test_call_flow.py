@@ -22,6 +22,7 @@ from tests.fakes.caller import FakeCaller
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.proxy import FakeProxy
 from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
+from tests.fakes.session import wait_until
 
 pytestmark = pytest.mark.trio
 
@@ -460,7 +461,7 @@ async def test_delete_is_answered_before_the_ai_session_has_closed():
                     "offer", **{"call-id": "bye", "from-tag": "f", "sdp": caller.sdp_offer()})
                 call = engine.calls["bye"]
                 await upgraded.wait()
-                await call.ai.wait_until(lambda session: session.stats.state == "open")
+                await wait_until(call.ai, lambda session: session.stats.state == "open")
                 answer_port = int(re.search(r"m=audio (\d+)", call.answer_sdp).group(1))
                 await caller.stream(("127.0.0.1", answer_port), [b"\xff" * 160] * 3)
                 await trio.lowlevel.wait_readable(caller.sock)  # rtpai latched and sends

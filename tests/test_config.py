@@ -35,7 +35,7 @@ def test_environment_wins_over_the_file(tmp_path):
     assert config["openai"]["voice"] == "coral"
     assert config["openai"]["key"] == "from-file"  # the alias openai_key
     assert config["ng"]["listen"] == ("127.0.0.1", 2300)
-    assert config.is_set("openai", "voice") and not config.is_set("openai", "model")
+    assert ("openai", "voice") in config.explicit and ("openai", "model") not in config.explicit
 
 
 @pytest.mark.parametrize(
@@ -153,3 +153,21 @@ def test_start_up_notes_for_settings_the_dialect_does_not_send():
     assert "temperature" in note and "not sent" in note
     (note,) = notes({"OPENAI_TURN_DETECT_TYPE": "semantic_vad", "OPENAI_TURN_DETECT_THRESHOLD": "0.7"})
     assert "turn_detection_threshold" in note and "semantic_vad" in note
+
+
+def test_a_profile_with_tools_needs_a_tool_webhook(tmp_path):
+    """Issue 16: [openai:NAME] tools without any tool_webhook once passed validation and hit an
+    assert at the first tool call; it is a configuration error naming the profile's setting."""
+    tools = '[{"name": "lookup_order"}]'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"[openai:sales]\ntools = {tools}\n"), environ={})
+    assert str(info.value) == (
+        "[openai:sales] tool_webhook: required when [openai:sales] tools declares tools "
+        "(their calls are forwarded to it)"
+    )
+    # The webhook may come from the profile or from [openai] (and its environment name).
+    in_profile = f"[openai:sales]\ntools = {tools}\ntool_webhook = http://127.0.0.1:9/t\n"
+    assert load_config(write(tmp_path, in_profile), environ={}).profiles["sales"]["tools"]
+    inherited = load_config(write(tmp_path, f"[openai:sales]\ntools = {tools}\n"),
+                            environ={"OPENAI_TOOL_WEBHOOK": "http://127.0.0.1:9/t"})
+    assert inherited.profiles["sales"]["tool_webhook"] == "http://127.0.0.1:9/t"

@@ -26,6 +26,7 @@ from ctl.ng import (
 )
 from ctl.ng import bencode as bencode_value
 from ctl.ng_server import MAX_ERROR_REASONS, Dispatcher
+from tests.fakes.ng import handle
 
 # What Kamailio 5.6's rtpengine module sends for rtpengine_offer("... to-tag=$ltt(t)"): note the
 # int and string forms of the same key and the flags list.
@@ -145,7 +146,7 @@ async def test_dispatcher_routes_and_reports_errors():
     async def ask(datagram, source=("127.0.0.1", 9)):
         action, value = dispatcher.begin(datagram, source, 0.0)
         assert action == "handle"
-        reply, copies = await dispatcher.handle(*value, source, lambda: 0.0)
+        reply, copies = await handle(dispatcher, *value, source, lambda: 0.0)
         return decode_reply(reply)[1]
 
     assert await ask(b"a d7:command4:pinge") == {"result": "pong"}
@@ -175,7 +176,7 @@ async def test_unknown_keys_are_ignored_and_logged_at_debug(caplog):
     dispatcher = Dispatcher({"ping": ping})
     caplog.set_level("DEBUG", logger="rtpai.ng")
     body = b"d7:command4:ping12:custom-thing1:xe"
-    reply, _ = await dispatcher.handle(b"k", body, ("h", 1), lambda: 0.0)
+    reply, _ = await handle(dispatcher, b"k", body, ("h", 1), lambda: 0.0)
     assert decode_reply(reply)[1] == {"result": "pong"}
     assert "ignoring keys ['custom-thing']" in caplog.text
 
@@ -317,7 +318,7 @@ async def test_error_counts_stay_bounded_whatever_the_reasons_quote():
     dispatcher = Dispatcher({"offer": offer})
     for n in range(500):
         body = encode_request(b"", "offer", {"profile": f"p{n}"})[1:]
-        await dispatcher.handle(b"%d" % n, body, ("h", 1), lambda: 0.0)
+        await handle(dispatcher, b"%d" % n, body, ("h", 1), lambda: 0.0)
     assert len(dispatcher.errors) <= MAX_ERROR_REASONS + 1
     assert sum(dispatcher.errors.values()) == 500
     assert dispatcher.errors["Unknown profile 'p0'"] == 1

@@ -34,6 +34,7 @@ from ctl.ng_server import (
     MAX_REPLY,
     Dispatcher,
 )
+from tests.fakes.ng import handle
 from tests.fakes.proxy import FakeProxy
 from tests.fakes.realtime import FakeRealtimeServer
 
@@ -107,8 +108,8 @@ async def test_unknown_command_names_are_counted_under_one_bucket():
     dispatcher = Dispatcher({"ping": lambda request: {"result": "pong"}})
     for n in range(300):
         body = encode_request(b"", f"cmd{n}")[1:]
-        await dispatcher.handle(b"%d" % n, body, ("h", 1), lambda: 0.0)
-    await dispatcher.handle(b"p", encode_request(b"", "ping")[1:], ("h", 1), lambda: 0.0)
+        await handle(dispatcher, b"%d" % n, body, ("h", 1), lambda: 0.0)
+    await handle(dispatcher, b"p", encode_request(b"", "ping")[1:], ("h", 1), lambda: 0.0)
     assert dict(dispatcher.commands) == {"unknown": 300, "ping": 1}
 
 
@@ -117,8 +118,7 @@ async def test_error_reasons_are_bounded_in_length_in_the_reply_and_the_counts()
         raise NgError("Unknown profile '" + "p" * 5000 + "'")
 
     dispatcher = Dispatcher({"offer": quoting})
-    datagram, copies = await dispatcher.handle(
-        b"1", encode_request(b"", "offer")[1:], ("h", 1), lambda: 0.0)
+    datagram, copies = await handle(dispatcher, b"1", encode_request(b"", "offer")[1:], ("h", 1), lambda: 0.0)
     _, reply = decode_reply(datagram)
     assert reply["result"] == "error"
     assert len(reply["error-reason"]) <= MAX_REASON_LENGTH
@@ -130,8 +130,7 @@ async def test_a_reply_too_big_for_a_datagram_is_answered_with_a_short_error():
         return {"big": "x" * (MAX_REPLY + 10)}
 
     dispatcher = Dispatcher({"query": query})
-    datagram, copies = await dispatcher.handle(
-        b"7", encode_request(b"", "query")[1:], ("h", 1), lambda: 0.0)
+    datagram, copies = await handle(dispatcher, b"7", encode_request(b"", "query")[1:], ("h", 1), lambda: 0.0)
     assert len(datagram) <= MAX_REPLY
     cookie, reply = decode_reply(datagram)
     assert cookie == b"7"
@@ -143,8 +142,7 @@ async def test_a_reply_that_cannot_be_encoded_is_answered_with_an_error():
     dispatcher = Dispatcher({"query": lambda request: {"oops": "\udcff"},
                              "list": lambda request: {"oops": object()}})
     for command in ("query", "list"):
-        datagram, _ = await dispatcher.handle(
-            b"8", encode_request(b"", command)[1:], ("h", command), lambda: 0.0)
+        datagram, _ = await handle(dispatcher, b"8", encode_request(b"", command)[1:], ("h", command), lambda: 0.0)
         assert decode_reply(datagram) == (
             b"8", {"result": "error", "error-reason": "Internal error"})
 

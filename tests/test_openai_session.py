@@ -24,6 +24,7 @@ from openai_flavor import events
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings, ToolSpec
 from tests.fakes.realtime import FakeRealtimeServer, ScriptedResponse, tone
+from tests.fakes.session import wait_until
 from tests.fakes.webhook import FakeWebhook
 
 pytestmark = pytest.mark.trio
@@ -127,7 +128,7 @@ async def test_truncation_is_exact_play_n_frames_barge_in_audio_end_is_n_times_p
         async with harness(server) as h:
             fake = await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             item_id = next(
                 e["item_id"] for e in fake.server_events if e["type"] == "response.output_audio.delta"
             )
@@ -135,7 +136,7 @@ async def test_truncation_is_exact_play_n_frames_barge_in_audio_end_is_n_times_p
             h.play(n)
             await h.speak()  # the caller talks over the answer
             await fake.wait_until(lambda f: f.truncations)
-            await h.session.wait_until(lambda s: s.stats.truncations == 1)
+            await wait_until(h.session, lambda s: s.stats.truncations == 1)
             assert fake.truncations == [
                 {"item_id": item_id, "content_index": 0, "audio_end_ms": n * 20, "accepted": True}
             ]
@@ -153,7 +154,7 @@ async def test_an_item_still_being_generated_is_truncated_even_with_an_empty_que
         async with harness(server) as h:
             fake = await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.audio_received_bytes == 200 * 8)
+            await wait_until(h.session, lambda s: s.stats.audio_received_bytes == 200 * 8)
             h.play(10)
             assert len(h.bridge.playout) == 0
             await h.speak()
@@ -161,7 +162,7 @@ async def test_an_item_still_being_generated_is_truncated_even_with_an_empty_que
             assert fake.truncations[0]["audio_end_ms"] == 200
             assert fake.truncations[0]["accepted"]
             # The stalled response was cancelled by the server; its deltas would be dropped.
-            await h.session.wait_until(lambda s: s.stats.responses >= 1)
+            await wait_until(h.session, lambda s: s.stats.responses >= 1)
             assert h.session.stats.barge_ins == 1
             assert errors(fake) == []
 
@@ -179,7 +180,7 @@ async def test_a_wss_session_carries_the_conversation_over_tls(monkeypatch):
             assert server.url.startswith("wss://localhost:")
             fake = await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert h.play_all() == 20
             assert len(fake.audio_in) == 30 * 160  # every caller frame arrived, decrypted
             assert h.session.stats.state == "open" and errors(fake) == []
@@ -191,10 +192,10 @@ async def test_an_answer_played_to_its_end_is_not_truncated():
         async with harness(server) as h:
             fake = await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert h.play_all() == 21  # 410 ms, the last frame padded
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 2)
+            await wait_until(h.session, lambda s: s.stats.responses == 2)
             assert fake.events_of("conversation.item.truncate") == []
             assert h.session.stats.barge_ins == 0
             assert errors(fake) == []
@@ -206,9 +207,9 @@ async def test_nothing_heard_is_not_truncated_but_playout_is_dropped():
         async with harness(server) as h:
             fake = await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.barge_ins == 1)
+            await wait_until(h.session, lambda s: s.stats.barge_ins == 1)
             assert fake.events_of("conversation.item.truncate") == []
             assert errors(fake) == []
 
@@ -226,20 +227,20 @@ async def test_protected_welcome_plays_through_barge_in_then_barge_in_works_agai
             h.bridge.media_started.set()
             welcome = await fake.wait_for_client_event("response.create")
             assert "Welcome to the test line." in welcome["response"]["instructions"]
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             h.play(5)
             await h.speak()  # the caller talks over the welcome
-            await h.session.wait_until(lambda s: s.stats.barge_ins_ignored == 1)
+            await wait_until(h.session, lambda s: s.stats.barge_ins_ignored == 1)
             assert len(h.bridge.playout) >= 45 * FRAME  # the welcome keeps playing
             assert fake.events_of("conversation.item.truncate") == []
-            await h.session.wait_until(lambda s: s.stats.responses == 2)
+            await wait_until(h.session, lambda s: s.stats.responses == 2)
             h.play_all()
             update = await fake.wait_for_client_event("session.update", 2)
             assert update["session"]["audio"]["input"]["turn_detection"]["interrupt_response"] is True
             assert fake.session["audio"]["input"]["turn_detection"]["interrupt_response"] is True
             # From now on a barge-in is honoured.
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 3)
+            await wait_until(h.session, lambda s: s.stats.responses == 3)
             h.play(3)
             await h.speak()
             await fake.wait_until(lambda f: f.truncations)
@@ -274,10 +275,10 @@ async def test_beta_dialect_end_to_end_against_the_fake_in_beta_mode():
             assert fake.session["temperature"] == 0.7
             assert fake.session["input_audio_format"] == "g711_ulaw"
             h.bridge.media_started.set()
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert b"".join(h.play(20)) == reply
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 2)
+            await wait_until(h.session, lambda s: s.stats.responses == 2)
             assert bytes(fake.audio_in) == b"\x55" * FRAME * 30
             assert {e["role"] for e in h.session.stats.transcript} == {"caller", "assistant"}
             assert h.session.stats.usage["total_tokens"] > 0
@@ -300,20 +301,20 @@ async def test_ga_against_the_strict_fake_gets_no_error_event_at_all():
             ) as h:
                 fake = await server.wait_for_session()
                 h.bridge.media_started.set()
-                await h.session.wait_until(lambda s: s.stats.responses == 1)
+                await wait_until(h.session, lambda s: s.stats.responses == 1)
                 h.play_all()
                 await fake.wait_for_client_event("session.update", 2)
                 server.queue_response(ScriptedResponse(function_call=("lookup", {}), audio=None))
                 await h.speak()
                 await fake.wait_for_client_event("conversation.item.create")
-                await h.session.wait_until(lambda s: s.stats.responses == 3)
+                await wait_until(h.session, lambda s: s.stats.responses == 3)
                 h.play(4)
                 await h.speak()
                 await fake.wait_until(lambda f: f.truncations)
                 await h.keys.send(Digit("5"))
                 await h.keys.send(Digit("#"))
                 await fake.wait_until(lambda f: len(f.events_of("conversation.item.create")) == 2)
-                await h.session.wait_until(lambda s: s.stats.responses >= 5)
+                await wait_until(h.session, lambda s: s.stats.responses >= 5)
                 assert "temperature" not in json.dumps(fake.events_of("session.update"))
                 assert errors(fake) == []
             nursery.cancel_scope.cancel()
@@ -331,7 +332,7 @@ async def test_end_call_hangs_up_only_after_the_goodbye_has_played():
         async with harness(server) as h:
             fake = await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.tool_calls)
+            await wait_until(h.session, lambda s: s.stats.tool_calls)
             assert h.session.stats.tool_calls[0]["result"] == "hang up"
             h.play(19)
             assert h.ended == []  # response.done came long ago; the goodbye is still playing
@@ -352,7 +353,7 @@ async def test_end_call_without_a_goodbye_asks_for_one_then_hangs_up_after_it():
             assert output["item"]["type"] == "function_call_output"
             assert "goodbye" in output["item"]["output"].lower()
             await fake.wait_for_client_event("response.create")
-            await h.session.wait_until(lambda s: s.stats.responses == 2)
+            await wait_until(h.session, lambda s: s.stats.responses == 2)
             assert h.ended == []
             assert h.play_all() == 10
             assert h.ended == ["the AI ended the call"]
@@ -446,7 +447,7 @@ async def test_dtmf_digits_reach_the_model_as_one_message():
             assert item["role"] == "user"
             assert "42#" in item["content"][0]["text"]
             await fake.wait_for_client_event("response.create")
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert h.session.stats.dtmf_digits == 3
             assert errors(fake) == []
 
@@ -472,7 +473,7 @@ async def test_dtmf_during_a_response_waits_for_it_to_finish():
             await fake.wait_for_client_event("session.update")
             await h.keys.send(Digit("#"))
             await fake.wait_for_client_event("response.create")
-            await h.session.wait_until(lambda s: s.stats.audio_received_bytes > 0)
+            await wait_until(h.session, lambda s: s.stats.audio_received_bytes > 0)
             await h.keys.send(Digit("1"))
             await h.keys.send(Digit("#"))
             await fake.wait_for_client_event("conversation.item.create", 2)
@@ -490,7 +491,7 @@ async def test_a_failed_transfer_is_told_to_the_model_which_answers_the_caller()
         async with harness(server) as h:
             fake = await server.wait_for_session()
             await fake.wait_for_client_event("session.update")
-            await h.session.wait_until(lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s._ready.is_set())
             h.bridge.action_failed("transfer", "the caller answered 603 Declined")
             item = (await fake.wait_for_client_event("conversation.item.create"))["item"]
             assert item["role"] == "system"
@@ -556,12 +557,12 @@ async def test_server_error_events_are_logged_and_the_session_goes_on():
     with trio.fail_after(10):
         async with harness(server) as h:
             fake = await server.wait_for_session()
-            await h.session.wait_until(lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s._ready.is_set())
             await server.send_error_all("rate_limit_exceeded", "Rate limit reached.", "rate_limit_error")
-            await h.session.wait_until(lambda s: s.stats.errors)
+            await wait_until(h.session, lambda s: s.stats.errors)
             assert h.session.stats.errors == [{"code": "rate_limit_exceeded", "message": "Rate limit reached."}]
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert h.session.stats.reconnects == 0 and h.ended == [] and not fake.closed.is_set()
 
 
@@ -569,7 +570,7 @@ async def test_a_fatal_error_event_ends_the_call_at_once():
     server = FakeRealtimeServer()
     with trio.fail_after(10):
         async with harness(server) as h:
-            await h.session.wait_until(lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s._ready.is_set())
             await server.send_error_all("insufficient_quota", "You exceeded your quota.", "insufficient_quota")
             await h.call_ended.wait()
             assert "insufficient_quota" in str(h.failure[0])
@@ -585,7 +586,7 @@ async def test_abrupt_close_reconnects_and_recaps_the_conversation(how):
         async with harness(server, instructions="You take restaurant bookings.") as h:
             first = await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert len(h.session.stats.transcript) == 2
             if how == "abort":
                 await server.abort_all()
@@ -598,7 +599,7 @@ async def test_abrupt_close_reconnects_and_recaps_the_conversation(how):
             assert "caller: I want to book a table\nassistant: For how many people?" in instructions
             # The call stays up and the new session works.
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.responses == 2)
+            await wait_until(h.session, lambda s: s.stats.responses == 2)
             assert h.ended == [] and h.failure == []
             assert h.session.stats.reconnects == 1
             assert errors(first) == [] and errors(second) == []
@@ -628,7 +629,7 @@ async def test_one_sessions_failure_does_not_touch_another():
         async with harness(good) as ok, harness(bad) as failing:
             await failing.call_ended.wait()
             await ok.speak()
-            await ok.session.wait_until(lambda s: s.stats.responses == 1)
+            await wait_until(ok.session, lambda s: s.stats.responses == 1)
             assert ok.ended == [] and ok.failure == [] and ok.session.stats.state == "open"
 
 
@@ -650,8 +651,8 @@ async def test_a_bug_while_handling_an_event_ends_that_connection_and_not_the_ca
         async with harness(server) as h:
             await server.wait_for_session()
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.reconnects == 1)
+            await wait_until(h.session, lambda s: s.stats.reconnects == 1)
             await server.wait_for_session(2)
             assert raised and h.failure == [] and h.ended == []
             await h.speak()
-            await h.session.wait_until(lambda s: s.stats.audio_received_bytes > 0)
+            await wait_until(h.session, lambda s: s.stats.audio_received_bytes > 0)

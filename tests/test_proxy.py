@@ -265,7 +265,7 @@ async def test_an_unreachable_ai_makes_the_proxy_hang_up_with_the_reason():
 async def test_credentials_in_the_url_are_basic_auth_never_the_host_header():
     """A management interface behind an authenticating front end: user:password@ in the URL
     becomes an Authorization header; Host names only the server (RFC 9110 s7.2)."""
-    from ctl.http import HttpRequest, http_request
+    from media.http import HttpRequest, http_request
 
     server = FakeHttpServer()
     async with trio.open_nursery() as nursery:

@@ -1,5 +1,6 @@
 """One small HTTP/1.1 client for rtpai's outbound calls: the proxy's management interface
-(ctl/proxy.py) and the tools' webhook (openai_flavor/webhook.py).
+(ctl/proxy.py) and the tools' webhook (openai_flavor/webhook.py). It lives in media/, the
+lowest layer, so that both planes can use it without the AI flavor importing ctl/.
 
 h11 does the wire format (sans-IO: framing, chunked bodies, Content-Length), as for the
 WebSocket upgrade (openai_flavor/websocket.py); this module only moves bytes. Each request says
