@@ -625,7 +625,10 @@ class Engine:
     def reload_ai_settings(self, config: Config) -> None:
         """SIGHUP: ``[openai]`` and its profiles from ``config`` apply to calls offered from
         now on; running calls keep the settings (key, voice, prompt) they started with."""
-        self.settings, self.profiles = self._configure_ai(config)
+        settings, profiles = self._configure_ai(config)
+        # As at start-up: a tool the proxy cannot carry out is not promised to the caller.
+        self.settings = self._tools_for_proxy(settings)
+        self.profiles = {name: self._tools_for_proxy(s) for name, s in profiles.items()}
         refusal = self.settings.refusal_reason()
         if refusal:
             log.error("offers will be refused: %s", refusal)

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from media.latch import Relatch
+from media.settings import RTP_SETTINGS
+
+
+_ROW = {row.key: row.parse(row.default) for row in RTP_SETTINGS if row.default is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,12 +22,15 @@ class MediaOptions:
     defaults here only serve tests and benches; the configuration table's are the daemon's.
     """
 
-    send_silence: bool = True  # silence frames while the AI is quiet (once the caller's RTP flows)
-    reorder_packets: int = 2  # reorder buffer depth, in packets (and ptimes of waiting)
-    ai_batch_ms: int = 0  # caller audio to the AI in batches this long (0: frame by frame)
-    strict_source: bool = False  # only the SDP's address:port may send (no NAT latching)
-    relatch: Relatch = Relatch.SDP  # who may take over the latch (media/latch.py)
-    timeout: float = 0  # seconds without the caller's RTP that end the call (0: never)
+    # The defaults are the [rtp] rows' own (media/settings.py), parsed: written once.
+    send_silence: bool = _ROW["send_silence"]  # silence frames while the AI is quiet
+    reorder_packets: int = _ROW["reorder_packets"]  # reorder depth, in packets (and ptimes)
+    ai_batch_ms: int = _ROW["ai_batch_ms"]  # caller audio to the AI in batches (0: per frame)
+    strict_source: bool = _ROW["strict_source"]  # only the SDP's address:port may send
+    relatch: Relatch = Relatch(_ROW["relatch"])  # who may take over the latch (media/latch.py)
+    # Seconds without the caller's RTP that end the call. Not the row's 60 s: an object built
+    # without a configuration (tests, benches) never times out unless it asks to.
+    timeout: float = 0
 
     @classmethod
     def from_config(cls, rtp: Mapping[str, Any]) -> MediaOptions:

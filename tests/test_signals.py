@@ -197,3 +197,13 @@ def test_reload_replaces_the_ng_allow_list_without_a_restart(tmp_path, caplog):
     assert engine.dispatcher.acl.allows("198.51.100.7")
     assert engine.dispatcher.acl.allows("192.0.2.1")
     assert "need a restart" not in caplog.text
+
+
+def test_reload_keeps_withholding_the_tools_the_proxy_cannot_carry_out(tmp_path):
+    """With no proxy to end calls, end_call is not offered; a SIGHUP must not offer it again."""
+    config = tmp_path / "rtpai.conf"
+    config.write_text("[openai]\nkey = sk-k\n[openai:sales]\nvoice = ash\n")
+    engine = Engine(load_config(str(config), environ={}))
+    assert not engine.settings.end_call_tool and not engine.profiles["sales"].end_call_tool
+    assert reload_config(engine, str(config), RedactSecrets(), environ={}) is not None
+    assert not engine.settings.end_call_tool and not engine.profiles["sales"].end_call_tool
