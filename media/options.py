@@ -9,7 +9,6 @@ from typing import Any
 from media.latch import Relatch
 from media.settings import RTP_SETTINGS
 
-
 _ROW = {row.key: row.parse(row.default) for row in RTP_SETTINGS if row.default is not None}
 
 
