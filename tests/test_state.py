@@ -13,6 +13,8 @@ from ctl.engine import Engine
 from media.bridge import EndReason
 from media.state import IllegalTransition, Machine, Transitions
 from openai_flavor.session import SESSION_TRANSITIONS, SessionState
+from openai_flavor.turns import IllegalTransition as ResponseOutOfOrder
+from openai_flavor.turns import Turns
 from openai_flavor.websocket import WS_TRANSITIONS, ConnectionClosed, Link, WebSocket
 from tests.fakes.realtime import FakeRealtimeServer
 from tests.test_media_engine import DEAD_AI, config, offer, request
@@ -85,6 +87,15 @@ def test_the_machines_tables():
     ws.to(Link.FAILED)  # output queued before the end may still fail to go out
     with pytest.raises(IllegalTransition, match="WebSocket: failed -> open"):
         ws.to(Link.OPEN)
+
+
+def test_the_response_phase_raises_its_own_subclass():
+    # The session drops an event that breaks the response lifecycle as malformed: it catches
+    # this subclass only, so a bug in another machine is never taken for a server's fault.
+    turns = Turns(ptime_ms=20, bytes_per_ms=8)
+    with pytest.raises(ResponseOutOfOrder, match="^response phase: listening -> listening$"):
+        turns.response_done("r0")
+    assert issubclass(ResponseOutOfOrder, IllegalTransition)
 
 
 def test_the_session_states_are_the_statistics_strings():
