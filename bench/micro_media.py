@@ -93,7 +93,7 @@ class Call:
             codec="PCMU",
             ptime_ms=PTIME_MS,
             playout=PlayoutQueue(FRAME, max_bytes=600 * 8000),
-            end_call=lambda reason: None,
+            end_call=lambda kind, reason: None,
             transfer=lambda target: None,
         )
         self.stream = MediaStream(

@@ -12,12 +12,13 @@ from typing import Any
 
 import trio
 
-from media.bridge import AiSessionError, CallBridge, CallerEvent, weak_method
+from media.bridge import AiSessionError, CallBridge, CallerEvent, EndReason, weak_method
 from media.clock import MediaClock
 from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
+from media.state import Machine, Transitions
 from media.stream import MediaStream, close_socket
 
 log = logging.getLogger("rtpai.call")
@@ -37,16 +38,12 @@ class CallState(enum.Enum):
     ENDED = "ended"  # every socket and port released; kept until the proxy's delete
 
 
-_ALLOWED = {
+CALL_TRANSITIONS = Transitions("call", {
     CallState.OFFERED: {CallState.ACTIVE, CallState.ENDING},
     CallState.ACTIVE: {CallState.ENDING},
     CallState.ENDING: {CallState.ENDED},
     CallState.ENDED: set(),
-}
-
-
-class IllegalTransition(RuntimeError):
-    pass
+})
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ class Call:
         sdp_origin: tuple[int, int] = (0, 1),
         on_end: Callable[[Call, str, bool], None] | None = None,
         on_transfer: Callable[[Call, dict[str, Any]], None] | None = None,
-        on_hang_up: Callable[[Call, str, bool], Awaitable[None]] | None = None,
+        on_hang_up: Callable[[Call, EndReason, str, bool], Awaitable[None]] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
         poller: MediaPoller,
@@ -104,16 +101,18 @@ class Call:
         self.answer_sdp = answer_sdp
         self.sdp_origin = sdp_origin  # (o= session id, version) of our answer
         self.settings = settings
-        self.state = CallState.OFFERED
+        self._lifecycle = Machine(CALL_TRANSITIONS, CallState.OFFERED, f"call {call_id}")
         self.created = time.time()
         self.last_signal = self.created
+        # Why it ended: the kind (counted by the engine) and the detail (the replies' text).
+        self.end_kind: EndReason | None = None
         self.end_reason: str | None = None
         self.transfers: list[dict[str, Any]] = []  # requested by the AI; the engine REFERs
         # rtpai's latest request to the proxy to end the call: reason, status, error.
         self.hangup: dict[str, Any] | None = None
         # Why the proxy's delete is expected (a hang-up or transfer it accepted): the end
         # reason the delete records, rather than "deleted by the proxy".
-        self.pending_reason: str | None = None
+        self.pending_reason: tuple[EndReason, str] | None = None
         self.ended = trio.Event()
         self._release_ports = release_ports
         # Told when the call starts ending: (call, reason, whether the proxy must be told to
@@ -128,7 +127,7 @@ class Call:
         self._poller = poller  # the engine's: it receives for every call
         # The call's scope: cancelled when it ends; its deadline is a delayed delete's.
         self._scope = trio.CancelScope()
-        self._reason_at_deadline = ""
+        self._reason_at_deadline = (EndReason.DELETED, "")
         events_send, events_receive = trio.open_memory_channel[CallerEvent](CALLER_EVENTS_QUEUE)
         frame_bytes = media.ptime_ms * 8
         self.bridge = CallBridge(
@@ -163,13 +162,13 @@ class Call:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def _to(self, state: CallState) -> None:
-        if state not in _ALLOWED[self.state]:
-            raise IllegalTransition(f"call {self.call_id}: {self.state.value} -> {state.value}")
-        self.state = state
+    @property
+    def state(self) -> CallState:
+        return self._lifecycle.state
 
-    def end(self, reason: str, *, tell_proxy: bool = True) -> None:
-        """End the call (idempotent); the first reason given is the one recorded.
+    def end(self, kind: EndReason, reason: str, *, tell_proxy: bool = True) -> None:
+        """End the call (idempotent); the first reason given is the one recorded: its
+        ``kind`` is counted, ``reason`` is the detail the replies show.
 
         ``tell_proxy`` is False when the proxy asked (delete): otherwise the caller is still
         on the line and the proxy must send the BYE.
@@ -177,11 +176,12 @@ class Call:
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
         if not tell_proxy and self.pending_reason:
-            reason = self.pending_reason  # the delete we asked for: say what it was for
+            kind, reason = self.pending_reason  # the delete we asked for: say what it was for
         if self.hangup is not None and self.hangup["status"] == "sent":
             tell_proxy = False  # it accepted already (e.g. shutdown while its BYE is on the way)
+        self.end_kind = kind
         self.end_reason = reason
-        self._to(CallState.ENDING)
+        self._lifecycle.to(CallState.ENDING)
         log.info("call %s: ending (%s)", self.call_id, reason)
         self._scope.cancel()
         # Its media stops now, not once its tasks have wound down (the AI session's close can
@@ -191,7 +191,7 @@ class Call:
         if self._on_end is not None:
             self._on_end(self, reason, tell_proxy)
 
-    def hang_up(self, reason: str, *, by_ai: bool = False) -> None:
+    def hang_up(self, kind: EndReason, reason: str, *, by_ai: bool = False) -> None:
         """rtpai ends the call (media timeout, AI failure, the model's ``end_call``).
 
         With a proxy that can end calls the call stays up while the proxy is asked, and ends
@@ -203,19 +203,20 @@ class Call:
             return
         if self.hangup is not None and self.hangup["status"] in ("requested", "sent"):
             return  # one request at a time; the first reason stands
-        if self._on_hang_up is None or not self.follow_up(self._on_hang_up, self, reason, by_ai):
-            self.end(reason)
+        if self._on_hang_up is None or not self.follow_up(self._on_hang_up, self, kind, reason,
+                                                          by_ai):
+            self.end(kind, reason)
             return
         self.hangup = {"reason": reason, "status": "requested", "at": int(time.time())}
 
     def hang_up_for_ai(self, reason: str) -> None:
         """The model's ``end_call``, once its goodbye has played."""
-        self.hang_up(reason, by_ai=True)
+        self.hang_up(EndReason.MODEL_HUNG_UP, reason, by_ai=True)
 
     def end_unanswered(self, reason: str) -> None:
         """The proxy accepted a hang-up but no delete came: end here, with ``reason``."""
         self.pending_reason = None
-        self.end(reason, tell_proxy=False)
+        self.end(EndReason.PROXY_DID_NOT_HANG_UP, reason, tell_proxy=False)
 
     def follow_up(self, async_fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
         """Start work that belongs to this call (a hang-up, a transfer after playout) in its
@@ -231,7 +232,7 @@ class Call:
         the call's own scope, so the wait is the call's and dies with it; no task of its own."""
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
-        self._reason_at_deadline = reason
+        self._reason_at_deadline = (EndReason.DELETED, reason)
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + delay)
 
     def transfer(self, target: str) -> None:
@@ -264,15 +265,16 @@ class Call:
             self._nursery = None
             if self._scope.cancelled_caught and self.state in (CallState.OFFERED,
                                                               CallState.ACTIVE):
-                self.end(self._reason_at_deadline, tell_proxy=False)  # end_after's deadline
+                self.end(*self._reason_at_deadline, tell_proxy=False)  # end_after's deadline
             self.stream.close()  # before the sockets close: no tick may send after
             for sock in self._sockets:
                 close_socket(sock)
             self._release_ports()
             if self.state is not CallState.ENDING:
-                self.end_reason = self.end_reason or "engine shutdown"
-                self.state = CallState.ENDING
-            self._to(CallState.ENDED)
+                # The engine stopped under the call (its nursery cancelled): nobody ended it.
+                self.end_kind, self.end_reason = EndReason.SHUTDOWN, "engine shutdown"
+                self._lifecycle.to(CallState.ENDING)
+            self._lifecycle.to(CallState.ENDED)
             self.bridge.mark("ended")
             self.ended.set()
 
@@ -293,7 +295,8 @@ class Call:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.stream.run(self._poller)
         if self.stream.timed_out:
-            self.hang_up(f"media timeout ({self.stream.options.timeout:g} s without RTP)")
+            self.hang_up(EndReason.MEDIA_TIMEOUT,
+                         f"media timeout ({self.stream.options.timeout:g} s without RTP)")
 
     async def _send_rtcp(self) -> None:
         # A bug in a report must end this call, never escape into the engine's nursery and
@@ -302,12 +305,12 @@ class Call:
             await self.stream.send_rtcp()
         except Exception:
             log.exception("call %s: RTCP failed", self.call_id)
-            self.end("media failure: internal error")
+            self.end(EndReason.MEDIA_FAILURE, "media failure: internal error")
 
     def _media_started(self) -> None:
         """The caller's first RTP latched (a callback: no task per call waits for it)."""
         if self.state is CallState.OFFERED:
-            self._to(CallState.ACTIVE)
+            self._lifecycle.to(CallState.ACTIVE)
 
     async def _run_ai(self) -> None:
         # One call's AI failure ends that call alone (through the bridge, where the proxy
@@ -316,11 +319,11 @@ class Call:
             await self.ai.run()
         except AiSessionError as exc:
             log.warning("call %s: AI session failed: %s", self.call_id, exc)
-            self.bridge.end_call(f"AI session failed: {exc}")
+            self.bridge.end_call(EndReason.AI_FAILED, f"AI session failed: {exc}")
         except Exception:
             # A bug must not escape into the engine nursery and take every other call with it.
             log.exception("call %s: AI session crashed", self.call_id)
-            self.bridge.end_call("AI session failed: internal error")
+            self.bridge.end_call(EndReason.AI_FAILED, "AI session failed: internal error")
 
     # --- statistics (the shape of rtpengine's query reply) ------------------------------------
 

@@ -34,6 +34,7 @@ from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import flavor as flavors
 from media import sdp
+from media.bridge import EndReason
 from media.clock import MediaClock
 from media.flavor import AiSettings
 from media.options import MediaOptions
@@ -52,6 +53,9 @@ HOUSEKEEPING_INTERVAL = 30.0
 MAX_DELETE_DELAY = 300
 # Binding retries when another process holds a port of our range.
 BIND_ATTEMPTS = 16
+
+# The ng totals that count calls by why they ended (the kind, never the text of the reason).
+TOTALS_BY_END = {EndReason.MEDIA_TIMEOUT: "timeouts", EndReason.AI_FAILED: "ai failures"}
 
 # How long a transfer waits for the words the AI said before it to finish playing.
 TRANSFER_PLAYOUT_WAIT = 15.0
@@ -479,7 +483,7 @@ class Engine:
                 reply["warning"] = warning
             return reply
         for call in calls:
-            call.end("deleted by the proxy", tell_proxy=False)
+            call.end(EndReason.DELETED, "deleted by the proxy", tell_proxy=False)
             self._forget(call)  # also a call that had ended by itself (timeout, AI failure)
         return calls[0].statistics()
 
@@ -503,7 +507,8 @@ class Engine:
             self._notifications.discard(done)
             done.set()
 
-    async def _hang_up_through_proxy(self, call: Call, reason: str, by_ai: bool) -> None:
+    async def _hang_up_through_proxy(self, call: Call, kind: EndReason, reason: str,
+                                     by_ai: bool) -> None:
         """A task of ``call``: ask the proxy to end it, then wait (bounded) for the delete,
         which cancels this task with the call."""
         record = call.hangup
@@ -524,10 +529,10 @@ class Engine:
                 call.bridge.action_failed("hang-up", outcome.detail)
                 return
             # No delete will come: end here; ending without the proxy forgets the call too.
-            call.end(reason, tell_proxy=False)
+            call.end(kind, reason, tell_proxy=False)
             return
         record["status"] = "sent"
-        call.pending_reason = reason
+        call.pending_reason = (kind, reason)
         await self._await_delete(call, reason)
 
     async def _await_delete(self, call: Call, reason: str) -> None:
@@ -569,12 +574,12 @@ class Engine:
         reason = f"transferred to {target}"
         if self.proxy.transfer_ends_dialog:
             # The proxy releases the old dialog itself (Kamailio's dlg_refer BYEs it).
-            call.pending_reason = reason
+            call.pending_reason = (EndReason.TRANSFERRED, reason)
             await self._await_delete(call, reason)
         else:
             # OpenSIPS's in-dialog REFER leaves the dialog up: end it now that the caller
             # has accepted, as Kamailio's dlg_refer does.
-            call.hang_up(reason)
+            call.hang_up(EndReason.TRANSFERRED, reason)
 
     async def drain(self, grace: float) -> None:
         """Graceful shutdown: refuse new calls, let calls finish for ``grace`` seconds, then
@@ -585,7 +590,7 @@ class Engine:
             for call in list(self.calls):
                 await call.ended.wait()
         for call in list(self.calls):
-            call.end("engine shutdown")
+            call.end(EndReason.SHUTDOWN, "engine shutdown")
         with trio.move_on_after(self.proxy.timeout * (1 + self.proxy.retries) + 1):
             for call in list(self.calls):
                 await call.ended.wait()
@@ -599,11 +604,9 @@ class Engine:
 
     def _count_end(self, call: Call) -> None:
         self.totals["ended"] += 1
-        reason = call.end_reason or ""
-        if reason.startswith("media timeout"):
-            self.totals["timeouts"] += 1
-        elif reason.startswith("AI session failed"):
-            self.totals["ai failures"] += 1
+        total = TOTALS_BY_END.get(call.end_kind) if call.end_kind else None
+        if total is not None:
+            self.totals[total] += 1
 
     def query(self, request: NgRequest) -> dict[str, Any]:
         calls = self._select(request)

@@ -7,6 +7,7 @@ a sibling of ``openai_flavor/``, not a change to the media plane.
 
 from __future__ import annotations
 
+import enum
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -21,6 +22,22 @@ from media.rtp import SILENCE_BYTE
 # What the media plane tells the AI session about the caller besides audio. Only DTMF today;
 # hold and hang-up would join it here, as flavor-neutral dataclasses.
 CallerEvent = Dtmf
+
+
+class EndReason(enum.Enum):
+    """Why a call ended, as counted; the value is its name for metrics. The human detail (the
+    ``end reason`` of the query/delete replies, e.g. "media timeout (30 s without RTP)")
+    travels beside it: counting reads the kind, never the text."""
+
+    DELETED = "deleted"  # the proxy's delete, or its delete-delay running out
+    MEDIA_TIMEOUT = "media_timeout"  # no caller RTP for [rtp] timeout (ng: timeoutsessions)
+    MEDIA_FAILURE = "media_failure"  # a bug in the call's media handling
+    AI_FAILED = "ai_failed"  # the AI session gave up (ng: aifailures)
+    MODEL_HUNG_UP = "model_hung_up"  # the model's end_call, once its goodbye played
+    TRANSFERRED = "transferred"  # the proxy carried out a transfer the model asked for
+    PROXY_DID_NOT_HANG_UP = "proxy_did_not_hang_up"  # accepted a hang-up, no delete came
+    SHUTDOWN = "shutdown"  # the engine stopped or drained
+
 
 class AiSessionError(Exception):
     """The AI session cannot go on; the reason is safe to log and to return in statistics."""
@@ -78,7 +95,8 @@ class CallBridge:
     codec: str  # "PCMU" or "PCMA": the G.711 variant both sides speak, never transcoded
     ptime_ms: int
     playout: PlayoutQueue
-    end_call: Callable[[str], None]  # ask for the call to end, with a reason for the stats
+    # Ask for the call to end: the kind (counted) and the detail (the statistics' text).
+    end_call: Callable[[EndReason, str], None]
     transfer: Callable[[str], None]  # ask for the caller to be transferred to a target
     # The AI's own hang-up (end_call, after its goodbye); None: end_call serves for it too.
     hang_up: Callable[[str], None] | None = None
@@ -185,15 +203,21 @@ class CallBridge:
         :meth:`playout_ran_dry` and the hang-up happens there.
         """
         if self.playout_idle:
-            (self.hang_up or self.end_call)(reason)
+            self._hang_up_now(reason)
         elif self._hangup_reason is None:
             self._hangup_reason = reason
+
+    def _hang_up_now(self, reason: str) -> None:
+        if self.hang_up is not None:
+            self.hang_up(reason)
+        else:
+            self.end_call(EndReason.MODEL_HUNG_UP, reason)
 
     def playout_ran_dry(self) -> None:
         """The paced sender found nothing more to play: a talkspurt just ended."""
         if self._hangup_reason is not None:
             reason, self._hangup_reason = self._hangup_reason, None
-            (self.hang_up or self.end_call)(reason)
+            self._hang_up_now(reason)
         self._ran_dry.set()
         self._ran_dry = trio.Event()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from media.bridge import CallBridge, CallerEvent
+from media.bridge import CallBridge, CallerEvent, EndReason
 from media.clock import ClockEntry, MediaClock, align
 from media.latch import Endpoint, LatchPolicy, Verdict
 from media.options import MediaOptions
@@ -285,7 +285,7 @@ class MediaStream:
 
     def _receive_failed(self) -> None:
         """The poller dropped a socket after its handler raised (a bug): end the call."""
-        self.bridge.end_call("media failure: internal error")
+        self.bridge.end_call(EndReason.MEDIA_FAILURE, "media failure: internal error")
 
     @property
     def timed_out(self) -> bool:
@@ -544,7 +544,7 @@ class MediaStream:
 
     def pacing_failed(self) -> None:
         """The media clock dropped this stream after ``tick`` raised (a bug): end the call."""
-        self.bridge.end_call("media failure: internal error")
+        self.bridge.end_call(EndReason.MEDIA_FAILURE, "media failure: internal error")
 
     def _send(self, packet: bytes) -> None:
         # Not connect()ed to the latched address and sent with send(), although that costs

@@ -26,6 +26,7 @@ A malformed server event is counted and dropped; it never reaches the poller.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ import trio
 
 from media.bridge import AiSessionError, CallBridge
 from media.poller import MediaPoller
+from media.state import Machine, Transitions
 from media.tones import reconnect_cue
 from openai_flavor import events, keypad
 from openai_flavor.reconnect import Backoff
@@ -90,9 +92,30 @@ class _Lost(Exception):
         self.since = since
 
 
+class SessionState(enum.StrEnum):
+    """The session's life across its connections; the values are the statistics' (the
+    ``ai.state`` of query replies, the SIGUSR1 line), which docs and proxies read."""
+
+    CONNECTING = "connecting"  # the first connection is being opened
+    OPEN = "open"  # a connection is up (session.update sent)
+    RECONNECTING = "reconnecting"  # a connection was lost; the next one is being opened
+    CLOSED = "closed"  # the call ended it
+    FAILED = "failed"  # it gave up (``failure`` says why); the call ends
+
+
+_C, _O, _R = SessionState.CONNECTING, SessionState.OPEN, SessionState.RECONNECTING
+SESSION_TRANSITIONS = Transitions("AI session", {
+    _C: {_O, _R, SessionState.FAILED, SessionState.CLOSED},
+    _O: {_R, SessionState.FAILED, SessionState.CLOSED},
+    # A reconnect attempt that fails stays reconnecting (the next one is scheduled).
+    _R: {_O, _R, SessionState.FAILED, SessionState.CLOSED},
+    SessionState.CLOSED: set(),
+    SessionState.FAILED: set(),
+})
+
+
 @dataclass
 class RealtimeStats:
-    state: str = "connecting"  # connecting -> open <-> reconnecting -> closed | failed
     model: str = ""
     dialect: str = ""
     session_id: str | None = None
@@ -114,7 +137,7 @@ class RealtimeStats:
     transcript: list[dict[str, str]] = field(default_factory=list)
     failure: str | None = None
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, state: SessionState) -> dict[str, Any]:
         # The most recent transcript entries that fit the reply (see TRANSCRIPT_REPLY_CHARS).
         shown: list[dict[str, str]] = []
         size = 0
@@ -125,7 +148,7 @@ class RealtimeStats:
             shown.append(entry)
         shown.reverse()
         return {
-            "state": self.state,
+            "state": state.value,
             "model": self.model,
             "dialect": self.dialect,
             "session id": self.session_id,
@@ -165,6 +188,8 @@ class RealtimeSession:
         self.bridge = bridge
         self._poller = poller  # the engine's: reads the WebSocket as it does RTP
         self.stats = RealtimeStats(model=settings.model, dialect=settings.dialect)
+        self._state = Machine(SESSION_TRANSITIONS, SessionState.CONNECTING,
+                              f"AI session of call {bridge.call_id}")
         # Across connections: the welcome is spoken once, and protected until it has played.
         self._welcome_sent = False
         self._welcome_played = not settings.welcome_guarded
@@ -185,12 +210,13 @@ class RealtimeSession:
         bridge.listen_for_failures(self._action_failed)
 
     @property
-    def state(self) -> str:
-        return self.stats.state
+    def state(self) -> SessionState:
+        """A ``str`` (the statistics' name) as the AiSession protocol asks."""
+        return self._state.state
 
     def snapshot(self) -> dict[str, Any]:
         """The session's statistics, for the ``ai`` key of the call's statistics."""
-        return self.stats.snapshot()
+        return self.stats.snapshot(self._state.state)
 
     def _new_turns(self) -> Turns:
         return Turns(
@@ -230,7 +256,7 @@ class RealtimeSession:
                             f"the Realtime API could not be reached within "
                             f"{self.settings.reconnect_timeout:g} s ({reason})"
                         )
-                    self.stats.state = "reconnecting"
+                    self._state.to(SessionState.RECONNECTING)
                     self.stats.reconnects += 1
                     log.warning(
                         "call %s: Realtime connection lost (%s); reconnecting in %.1f s",
@@ -240,8 +266,8 @@ class RealtimeSession:
                     await trio.sleep(delay)
         finally:
             self.bridge.detach_caller_audio(for_good=True)
-            if self.stats.state != "failed":
-                self.stats.state = "closed"
+            if self._state.state is not SessionState.FAILED:
+                self._state.to(SessionState.CLOSED)
             if self.stats.usage:
                 log.info("call %s: AI usage %s", self.bridge.call_id, json.dumps(self.stats.usage))
 
@@ -257,7 +283,7 @@ class RealtimeSession:
         self.bridge.play(reconnect_cue(self.bridge.codec), "reconnect cue")
 
     def _fail(self, reason: str) -> None:
-        self.stats.state = "failed"
+        self._state.to(SessionState.FAILED)
         if not self.stats.failure:
             self.stats.failure = reason
         raise RealtimeSessionError(self.stats.failure)
@@ -320,7 +346,7 @@ class RealtimeSession:
         # The bounds run from the 101: session.created, and session.updated to the
         # session.update sent just below.
         self._watchdog = Watchdog(self._bounds(), trio.current_time())
-        self.stats.state = "open"
+        self._state.to(SessionState.OPEN)
         self.bridge.mark("ai_session_open")
         instructions = self.settings.instructions
         if reconnect:
@@ -721,7 +747,7 @@ class RealtimeSession:
         self.stats.errors.append({"code": f"{action} failed", "message": why})
         self._untold_failures.append(events.action_failed_text(action, why))
         # While reconnecting the old connection's state lingers: wait for the new session.
-        if self.stats.state == "open" and self._ready.is_set():
+        if self._state.state is SessionState.OPEN and self._ready.is_set():
             self._tell_failures()
 
     def _tell_failures(self) -> None:

@@ -24,6 +24,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from media import state
+
 
 class Playout(Protocol):
     """What barge-in needs to know of the playout (media/bridge.py's ``CallBridge``)."""
@@ -41,11 +43,15 @@ class Phase(enum.Enum):
     RESPONDING = "responding"  # between response.created and response.done
 
 
-_ALLOWED = {Phase.LISTENING: {Phase.RESPONDING}, Phase.RESPONDING: {Phase.LISTENING}}
+class IllegalTransition(state.IllegalTransition):
+    """The server's events broke the response lifecycle (two responses at once, ...): the
+    session drops the event as malformed, which it catches apart from its own machines'."""
 
 
-class IllegalTransition(RuntimeError):
-    """The server's events broke the response lifecycle (two responses at once, ...)."""
+PHASES = state.Transitions("response phase", {
+    Phase.LISTENING: {Phase.RESPONDING},
+    Phase.RESPONDING: {Phase.LISTENING},
+}, error=IllegalTransition)
 
 
 @dataclass
@@ -84,7 +90,8 @@ class Turns:
     ptime_ms: int
     bytes_per_ms: int
     guard_welcome: bool = False  # the welcome message cannot be interrupted
-    phase: Phase = Phase.LISTENING
+    _phase: state.Machine[Phase] = field(
+        default_factory=lambda: state.Machine(PHASES, Phase.LISTENING), init=False, repr=False)
     response_id: str | None = None
     items: dict[str, ItemAudio] = field(default_factory=dict)
     calls: list[FunctionCall] = field(default_factory=list)
@@ -96,10 +103,9 @@ class Turns:
     _response_requested: bool = False  # a response.create is on its way to the server
     _response_wanted: bool = False  # ... and another one should follow once it is free
 
-    def _to(self, phase: Phase) -> None:
-        if phase not in _ALLOWED[self.phase]:
-            raise IllegalTransition(f"response phase {self.phase.value} -> {phase.value}")
-        self.phase = phase
+    @property
+    def phase(self) -> Phase:
+        return self._phase.state
 
     def is_cancelled(self, response_id: str | None) -> bool:
         return response_id is not None and response_id in self._cancelled
@@ -123,7 +129,7 @@ class Turns:
     # --- server events ------------------------------------------------------------------------
 
     def response_created(self, response_id: str, playout: Playout | None = None) -> None:
-        self._to(Phase.RESPONDING)
+        self._phase.to(Phase.RESPONDING)
         if playout is not None:
             # Items complete and fully played can no longer be interrupted: forget them, so a
             # long call does not carry one entry per answer.
@@ -161,7 +167,7 @@ class Turns:
             self.calls.append(call)
 
     def response_done(self, response_id: str | None) -> ResponseDone:
-        self._to(Phase.LISTENING)
+        self._phase.to(Phase.LISTENING)
         cancelled = self.is_cancelled(response_id)
         had_audio = False
         for audio in self.items.values():

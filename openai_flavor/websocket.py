@@ -21,6 +21,7 @@ The core (:func:`encode_frame`, :class:`FrameDecoder`, :func:`handshake_request`
 from __future__ import annotations
 
 import base64
+import enum
 import errno
 import hashlib
 import math
@@ -34,6 +35,8 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+
+from media.state import Machine, Transitions
 
 # RFC 6455 opcodes.
 OP_CONTINUATION = 0x0
@@ -329,6 +332,33 @@ def check_upgrade(response: h11.InformationalResponse, key: str) -> None:
         raise WebSocketError("the server chose an extension we did not offer")
 
 
+# --- the connection's state ---------------------------------------------------------------------
+
+
+class Link(enum.Enum):
+    """Where one connection is in its life (RFC 6455 section 7). What ended it is data beside
+    the state: ``WebSocket.closed`` (the close code and reason) and the failure's text."""
+
+    OPEN = "open"  # frames go both ways (the handshakes included: they use the same paths)
+    CLOSING = "closing"  # we sent a close frame (ours, or the echo of the server's): no more
+    #                      messages or pings out; what comes in is still read
+    CLOSED = "closed"  # the end is recorded in ``closed``: the server's close frame, a protocol
+    #                    error, the end of the stream, or ``aclose``; nothing more is read
+    FAILED = "failed"  # the transport failed: nothing more is written, and the connection's
+    #                    tasks raise its end (1006 unless one was recorded before)
+
+
+WS_TRANSITIONS = Transitions("WebSocket", {
+    Link.OPEN: {Link.CLOSING, Link.CLOSED, Link.FAILED},
+    Link.CLOSING: {Link.CLOSED, Link.FAILED},
+    # Output queued before the end may still fail to go out (the flusher then raises).
+    Link.CLOSED: {Link.FAILED},
+    Link.FAILED: set(),
+})
+# For the per-message checks: a module global, not an attribute lookup on the enum class.
+_OPEN, _CLOSING, _CLOSED, _FAILED = Link.OPEN, Link.CLOSING, Link.CLOSED, Link.FAILED
+
+
 # --- trio shell ------------------------------------------------------------------------------
 
 
@@ -364,14 +394,18 @@ class WebSocket:
         # whoever flushes the handshake or the close. Others wait for that one's turn.
         self._awaiting_writable = False
         self._wrote = trio.Event()
-        # What went wrong (its description), for our own tasks to raise. Kept as text, and
-        # ``closed`` as an exception that is never raised itself (``_ended`` raises copies): a
-        # raised exception keeps its traceback's frames, whose locals hold this connection, so
-        # one stored here would make each call's objects a reference cycle that only the cycle
-        # collector frees (issue 18).
+        self._link = Machine(WS_TRANSITIONS, _OPEN)
+        # What went wrong (its description, once FAILED), for our own tasks to raise. Kept as
+        # text, and ``closed`` as an exception that is never raised itself (``_ended`` raises
+        # copies): a raised exception keeps its traceback's frames, whose locals hold this
+        # connection, so one stored here would make each call's objects a reference cycle
+        # that only the cycle collector frees (issue 18).
         self._failure: str | None = None
-        self._close_sent = False
-        self.closed: ConnectionClosed | None = None  # set once the connection is over
+        self.closed: ConnectionClosed | None = None  # the end, once recorded (see _end)
+
+    @property
+    def state(self) -> Link:
+        return self._link.state
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -472,7 +506,7 @@ class WebSocket:
         is already backed up past ``send_buffer`` bytes. Never raises for a broken socket: that
         is raised from :meth:`receive` and :meth:`flush`, in the connection's own tasks.
         """
-        if self.closed is not None or self._failure is not None or self._close_sent:
+        if self._link.state is not _OPEN:
             return False
         if droppable and len(self._pending) > self._send_buffer:
             return False
@@ -509,8 +543,9 @@ class WebSocket:
             self._pending_changed.set()
 
     def _fail(self, exc: BaseException) -> None:
-        if self._failure is None:
+        if self._link.state is not _FAILED:
             self._failure = _describe(exc)
+            self._link.to(_FAILED)
             self._pending.clear()  # never sent now: do not hold it
         self._pending_changed.set()  # wakes the flusher, which raises it
 
@@ -519,7 +554,7 @@ class WebSocket:
         Raises :class:`ConnectionClosed` if sending fails, or if the socket takes nothing
         for ``send_timeout`` seconds (the server stopped reading)."""
         while True:
-            if self._failure is not None:
+            if self._link.state is _FAILED:
                 raise self._closed_abnormally(self._failure)
             if not self._pending:
                 self._pending_changed = trio.Event()
@@ -535,9 +570,9 @@ class WebSocket:
         """Wait until everything queued is written (the handshakes, the close frame)."""
         if self._tls is not None:
             self._flush_tls_output()
-        while self._pending and self._failure is None:
+        while self._pending and self._link.state is not _FAILED:
             await self._send_when_writable()
-        if self._failure is not None:
+        if self._link.state is _FAILED:
             raise self._closed_abnormally(self._failure)
 
     async def _send_when_writable(self) -> None:
@@ -577,9 +612,10 @@ class WebSocket:
         end of the connection if it came (a close frame, the end of the stream, an error),
         after those messages. Pings are answered here. Frames buffered earlier (those that
         came with the 101) are returned too."""
-        if self.closed is not None:
+        link = self._link.state
+        if link is _CLOSED:
             return [], self._ended()
-        if self._failure is not None:
+        if link is _FAILED:
             return [], self._closed_abnormally(self._failure)
         ended: ConnectionClosed | None = None
         try:
@@ -594,7 +630,7 @@ class WebSocket:
             frames = self._decoder.events()
         except ProtocolError as exc:
             self._send_close(exc.code, str(exc))
-            self.closed = ConnectionClosed(exc.code, str(exc), local=True)
+            self._end(ConnectionClosed(exc.code, str(exc), local=True))
             return [], self._ended()
         if not frames:
             return [], ended
@@ -613,7 +649,7 @@ class WebSocket:
             elif opcode == OP_CLOSE:
                 ended = self._on_close_frame(payload)  # nothing counts after it
                 break
-        if ping is not None and self.closed is None:
+        if ping is not None and self._link.state in (_OPEN, _CLOSING):
             # One pong for the last ping of a read (RFC 6455 section 5.5.3 allows it): a
             # flood of pings costs one small write, not one per ping.
             self._write(encode_frame(OP_PONG, ping))
@@ -647,15 +683,22 @@ class WebSocket:
             code, reason = exc.code, str(exc)
         # Echo the close (RFC 6455 section 5.5.1) unless we started the closing handshake.
         self._send_close(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code)
-        self.closed = ConnectionClosed(code, reason)
+        self._end(ConnectionClosed(code, reason))
         return self._ended()
 
     def _closed_abnormally(self, failure: BaseException | str | None) -> ConnectionClosed:
         if isinstance(failure, BaseException):
             failure = _describe(failure)
-        reason = "connection lost" if failure is None else f"connection lost: {failure}"
-        self.closed = self.closed or ConnectionClosed(CLOSE_ABNORMAL, reason)
+        if self.closed is None:
+            reason = "connection lost" if failure is None else f"connection lost: {failure}"
+            self._end(ConnectionClosed(CLOSE_ABNORMAL, reason))
         return self._ended()
+
+    def _end(self, closed: ConnectionClosed) -> None:
+        """Record how the connection ended; a failed one stays FAILED (its flusher raises)."""
+        self.closed = closed
+        if self._link.state is not _FAILED and self._link.state is not _CLOSED:
+            self._link.to(_CLOSED)
 
     def _ended(self) -> ConnectionClosed:
         """A fresh exception for the recorded end, to raise: ``closed`` itself never is."""
@@ -743,20 +786,21 @@ class WebSocket:
 
     def send_ping(self, payload: bytes) -> None:
         """A keepalive ping; its pong shows up in :attr:`pong`."""
-        if self.closed is None and self._failure is None and not self._close_sent:
+        if self._link.state is _OPEN:
             self._write(encode_frame(OP_PING, payload))
 
     def _send_close(self, code: int, reason: str = "") -> None:
-        if self._close_sent or self._failure is not None:
+        """The one close frame we send (RFC 6455 section 5.5.1), while the link is open."""
+        if self._link.state is not _OPEN:
             return
-        self._close_sent = True
+        self._link.to(_CLOSING)
         self._write(encode_frame(OP_CLOSE, close_payload(code, reason)))
 
     async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame, wait (bounded by the caller's cancel scope) for the server's,
         and close the socket. Safe to call more than once and after a failure."""
         try:
-            if self.closed is None and self._failure is None:
+            if self._link.state is _OPEN or self._link.state is _CLOSING:
                 self._send_close(code, reason)
                 await self._flush_now()
                 while True:
@@ -764,7 +808,8 @@ class WebSocket:
         except (ConnectionClosed, WebSocketError, OSError):
             pass
         finally:
-            self.closed = self.closed or ConnectionClosed(code, reason)
+            if self.closed is None:
+                self._end(ConnectionClosed(code, reason))
             if self._sock.fileno() >= 0:
                 trio.lowlevel.notify_closing(self._sock)
                 self._sock.close()

@@ -49,7 +49,7 @@ async def hostile(fault: str, *, times: int | None = None, tls: bool = False, **
         ended: list[str] = []
         bridge = CallBridge(
             call_id="call-1@test", codec="PCMU", ptime_ms=20,
-            playout=PlayoutQueue(FRAME, max_bytes=120 * 8000), end_call=ended.append,
+            playout=PlayoutQueue(FRAME, max_bytes=120 * 8000), end_call=lambda kind, reason: ended.append(reason),
             transfer=lambda target: None,
         )
         session = RealtimeSession(make_settings(url, **settings), bridge, poller)
@@ -69,7 +69,7 @@ async def hostile(fault: str, *, times: int | None = None, tls: bool = False, **
 
 def recovered(s: RealtimeSession) -> bool:
     """A new connection after a loss has its session configured."""
-    return s.stats.reconnects >= 1 and s.stats.state == "open" and s._ready.is_set()
+    return s.stats.reconnects >= 1 and s.state == "open" and s._ready.is_set()
 
 
 # --- each phase's bound: recover when the next connection is healthy ----------------------
@@ -117,7 +117,7 @@ async def test_a_server_that_never_gets_past_a_phase_ends_the_call_after_reconne
             failure = str(h.failure[0])
             assert failure.startswith("the Realtime API could not be reached within 20 s (")
             assert "within 5 s)" in failure
-            assert h.session.stats.state == "failed"
+            assert h.session.state == "failed"
 
 
 async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(autojump_clock):
@@ -130,7 +130,7 @@ async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(
             opened = 0
             while True:
                 await wait_until(h.session,
-                    lambda s, n=opened: (s.stats.connections > n and s.stats.state == "open"
+                    lambda s, n=opened: (s.stats.connections > n and s.state == "open"
                                          and s._ready.is_set()) or s.stats.failure)
                 if h.session.stats.failure:
                     break
@@ -333,7 +333,7 @@ async def test_what_a_hostile_server_can_make_a_call_hold_is_bounded():
     from openai_flavor import session as session_module
 
     bridge = CallBridge(call_id="c", codec="PCMU", ptime_ms=20,
-                        playout=PlayoutQueue(FRAME, max_bytes=8000), end_call=lambda r: None,
+                        playout=PlayoutQueue(FRAME, max_bytes=8000), end_call=lambda kind, reason: None,
                         transfer=lambda t: None)
     session = RealtimeSession(make_settings("ws://127.0.0.1:9/"), bridge, None)  # type: ignore[arg-type]
     dropped = 0

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.trio
 def bridge(ended: list[str], transfers: list[str] | None = None) -> CallBridge:
     return CallBridge(
         call_id="c", codec="PCMU", ptime_ms=20,
-        playout=PlayoutQueue(160, max_bytes=16000), end_call=ended.append,
+        playout=PlayoutQueue(160, max_bytes=16000), end_call=lambda kind, reason: ended.append(reason),
         transfer=(transfers if transfers is not None else []).append,
     )
 

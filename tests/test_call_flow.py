@@ -240,7 +240,7 @@ async def test_deleted_while_ringing_the_session_closes_cleanly():
                 await session.closed.wait()
                 assert session.close_code == 1000  # a clean WebSocket close, not a drop
                 await call.ended.wait()
-                assert call.ai.stats.state == "closed" and call.ai.stats.failure is None
+                assert call.ai.state == "closed" and call.ai.stats.failure is None
                 assert engine.ports.in_use == 0 and server.crashes == []
             nursery.cancel_scope.cancel()
 
@@ -272,7 +272,7 @@ async def test_deleted_during_the_handshake_the_session_is_abandoned_promptly():
                 assert deleted["result"] == "ok"
                 assert deleted["rtpai"]["ai"].get("failure") is None
                 await call.ended.wait()  # promptly: the fail_after is well under 10 s
-                assert call.ai.stats.state == "closed" and call.ai.stats.failure is None
+                assert call.ai.state == "closed" and call.ai.stats.failure is None
                 assert engine.ports.in_use == 0
             nursery.cancel_scope.cancel()
 
@@ -461,7 +461,7 @@ async def test_delete_is_answered_before_the_ai_session_has_closed():
                     "offer", **{"call-id": "bye", "from-tag": "f", "sdp": caller.sdp_offer()})
                 call = engine.calls["bye"]
                 await upgraded.wait()
-                await wait_until(call.ai, lambda session: session.stats.state == "open")
+                await wait_until(call.ai, lambda session: session.state == "open")
                 answer_port = int(re.search(r"m=audio (\d+)", call.answer_sdp).group(1))
                 await caller.stream(("127.0.0.1", answer_port), [b"\xff" * 160] * 3)
                 await trio.lowlevel.wait_readable(caller.sock)  # rtpai latched and sends
@@ -479,7 +479,7 @@ async def test_delete_is_answered_before_the_ai_session_has_closed():
                 assert await proxy.command("delete", **{"call-id": "bye"}) == {
                     "result": "ok", "warning": "Call-ID not found or tags didn't match"}
                 await call.ended.wait()  # the close's bound, in the call's own task
-                assert call.ai.stats.state == "closed"
+                assert call.ai.state == "closed"
                 assert engine.ports.in_use == 0 and engine.totals["ended"] == 1
                 # Nothing was sent after the reply: the call's media stopped as it ended
                 # (loopback delivers at send time, so all that was sent is queued by now).

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from ctl.engine import Engine
 from ctl.ng import NgError
 from media import sdp
+from media.bridge import EndReason
 from media.rfc4733 import DtmfDecoder, EventError, build_event, parse_event
 from media.rtcp import ReportBlock, RtcpError, build_report, parse_compound
 from media.rtp import RtpError, RtpPacketizer, parse_rtp
@@ -500,7 +501,7 @@ async def test_fuzzed_offers_and_reoffers_get_an_answer_or_an_ng_error():
                 sdp.parse_sdp(reply["sdp"])
             for call in engine.calls.select(call_id):
                 ended.append(call)  # ending forgets it; its task frees the ports
-                call.end("fuzzed", tell_proxy=False)
+                call.end(EndReason.DELETED, "fuzzed", tell_proxy=False)
 
         ended = []
         offers_of_one_call()

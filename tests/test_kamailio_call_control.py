@@ -14,6 +14,7 @@ import trio
 
 from ctl.ng import NgRequest
 from ctl.proxy import ProxyEvent
+from media.bridge import EndReason
 from media.rtp import parse_rtp
 from tests.fakes.engine import engine_for_test, watch
 from tests.fakes.http import FakeHttpServer
@@ -112,7 +113,7 @@ async def test_transfer_makes_the_proxy_send_refer_to_the_caller(tmp_path, proxy
         if proxy_kind == "opensips":
             # The caller accepted (OpenSIPS's MI reports its 202); the dialog stays up until
             # rtpai ends it, as its transfer does (ctl/engine.py).
-            call.hang_up("transferred")
+            call.hang_up(EndReason.TRANSFERRED, "transferred")
 
     engine = await run_call(tmp_path, proxy_kind, UAC_TRANSFER_SCENARIO, rtp_timeout="60",
                             during_call=transfer)
@@ -228,7 +229,7 @@ async def test_a_transfer_the_caller_declines_through_opensips_is_told_to_the_mo
         await session.wait_for_client_event("response.create", 2)  # after the tool's own
         (call,) = engine.calls
         transfers.extend(call.statistics()["rtpai"]["transfers"])
-        call.hang_up("test done")
+        call.hang_up(EndReason.SHUTDOWN, "test done")
 
     await run_call(tmp_path, "opensips", UAC_REFER_DECLINED_SCENARIO, rtp_timeout="60",
                    server=server, during_call=declined,

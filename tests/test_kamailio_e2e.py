@@ -17,6 +17,7 @@ import socket
 import pytest
 import trio
 
+from media.bridge import EndReason
 from media.rtp import parse_rtp
 from media.sdp import parse_sdp
 from tests.fakes.engine import engine_for_test, watch
@@ -107,7 +108,7 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
                 assert all(p.payload_type == 0 for p in packets)
 
                 # Done: rtpai ends the call; the proxy BYEs sipp and deletes the call on rtpai.
-                call.end("test done")
+                call.end(EndReason.SHUTDOWN, "test done")
                 await sipp_done.wait()
                 await deletes.wait_for(1)  # the proxy's BYE to its inner UAS -> rtpengine_delete
 

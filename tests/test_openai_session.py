@@ -17,7 +17,7 @@ from functools import partial
 import pytest
 import trio
 
-from media.bridge import CallBridge
+from media.bridge import CallBridge, EndReason
 from media.playout import PlayoutQueue
 from media.poller import MediaPoller
 from openai_flavor import events
@@ -89,15 +89,15 @@ async def harness(server: FakeRealtimeServer, *, tls: ssl.SSLContext | None = No
         h_transfers: list[str] = []
         bridge = CallBridge(
             call_id="call-1@test", codec="PCMU", ptime_ms=20,
-            playout=PlayoutQueue(FRAME, max_bytes=120 * 8000), end_call=h_ended.append,
+            playout=PlayoutQueue(FRAME, max_bytes=120 * 8000), end_call=lambda kind, reason: h_ended.append(reason),
             transfer=h_transfers.append, caller_events=keys_receive,
         )
         session = RealtimeSession(make_settings(url, **settings), bridge, poller)
         h = Harness(server, session, bridge, keys_send, h_ended, h_transfers)
         original_end = bridge.end_call
 
-        def end_call(reason: str) -> None:
-            original_end(reason)
+        def end_call(kind: EndReason, reason: str) -> None:
+            original_end(kind, reason)
             h.call_ended.set()
 
         bridge.end_call = end_call
@@ -183,7 +183,7 @@ async def test_a_wss_session_carries_the_conversation_over_tls(monkeypatch):
             await wait_until(h.session, lambda s: s.stats.responses == 1)
             assert h.play_all() == 20
             assert len(fake.audio_in) == 30 * 160  # every caller frame arrived, decrypted
-            assert h.session.stats.state == "open" and errors(fake) == []
+            assert h.session.state == "open" and errors(fake) == []
 
 
 async def test_an_answer_played_to_its_end_is_not_truncated():
@@ -513,9 +513,9 @@ async def test_invalid_key_is_fatal_and_never_retried():
             await h.call_ended.wait()
             (failure,) = h.failure
             assert "invalid_api_key" in str(failure)
-            assert "sk-a-wrong-key" not in str(failure) + repr(h.session.stats.snapshot())
+            assert "sk-a-wrong-key" not in str(failure) + repr(h.session.snapshot())
             assert len(server.sessions) == 1
-            assert h.session.stats.state == "failed"
+            assert h.session.state == "failed"
 
 
 async def test_beta_header_against_a_ga_server_is_fatal():
@@ -630,7 +630,7 @@ async def test_one_sessions_failure_does_not_touch_another():
             await failing.call_ended.wait()
             await ok.speak()
             await wait_until(ok.session, lambda s: s.stats.responses == 1)
-            assert ok.ended == [] and ok.failure == [] and ok.session.stats.state == "open"
+            assert ok.ended == [] and ok.failure == [] and ok.session.state == "open"
 
 
 async def test_a_bug_while_handling_an_event_ends_that_connection_and_not_the_call(monkeypatch):

@@ -59,7 +59,7 @@ def make_stream(*, codec="PCMU", ptime=20, rtp=None, rtcp=None, **options):
         codec=codec,
         ptime_ms=ptime,
         playout=PlayoutQueue(ptime * 8, max_bytes=80_000),
-        end_call=lambda reason: None,
+        end_call=lambda kind, reason: None,
         transfer=lambda target: None,
         caller_events=events_receive,
     )
@@ -314,7 +314,7 @@ async def test_a_stream_whose_tick_fails_ends_its_call_and_not_the_others(autoju
     good, _, _ = make_stream()
     bad, _, _ = make_stream()
     bad.rtp_socket.sendto = broken
-    bad.bridge.end_call = ended.append
+    bad.bridge.end_call = lambda kind, reason: ended.append(reason)
     for stream in (good, bad):
         caller_speaks(stream)
     clock = MediaClock()
