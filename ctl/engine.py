@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from ctl import gcstats
+from ctl import gcstats, replies
 from ctl.call import Call, CallMedia, CallState
 from ctl.config import FLAVOR, Config
 from ctl.ng import (
@@ -474,14 +474,14 @@ class Engine:
             # the statistics are those of now. The call ends itself when the delay is up.
             for call in calls:
                 call.end_after(delay, f"deleted by the proxy (after {delay:g} s delay)")
-            reply = calls[0].statistics()
+            reply = self._call_statistics(calls[0])
             if warning:
                 reply["warning"] = warning
             return reply
         for call in calls:
             call.end("deleted by the proxy", tell_proxy=False)
             self._forget(call)  # also a call that had ended by itself (timeout, AI failure)
-        return calls[0].statistics()
+        return self._call_statistics(calls[0])
 
     def _call_ending(self, call: Call, reason: str, tell_proxy: bool) -> None:
         """A call ends. Deleted by the proxy (``tell_proxy`` False): forget it now, as
@@ -608,12 +608,12 @@ class Engine:
     def query(self, request: NgRequest) -> dict[str, Any]:
         calls = self._select(request)
         if calls:
-            return calls[0].statistics()
+            return self._call_statistics(calls[0])
         # As rtpengine: a known call-id with tags naming nobody lists no party.
         others = self.calls.select(request.require("call-id", REASON_NO_CALL_ID))
         if not others:
             raise NgError(REASON_UNKNOWN_CALL)
-        return others[0].statistics(parties=False)
+        return self._call_statistics(others[0], parties=False)
 
     def list_calls(self, request: NgRequest) -> dict[str, Any]:
         limit = request.integer("limit", 32) or 0
@@ -658,51 +658,13 @@ class Engine:
 
     def statistics(self, request: NgRequest) -> dict[str, Any]:
         gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
-        return {
-            "statistics": {
-                # rtpai's own keys under a key of their own, as in the query reply: the cycle
-                # collector's collections and pauses (ctl/gcstats.py).
-                "rtpai": {"gc": gc_figures},
-                "currentstatistics": {
-                    "sessionsown": self.active_calls(),
-                    "sessionstotal": len(self.calls),
-                    "portsinuse": self.ports.in_use,
-                    "portscapacity": self.ports.capacity,
-                },
-                "totalstatistics": {
-                    "uptime": int(time.time() - self.started),
-                    "managedsessions": self.totals["calls"],
-                    "endedsessions": self.totals["ended"],
-                    "timeoutsessions": self.totals["timeouts"],
-                    "aifailures": self.totals["ai failures"],
-                    # rtpai asked the proxy to end a call: it refused or failed, or it
-                    # accepted but no delete came within [proxy] hangup_timeout.
-                    "hangupfailures": self.totals["hangup failures"],
-                    "hanguptimeouts": self.totals["hangup timeouts"],
-                },
-                "controlstatistics": {
-                    "proxies": [],
-                    "commands": dict(self.dispatcher.commands),
-                    "errors": dict(self.dispatcher.errors),
-                    # Datagrams from sources [ng] allow does not list (dropped, unanswered).
-                    "denied": self.dispatcher.denied,
-                },
-                "interfaces": [
-                    {
-                        "name": "default",
-                        "address": self.config["rtp"]["ip"],
-                        "ports": {
-                            "min": self.config["rtp"]["min_port"],
-                            "max": self.config["rtp"]["max_port"],
-                            "used": 2 * self.ports.in_use,
-                            "free": 2 * (self.ports.capacity - self.ports.in_use),
-                            "totals": 2 * self.ports.capacity,
-                            "used_pct": round(100 * self.ports.in_use / self.ports.capacity, 2),
-                        },
-                    }
-                ],
-            }
-        }
+        return replies.engine_statistics(self, wall=time.time(), gc=gc_figures)
+
+    @staticmethod
+    def _call_statistics(call: Call, *, parties: bool = True) -> dict[str, Any]:
+        """The query/delete reply for ``call``, as of now."""
+        return replies.call_statistics(call, wall=time.time(), now=trio.current_time(),
+                                       parties=parties)
 
 
 def _without_origin(answer_sdp: str) -> str:

@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from ctl import replies
 from ctl.config import load_config
 from ctl.engine import TRANSFER_PLAYOUT_WAIT, Engine
 from ctl.ng import NgRequest
@@ -155,7 +156,7 @@ async def test_a_refused_transfer_is_told_to_the_model_and_recorded(autojump_clo
             call.transfer("sip:agent@example.com")
             await trio.testing.wait_all_tasks_blocked()
             assert told == [("transfer", "the caller answered 603")]
-            (record,) = call.statistics()["rtpai"]["transfers"]
+            (record,) = replies.rtpai_statistics(call)["transfers"]
             assert record["status"] == "failed" and record["error"] == "the caller answered 603"
             assert call.state.value == "offered"  # the call goes on: the model speaks
             nursery.cancel_scope.cancel()
