@@ -17,11 +17,7 @@ from ctl.call import Call, CallMedia, CallState
 from ctl.config import FLAVOR, Config
 from ctl.ng import (
     REASON_BAD_SDP,
-    REASON_NO_CALL_ID,
-    REASON_NO_FROM_TAG,
     REASON_NO_PORTS,
-    REASON_NO_SDP,
-    REASON_NO_TO_TAG,
     REASON_NOT_FOUND,
     REASON_UNKNOWN_CALL,
     NgError,
@@ -29,7 +25,15 @@ from ctl.ng import (
     NgRequest,
     canonical_name,
 )
-from ctl.ng_server import Dispatcher, ReplyFirst, serve_ng
+from ctl.ng_requests import (
+    G711,
+    AnswerRequest,
+    CallSelector,
+    DeleteRequest,
+    ListRequest,
+    OfferRequest,
+)
+from ctl.ng_server import Command, Dispatcher, ReplyFirst, serve_ng
 from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import flavor as flavors
@@ -47,9 +51,6 @@ log = logging.getLogger("rtpai.engine")
 # delete this long, then it is forgotten so an absent delete cannot leak memory.
 ENDED_CALL_LINGER = 300.0
 HOUSEKEEPING_INTERVAL = 30.0
-# The longest delete-delay honoured: rtpengine's default is 30 s and scripts use 0-60; a longer
-# one would keep a deleted call's ports for nothing, so it is cut to this (and the reply warns).
-MAX_DELETE_DELAY = 300
 # Binding retries when another process holds a port of our range.
 BIND_ATTEMPTS = 16
 
@@ -63,28 +64,6 @@ UNSUPPORTED_COMMANDS = (
     "unblock media", "silence media", "unsilence media", "start recording", "stop recording",
     "pause recording", "start forwarding", "stop forwarding",
 )
-G711 = ("PCMU", "PCMA")
-
-
-def codec_exclusions(request: NgRequest) -> set[str]:
-    """Codecs the proxy stripped or masked: Kamailio sends ``codec: {strip: [X]}``, OpenSIPS
-    the flag ``codec-strip-X``. For an endpoint, masking a codec means the same: not ours."""
-    excluded: set[str] = set()
-    codec = request.get("codec")
-    if isinstance(codec, dict):
-        for key in ("strip", "mask"):
-            value = codec.get(key) or []
-            # A list of names (Kamailio), or one name; anything else (a number, a dictionary)
-            # names no codec and is ignored, as rtpengine ignores what it cannot read.
-            names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-            excluded.update(v.upper() for v in names if isinstance(v, str))
-    for flag in request.flags:
-        for prefix in ("codec-strip-", "codec-mask-"):
-            if flag.startswith(prefix):
-                excluded.add(flag[len(prefix):].upper())
-    if "ALL" in excluded:
-        excluded.update(G711)
-    return excluded
 
 
 class Engine:
@@ -105,11 +84,11 @@ class Engine:
         self.dispatcher = Dispatcher(
             {
                 "ping": self.ping,
-                "offer": self.offer,
-                "answer": self.answer,
-                "delete": self.delete,
-                "query": self.query,
-                "list": self.list_calls,
+                "offer": Command(self.offer, OfferRequest.parse),
+                "answer": Command(self.answer, AnswerRequest.parse),
+                "delete": Command(self.delete, DeleteRequest.parse),
+                "query": Command(self.query, CallSelector.parse),
+                "list": Command(self.list_calls, ListRequest.parse),
                 "statistics": self.statistics,
                 **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
             },
@@ -176,21 +155,19 @@ class Engine:
     def ping(self, request: NgRequest) -> dict[str, Any]:
         return {"result": "pong"}
 
-    def offer(self, request: NgRequest) -> dict[str, Any] | ReplyFirst:
+    def offer(self, request: OfferRequest) -> dict[str, Any] | ReplyFirst:
         """A new call's reply is the answer SDP; the call itself is built and started once that
         reply has gone (:class:`ReplyFirst`): the proxy waits only for what the answer needs,
         the ports and the SDP. A re-offer updates its call before replying."""
-        call_id = request.require("call-id", REASON_NO_CALL_ID)
-        from_tag = request.require("from-tag", REASON_NO_FROM_TAG)
-        offer_sdp = request.require("sdp", REASON_NO_SDP)
-        branch = request.text("via-branch") or ""
-        to_tag = request.text("to-tag")
+        call_id, from_tag, branch, to_tag = (
+            request.call_id, request.from_tag, request.branch, request.to_tag
+        )
         existing = self.calls.for_offer(call_id, branch=branch, from_tag=from_tag, to_tag=to_tag)
         if existing is not None and existing.state is CallState.ENDED:
             self.calls.remove(existing)  # timed out or failed: a new offer starts afresh
             existing = None
         if existing is not None:
-            return self._reoffer(existing, request, offer_sdp)
+            return self._reoffer(existing, request)
 
         settings = self._settings_for(request)
         refusal = settings.refusal_reason()
@@ -200,7 +177,7 @@ class Engine:
         if self.draining or (max_sessions and self.active_calls() >= max_sessions):
             # Kamailio then tries the next engine of its set.
             raise NgLoadLimit()
-        offer, negotiated = self._negotiate(offer_sdp, request)
+        offer, negotiated = self._negotiate(request)
 
         rtp_port, sockets = self._bind_port_pair()
         rtp_config = self.config["rtp"]
@@ -226,7 +203,7 @@ class Engine:
                     branch=branch,
                     from_tag=from_tag,
                     to_tag=to_tag,
-                    profile=request.text("profile"),
+                    profile=request.profile,
                     media=self._call_media(negotiated, advertised, rtp_port),
                     answer_sdp=answer_sdp,
                     sockets=sockets,
@@ -266,9 +243,9 @@ class Engine:
             sock.close()
         self.ports.release(rtp_port)
 
-    def _settings_for(self, request: NgRequest) -> AiSettings:
+    def _settings_for(self, request: OfferRequest) -> AiSettings:
         """``profile=NAME`` (a custom key from the proxy script) picks ``[openai:NAME]``."""
-        profile = request.text("profile")
+        profile = request.profile
         if not profile:
             return self.settings
         try:
@@ -276,8 +253,8 @@ class Engine:
         except KeyError:
             raise NgError(f"Unknown profile '{profile}'") from None
 
-    def _negotiate(self, offer_sdp: str, request: NgRequest, keep_codec: str | None = None):
-        excluded = codec_exclusions(request)
+    def _negotiate(self, request: OfferRequest, keep_codec: str | None = None):
+        excluded = request.excluded_codecs
         ours = self.config["rtp"]["codecs"]  # None: the offer's order decides
         allowed = [c for c in (ours or G711) if c not in excluded]
         if keep_codec is not None:
@@ -287,10 +264,10 @@ class Engine:
         if not allowed:
             raise NgError("No common codec")
         try:
-            offer = sdp.parse_sdp(offer_sdp)
+            offer = sdp.parse_sdp(request.sdp)
         except sdp.SdpError as exc:
             # rtpengine's reason, so the proxy's logs read the same; the detail goes to ours.
-            log.info("call %s: %s", request.text("call-id"), exc.reason)
+            log.info("call %s: %s", request.call_id, exc.reason)
             raise NgError(REASON_BAD_SDP) from None
         # None lets the offer's order choose between PCMU and PCMA (what the caller prefers);
         # a configured order, a strip or a re-INVITE's fixed codec make it ours.
@@ -370,14 +347,14 @@ class Engine:
             return f"::ffff:{ip}"
         return str(ip)
 
-    def _reoffer(self, call: Call, request: NgRequest, offer_sdp: str) -> dict[str, Any]:
+    def _reoffer(self, call: Call, request: OfferRequest) -> dict[str, Any]:
         """A re-INVITE (hold, resume, new address): same ports, codec and ptime.
 
         The answer's o= version goes up only when the answer itself changes (RFC 3264 s.8).
         """
         call.last_signal = time.time()
         try:
-            offer, negotiated = self._negotiate(offer_sdp, request, keep_codec=call.media.codec)
+            offer, negotiated = self._negotiate(request, keep_codec=call.media.codec)
         except NgError as exc:
             if exc.reason != "No common codec":
                 raise
@@ -422,32 +399,23 @@ class Engine:
                     raise NgError(f"Cannot bind RTP port: {exc.strerror}") from None
         raise NgError(REASON_NO_PORTS)
 
-    def _select(self, request: NgRequest) -> list[Call]:
-        call_id = request.require("call-id", REASON_NO_CALL_ID)
+    def _select(self, select: CallSelector) -> list[Call]:
         return self.calls.select(
-            call_id,
-            branch=request.text("via-branch"),
-            from_tag=request.text("from-tag"),
-            to_tag=request.text("to-tag"),
+            select.call_id, branch=select.branch, from_tag=select.from_tag, to_tag=select.to_tag
         )
 
-    def _known_call(self, request: NgRequest) -> Call:
-        calls = self._select(request)
+    def answer(self, request: AnswerRequest) -> dict[str, Any]:
+        """The callee's answer: we are the callee, so the current answer SDP is the reply."""
+        calls = self._select(request.select)
         if not calls:
             raise NgError(REASON_UNKNOWN_CALL)
-        return calls[0]
-
-    def answer(self, request: NgRequest) -> dict[str, Any]:
-        """The callee's answer: we are the callee, so the current answer SDP is the reply."""
-        request.require("from-tag", REASON_NO_FROM_TAG)
-        request.require("to-tag", REASON_NO_TO_TAG)
-        call = self._known_call(request)
+        call = calls[0]
         call.last_signal = time.time()
         if call.to_tag is None:
-            call.to_tag = request.text("to-tag")  # learn our side's tag from the 2xx
+            call.to_tag = request.to_tag  # learn our side's tag from the 2xx
         return {"sdp": call.answer_sdp}
 
-    def delete(self, request: NgRequest) -> dict[str, Any]:
+    def delete(self, request: DeleteRequest) -> dict[str, Any]:
         """Answered at once, as rtpengine does: the reply is the statistics the call has now.
 
         The call is forgotten here (a ``query`` or another ``delete`` no longer finds it) and
@@ -456,16 +424,12 @@ class Engine:
         they are closed. Waiting for that close held a proxy worker up to 50 ms per BYE, and
         250 ms under load (issue 18).
         """
-        calls = self._select(request)
+        calls = self._select(request.select)
         if not calls:
-            if "fatal" in request.flags:
+            if request.fatal:
                 raise NgError(REASON_NOT_FOUND)
             return {"warning": REASON_NOT_FOUND}
-        delay = request.integer("delete-delay", 0) or 0
-        warning = None
-        if delay > MAX_DELETE_DELAY:
-            delay = MAX_DELETE_DELAY
-            warning = f"delete-delay cut to {MAX_DELETE_DELAY} s"
+        delay, warning = request.delay, request.warning
         now = time.time()
         for call in calls:
             call.last_signal = now
@@ -605,19 +569,18 @@ class Engine:
         elif reason.startswith("AI session failed"):
             self.totals["ai failures"] += 1
 
-    def query(self, request: NgRequest) -> dict[str, Any]:
+    def query(self, request: CallSelector) -> dict[str, Any]:
         calls = self._select(request)
         if calls:
             return self._call_statistics(calls[0])
         # As rtpengine: a known call-id with tags naming nobody lists no party.
-        others = self.calls.select(request.require("call-id", REASON_NO_CALL_ID))
+        others = self.calls.select(request.call_id)
         if not others:
             raise NgError(REASON_UNKNOWN_CALL)
         return self._call_statistics(others[0], parties=False)
 
-    def list_calls(self, request: NgRequest) -> dict[str, Any]:
-        limit = request.integer("limit", 32) or 0
-        return {"calls": self.calls.call_ids()[: max(limit, 0)]}
+    def list_calls(self, request: ListRequest) -> dict[str, Any]:
+        return {"calls": self.calls.call_ids()[: request.limit]}
 
     def unsupported(self, request: NgRequest) -> dict[str, Any]:
         raise NgError(f"Command not supported by rtpai (an AI endpoint): {request.command}")
