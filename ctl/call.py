@@ -67,7 +67,7 @@ class CallMedia:
     rtcp_mux: bool = False  # RFC 5761
     caller_sends: bool = True  # False for a=inactive / recvonly / c=0.0.0.0: no RTP expected
     # c=0.0.0.0 with sendrecv in the first offer: the caller's address is learnt by latching
-    # (remote stays None until then), not hold; see Engine._call_media.
+    # (remote stays None until then), not hold; see ctl/offers.py call_media.
     address_unknown: bool = False
 
 

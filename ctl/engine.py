@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import ipaddress
 import logging
 import random
 import time
@@ -12,11 +10,10 @@ from typing import Any
 
 import trio
 
-from ctl import gcstats, replies
-from ctl.call import Call, CallMedia, CallState
+from ctl import gcstats, offers, replies
+from ctl.call import Call, CallState
 from ctl.config import FLAVOR, Config
 from ctl.ng import (
-    REASON_BAD_SDP,
     REASON_NO_PORTS,
     REASON_NOT_FOUND,
     REASON_UNKNOWN_CALL,
@@ -26,7 +23,6 @@ from ctl.ng import (
     canonical_name,
 )
 from ctl.ng_requests import (
-    G711,
     AnswerRequest,
     CallSelector,
     DeleteRequest,
@@ -177,7 +173,7 @@ class Engine:
         if self.draining or (max_sessions and self.active_calls() >= max_sessions):
             # Kamailio then tries the next engine of its set.
             raise NgLoadLimit()
-        offer, negotiated = self._negotiate(request)
+        offer, negotiated = offers.negotiate(request, self.config["rtp"]["codecs"])
 
         rtp_port, sockets = self._bind_port_pair()
         rtp_config = self.config["rtp"]
@@ -204,7 +200,8 @@ class Engine:
                     from_tag=from_tag,
                     to_tag=to_tag,
                     profile=request.profile,
-                    media=self._call_media(negotiated, advertised, rtp_port),
+                    media=offers.call_media(negotiated, advertised, rtp_port,
+                                            bind_ip=rtp_config["bind_ip"]),
                     answer_sdp=answer_sdp,
                     sockets=sockets,
                     clock=self.clock,
@@ -253,131 +250,14 @@ class Engine:
         except KeyError:
             raise NgError(f"Unknown profile '{profile}'") from None
 
-    def _negotiate(self, request: OfferRequest, keep_codec: str | None = None):
-        excluded = request.excluded_codecs
-        ours = self.config["rtp"]["codecs"]  # None: the offer's order decides
-        allowed = [c for c in (ours or G711) if c not in excluded]
-        if keep_codec is not None:
-            # A re-INVITE keeps the call's codec (RFC 3264 s.8.3.2 lets the answerer stay with
-            # it): the AI session's audio format is fixed for the call.
-            allowed = [keep_codec] if keep_codec in allowed else []
-        if not allowed:
-            raise NgError("No common codec")
-        try:
-            offer = sdp.parse_sdp(request.sdp)
-        except sdp.SdpError as exc:
-            # rtpengine's reason, so the proxy's logs read the same; the detail goes to ours.
-            log.info("call %s: %s", request.call_id, exc.reason)
-            raise NgError(REASON_BAD_SDP) from None
-        # None lets the offer's order choose between PCMU and PCMA (what the caller prefers);
-        # a configured order, a strip or a re-INVITE's fixed codec make it ours.
-        preference = None if ours is None and len(allowed) == len(G711) else allowed
-        try:
-            return offer, sdp.negotiate(offer, preference)
-        except sdp.SdpError as exc:
-            raise NgError(exc.reason) from None
-
-    def _call_media(
-        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int,
-        previous: CallMedia | None = None,
-    ) -> CallMedia:
-        """What the call's media stream needs from an offer/answer exchange.
-
-        ``previous`` is the call's media before a re-offer (None for a new call).
-        """
-        remote = rtcp_remote = None
-        # None for c=0.0.0.0 (negotiate drops it), and for a host name (see _sendable).
-        address = self._sendable(negotiated.remote_address)
-        if address is not None:
-            remote = (address, negotiated.remote_port)
-            if negotiated.remote_rtcp_port:
-                rtcp_remote = (address, negotiated.remote_rtcp_port)
-        named_host = address is None and negotiated.remote_address is not None
-        event = negotiated.telephone_event
-        # c=0.0.0.0 means two things. With sendrecv in a *new* call's offer it is a gateway
-        # that does not know its address yet: it sends RTP at once and expects it answered,
-        # so we receive, latch on its first valid packet (media/stream.py, with the usual
-        # RTP-Bleed rules) and send there, as rtpengine does. The call stays so until an offer
-        # gives an address. Once a call has had an address, c=0.0.0.0 in a re-offer is RFC
-        # 2543 hold (RFC 3264 s8.4), which stops the caller's RTP as well as ours.
-        # A host name is an address we do not resolve: learnt by latching as well.
-        address_unknown = named_host or (
-            negotiated.remote_address is None
-            and negotiated.answer_direction == "sendrecv"
-            and (previous is None or previous.address_unknown)
-        )
-        held_by_address = negotiated.remote_address is None and not address_unknown
-        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive).
-        caller_sends = (
-            negotiated.answer_direction in ("sendrecv", "recvonly") and not held_by_address
-        )
-        return CallMedia(
-            codec=negotiated.codec.encoding,
-            payload_type=negotiated.codec.payload_type,
-            ptime_ms=negotiated.ptime,
-            protocol=negotiated.protocol,
-            local_address=advertised,
-            local_port=rtp_port,
-            remote=remote,
-            # (negotiate's on_hold counts every c=0.0.0.0; an unknown address is not hold.)
-            sending=not negotiated.on_hold or (address_unknown and not named_host),
-            telephone_event=event.payload_type if event is not None else None,
-            rtcp_remote=rtcp_remote,
-            rtcp_mux=negotiated.rtcp_mux,
-            caller_sends=caller_sends,
-            address_unknown=address_unknown,
-        )
-
-    def _sendable(self, address: str | None) -> str | None:
-        """The SDP's address as sendto() takes it, or None if we will not send to it.
-
-        An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``. A host
-        name (RFC 4566 allows one in c=) is not resolved: sendto() would look it up in the
-        event loop, for every packet, blocking every call, and some names make it raise
-        (a NUL: TypeError). The caller's first packet tells its address instead (latching),
-        as for c=0.0.0.0.
-        """
-        if address is None:
-            return None
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        if ip.version == 4 and ":" in self.config["rtp"]["bind_ip"]:
-            return f"::ffff:{ip}"
-        return str(ip)
-
     def _reoffer(self, call: Call, request: OfferRequest) -> dict[str, Any]:
-        """A re-INVITE (hold, resume, new address): same ports, codec and ptime.
-
-        The answer's o= version goes up only when the answer itself changes (RFC 3264 s.8).
-        """
+        """A re-INVITE (hold, resume, new address): same ports, codec and ptime (ctl/offers.py)."""
         call.last_signal = time.time()
-        try:
-            offer, negotiated = self._negotiate(request, keep_codec=call.media.codec)
-        except NgError as exc:
-            if exc.reason != "No common codec":
-                raise
-            raise NgError(
-                f"No common codec: the call uses {call.media.codec}, and a codec change "
-                "mid-call is not supported"
-            ) from None
-        negotiated = dataclasses.replace(negotiated, ptime=call.media.ptime_ms)
-        session_id, version = call.sdp_origin
-        local = call.media.local_address, call.media.local_port
-
-        def answer(at_version: int) -> str:
-            return sdp.build_answer(
-                offer, negotiated, local_address=local[0], local_port=local[1],
-                session_id=session_id, session_version=at_version,
-            )
-
-        answer_sdp = answer(version)
-        if _without_origin(answer_sdp) != _without_origin(call.answer_sdp):
-            version += 1
-            answer_sdp = answer(version)
-            call.sdp_origin = (session_id, version)
-        media = self._call_media(negotiated, local[0], local[1], previous=call.media)
+        rtp = self.config["rtp"]
+        media, answer_sdp, call.sdp_origin = offers.reoffer(
+            request, call.media, call.answer_sdp, call.sdp_origin,
+            codecs=rtp["codecs"], bind_ip=rtp["bind_ip"],
+        )
         call.update_media(media, answer_sdp)
         log.info("call %s: re-offer, remote %s, %s", call.call_id, media.remote,
                  "sending" if media.sending else "on hold")
@@ -628,8 +508,3 @@ class Engine:
         """The query/delete reply for ``call``, as of now."""
         return replies.call_statistics(call, wall=time.time(), now=trio.current_time(),
                                        parties=parties)
-
-
-def _without_origin(answer_sdp: str) -> str:
-    """The answer minus its o= line, to tell whether a re-offer changed anything."""
-    return "\n".join(line for line in answer_sdp.splitlines() if not line.startswith("o="))
