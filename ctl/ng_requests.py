@@ -8,6 +8,9 @@ ctl/ng_server.py) pairs each parser with its handler.
 
 Keys are read in the order the handlers used to read them, so that a request missing several
 gets the same error as before (e.g. an ``answer`` without from-tag and call-id: the from-tag's).
+Being read up front, two values are now checked whatever the registry holds: a malformed
+``delete-delay`` on a delete that names no call (rtpengine, too, reads it before the lookup),
+and a ``profile`` that is not text on a re-offer (which does not use it).
 """
 
 from __future__ import annotations
