@@ -1,4 +1,5 @@
-"""A call: its lifecycle state machine, its nursery (media + AI tasks) and its statistics."""
+"""A call: its lifecycle state machine and its nursery (media + AI tasks); ctl/replies.py turns
+it into the query/delete reply."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class CallMedia:
     rtcp_mux: bool = False  # RFC 5761
     caller_sends: bool = True  # False for a=inactive / recvonly / c=0.0.0.0: no RTP expected
     # c=0.0.0.0 with sendrecv in the first offer: the caller's address is learnt by latching
-    # (remote stays None until then), not hold; see Engine._call_media.
+    # (remote stays None until then), not hold; see ctl/offers.py call_media.
     address_unknown: bool = False
 
 
@@ -324,159 +325,3 @@ class Call:
             # A bug must not escape into the engine nursery and take every other call with it.
             log.exception("call %s: AI session crashed", self.call_id)
             self.bridge.end_call(EndReason.AI_FAILED, "AI session failed: internal error")
-
-    # --- statistics (the shape of rtpengine's query reply) ------------------------------------
-
-    def statistics(self, *, parties: bool = True) -> dict[str, Any]:
-        """The query/delete reply: rtpengine 10.5's shape, plus rtpai's own ``rtpai`` key.
-
-        ``parties=False`` lists no party (rtpengine's answer when the tags name nobody).
-        """
-        stats = self.stream.stats
-        media = self.media
-        family = "IPv6" if ":" in media.local_address else "IPv4"
-        remote = self.stream.remote
-
-        def endpoint(address: tuple[str, int] | None) -> dict[str, Any]:
-            if address is None:
-                return {}
-            return {"family": family, "address": address[0], "port": address[1]}
-
-        def rtcp_of(address: tuple[str, int] | None) -> tuple[str, int] | None:
-            return (address[0], address[1] + 1) if address else None
-
-        last_packet = int(self._wall(stats.last_packet)) if stats.last_packet else 0
-        streams = [
-            {
-                "local port": media.local_port,
-                "local address": media.local_address,
-                "family": family,
-                "endpoint": endpoint(remote),
-                "advertised endpoint": endpoint(media.remote),
-                "last packet": last_packet,
-                "SSRC": stats.last_ssrc or 0,
-                "flags": ["RTP", "filled", "confirmed"] if self.stream.latch.latched else ["RTP"],
-                "stats": stats.rtp_in.as_dict(),
-            },
-            {
-                # RTCP on the odd port above (RFC 3550 s.11); its packets are counted.
-                "local port": media.local_port + 1,
-                "local address": media.local_address,
-                "family": family,
-                "endpoint": endpoint(self.stream.rtcp.latched or rtcp_of(remote)),
-                "advertised endpoint": endpoint(media.rtcp_remote or rtcp_of(media.remote)),
-                "last packet": last_packet,
-                "flags": ["RTCP", "filled"] if stats.rtcp_in.packets else ["RTCP"],
-                "stats": stats.rtcp_in.as_dict(),
-            },
-        ]
-        tags: dict[str, Any] = {}
-        if parties:
-            tags[self.from_tag] = {
-                "tag": self.from_tag,
-                "created": int(self.created),
-                "medias": [
-                    {
-                        "index": 1,
-                        "type": "audio",
-                        "protocol": media.protocol,
-                        "codec": f"{media.codec}/8000",
-                        "flags": ["send", "recv"] if media.sending else ["recv"],
-                        "streams": streams,
-                    }
-                ],
-            }
-        # Totals count what the engine received on all legs, as a relay's do: the caller's
-        # RTP plus the AI's audio (which we packetize), so $rtpestat reads familiar numbers.
-        totals_rtp = {
-            "packets": stats.rtp_in.packets + stats.rtp_out.packets,
-            "bytes": stats.rtp_in.bytes + stats.rtp_out.bytes,
-            "errors": stats.rtp_in.errors,
-        }
-        empty = {"packets": 0, "bytes": 0, "errors": 0}
-        return {
-            "created": int(self.created),
-            "created_us": int((self.created % 1) * 1_000_000),
-            "last signal": int(self.last_signal),
-            # Per-SSRC quality (MOS) from the caller's RTCP reports, as Kamailio's mos_*_pv
-            # read it.
-            "SSRC": self._ssrc_statistics() if parties else {},
-            "tags": tags,
-            "totals": {
-                "RTP": totals_rtp if parties else empty,
-                "RTCP": stats.rtcp_in.as_dict() if parties else empty,
-            },
-            "rtpai": self._rtpai_statistics(),
-        }
-
-    def _ssrc_statistics(self) -> dict[str, Any]:
-        """rtpengine's top-level ``SSRC`` dict, which Kamailio's rtpengine mos pvs read.
-
-        Keyed by SSRC (as a decimal string: bencode keys are strings). The caller's SSRC
-        carries our reception quality of its stream, one sample per report we send; ours
-        carries what the caller's RTCP reports about the stream we send it.
-        """
-        stream = self.stream
-        entries: dict[str, Any] = {}
-        ssrcs = [stream.packetizer.ssrc]
-        if stream.reorder.ssrc is not None:
-            ssrcs.insert(0, stream.reorder.ssrc)
-        for ssrc in ssrcs:
-            quality = stream.rtcp.quality.get(ssrc)
-            entries[str(ssrc)] = quality.as_dict() if quality else {}
-        return entries
-
-    def _wall(self, trio_time: float) -> float:
-        """Turn a trio-clock instant into wall-clock seconds."""
-        return time.time() - (trio.current_time() - trio_time)
-
-    def _rtpai_statistics(self) -> dict[str, Any]:
-        stream = self.stream
-        stats = stream.stats
-        reorder = stream.reorder
-        report = stream.rtcp.caller_report
-        offer_at = self.bridge.timeline.get("offer", 0.0)
-        return {
-            "state": self.state.value,
-            "end reason": self.end_reason,
-            "codec": self.media.codec,
-            "ptime": self.media.ptime_ms,
-            "timeline ms": {
-                name: round((at - offer_at) * 1000, 1) for name, at in self.bridge.timeline.items()
-            },
-            "rtp in": stats.rtp_in.as_dict(),
-            "rtp out": stats.rtp_out.as_dict(),
-            "rtcp in": stats.rtcp_in.as_dict(),
-            "rtcp out": stats.rtcp_out.as_dict(),
-            "dropped": {
-                "malformed": stats.malformed,
-                "rtcp malformed": stats.rtcp_malformed,
-                "foreign source": stats.foreign_source,
-                "other payload": stats.other_payload,
-                "late": reorder.late,
-                "duplicate": reorder.duplicates,
-                "ai queue full": stats.ai_queue_full,
-                "events dropped": stats.events_dropped,
-                "send errors": stats.send_errors,
-                "playout overflow bytes": self.bridge.playout.bytes_dropped,
-            },
-            "lost": reorder.lost,
-            "jitter ms": round(stream.jitter.milliseconds, 2),
-            "round-trip time us": stream.rtcp.rtt_us,
-            "caller report": {
-                "fraction lost": report.fraction_lost,
-                "cumulative lost": report.cumulative_lost,
-                "jitter ms": round(report.jitter / 8, 2),
-            }
-            if report
-            else None,
-            "ssrc changes": reorder.ssrc_changes,
-            "sequence restarts": reorder.restarts,
-            "relatches": stats.relatches,
-            "comfort noise": stats.comfort_noise,
-            "dtmf": stats.dtmf_events,
-            "pacer re-anchors": stats.pacer_reanchors,
-            "transfers": list(self.transfers),
-            "hang-up": self.hangup,
-            "ai": self.ai.snapshot(),
-        }

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import ipaddress
 import logging
 import random
 import time
@@ -12,16 +10,11 @@ from typing import Any
 
 import trio
 
-from ctl import gcstats
-from ctl.call import Call, CallMedia, CallState
+from ctl import gcstats, offers, replies
+from ctl.call import Call, CallState
 from ctl.config import FLAVOR, Config
 from ctl.ng import (
-    REASON_BAD_SDP,
-    REASON_NO_CALL_ID,
-    REASON_NO_FROM_TAG,
     REASON_NO_PORTS,
-    REASON_NO_SDP,
-    REASON_NO_TO_TAG,
     REASON_NOT_FOUND,
     REASON_UNKNOWN_CALL,
     NgError,
@@ -29,7 +22,14 @@ from ctl.ng import (
     NgRequest,
     canonical_name,
 )
-from ctl.ng_server import Dispatcher, ReplyFirst, serve_ng
+from ctl.ng_requests import (
+    AnswerRequest,
+    CallSelector,
+    DeleteRequest,
+    ListRequest,
+    OfferRequest,
+)
+from ctl.ng_server import Command, Dispatcher, ReplyFirst, serve_ng
 from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import flavor as flavors
@@ -48,9 +48,6 @@ log = logging.getLogger("rtpai.engine")
 # delete this long, then it is forgotten so an absent delete cannot leak memory.
 ENDED_CALL_LINGER = 300.0
 HOUSEKEEPING_INTERVAL = 30.0
-# The longest delete-delay honoured: rtpengine's default is 30 s and scripts use 0-60; a longer
-# one would keep a deleted call's ports for nothing, so it is cut to this (and the reply warns).
-MAX_DELETE_DELAY = 300
 # Binding retries when another process holds a port of our range.
 BIND_ATTEMPTS = 16
 
@@ -67,28 +64,6 @@ UNSUPPORTED_COMMANDS = (
     "unblock media", "silence media", "unsilence media", "start recording", "stop recording",
     "pause recording", "start forwarding", "stop forwarding",
 )
-G711 = ("PCMU", "PCMA")
-
-
-def codec_exclusions(request: NgRequest) -> set[str]:
-    """Codecs the proxy stripped or masked: Kamailio sends ``codec: {strip: [X]}``, OpenSIPS
-    the flag ``codec-strip-X``. For an endpoint, masking a codec means the same: not ours."""
-    excluded: set[str] = set()
-    codec = request.get("codec")
-    if isinstance(codec, dict):
-        for key in ("strip", "mask"):
-            value = codec.get(key) or []
-            # A list of names (Kamailio), or one name; anything else (a number, a dictionary)
-            # names no codec and is ignored, as rtpengine ignores what it cannot read.
-            names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-            excluded.update(v.upper() for v in names if isinstance(v, str))
-    for flag in request.flags:
-        for prefix in ("codec-strip-", "codec-mask-"):
-            if flag.startswith(prefix):
-                excluded.add(flag[len(prefix):].upper())
-    if "ALL" in excluded:
-        excluded.update(G711)
-    return excluded
 
 
 class Engine:
@@ -109,11 +84,11 @@ class Engine:
         self.dispatcher = Dispatcher(
             {
                 "ping": self.ping,
-                "offer": self.offer,
-                "answer": self.answer,
-                "delete": self.delete,
-                "query": self.query,
-                "list": self.list_calls,
+                "offer": Command(self.offer, OfferRequest.parse),
+                "answer": Command(self.answer, AnswerRequest.parse),
+                "delete": Command(self.delete, DeleteRequest.parse),
+                "query": Command(self.query, CallSelector.parse),
+                "list": Command(self.list_calls, ListRequest.parse),
                 "statistics": self.statistics,
                 **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
             },
@@ -180,21 +155,19 @@ class Engine:
     def ping(self, request: NgRequest) -> dict[str, Any]:
         return {"result": "pong"}
 
-    def offer(self, request: NgRequest) -> dict[str, Any] | ReplyFirst:
+    def offer(self, request: OfferRequest) -> dict[str, Any] | ReplyFirst:
         """A new call's reply is the answer SDP; the call itself is built and started once that
         reply has gone (:class:`ReplyFirst`): the proxy waits only for what the answer needs,
         the ports and the SDP. A re-offer updates its call before replying."""
-        call_id = request.require("call-id", REASON_NO_CALL_ID)
-        from_tag = request.require("from-tag", REASON_NO_FROM_TAG)
-        offer_sdp = request.require("sdp", REASON_NO_SDP)
-        branch = request.text("via-branch") or ""
-        to_tag = request.text("to-tag")
+        call_id, from_tag, branch, to_tag = (
+            request.call_id, request.from_tag, request.branch, request.to_tag
+        )
         existing = self.calls.for_offer(call_id, branch=branch, from_tag=from_tag, to_tag=to_tag)
         if existing is not None and existing.state is CallState.ENDED:
             self.calls.remove(existing)  # timed out or failed: a new offer starts afresh
             existing = None
         if existing is not None:
-            return self._reoffer(existing, request, offer_sdp)
+            return self._reoffer(existing, request)
 
         settings = self._settings_for(request)
         refusal = settings.refusal_reason()
@@ -204,7 +177,7 @@ class Engine:
         if self.draining or (max_sessions and self.active_calls() >= max_sessions):
             # Kamailio then tries the next engine of its set.
             raise NgLoadLimit()
-        offer, negotiated = self._negotiate(offer_sdp, request)
+        offer, negotiated = offers.negotiate(request, self.config["rtp"]["codecs"])
 
         rtp_port, sockets = self._bind_port_pair()
         rtp_config = self.config["rtp"]
@@ -230,8 +203,9 @@ class Engine:
                     branch=branch,
                     from_tag=from_tag,
                     to_tag=to_tag,
-                    profile=request.text("profile"),
-                    media=self._call_media(negotiated, advertised, rtp_port),
+                    profile=request.profile,
+                    media=offers.call_media(negotiated, advertised, rtp_port,
+                                            bind_ip=rtp_config["bind_ip"]),
                     answer_sdp=answer_sdp,
                     sockets=sockets,
                     clock=self.clock,
@@ -270,9 +244,9 @@ class Engine:
             sock.close()
         self.ports.release(rtp_port)
 
-    def _settings_for(self, request: NgRequest) -> AiSettings:
+    def _settings_for(self, request: OfferRequest) -> AiSettings:
         """``profile=NAME`` (a custom key from the proxy script) picks ``[openai:NAME]``."""
-        profile = request.text("profile")
+        profile = request.profile
         if not profile:
             return self.settings
         try:
@@ -280,131 +254,14 @@ class Engine:
         except KeyError:
             raise NgError(f"Unknown profile '{profile}'") from None
 
-    def _negotiate(self, offer_sdp: str, request: NgRequest, keep_codec: str | None = None):
-        excluded = codec_exclusions(request)
-        ours = self.config["rtp"]["codecs"]  # None: the offer's order decides
-        allowed = [c for c in (ours or G711) if c not in excluded]
-        if keep_codec is not None:
-            # A re-INVITE keeps the call's codec (RFC 3264 s.8.3.2 lets the answerer stay with
-            # it): the AI session's audio format is fixed for the call.
-            allowed = [keep_codec] if keep_codec in allowed else []
-        if not allowed:
-            raise NgError("No common codec")
-        try:
-            offer = sdp.parse_sdp(offer_sdp)
-        except sdp.SdpError as exc:
-            # rtpengine's reason, so the proxy's logs read the same; the detail goes to ours.
-            log.info("call %s: %s", request.text("call-id"), exc.reason)
-            raise NgError(REASON_BAD_SDP) from None
-        # None lets the offer's order choose between PCMU and PCMA (what the caller prefers);
-        # a configured order, a strip or a re-INVITE's fixed codec make it ours.
-        preference = None if ours is None and len(allowed) == len(G711) else allowed
-        try:
-            return offer, sdp.negotiate(offer, preference)
-        except sdp.SdpError as exc:
-            raise NgError(exc.reason) from None
-
-    def _call_media(
-        self, negotiated: sdp.Negotiated, advertised: str, rtp_port: int,
-        previous: CallMedia | None = None,
-    ) -> CallMedia:
-        """What the call's media stream needs from an offer/answer exchange.
-
-        ``previous`` is the call's media before a re-offer (None for a new call).
-        """
-        remote = rtcp_remote = None
-        # None for c=0.0.0.0 (negotiate drops it), and for a host name (see _sendable).
-        address = self._sendable(negotiated.remote_address)
-        if address is not None:
-            remote = (address, negotiated.remote_port)
-            if negotiated.remote_rtcp_port:
-                rtcp_remote = (address, negotiated.remote_rtcp_port)
-        named_host = address is None and negotiated.remote_address is not None
-        event = negotiated.telephone_event
-        # c=0.0.0.0 means two things. With sendrecv in a *new* call's offer it is a gateway
-        # that does not know its address yet: it sends RTP at once and expects it answered,
-        # so we receive, latch on its first valid packet (media/stream.py, with the usual
-        # RTP-Bleed rules) and send there, as rtpengine does. The call stays so until an offer
-        # gives an address. Once a call has had an address, c=0.0.0.0 in a re-offer is RFC
-        # 2543 hold (RFC 3264 s8.4), which stops the caller's RTP as well as ours.
-        # A host name is an address we do not resolve: learnt by latching as well.
-        address_unknown = named_host or (
-            negotiated.remote_address is None
-            and negotiated.answer_direction == "sendrecv"
-            and (previous is None or previous.address_unknown)
-        )
-        held_by_address = negotiated.remote_address is None and not address_unknown
-        # We receive unless our answer says sendonly/inactive (the caller's recvonly/inactive).
-        caller_sends = (
-            negotiated.answer_direction in ("sendrecv", "recvonly") and not held_by_address
-        )
-        return CallMedia(
-            codec=negotiated.codec.encoding,
-            payload_type=negotiated.codec.payload_type,
-            ptime_ms=negotiated.ptime,
-            protocol=negotiated.protocol,
-            local_address=advertised,
-            local_port=rtp_port,
-            remote=remote,
-            # (negotiate's on_hold counts every c=0.0.0.0; an unknown address is not hold.)
-            sending=not negotiated.on_hold or (address_unknown and not named_host),
-            telephone_event=event.payload_type if event is not None else None,
-            rtcp_remote=rtcp_remote,
-            rtcp_mux=negotiated.rtcp_mux,
-            caller_sends=caller_sends,
-            address_unknown=address_unknown,
-        )
-
-    def _sendable(self, address: str | None) -> str | None:
-        """The SDP's address as sendto() takes it, or None if we will not send to it.
-
-        An IPv4 peer seen through a dual-stack ``::`` socket is ``::ffff:a.b.c.d``. A host
-        name (RFC 4566 allows one in c=) is not resolved: sendto() would look it up in the
-        event loop, for every packet, blocking every call, and some names make it raise
-        (a NUL: TypeError). The caller's first packet tells its address instead (latching),
-        as for c=0.0.0.0.
-        """
-        if address is None:
-            return None
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        if ip.version == 4 and ":" in self.config["rtp"]["bind_ip"]:
-            return f"::ffff:{ip}"
-        return str(ip)
-
-    def _reoffer(self, call: Call, request: NgRequest, offer_sdp: str) -> dict[str, Any]:
-        """A re-INVITE (hold, resume, new address): same ports, codec and ptime.
-
-        The answer's o= version goes up only when the answer itself changes (RFC 3264 s.8).
-        """
+    def _reoffer(self, call: Call, request: OfferRequest) -> dict[str, Any]:
+        """A re-INVITE (hold, resume, new address): same ports, codec and ptime (ctl/offers.py)."""
         call.last_signal = time.time()
-        try:
-            offer, negotiated = self._negotiate(offer_sdp, request, keep_codec=call.media.codec)
-        except NgError as exc:
-            if exc.reason != "No common codec":
-                raise
-            raise NgError(
-                f"No common codec: the call uses {call.media.codec}, and a codec change "
-                "mid-call is not supported"
-            ) from None
-        negotiated = dataclasses.replace(negotiated, ptime=call.media.ptime_ms)
-        session_id, version = call.sdp_origin
-        local = call.media.local_address, call.media.local_port
-
-        def answer(at_version: int) -> str:
-            return sdp.build_answer(
-                offer, negotiated, local_address=local[0], local_port=local[1],
-                session_id=session_id, session_version=at_version,
-            )
-
-        answer_sdp = answer(version)
-        if _without_origin(answer_sdp) != _without_origin(call.answer_sdp):
-            version += 1
-            answer_sdp = answer(version)
-            call.sdp_origin = (session_id, version)
-        media = self._call_media(negotiated, local[0], local[1], previous=call.media)
+        rtp = self.config["rtp"]
+        media, answer_sdp, call.sdp_origin = offers.reoffer(
+            request, call.media, call.answer_sdp, call.sdp_origin,
+            codecs=rtp["codecs"], bind_ip=rtp["bind_ip"],
+        )
         call.update_media(media, answer_sdp)
         log.info("call %s: re-offer, remote %s, %s", call.call_id, media.remote,
                  "sending" if media.sending else "on hold")
@@ -426,32 +283,23 @@ class Engine:
                     raise NgError(f"Cannot bind RTP port: {exc.strerror}") from None
         raise NgError(REASON_NO_PORTS)
 
-    def _select(self, request: NgRequest) -> list[Call]:
-        call_id = request.require("call-id", REASON_NO_CALL_ID)
+    def _select(self, select: CallSelector) -> list[Call]:
         return self.calls.select(
-            call_id,
-            branch=request.text("via-branch"),
-            from_tag=request.text("from-tag"),
-            to_tag=request.text("to-tag"),
+            select.call_id, branch=select.branch, from_tag=select.from_tag, to_tag=select.to_tag
         )
 
-    def _known_call(self, request: NgRequest) -> Call:
-        calls = self._select(request)
+    def answer(self, request: AnswerRequest) -> dict[str, Any]:
+        """The callee's answer: we are the callee, so the current answer SDP is the reply."""
+        calls = self._select(request.select)
         if not calls:
             raise NgError(REASON_UNKNOWN_CALL)
-        return calls[0]
-
-    def answer(self, request: NgRequest) -> dict[str, Any]:
-        """The callee's answer: we are the callee, so the current answer SDP is the reply."""
-        request.require("from-tag", REASON_NO_FROM_TAG)
-        request.require("to-tag", REASON_NO_TO_TAG)
-        call = self._known_call(request)
+        call = calls[0]
         call.last_signal = time.time()
         if call.to_tag is None:
-            call.to_tag = request.text("to-tag")  # learn our side's tag from the 2xx
+            call.to_tag = request.to_tag  # learn our side's tag from the 2xx
         return {"sdp": call.answer_sdp}
 
-    def delete(self, request: NgRequest) -> dict[str, Any]:
+    def delete(self, request: DeleteRequest) -> dict[str, Any]:
         """Answered at once, as rtpengine does: the reply is the statistics the call has now.
 
         The call is forgotten here (a ``query`` or another ``delete`` no longer finds it) and
@@ -460,16 +308,12 @@ class Engine:
         they are closed. Waiting for that close held a proxy worker up to 50 ms per BYE, and
         250 ms under load (issue 18).
         """
-        calls = self._select(request)
+        calls = self._select(request.select)
         if not calls:
-            if "fatal" in request.flags:
+            if request.fatal:
                 raise NgError(REASON_NOT_FOUND)
             return {"warning": REASON_NOT_FOUND}
-        delay = request.integer("delete-delay", 0) or 0
-        warning = None
-        if delay > MAX_DELETE_DELAY:
-            delay = MAX_DELETE_DELAY
-            warning = f"delete-delay cut to {MAX_DELETE_DELAY} s"
+        delay, warning = request.delay, request.warning
         now = time.time()
         for call in calls:
             call.last_signal = now
@@ -478,14 +322,14 @@ class Engine:
             # the statistics are those of now. The call ends itself when the delay is up.
             for call in calls:
                 call.end_after(delay, f"deleted by the proxy (after {delay:g} s delay)")
-            reply = calls[0].statistics()
+            reply = self._call_statistics(calls[0])
             if warning:
                 reply["warning"] = warning
             return reply
         for call in calls:
             call.end(EndReason.DELETED, "deleted by the proxy", tell_proxy=False)
             self._forget(call)  # also a call that had ended by itself (timeout, AI failure)
-        return calls[0].statistics()
+        return self._call_statistics(calls[0])
 
     def _call_ending(self, call: Call, reason: str, tell_proxy: bool) -> None:
         """A call ends. Deleted by the proxy (``tell_proxy`` False): forget it now, as
@@ -608,19 +452,18 @@ class Engine:
         if total is not None:
             self.totals[total] += 1
 
-    def query(self, request: NgRequest) -> dict[str, Any]:
+    def query(self, request: CallSelector) -> dict[str, Any]:
         calls = self._select(request)
         if calls:
-            return calls[0].statistics()
+            return self._call_statistics(calls[0])
         # As rtpengine: a known call-id with tags naming nobody lists no party.
-        others = self.calls.select(request.require("call-id", REASON_NO_CALL_ID))
+        others = self.calls.select(request.call_id)
         if not others:
             raise NgError(REASON_UNKNOWN_CALL)
-        return others[0].statistics(parties=False)
+        return self._call_statistics(others[0], parties=False)
 
-    def list_calls(self, request: NgRequest) -> dict[str, Any]:
-        limit = request.integer("limit", 32) or 0
-        return {"calls": self.calls.call_ids()[: max(limit, 0)]}
+    def list_calls(self, request: ListRequest) -> dict[str, Any]:
+        return {"calls": self.calls.call_ids()[: request.limit]}
 
     def unsupported(self, request: NgRequest) -> dict[str, Any]:
         raise NgError(f"Command not supported by rtpai (an AI endpoint): {request.command}")
@@ -661,53 +504,10 @@ class Engine:
 
     def statistics(self, request: NgRequest) -> dict[str, Any]:
         gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
-        return {
-            "statistics": {
-                # rtpai's own keys under a key of their own, as in the query reply: the cycle
-                # collector's collections and pauses (ctl/gcstats.py).
-                "rtpai": {"gc": gc_figures},
-                "currentstatistics": {
-                    "sessionsown": self.active_calls(),
-                    "sessionstotal": len(self.calls),
-                    "portsinuse": self.ports.in_use,
-                    "portscapacity": self.ports.capacity,
-                },
-                "totalstatistics": {
-                    "uptime": int(time.time() - self.started),
-                    "managedsessions": self.totals["calls"],
-                    "endedsessions": self.totals["ended"],
-                    "timeoutsessions": self.totals["timeouts"],
-                    "aifailures": self.totals["ai failures"],
-                    # rtpai asked the proxy to end a call: it refused or failed, or it
-                    # accepted but no delete came within [proxy] hangup_timeout.
-                    "hangupfailures": self.totals["hangup failures"],
-                    "hanguptimeouts": self.totals["hangup timeouts"],
-                },
-                "controlstatistics": {
-                    "proxies": [],
-                    "commands": dict(self.dispatcher.commands),
-                    "errors": dict(self.dispatcher.errors),
-                    # Datagrams from sources [ng] allow does not list (dropped, unanswered).
-                    "denied": self.dispatcher.denied,
-                },
-                "interfaces": [
-                    {
-                        "name": "default",
-                        "address": self.config["rtp"]["ip"],
-                        "ports": {
-                            "min": self.config["rtp"]["min_port"],
-                            "max": self.config["rtp"]["max_port"],
-                            "used": 2 * self.ports.in_use,
-                            "free": 2 * (self.ports.capacity - self.ports.in_use),
-                            "totals": 2 * self.ports.capacity,
-                            "used_pct": round(100 * self.ports.in_use / self.ports.capacity, 2),
-                        },
-                    }
-                ],
-            }
-        }
+        return replies.engine_statistics(self, wall=time.time(), gc=gc_figures)
 
-
-def _without_origin(answer_sdp: str) -> str:
-    """The answer minus its o= line, to tell whether a re-offer changed anything."""
-    return "\n".join(line for line in answer_sdp.splitlines() if not line.startswith("o="))
+    @staticmethod
+    def _call_statistics(call: Call, *, parties: bool = True) -> dict[str, Any]:
+        """The query/delete reply for ``call``, as of now."""
+        return replies.call_statistics(call, wall=time.time(), now=trio.current_time(),
+                                       parties=parties)

@@ -1,7 +1,8 @@
 """The ng control socket: one dispatch table, one reply cache, one UDP socket.
 
-Handlers take an :class:`NgRequest` and return a dict (or a :class:`ReplyFirst`: a dict and
-what to do once it has been sent); they raise :class:`NgError` to refuse. Only
+Each row of the table is a :class:`Command`: a parser that reads the :class:`NgRequest` once into
+the handler's typed request, and the handler, which returns a dict (or a :class:`ReplyFirst`: a
+dict and what to do once it has been sent); both raise :class:`NgError` to refuse. Only
 :class:`Dispatcher` writes ``result`` and ``error-reason`` and owns the retransmit cache (the
 shape of rtpengine's ``control_ng.c``).
 
@@ -99,7 +100,20 @@ class ReplyFirst:
 
 
 Result = dict[str, Any] | ReplyFirst
-Handler = Callable[[NgRequest], Result | Awaitable[Result]]
+Handler = Callable[[Any], Result | Awaitable[Result]]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One row of the dispatch table: how the request is read, and the handler that acts on it.
+
+    ``parse`` turns the :class:`NgRequest` into the handler's typed request once
+    (ctl/ng_requests.py, as rtpengine's ``call_ng_process_flags``), raising :class:`NgError`
+    with the reason the proxy gets; without one the handler takes the :class:`NgRequest`.
+    """
+
+    handle: Handler
+    parse: Callable[[NgRequest], Any] | None = None
 
 
 class Answer(NamedTuple):
@@ -130,12 +144,16 @@ class Dispatcher:
 
     def __init__(
         self,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[str, Command | Handler],
         *,
         cache: ReplyCache | None = None,
         allow: tuple[Network, ...] = (),
     ):
-        self.handlers = dict(handlers)
+        # The table: command name -> Command (a bare handler takes the NgRequest as it is).
+        self.handlers: dict[str, Command] = {
+            name: entry if isinstance(entry, Command) else Command(entry)
+            for name, entry in handlers.items()
+        }
         self.cache = cache or ReplyCache()
         self.commands: Counter[str] = Counter()  # per command, for `statistics`
         self.errors: Counter[str] = Counter()
@@ -189,10 +207,11 @@ class Dispatcher:
                 unknown = sorted(set(request.params) - KNOWN_KEYS)
                 if unknown:
                     log.debug("ng: %s: ignoring keys %s", request.command, unknown)
-            handler = self.handlers.get(request.command)
-            if handler is None:
+            route = self.handlers.get(request.command)
+            if route is None:
                 raise NgError(REASON_UNKNOWN_COMMAND)
-            result = handler(request)
+            parse = route.parse
+            result = route.handle(request if parse is None else parse(request))
             # An async handler's call only made its coroutine: nothing of it has run yet.
             # (inspect's test is an exact type check; isinstance against the ABC costs more.)
             if inspect.iscoroutine(result):

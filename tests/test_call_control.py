@@ -14,12 +14,13 @@ import pytest
 import trio
 import trio.testing
 
+from ctl import replies
 from ctl.config import load_config
 from ctl.engine import TRANSFER_PLAYOUT_WAIT, Engine
 from ctl.ng import NgRequest
 from ctl.proxy import ProxyEvent, ProxyOutcome
 from media.bridge import EndReason
-from tests.fakes.engine import reply_of
+from tests.fakes.engine import handle, reply_of
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def make_engine(ai: socket.socket, **env: str) -> Engine:
 
 async def start_call(engine: Engine, call_id: str = "c1", direction: str = "sendrecv"):
     """Offer a call and let its tasks start (the engine starts them after the reply)."""
-    reply_of(engine.offer(NgRequest("offer", {"call-id": call_id, "from-tag": "ft",
+    reply_of(handle(engine, NgRequest("offer", {"call-id": call_id, "from-tag": "ft",
                                               "to-tag": "tt", "sdp": offer_sdp(direction)})))
     (call,) = engine.calls.select(call_id)
     await trio.testing.wait_all_tasks_blocked()
@@ -116,7 +117,7 @@ async def test_the_proxys_delete_within_the_bound_ends_the_call_for_the_reason_a
             call.hang_up(EndReason.MEDIA_TIMEOUT, "media timeout (60 s without RTP)")
             await trio.sleep(0.2)
             assert call.hangup["status"] == "sent" and engine.ports.in_use == 1
-            reply = engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            reply = handle(engine, NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
             assert reply["rtpai"]["end reason"] == "media timeout (60 s without RTP)"
             await trio.sleep(60)  # the bound's task died with the call
             totals = engine.statistics(NgRequest("statistics", {}))["statistics"]
@@ -138,7 +139,7 @@ async def test_no_refer_after_the_call_has_ended(autojump_clock):
             call.bridge.playout.push(b"\xff" * 160 * 1000, "item-1")
             call.transfer("sip:agent@example.com")
             await trio.sleep(1)
-            engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            handle(engine, NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
             await trio.sleep(TRANSFER_PLAYOUT_WAIT + 5)
             assert proxy.requests == []
             nursery.cancel_scope.cancel()
@@ -156,7 +157,7 @@ async def test_a_refused_transfer_is_told_to_the_model_and_recorded(autojump_clo
             call.transfer("sip:agent@example.com")
             await trio.testing.wait_all_tasks_blocked()
             assert told == [("transfer", "the caller answered 603")]
-            (record,) = call.statistics()["rtpai"]["transfers"]
+            (record,) = replies.rtpai_statistics(call)["transfers"]
             assert record["status"] == "failed" and record["error"] == "the caller answered 603"
             assert call.state.value == "offered"  # the call goes on: the model speaks
             nursery.cancel_scope.cancel()
@@ -174,7 +175,7 @@ async def test_an_accepted_opensips_transfer_is_followed_by_a_hangup(autojump_cl
             await trio.testing.wait_all_tasks_blocked()
             assert [event.event for _, event in proxy.requests] == ["transfer", "hangup"]
             assert proxy.requests[1][1].reason == "transferred to sip:agent@example.com"
-            reply = engine.delete(NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            reply = handle(engine, NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
             assert reply["rtpai"]["end reason"] == "transferred to sip:agent@example.com"
             nursery.cancel_scope.cancel()
 

@@ -38,7 +38,7 @@ from openai_flavor.websocket import (
     ProtocolError,
     parse_close,
 )
-from tests.fakes.engine import reply_of
+from tests.fakes.engine import handle, reply_of
 from tests.fakes.realtime import FakeRealtimeServer
 from tests.test_media_engine import config, offer, offer_sdp, request
 from tests.test_stream import CALLER, make_stream
@@ -393,7 +393,7 @@ async def test_broken_rtp_to_a_live_call_is_dropped_and_counted_in_query():
             await caller.sendto(RtpPacketizer(0).packet(b"\xff" * 160, 160),
                                 ("127.0.0.1", port))
             await call.bridge.media_started.wait()
-            reply = engine.query(request("query", **{"call-id": "fuzzed"}))
+            reply = handle(engine, request("query", **{"call-id": "fuzzed"}))
             assert reply["rtpai"]["dropped"]["malformed"] == len(broken)
             rtp_stream = reply["tags"]["ft"]["medias"][0]["streams"][0]
             assert rtp_stream["stats"] == {"packets": 1, "bytes": 172, "errors": len(broken)}
@@ -494,7 +494,7 @@ async def test_fuzzed_offers_and_reoffers_get_an_answer_or_an_ng_error():
             call_id = f"fuzz-{next(ids)}"
             for body in bodies:  # the first is the offer, the others re-offers (re-INVITEs)
                 try:
-                    reply = reply_of(engine.offer(request(
+                    reply = reply_of(handle(engine, request(
                         "offer", **{"call-id": call_id, "from-tag": "ft", "sdp": body})))
                 except NgError:
                     continue

@@ -12,6 +12,7 @@ import socket
 import pytest
 import trio
 
+from ctl import replies
 from ctl.ng import NgRequest
 from ctl.proxy import ProxyEvent
 from media.bridge import EndReason
@@ -228,7 +229,7 @@ async def test_a_transfer_the_caller_declines_through_opensips_is_told_to_the_mo
         told.extend(system_texts(session))
         await session.wait_for_client_event("response.create", 2)  # after the tool's own
         (call,) = engine.calls
-        transfers.extend(call.statistics()["rtpai"]["transfers"])
+        transfers.extend(replies.rtpai_statistics(call)["transfers"])
         call.hang_up(EndReason.SHUTDOWN, "test done")
 
     await run_call(tmp_path, "opensips", UAC_REFER_DECLINED_SCENARIO, rtp_timeout="60",

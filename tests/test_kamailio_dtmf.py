@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from ctl.ng import NgRequest
-from tests.fakes.engine import engine_for_test
+from tests.fakes.engine import engine_for_test, handle
 from tests.fakes.realtime import FakeRealtimeServer
 from tests.peers import (
     LOOPBACK,
@@ -132,7 +132,7 @@ async def test_sipp_dtmf_captures_through_the_proxy_reach_the_ai_as_digits(tmp_p
                 session = await server.wait_for_session(1)
                 await session.wait_until(lambda s: len(pressed(s)) >= len(expected))
                 call_id = next(iter(engine.calls)).call_id
-                call_stats = engine.query(NgRequest("query", {"call-id": call_id}))
+                call_stats = handle(engine, NgRequest("query", {"call-id": call_id}))
                 await sipp_done.wait()
 
             assert pressed(session) == expected  # each key once, in order, none invented

@@ -21,7 +21,7 @@ from ctl.engine import Engine
 from ctl.ng import NgError, NgRequest
 from media.rtcp import build_report
 from media.sdp import parse_sdp
-from tests.fakes.engine import reply_of
+from tests.fakes.engine import handle, reply_of
 from tests.fakes.realtime import FakeRealtimeServer
 
 DEAD_AI = "ws://127.0.0.1:9/v1/realtime"  # refused at once: every call's AI fails quickly
@@ -65,7 +65,7 @@ def offer_sdp(address="192.0.2.10", port=40000, *, family="IP4", direction="send
 
 
 async def offer(engine, call_id, sdp=None, **kw):
-    reply = reply_of(engine.offer(request("offer", **{"call-id": call_id, "from-tag": "ft",
+    reply = reply_of(handle(engine, request("offer", **{"call-id": call_id, "from-tag": "ft",
                                                       "sdp": sdp or offer_sdp(**kw)})))
     return reply["sdp"]
 
@@ -88,7 +88,7 @@ async def test_ports_exhausted_then_reused_after_delete():
         with pytest.raises(NgError, match="^Ran out of ports$"):
             await offer(engine, "c3")
         deleted = engine.calls["c1"]
-        engine.delete(request("delete", **{"call-id": "c1"}))  # answered at once ...
+        handle(engine, request("delete", **{"call-id": "c1"}))  # answered at once ...
         await deleted.ended.wait()  # ... its ports are free once its sockets are closed
         assert answer_port(await offer(engine, "c4")) in ports
         nursery.cancel_scope.cancel()
@@ -166,7 +166,7 @@ async def test_port_churn_through_the_engine_frees_every_port_on_every_exit_path
                         ai.recover()
                         assert call.end_reason.startswith("AI session failed")
                     deleted = engine.calls[victim]
-                    engine.delete(request("delete", **{"call-id": victim}))
+                    handle(engine, request("delete", **{"call-id": victim}))
                     await deleted.ended.wait()  # its ports are free once it has closed
                     del live[victim]
                 if rng.random() < 0.1:
@@ -301,7 +301,7 @@ async def test_media_timeout_ends_the_call_frees_ports_and_records_why(autojump_
         assert engine.ports.in_use == 0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", port))
-        deleted = engine.delete(request("delete", **{"call-id": "quiet"}))
+        deleted = handle(engine, request("delete", **{"call-id": "quiet"}))
         assert deleted["rtpai"]["end reason"] == "media timeout (60 s without RTP)"
         assert engine.totals["timeouts"] == 1
         nursery.cancel_scope.cancel()
@@ -328,7 +328,7 @@ async def test_query_carries_the_ssrc_mos_entries_kamailio_reads():
             while call.stream.stats.rtcp_in.packets == 0 or call.stream.reorder.delivered < 5:
                 await trio.sleep(0.001)
             call.stream.send_report()  # what the 5 s RTCP timer does
-            reply = engine.query(request("query", **{"call-id": "mos"}))
+            reply = handle(engine, request("query", **{"call-id": "mos"}))
             stream = reply["tags"]["ft"]["medias"][0]["streams"][0]
             entry = reply["SSRC"][str(stream["SSRC"])]
             assert stream["SSRC"] == 0x5EED
@@ -377,7 +377,7 @@ async def test_dtmf_reaches_the_ai_session_as_a_user_text_item():
                 "[The caller pressed these keys on the phone keypad: 42#]",
             ]
             assert not [e for e in session.server_events if e.get("type") == "error"]
-            stats = engine.query(request("query", **{"call-id": "dtmf"}))
+            stats = handle(engine, request("query", **{"call-id": "dtmf"}))
             assert stats["rtpai"]["dtmf"] == 3
             nursery.cancel_scope.cancel()
 
@@ -397,11 +397,11 @@ async def test_delete_delay_is_a_deadline_of_the_calls_own(autojump_clock):
         assert engine._calls_nursery is not None
         engine_tasks = len(engine._calls_nursery.child_tasks)
         start = trio.current_time()
-        reply = engine.delete(request("delete", **{"call-id": "later", "delete-delay": 30}))
+        reply = handle(engine, request("delete", **{"call-id": "later", "delete-delay": 30}))
         assert reply["rtpai"]["state"] == "offered"
         assert len(engine._calls_nursery.child_tasks) == engine_tasks
         await trio.sleep(29)
-        assert engine.query(request("query", **{"call-id": "later"}))["rtpai"]["state"] == "offered"
+        assert handle(engine, request("query", **{"call-id": "later"}))["rtpai"]["state"] == "offered"
         await call.ended.wait()
         assert trio.current_time() - start == pytest.approx(30, abs=0.1)
         assert call.end_reason == "deleted by the proxy (after 30 s delay)"

@@ -10,8 +10,9 @@ import pytest
 import trio
 
 from ctl.config import load_config
-from ctl.engine import Engine, codec_exclusions
+from ctl.engine import Engine
 from ctl.ng import decode_reply, decode_request
+from ctl.ng_requests import codec_exclusions
 from media.sdp import parse_sdp
 from tests.fakes.caller import FakeCaller
 from tests.fakes.proxy import FakeProxy

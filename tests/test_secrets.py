@@ -24,7 +24,7 @@ from ctl.engine import Engine
 from ctl.logs import REDACTED, RedactSecrets, configure_logging
 from ctl.ng import NgRequest, bencode
 from tests.fakes.daemon import running_daemon
-from tests.fakes.engine import reply_of
+from tests.fakes.engine import handle, reply_of
 from tests.fakes.realtime import FakeRealtimeServer
 
 KEY = "sk-proj-Zr9secretKEY0123456789"
@@ -166,15 +166,15 @@ def test_the_daemons_logging_writes_no_secret():
 
 async def _call_until_ai_fails(engine: Engine, call_id: str) -> bytes:
     """Offer, wait for the AI failure to end the call, query and delete; the replies' bytes."""
-    replies = [reply_of(engine.offer(NgRequest("offer", {
+    replies = [reply_of(handle(engine, NgRequest("offer", {
         "call-id": call_id, "from-tag": "ft", "sdp": OFFER,
     })))]
     call = engine.calls[call_id]
     with trio.fail_after(10):
         await call.ended.wait()
     request = NgRequest("query", {"call-id": call_id})
-    replies.append(engine.query(request))
-    replies.append(engine.delete(NgRequest("delete", {"call-id": call_id})))
+    replies.append(handle(engine, request))
+    replies.append(handle(engine, NgRequest("delete", {"call-id": call_id})))
     assert call.end_reason.startswith("AI session failed"), call.end_reason
     return b"".join(bencode(reply) for reply in replies)
 

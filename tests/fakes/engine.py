@@ -11,7 +11,7 @@ import trio
 from ctl.config import load_config
 from ctl.engine import Engine
 from ctl.ng import NgRequest
-from ctl.ng_server import ReplyFirst
+from ctl.ng_server import Command, ReplyFirst
 
 
 def engine_for_test(url: str, **env: str) -> Engine:
@@ -39,7 +39,8 @@ class CommandLog:
 def watch(engine: Engine, command: str) -> CommandLog:
     """Record ``command``'s requests and replies as the dispatcher handles them."""
     log = CommandLog()
-    handler = engine.dispatcher.handlers[command]
+    route = engine.dispatcher.handlers[command]
+    parse = route.parse or (lambda request: request)
 
     def record(request: NgRequest, result: Any) -> Any:
         reply = result.reply if isinstance(result, ReplyFirst) else result
@@ -50,15 +51,22 @@ def watch(engine: Engine, command: str) -> CommandLog:
 
     # The wrapper keeps the handler's kind: plain ones are answered inline, async ones in a
     # task of their own (ctl/ng_server.py), and the tests should see the same scheduling.
-    if inspect.iscoroutinefunction(handler):
+    if inspect.iscoroutinefunction(route.handle):
         async def recording(request: NgRequest) -> dict[str, Any]:
-            return record(request, await handler(request))
+            return record(request, await route.handle(parse(request)))
     else:
         def recording(request: NgRequest) -> dict[str, Any]:
-            return record(request, handler(request))
+            return record(request, route.handle(parse(request)))
 
-    engine.dispatcher.handlers[command] = recording
+    engine.dispatcher.handlers[command] = Command(recording)
     return log
+
+
+def handle(engine: Engine, request: NgRequest) -> Any:
+    """Run ``request`` through its row of the engine's dispatch table (parser, then handler),
+    without the socket: the handler's result, a dict or a :class:`ReplyFirst`."""
+    route = engine.dispatcher.handlers[request.command]
+    return route.handle(request if route.parse is None else route.parse(request))
 
 
 def reply_of(result: dict[str, Any] | ReplyFirst) -> dict[str, Any]:
