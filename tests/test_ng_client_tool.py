@@ -103,11 +103,13 @@ async def test_rtpengine_ng_client_drives_a_whole_call():
             assert code != 0
             assert 'Error reason: "Unknown call-id"' in err
 
+            (live,) = engine.calls
             code, out, err = await ng_client(port, *call, "delete")
             assert code == 0, err
             stats = block(out, "Result dictionary:")
             assert f"'local port' => '{audio.port}'" in stats
             assert "'end reason' => 'deleted by the proxy'" in stats
+            await live.ended.wait()  # the delete is answered at once; the call closes after
             assert engine.ports.in_use == 0
 
             code, out, err = await ng_client(port, *call, "delete")
