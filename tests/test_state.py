@@ -16,6 +16,7 @@ from openai_flavor.session import SESSION_TRANSITIONS, SessionState
 from openai_flavor.turns import IllegalTransition as ResponseOutOfOrder
 from openai_flavor.turns import Turns
 from openai_flavor.websocket import WS_TRANSITIONS, ConnectionClosed, Link, WebSocket
+from tests.fakes.engine import handle
 from tests.fakes.realtime import FakeRealtimeServer
 from tests.test_media_engine import DEAD_AI, config, offer, request
 from tests.test_websocket import start_server
@@ -124,7 +125,7 @@ async def test_an_ended_call_and_its_failed_session_refuse_to_move_back():
                            match="^AI session of call dead-ai: failed -> open$"):
             call.ai._state.to(SessionState.OPEN)
         # The AI failure is counted as one, by its kind, once the proxy deletes the call.
-        engine.delete(request("delete", **{"call-id": "dead-ai"}))
+        handle(engine, request("delete", **{"call-id": "dead-ai"}))
         assert engine.totals["ai failures"] == 1 and engine.totals["timeouts"] == 0
         nursery.cancel_scope.cancel()
 
@@ -173,7 +174,7 @@ async def test_a_reason_that_merely_reads_like_another_kind_is_not_counted_as_it
         engine.calls["b"].hang_up(EndReason.MODEL_HUNG_UP, "AI session failed to please")
         engine.calls["c"].hang_up(EndReason.MEDIA_TIMEOUT, "no RTP for a while")
         for call_id in ("b", "c"):
-            reply = engine.delete(request("delete", **{"call-id": call_id}))
+            reply = handle(engine, request("delete", **{"call-id": call_id}))
             assert reply["rtpai"]["end reason"] in ("AI session failed to please",
                                                     "no RTP for a while")
         assert engine.totals["ended"] == 3
