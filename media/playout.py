@@ -11,6 +11,11 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable
 
+# Items whose sent frames are remembered, newest kept. Barge-in asks only about the items of
+# the responses still in play (the AI session keeps at most 64); the item ids are the
+# server's, so without a bound a long call (or a server inventing ids) grows the table for ever.
+ITEMS_REMEMBERED = 256
+
 
 class PlayoutQueue:
     """A bounded FIFO of codec bytes, handed out in frames, remembering which item each was.
@@ -90,7 +95,14 @@ class PlayoutQueue:
         segment = segments[0]
         item = segment[0]
         # A frame that spans the end of an item counts for that item: it has started playing.
-        self.frames_sent[item] = self.frames_sent.get(item, 0) + 1
+        sent = self.frames_sent
+        count = sent.get(item)
+        if count is None:
+            if len(sent) >= ITEMS_REMEMBERED:
+                del sent[next(iter(sent))]  # the oldest item: long settled
+            sent[item] = 1
+        else:
+            sent[item] = count + 1
         if segment[1] > size:
             segment[1] -= size  # the frame lies inside the item: nearly every frame
             return frame

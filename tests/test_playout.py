@@ -120,3 +120,17 @@ def test_port_churn_never_hands_out_a_held_pair():
         port = ports.allocate()
         assert port not in held and port % 2 == 0 and 40000 <= port <= 40018
         held.add(port)
+
+
+def test_the_items_remembered_are_bounded_and_the_newest_are_kept():
+    """Item ids come from the server: a long call, or a server inventing ids, must not grow
+    the per-item count for ever; the items barge-in can still ask about are the newest."""
+    from media.playout import ITEMS_REMEMBERED
+
+    queue = PlayoutQueue(160, max_bytes=1 << 20)
+    for n in range(ITEMS_REMEMBERED + 50):
+        queue.push(b"\xff" * 320, f"item-{n}")
+        assert queue.pop_frame() is not None and queue.pop_frame() is not None
+    assert len(queue.frames_sent) == ITEMS_REMEMBERED
+    assert queue.frames_sent_of(f"item-{ITEMS_REMEMBERED + 49}") == 2
+    assert queue.frames_sent_of("item-0") == 0  # forgotten: long settled
