@@ -172,7 +172,12 @@ class Engine:
         settings = self._settings_for(request)
         refusal = settings.refusal_reason()
         if refusal:
-            raise NgError(refusal)
+            # An instance that cannot serve calls (disabled, no key) is as good as full: to a
+            # proxy that understands "load limit" (Kamailio always says so) that is the answer
+            # that moves the call to the next engine of its set; Kamailio 5.6 fails over on
+            # no other reason of ours. Others get the reason as an error (OpenSIPS matches it
+            # with extra_failover_error).
+            raise NgLoadLimit(refusal)
         max_sessions = self.config["ng"]["max_sessions"]
         if self.draining or (max_sessions and self.active_calls() >= max_sessions):
             # Kamailio then tries the next engine of its set.

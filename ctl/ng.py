@@ -88,10 +88,11 @@ class NgError(Exception):
 
 
 class NgLoadLimit(NgError):
-    """The engine is full. Answered as ``load limit`` when the proxy says it understands that."""
+    """The engine takes no new call. Answered as ``load limit`` (with ``reason`` as its
+    message) when the proxy says it understands that, else as an error with ``reason``."""
 
-    def __init__(self) -> None:
-        super().__init__(REASON_SESSION_LIMIT)
+    def __init__(self, reason: str = REASON_SESSION_LIMIT) -> None:
+        super().__init__(reason)
 
 
 def canonical_name(name: str) -> str:

@@ -30,6 +30,7 @@ import trio
 
 from ctl.acl import Network, SourceFilter
 from ctl.ng import (
+    REASON_SESSION_LIMIT,
     REASON_UNKNOWN_COMMAND,
     NgError,
     NgFramingError,
@@ -243,17 +244,19 @@ class Dispatcher:
 
     def _refusal(self, request: NgRequest | None, exc: Exception) -> dict[str, Any]:
         """The reply to a handler (or a decode) that raised."""
-        if isinstance(exc, NgLoadLimit):
-            # Kamailio sends supports=["load limit"] and then tries the next engine of its set.
-            if request is not None and request.supports("load limit"):
-                return {"result": "load limit", "message": exc.reason}
-            return {"result": "error", "error-reason": exc.reason}
         if isinstance(exc, NgError):
             reason = _bounded_reason(exc.reason)
-            counted = reason
-            if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
-                counted = "other"
-            self.errors[counted] += 1
+            if not isinstance(exc, NgLoadLimit) or reason != REASON_SESSION_LIMIT:
+                # Counted by reason: a full engine is load management, not an error; an
+                # instance refusing for its own state (disabled, no key) is worth seeing.
+                counted = reason
+                if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
+                    counted = "other"
+                self.errors[counted] += 1
+            # Kamailio sends supports=["load limit"] and then tries the next engine of its set.
+            if (isinstance(exc, NgLoadLimit) and request is not None
+                    and request.supports("load limit")):
+                return {"result": "load limit", "message": reason}
             return {"result": "error", "error-reason": reason}
         # A bug must not cost the proxy a reply: it would retransmit and then mark us dead.
         log.error("ng: handler failed", exc_info=exc)

@@ -217,6 +217,32 @@ async def test_capacity_limit_answers_load_limit():
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("setting, reason", [
+    ({"OPENAI_DISABLE": "true"}, "AI sessions are disabled ([openai] disable)"),
+    ({"OPENAI_API_KEY": ""}, "No OpenAI API key configured ([openai] key / OPENAI_API_KEY)"),
+])
+async def test_an_instance_that_cannot_serve_is_full_to_a_proxy_that_fails_over(setting, reason):
+    """Kamailio 5.6 moves a call to the next engine only on "load limit" and on two capacity
+    errors: an instance that is disabled or has no key answers "load limit" with its reason to
+    a proxy that says it understands that, and the reason as an error to one that does not
+    (OpenSIPS matches it with extra_failover_error). Either way it is counted."""
+    server = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url, **setting)
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                offer = {"call-id": "1", "from-tag": "f", "sdp": caller.sdp_offer()}
+                full = await proxy.command("offer", **offer, supports=["load limit"])
+                assert full == {"result": "load limit", "message": reason}
+                refused = await proxy.command("offer", **offer)
+                assert refused == {"result": "error", "error-reason": reason}
+            assert engine.dispatcher.errors == {reason: 2} and len(engine.calls) == 0
+            nursery.cancel_scope.cancel()
+
+
 async def test_deleted_while_ringing_the_session_closes_cleanly():
     server = FakeRealtimeServer(respond_after_ms=None)
     with trio.fail_after(10):

@@ -353,6 +353,7 @@ async def start_kamailio(
     ng_port: int,
     http_port: int | None = None,
     inner_port: int | None = None,
+    ng_socks: str | None = None,
     ready_timeout: float = 10.0,
 ) -> AsyncIterator[Kamailio]:
     """Run `kamailio.cfg` in the foreground until the block ends.
@@ -361,6 +362,7 @@ async def start_kamailio(
     start-up. Ready means both SIP sockets answer an OPTIONS. On exit: SIGTERM,
     then SIGKILL to the process group after 5 s. Kamailio's stderr log is
     `<tmpdir>/kamailio.log`; its tail is attached to any exception from the block.
+    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``).
     """
     kamailio = require_tool("kamailio")
     tmp = Path(tmpdir)
@@ -374,7 +376,7 @@ async def start_kamailio(
         "SIP_PORT": sip_port,
         "INNER_PORT": inner_port,
         "HTTP_PORT": http_port,
-        "NG_SOCK": f'"udp:{LOOPBACK}:{ng_port}"',
+        "NG_SOCK": f'"{ng_socks or f"udp:{LOOPBACK}:{ng_port}"}"',
     }
     command = [kamailio, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(rundir), "-w", str(rundir)]
     for name, value in defines.items():
