@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -568,12 +569,12 @@ async def start_opensips(
         await _stop(process)
 
 
-def start_proxy(kind: str, tmpdir: str | os.PathLike[str], **ports: int):
+def start_proxy(kind: str, tmpdir: str | os.PathLike[str], **options: Any):
     """`start_kamailio` or `start_opensips` (``kind`` is one of PROXIES)."""
     if kind == "opensips":
-        return start_opensips(tmpdir, **ports)
+        return start_opensips(tmpdir, **options)
     if kind == "kamailio":
-        return start_kamailio(tmpdir, **ports)
+        return start_kamailio(tmpdir, **options)
     raise ValueError(f"unknown proxy {kind!r}")
 
 
