@@ -347,6 +347,41 @@ async def ready_or_exited(
 
 
 @asynccontextmanager
+async def supervised(
+    name: str,
+    command: Sequence[str],
+    log_path: Path,
+    ready: Callable[[], Awaitable[None]],
+    ready_timeout: float,
+) -> AsyncIterator[trio.Process]:
+    """Run ``command`` (its own session, output to ``log_path``) until the block ends.
+
+    Yields once ``ready()`` returned, or raises with the log's tail if the process exited or
+    was not ready within ``ready_timeout``. An exception from the block gets the log's tail as
+    a note. On exit: SIGTERM, then SIGKILL to the process group after 5 s.
+    """
+    with open(log_path, "wb") as log:
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        if not await ready_or_exited(process, ready, ready_timeout):
+            why = (
+                f"exited with {process.returncode}"
+                if process.returncode is not None
+                else f"not ready within {ready_timeout} s"
+            )
+            raise RuntimeError(f"{name} did not start: {why}\n{_tail(log_path)}")
+        try:
+            yield process
+        except Exception as exc:
+            exc.add_note(f"--- {name} log ({log_path}), tail ---\n{_tail(log_path)}")
+            raise
+    finally:
+        await _stop(process)
+
+
+@asynccontextmanager
 async def start_kamailio(
     tmpdir: str | os.PathLike[str],
     *,
@@ -382,31 +417,14 @@ async def start_kamailio(
     command = [kamailio, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(rundir), "-w", str(rundir)]
     for name, value in defines.items():
         command += ["-A", f"{name}={value}"]
-    with open(log_path, "wb") as log:
-        process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    handle = Kamailio(process, sip_port, inner_port, http_port, ng_port, log_path)
-    try:
-        async def answered_options() -> None:
-            await _sip_options_answered(sip_port)
-            await _sip_options_answered(inner_port)
 
-        answered = await ready_or_exited(process, answered_options, ready_timeout)
-        if not answered:
-            why = (
-                f"exited with {process.returncode}"
-                if process.returncode is not None
-                else f"no answer to OPTIONS within {ready_timeout} s"
-            )
-            raise RuntimeError(f"kamailio did not start: {why}\n{_tail(log_path)}")
-        try:
-            yield handle
-        except Exception as exc:
-            exc.add_note(f"--- kamailio log ({log_path}), tail ---\n{_tail(log_path)}")
-            raise
-    finally:
-        await _stop(process)
+    async def answered_options() -> None:
+        await _sip_options_answered(sip_port)
+        await _sip_options_answered(inner_port)
+
+    async with supervised("kamailio", command, log_path, answered_options,
+                          ready_timeout) as process:
+        yield Kamailio(process, sip_port, inner_port, http_port, ng_port, log_path)
 
 
 async def _stop(process: trio.Process, grace: float = 5.0) -> None:
@@ -535,38 +553,21 @@ async def start_opensips(
         ng_socks=ng_socks))
     log_path = tmp / "opensips.log"
     command = [opensips, "-F", "-f", str(config), "-w", str(rundir), "-m", "64", "-M", "8"]
-    with open(log_path, "wb") as log:
-        process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    handle = Opensips(process, sip_port, inner_port, http_port, ng_port, log_path)
-    try:
-        async def answered() -> None:
-            await _sip_options_answered(sip_port)
-            await _sip_options_answered(inner_port)
-            while True:
-                try:
-                    stream = await trio.open_tcp_stream(LOOPBACK, http_port)
-                except OSError:
-                    await trio.sleep(0.05)  # polling a port that is not open yet: no event
-                    continue
-                await stream.aclose()
-                return
 
-        if not await ready_or_exited(process, answered, ready_timeout):
-            why = (
-                f"exited with {process.returncode}"
-                if process.returncode is not None
-                else f"not ready within {ready_timeout} s"
-            )
-            raise RuntimeError(f"opensips did not start: {why}\n{_tail(log_path)}")
-        try:
-            yield handle
-        except Exception as exc:
-            exc.add_note(f"--- opensips log ({log_path}), tail ---\n{_tail(log_path)}")
-            raise
-    finally:
-        await _stop(process)
+    async def answered() -> None:
+        await _sip_options_answered(sip_port)
+        await _sip_options_answered(inner_port)
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(LOOPBACK, http_port)
+            except OSError:
+                await trio.sleep(0.05)  # polling a port that is not open yet: no event
+                continue
+            await stream.aclose()
+            return
+
+    async with supervised("opensips", command, log_path, answered, ready_timeout) as process:
+        yield Opensips(process, sip_port, inner_port, http_port, ng_port, log_path)
 
 
 def start_proxy(kind: str, tmpdir: str | os.PathLike[str], **options: Any):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from tests.peers import LOOPBACK, _stop, _tail, ready_or_exited, require_tool
+from tests.peers import LOOPBACK, require_tool, supervised
 
 # Userspace forwarding only (table = -1: no kernel module, which a test machine lacks); one
 # interface and one ng socket, both on loopback, and nothing else that listens (no CLI, TCP,
@@ -123,27 +122,10 @@ async def start_rtpengine(
         rtpengine, f"--config-file={config_path}", "--config-section=rtpengine",
         "--foreground", "--log-stderr", "--no-log-timestamps",
     ]
-    with open(log_path, "wb") as log:
-        process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    handle = Rtpengine(process, (LOOPBACK, ng_port), version, config_path, log_path)
-    try:
-        ready = await ready_or_exited(process, lambda: _answers_ping(handle.ng), ready_timeout)
-        if not ready:
-            why = (
-                f"exited with {process.returncode}"
-                if process.returncode is not None
-                else f"no pong within {ready_timeout} s"
-            )
-            raise RuntimeError(f"rtpengine did not start: {why}\n{_tail(log_path)}")
-        try:
-            yield handle
-        except Exception as exc:
-            exc.add_note(f"--- rtpengine log ({log_path}), tail ---\n{_tail(log_path)}")
-            raise
-    finally:
-        await _stop(process)
+    ng = (LOOPBACK, ng_port)
+    async with supervised("rtpengine", command, log_path, lambda: _answers_ping(ng),
+                          ready_timeout) as process:
+        yield Rtpengine(process, ng, version, config_path, log_path)
 
 
 # --------------------------------------------------------------------------- /proc
