@@ -338,36 +338,18 @@ async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order
     assert received[taken] == "control"
 
 
-async def test_a_server_frame_breaking_the_protocol_closes_with_1002():
+@pytest.mark.parametrize("frame", [
+    server_frame(OP_TEXT, b"x", masked=True),
+    # RFC 6455 s7.4.1: 1006 names a connection lost without a close frame; it is never sent,
+    # so a peer that sends it broke the protocol, and we must not echo it back.
+    server_frame(OP_CLOSE, struct.pack("!H", 1006)),
+], ids=["masked frame", "close 1006"])
+async def test_a_server_frame_breaking_the_protocol_closes_with_1002(frame):
     handled = trio.Event()
 
     async def handler(request):
         ws = await request.accept()
-        await ws._stream.send_all(server_frame(OP_TEXT, b"x", masked=True))
-        with pytest.raises(ServerConnectionClosed):
-            await ws.get_message()
-        assert ws.closed.code == 1002
-        handled.set()
-
-    async with trio.open_nursery() as nursery:
-        url = await start_server(nursery, handler)
-        ws = await WebSocket.connect(url, [])
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.receive()
-        assert closed.value.code == 1002
-        await ws.aclose()
-        await handled.wait()
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_close_1006_on_the_wire_is_answered_1002_never_echoed():
-    """RFC 6455 s7.4.1: 1006 names a connection lost without a close frame; it is never sent,
-    so a peer that sends it broke the protocol, and we must not send it back."""
-    handled = trio.Event()
-
-    async def handler(request):
-        ws = await request.accept()
-        await ws._stream.send_all(server_frame(OP_CLOSE, struct.pack("!H", 1006)))
+        await ws._stream.send_all(frame)
         with pytest.raises(ServerConnectionClosed):
             await ws.get_message()
         assert ws.closed.code == 1002
