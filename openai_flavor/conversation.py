@@ -26,7 +26,7 @@ import trio
 
 from media.bridge import CallBridge
 from media.poller import MediaPoller
-from openai_flavor import events, keypad
+from openai_flavor import events, keypad, session_update
 from openai_flavor.errors import ConnectionLost, redact
 from openai_flavor.reader import EventReader
 from openai_flavor.reconnect import Backoff
@@ -80,9 +80,9 @@ class Conversation:
             instructions = events.recap_instructions(instructions, self.stats.transcript)
             # Audio held while disconnected is old: the new session must not answer it.
             self.bridge.drop_caller_backlog()
-        self.send(events.session_update(self.settings, self.bridge.codec,
-                                        instructions=instructions,
-                                        interrupt=not self._manners.guarding))
+        self.send(session_update.session_update(self.settings, self.bridge.codec,
+                                                instructions=instructions,
+                                                interrupt=not self._manners.guarding))
         backlog = self.bridge.attach_caller_audio(self.append_caller_audio)
         for start in range(0, len(backlog), MAX_FRAMES_PER_APPEND):
             self.append_caller_audio(b"".join(backlog[start : start + MAX_FRAMES_PER_APPEND]))
@@ -159,7 +159,9 @@ class Conversation:
         await self.ready.wait()
         await self.bridge.media_started.wait()
         if self._manners.take_welcome() and self.turns.request_response(welcome=True):
-            self.send(events.welcome_response(self.settings))
+            for event in events.instructed_response(self.settings,
+                                                    events.welcome_text(self.settings)):
+                self.send(event)
 
     def append_caller_audio(self, audio: bytes) -> bool:
         """The bridge's consumer: one frame of caller audio (or a backlog batch), sent now.
@@ -250,10 +252,11 @@ class Conversation:
             self._transcript("assistant", event.get("transcript"))
         elif kind == events.CALLER_TRANSCRIPT_DONE:
             self._transcript("caller", event.get("transcript"))
-        elif kind in {"session.created", "session.updated"}:
-            session_id = events.field_str(events.field_object(event, "session"), "id")
-            self.stats.session_id = session_id or self.stats.session_id
-            if kind == "session.created":
+        elif kind in events.SESSION_CREATED or kind == "session.updated":
+            if kind != "conversation.created":  # xAI's carries a conversation, no session
+                session_id = events.field_str(events.field_object(event, "session"), "id")
+                self.stats.session_id = session_id or self.stats.session_id
+            if kind in events.SESSION_CREATED:
                 self._watchdog.session_created()
             else:
                 self._watchdog.session_updated()
@@ -280,6 +283,8 @@ class Conversation:
             return
         self.bridge.clear_playout()
         self.stats.barge_ins += 1
+        if not self.settings.endpoint.truncate:
+            return  # xAI: no truncate in its protocol; its server stopped the answer itself
         for item_id, end_ms in decision.truncate:
             self.send(events.truncate_item(item_id, end_ms))
             self.stats.truncations += 1
@@ -301,7 +306,9 @@ class Conversation:
         await self.bridge.wait_playout_idle()
         self._manners.welcome_played()
         self.turns.guard_welcome = False
-        self.send(events.interrupt_update(self.settings, True))
+        update = session_update.interrupt_update(self.settings, True)
+        if update is not None:
+            self.send(update)
 
     async def _answer_tools(self, done: ResponseDone) -> None:
         """Answer a response's function calls, then let the model go on (or hang up)."""

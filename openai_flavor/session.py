@@ -79,7 +79,7 @@ class RealtimeSession:
         self.settings = settings
         self.bridge = bridge
         self._poller = poller  # the engine's: reads the WebSocket as it does RTP
-        self.stats = RealtimeStats(model=settings.model, dialect=settings.dialect)
+        self.stats = RealtimeStats(model=settings.model, dialect=settings.shape)
         self._state = Machine(SESSION_TRANSITIONS, SessionState.CONNECTING,
                               f"AI session of call {bridge.call_id}")
         self._manners = WelcomeAndGoodbye(welcome=bool(settings.welcome_message),
@@ -105,12 +105,6 @@ class RealtimeSession:
     def snapshot(self) -> dict[str, Any]:
         """The session's statistics, for the ``ai`` key of the call's statistics."""
         return self.stats.snapshot(self._state.state.value)
-
-    def _headers(self) -> list[tuple[str, str]]:
-        headers = [("Authorization", f"Bearer {self.settings.api_key}")]
-        if self.settings.dialect == "beta":
-            headers.append(("OpenAI-Beta", "realtime=v1"))
-        return headers
 
     async def run(self) -> None:
         """Connect at once, converse, reconnect on transient losses; raise when giving up."""
@@ -168,7 +162,7 @@ class RealtimeSession:
         settings = self.settings
         try:
             ws = await WebSocket.connect(
-                settings.session_url(), self._headers(),
+                settings.session_url(), settings.headers(),
                 connect_timeout=settings.connect_timeout,
                 upgrade_timeout=settings.upgrade_timeout,
                 max_message=settings.max_message_bytes,
