@@ -20,11 +20,14 @@ ASSISTANT_TRANSCRIPT_DONE = frozenset(
     {"response.output_audio_transcript.done", "response.audio_transcript.done"}
 )
 CALLER_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
+CALLER_TRANSCRIPT_FAILED = "conversation.item.input_audio_transcription.failed"
 SPEECH_STARTED = "input_audio_buffer.speech_started"
+SPEECH_STOPPED = "input_audio_buffer.speech_stopped"
+COMMITTED = "input_audio_buffer.committed"
 # Server events that say nothing about a response coming (nor do input_audio_buffer.*).
 NO_PROGRESS = frozenset({"error", "rate_limits.updated"})
 # The server's VAD ended the caller's turn; with create_response a response follows.
-TURN_ENDED = frozenset({"input_audio_buffer.speech_stopped", "input_audio_buffer.committed"})
+TURN_ENDED = frozenset({SPEECH_STOPPED, COMMITTED})
 RESPONSE_CREATED = "response.created"
 # The session exists: OpenAI's and Azure's servers say session.created; xAI's docs name
 # conversation.created as the first event.
@@ -136,6 +139,25 @@ def audio_append(audio: bytes) -> bytes:
     # Built by hand, as bytes: json.dumps over a dict, or a str to encode, costs more per
     # 20 ms frame, and base64 needs no escaping.
     return b'{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio) + b'"}'
+
+
+def response_cancel() -> dict[str, Any]:
+    return {"type": "response.cancel"}
+
+
+def delete_item(item_id: str) -> dict[str, Any]:
+    """Remove an item from the conversation (a noise turn the model must not answer)."""
+    return {"type": "conversation.item.delete", "item_id": item_id}
+
+
+def field_int(event: dict[str, Any], key: str) -> int | None:
+    """An optional integer field; MalformedEvent for another type."""
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedEvent(f"{key} is not an integer")
+    return value
 
 
 def truncate_item(item_id: str, audio_end_ms: int) -> dict[str, Any]:

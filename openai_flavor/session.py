@@ -9,7 +9,8 @@ the instructions plus a recap of the conversation; a fatal failure (a refused ke
 shape) or a loss longer than ``reconnect_timeout`` raises :class:`RealtimeSessionError`, which
 ends this call only. What outlives a connection is kept here: the statistics, the welcome and
 the model's hang-up (openai_flavor/welcome.py), failures of actions still to tell the model,
-and the back-off (openai_flavor/reconnect.py).
+the back-off (openai_flavor/reconnect.py), the silent caller's re-prompts and the length cap
+(openai_flavor/idle.py).
 
 Every phase of a connection is bounded (docs/reliability.md): the TCP/TLS connect and the
 upgrade in :meth:`WebSocket.connect`, the rest by the conversation's watchdog: an expiry is a
@@ -33,6 +34,7 @@ from media.tones import reconnect_cue
 from openai_flavor import events
 from openai_flavor.conversation import Conversation
 from openai_flavor.errors import ConnectionLost, RealtimeSessionError, lost_from, redact
+from openai_flavor.idle import CallCap, Silence
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import RealtimeSettings
 from openai_flavor.stats import RealtimeStats
@@ -85,6 +87,9 @@ class RealtimeSession:
         self._manners = WelcomeAndGoodbye(welcome=bool(settings.welcome_message),
                                           guarded=settings.welcome_guarded)
         self._backoff = Backoff(settings.reconnect_timeout)
+        # Silence and length are the call's, not a connection's (openai_flavor/idle.py).
+        self._silence = Silence(settings.idle_reprompt_s, settings.idle_reprompts)
+        self._cap = CallCap(settings.max_call_s)
         # The current connection's; it holds nothing of the session (no reference cycle).
         self._conversation: Conversation | None = None
         # Failures of actions the model asked for, to tell it once a connection is ready.
@@ -189,7 +194,7 @@ class RealtimeSession:
         conversation = Conversation(
             ws, settings=self.settings, bridge=self.bridge, poller=self._poller,
             stats=self.stats, manners=self._manners, backoff=self._backoff,
-            untold_failures=self._untold_failures)
+            untold_failures=self._untold_failures, silence=self._silence, cap=self._cap)
         self._state.to(SessionState.OPEN)
         self.bridge.mark("ai_session_open")
         self._conversation = conversation
