@@ -201,6 +201,10 @@ class RealtimeSettings:
         if unsent:
             notes.append(f"[openai] {', '.join(unsent)}: not part of the {self.shape} "
                          f"session this provider speaks; not sent")
+        if self.barge_in_min_ms and (self.shape == "xai" or self.turn_detection_type == "none"):
+            notes.append("[openai] barge_in_min_ms needs the server's VAD with both of its "
+                         "switches (not xAI, not turn_detection_type = none); the server "
+                         "decides barge-in")
         if self.shape == "xai" and self.welcome_guarded:
             notes.append("[openai] welcome_interruptible = false: xAI's server cannot be "
                          "told not to cancel the welcome when the caller speaks; rtpai keeps "
