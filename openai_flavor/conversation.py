@@ -85,6 +85,7 @@ class Conversation(ServerEvents):
                                     transcribed=bool(settings.transcription_model))
                        if session_update.rtpai_decides_barge_in(settings) else None)
         self._held: list[tuple[Any, bytes | None]] | None = None
+        self._held_bytes = 0
         self._judge_wake = math.inf
         self._judge_scope = trio.CancelScope()
 
@@ -260,6 +261,7 @@ class Conversation(ServerEvents):
         """Carry out the barge-in judge's plan (openai_flavor/barge_in.py), synchronously."""
         if plan.pause and self._held is None:
             self._held = list(self.bridge.hold_playout())
+            self._held_bytes = sum(len(audio) for _, audio in self._held)
         if plan.resume or plan.interrupt:
             held, self._held = self._held or [], None
             for item, audio in held:  # back where it stopped, in order

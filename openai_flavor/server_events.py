@@ -51,6 +51,7 @@ class ServerEvents:
     _silence: SilenceWatch
     _judge: BargeInJudge | None
     _held: list[tuple[Any, bytes | None]] | None  # a paused answer (barge-in being judged)
+    _held_bytes: int
     _nursery: trio.Nursery | None
     _goodbye: str | None  # the length cap's goodbye: "asked", then its response id
     _goodbye_played: trio.Event
@@ -80,8 +81,10 @@ class ServerEvents:
                 self.bridge.mark("first_ai_audio")
                 if self._held is None:
                     self.bridge.play(audio, item_id)
-                else:
-                    self._held.append((item_id, audio))  # paused: it waits with the rest
+                elif self._held_bytes + len(audio) <= self.bridge.playout.max_bytes:
+                    # Paused: it waits with the rest, bounded as the playout queue is.
+                    self._held.append((item_id, audio))
+                    self._held_bytes += len(audio)
         elif kind in events.AUDIO_DONE:
             response_id = events.field_str(event, "response_id")
             if turns.audio_done(response_id, events.field_str(event, "item_id") or ""):

@@ -261,6 +261,8 @@ def _check_tool_choice(values: Mapping[str, Any], label: Callable[[str], str]) -
     if choice in {"auto", "none", "required"}:
         return
     server, colon, tool = choice.partition(":")
+    if colon and (values["dialect"] == "beta" or PROVIDERS[values["provider"]].shape == "xai"):
+        raise ValueError(f"{label('tool_choice')}: MCP tools exist in the GA session only")
     if colon:
         # Named servers are resolved to McpServer objects before the checks run.
         labels = {getattr(s, "label", s) for s in values["mcp"]}

@@ -33,6 +33,8 @@ def settings(**overrides) -> RealtimeSettings:
     ({"OPENAI_TOOL_CHOICE": "lookup"}, "tool_choice / OPENAI_TOOL_CHOICE: expected auto, none"),
     ({"OPENAI_TOOL_CHOICE": "crm:find"}, "'crm' is not one of the MCP servers"),
     ({"OPENAI_MCP": "crm"}, "[openai] mcp: no [mcp:crm] section"),
+    ({"OPENAI_TOOL_CHOICE": "crm:find", "OPENAI_API_DIALECT": "beta"},
+     "MCP tools exist in the GA session only"),
     ({"OPENAI_IDLE_REPROMPT_S": "-1"}, "expected a number from 0.0 to 600.0"),
     ({"OPENAI_BARGE_IN_MIN_MS": "5000"}, "expected an integer from 0 to 3000"),
 ])

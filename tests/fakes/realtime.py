@@ -1,7 +1,9 @@
 """A strict fake of the OpenAI Realtime API WebSocket server.
 
 It speaks the GA interface by default (``beta=True`` switches to the retired beta shape that some
-OpenAI-compatible servers still speak) and follows /work/shared/reference/openai-realtime.md:
+OpenAI-compatible servers still speak; ``provider="azure"`` or ``"xai"`` to those providers'
+endpoints, credentials and session shapes, openai_flavor/providers.py) and follows
+/work/shared/reference/openai-realtime.md:
 
 * the handshake checks ``Authorization: Bearer <key>`` and the ``OpenAI-Beta`` header, answering
   a bad one with an ``error`` event and a close code (3000 bad key, 4000 wrong API shape);
@@ -1831,6 +1833,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="test-key")
     parser.add_argument("--beta", action="store_true", help="speak the beta interface")
+    parser.add_argument("--provider", choices=("openai", "azure", "xai"), default="openai",
+                        help="the endpoint, credentials and session shape to serve")
     parser.add_argument("--speed", type=float, default=1.0, help="delta pacing x real time")
     parser.add_argument("--chunk-ms", type=int, default=100)
     parser.add_argument("--respond-after-ms", type=int, default=600)
@@ -1841,6 +1845,7 @@ def main(argv: list[str] | None = None) -> None:
     server = FakeRealtimeServer(
         api_key=args.api_key,
         beta=args.beta,
+        provider=args.provider,
         speed=args.speed,
         chunk_ms=args.chunk_ms,
         respond_after_ms=args.respond_after_ms,
