@@ -13,6 +13,7 @@ import trio
 from ctl import gcstats, offers, replies
 from ctl.call import Call, CallState
 from ctl.config import FLAVOR, Config
+from ctl.dispatcher import Command, Dispatcher, ReplyFirst
 from ctl.ng import (
     REASON_NO_PORTS,
     REASON_NOT_FOUND,
@@ -29,7 +30,7 @@ from ctl.ng_requests import (
     ListRequest,
     OfferRequest,
 )
-from ctl.ng_server import Command, Dispatcher, ReplyFirst, serve_ng
+from ctl.ng_server import serve_ng
 from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.registry import CallRegistry
 from media import flavor as flavors
