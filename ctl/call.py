@@ -108,7 +108,7 @@ class Call:
         # Why it ended: the kind (counted by the engine) and the detail (the replies' text).
         self.end_kind: EndReason | None = None
         self.end_reason: str | None = None
-        self.transfers: list[dict[str, Any]] = []  # requested by the AI; the engine REFERs
+        self.transfers: list[dict[str, Any]] = []  # requested by the AI; CallControl REFERs
         # rtpai's latest request to the proxy to end the call: reason, status, error.
         self.hangup: dict[str, Any] | None = None
         # Why the proxy's delete is expected (a hang-up or transfer it accepted): the end
@@ -200,7 +200,7 @@ class Call:
         """rtpai ends the call (media timeout, AI failure, the model's ``end_call``).
 
         With a proxy that can end calls the call stays up while the proxy is asked, and ends
-        with its ``delete`` (the engine bounds the wait); ``by_ai``: a refusal is told to
+        with its ``delete`` (ctl/call_control.py bounds the wait); ``by_ai``: a refusal is told to
         the model, and the call goes on. Without one (or before the call's tasks run), the
         call ends here at once.
         """
@@ -253,7 +253,7 @@ class Call:
 
     def transfer(self, target: str) -> None:
         """The AI asks for the caller to be transferred: recorded in the statistics, and
-        handed to ``on_transfer`` (the engine tells the proxy, which sends the REFER)."""
+        handed to ``on_transfer`` (CallControl tells the proxy, which sends the REFER)."""
         record = {"target": target, "at": int(time.time()), "status": "requested"}
         self.transfers.append(record)
         log.info("call %s: transfer to %s requested", self.call_id, target)
