@@ -386,7 +386,10 @@ class Engine:
         )
 
     def active_calls(self) -> int:
-        return sum(1 for call in self.calls if call.state is not CallState.ENDED)
+        return queries.active_calls(self.calls)
 
     def statistics(self, request: NgRequest | None) -> dict[str, Any]:
-        return queries.statistics(self)
+        return queries.statistics(
+            self.calls, started=self.started, ports=self.ports, rtp=self.config["rtp"],
+            totals=self.totals, dispatcher=self.dispatcher,
+        )

@@ -8,18 +8,20 @@ instant the figures are taken at.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ctl import gcstats, replies
-from ctl.call import Call
+from ctl.call import Call, CallState
 from ctl.ng import REASON_UNKNOWN_CALL, NgError
 from ctl.ng_requests import CallSelector, ListRequest
 from ctl.registry import CallRegistry
 
 if TYPE_CHECKING:
-    from ctl.engine import Engine
+    from ctl.dispatcher import Dispatcher
+    from media.ports import PortPairAllocator
 
 
 def call_statistics(call: Call, *, parties: bool = True) -> dict[str, Any]:
@@ -50,7 +52,23 @@ def list_calls(calls: CallRegistry[Call], request: ListRequest) -> dict[str, Any
     return {"calls": calls.call_ids()[: request.limit]}
 
 
-def statistics(engine: Engine) -> dict[str, Any]:
+def active_calls(calls: CallRegistry[Call]) -> int:
+    """The calls not yet ended (``sessionsown``; ``[ng] max_sessions`` counts these)."""
+    return sum(1 for call in calls if call.state is not CallState.ENDED)
+
+
+def statistics(
+    calls: CallRegistry[Call],
+    *,
+    started: float,
+    ports: PortPairAllocator,
+    rtp: Mapping[str, Any],
+    totals: dict[str, int],
+    dispatcher: Dispatcher,
+) -> dict[str, Any]:
     """The engine's counters, and the cycle collector's when it is monitored."""
     gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
-    return replies.engine_statistics(engine, wall=time.time(), gc=gc_figures)
+    return replies.engine_statistics(
+        wall=time.time(), gc=gc_figures, started=started, sessions_own=active_calls(calls),
+        sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, dispatcher=dispatcher,
+    )
