@@ -21,6 +21,9 @@ log = logging.getLogger("rtpai.engine")
 
 # How long a transfer waits for the words the AI said before it to finish playing.
 TRANSFER_PLAYOUT_WAIT = 15.0
+# A hang-up rtpai asks for by itself (media timeout, AI failure) and the proxy refuses is asked
+# again after these pauses (the last repeats), while [proxy] hangup_timeout lasts.
+HANGUP_RETRY_PAUSES = (0.25, 0.5, 1.0, 2.0)
 
 
 class CallControl:
@@ -63,7 +66,11 @@ class CallControl:
         assert record is not None
         event = ProxyEvent("hangup", call.call_id, call.from_tag, call.to_tag, reason)
         try:
-            outcome = await self.proxy.carry_out(event)
+            if by_ai:
+                # The model hears a refusal at once and may go on talking to the caller.
+                outcome = await self.proxy.carry_out(event)
+            else:
+                outcome = await self._ask_until_accepted(event)
         finally:
             if call.state is CallState.ENDING and record["status"] == "requested":
                 # The proxy's BYE came back as a delete before its answer did (OpenSIPS and
@@ -82,6 +89,26 @@ class CallControl:
         record["status"] = "sent"
         call.pending_reason = (kind, reason)
         await self._await_delete(call, reason)
+
+    async def _ask_until_accepted(self, event: ProxyEvent) -> Any:
+        """Ask for ``event`` until the proxy accepts or ``hangup_timeout`` has passed.
+
+        A refusal may be transient, and giving up on it leaves the caller's dialog up with
+        no media behind it: Kamailio cannot end a dialog that is not confirmed yet ("terminating
+        non-confirmed dialogs not supported"), and a media timeout or an AI failure can come
+        before the caller's ACK has reached it (a loaded proxy, a slow network)."""
+        deadline = trio.current_time() + self.hangup_timeout
+        pauses = iter(HANGUP_RETRY_PAUSES)
+        pause = 0.0
+        while True:
+            outcome = await self.proxy.carry_out(event)
+            pause = next(pauses, pause)
+            if outcome.ok or trio.current_time() + pause >= deadline:
+                return outcome
+            self._totals["hangup retries"] += 1
+            log.info("call %s: the proxy refused the hang-up (%s): asking again in %g s",
+                     event.call_id, outcome.detail, pause)
+            await trio.sleep(pause)
 
     async def _await_delete(self, call: Call, reason: str) -> None:
         """The proxy accepted: its delete ends the call (and this wait, a task of the call).

@@ -82,7 +82,7 @@ class Engine:
         self.calls: CallRegistry[Call] = CallRegistry()
         self.started = time.time()
         self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0,
-                       "hangup failures": 0, "hangup timeouts": 0}
+                       "hangup failures": 0, "hangup timeouts": 0, "hangup retries": 0}
         self.dispatcher = Dispatcher(
             {
                 "ping": self.ping,

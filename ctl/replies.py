@@ -216,6 +216,7 @@ def engine_statistics(
                 # accepted but no delete came within [proxy] hangup_timeout.
                 "hangupfailures": totals["hangup failures"],
                 "hanguptimeouts": totals["hangup timeouts"],
+                "hangupretries": totals["hangup retries"],  # refusals asked again
             },
             "controlstatistics": {
                 "proxies": [],

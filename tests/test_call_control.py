@@ -216,6 +216,64 @@ async def test_a_refused_hangup_rtpai_asked_for_ends_the_call_here(autojump_cloc
             nursery.cancel_scope.cancel()
 
 
+class RefusingUntilConfirmed(FakeProxyControl):
+    """Kamailio before the caller's ACK: it refuses to end the dialog for ``refusals`` tries."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+        self.accepted = trio.Event()
+
+    async def carry_out(self, event: ProxyEvent) -> ProxyOutcome:
+        outcome = await super().carry_out(event)
+        if len(self.requests) <= self.refusals:
+            return ProxyOutcome(False, "terminating non-confirmed dialogs not supported")
+        self.accepted.set()
+        return outcome
+
+
+async def test_a_refused_hangup_rtpai_asked_for_is_asked_again_until_accepted(autojump_clock):
+    """A media timeout before the dialog is confirmed: the proxy refuses, rtpai asks again
+    (bounded) instead of leaving the caller's dialog up with no media behind it."""
+    with silent_ai() as ai:
+        async with trio.open_nursery() as nursery:
+            engine = make_engine(ai)
+            engine.control.proxy = proxy = RefusingUntilConfirmed(refusals=2)
+            await nursery.start(engine.run)
+            call = await start_call(engine)
+            call.hang_up(EndReason.MEDIA_TIMEOUT, "media timeout (1 s without RTP)")
+            await proxy.accepted.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            times = [at for at, _ in proxy.requests]
+            assert len(times) == 3 and call.hangup["status"] == "sent"
+            assert times[1] - times[0] == pytest.approx(0.25)
+            assert times[2] - times[1] == pytest.approx(0.5)
+            assert not call.ended.is_set()  # up until the proxy's delete
+            reply = handle(engine, NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            assert reply["rtpai"]["end reason"].startswith("media timeout")
+            totals = engine.statistics(NgRequest("statistics", {}))["statistics"]
+            assert totals["totalstatistics"]["hangupretries"] == 2
+            assert totals["totalstatistics"]["hangupfailures"] == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_hangup_is_asked_again_only_within_hangup_timeout(autojump_clock):
+    with silent_ai() as ai:
+        async with trio.open_nursery() as nursery:
+            engine = make_engine(ai, PROXY_HANGUP_TIMEOUT="3")
+            engine.control.proxy = proxy = RefusingUntilConfirmed(refusals=100)
+            await nursery.start(engine.run)
+            call = await start_call(engine)
+            start = trio.current_time()
+            call.hang_up(EndReason.AI_FAILED, "AI session failed")
+            await call.ended.wait()
+            # 0, 0.25, 0.75, 1.75: the next try (3.75) would be past the 3 s bound.
+            assert [round(at - start, 2) for at, _ in proxy.requests] == [0, 0.25, 0.75, 1.75]
+            assert call.hangup["status"] == "failed"
+            assert engine.ports.in_use == 0 and len(engine.calls) == 0
+            nursery.cancel_scope.cancel()
+
+
 def test_tools_a_proxy_cannot_carry_out_are_not_offered(caplog):
     with silent_ai() as ai:
         none = make_engine(ai, PROXY_TYPE="none", OPENAI_TRANSFER_TARGET="sip:desk@example.com")
