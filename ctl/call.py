@@ -18,7 +18,7 @@ from media.clock import MediaClock
 from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.state import Machine, Transitions
 from media.stream import MediaStream, close_socket
 
@@ -87,7 +87,7 @@ class Call:
         on_hang_up: Callable[[Call, EndReason, str, bool], Awaitable[None]] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
-        poller: MediaPoller,
+        poller: SocketPoller,
         settings: AiSettings,
         flavor: Flavor,
         release_ports: Callable[[], None],

@@ -45,7 +45,7 @@ from media.bridge import EndReason
 from media.clock import MediaClock
 from media.flavor import AiSettings
 from media.options import MediaOptions
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.ports import PortPairAllocator
 
 log = logging.getLogger("rtpai.engine")
@@ -113,7 +113,7 @@ class Engine:
         # One clock paces every call's RTP (media/clock.py); it lives in the engine nursery.
         self.clock = MediaClock()
         # One epoll set receives every call's RTP and RTCP (media/poller.py), likewise.
-        self.poller = MediaPoller()
+        self.poller = SocketPoller()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started`` gets the ng address."""
