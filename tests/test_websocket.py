@@ -32,13 +32,14 @@ from openai_flavor.websocket import (
     encode_frame,
     parse_close,
 )
+from openai_flavor.websocket.handshake import Upgrade
 
 TLS_DIR = pathlib.Path(__file__).parent / "fakes" / "tls"
 
 
 def buffered(ws: websocket.WebSocket) -> int:
     """Bytes the client holds for the kernel: how far the connection is backed up."""
-    return len(ws._pending)
+    return ws._transport.backlog
 
 
 def server_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
@@ -78,6 +79,39 @@ def unmask_client_frame(frame: bytes) -> tuple[int, bytes]:
 
 def test_accept_key_matches_rfc_6455_example():
     assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def answer_101(upgrade: Upgrade) -> bytes:
+    """The server's 101 to ``upgrade``'s request (its key read back from the request)."""
+    key = next(line.split(b": ", 1)[1] for line in upgrade.request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key"))
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(key.decode()).encode() + b"\r\n\r\n")
+
+
+def test_the_upgrade_completes_on_a_101_and_returns_the_frames_after_it_at_any_split():
+    frame = server_frame(OP_TEXT, b'{"type":"session.created"}')
+    for split in range(1, 60):
+        upgrade = Upgrade("api.example", "/v1/realtime?model=m", [("Authorization", "k")])
+        assert upgrade.request.startswith(b"GET /v1/realtime?model=m HTTP/1.1\r\n")
+        answer = answer_101(upgrade) + frame
+        assert upgrade.receive_data(answer[:split]) is None
+        assert upgrade.receive_data(answer[split:]) == frame
+
+
+def test_the_upgrade_refused_or_answered_wrongly_raises():
+    upgrade = Upgrade("h", "/", [])
+    assert upgrade.receive_data(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n") is None
+    with pytest.raises(HandshakeRejected) as refused:
+        upgrade.receive_data(b"no")
+    assert refused.value.status == 401
+    upgrade = Upgrade("h", "/", [])
+    wrong = answer_101(upgrade).replace(b"Accept: ", b"Accept: x")
+    with pytest.raises(websocket.WebSocketError, match="Sec-WebSocket-Accept"):
+        upgrade.receive_data(wrong)
+    with pytest.raises(websocket.WebSocketError, match="closed the connection"):
+        Upgrade("h", "/", []).receive_data(b"")
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 125, 126, 127, 65535, 65536, 70000])
@@ -323,7 +357,7 @@ async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order
         url = await start_server(nursery, handler)
         ws = await WebSocket.connect(url, [], send_buffer=bound)
         # Shrink the kernel's buffers so that back-pressure comes quickly.
-        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         nursery.start_soon(ws.flush)
         taken = 0
         message = "a" * 1000
@@ -428,7 +462,7 @@ async def test_a_server_that_never_reads_fails_the_connection_past_the_hard_cap(
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, handler)
         ws = await WebSocket.connect(url, [], send_buffer=bound)
-        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sent = 0
         while ws.send_text("c" * 1000):
             sent += 1
@@ -453,7 +487,7 @@ async def test_the_flusher_gives_up_when_the_socket_takes_nothing_for_send_timeo
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, handler)
         ws = await WebSocket.connect(url, [], send_timeout=3)
-        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         # The server's reader takes one message and stops (nobody asks for it): the kernel's
         # buffers fill, then ours.
         while buffered(ws) < 32 * 1024:
