@@ -109,7 +109,16 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
-    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    """A close frame's payload: the code, and the reason cut to fit a control frame (125
+    bytes) on a character boundary, so the peer never sees broken UTF-8 (it would fail us
+    with 1007). A code no peer may send (1005, 1006 and 1015 name what happened without a
+    close frame, RFC 6455 s7.4.1) never reaches the wire: 1000 goes instead."""
+    if not valid_close_code(code):
+        code = CLOSE_NORMAL
+    reason_bytes = reason.encode("utf-8")
+    if len(reason_bytes) > 123:
+        reason_bytes = reason_bytes[:123].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + reason_bytes
 
 
 class FrameDecoder:
