@@ -7,7 +7,7 @@ time a task waits on it). Here every call's RTP and RTCP sockets sit in one leve
 like any socket) and then, for each ready socket, calls its handler synchronously. Packets
 arriving together for many calls (a 1 ms burst) cost one wake-up.
 
-The AI sessions' WebSocket sockets sit here too (openai_flavor/session.py): the poller knows
+The AI sessions' WebSocket sockets sit here too (openai_flavor/reader.py): the poller knows
 nothing of what a socket carries, only whom to call. For TCP a handler takes one read.
 
 A handler takes **one** datagram and the poller asks epoll again until no socket is ready:
