@@ -19,7 +19,7 @@ from ctl.config import load_config
 from ctl.engine import Engine
 from media.bridge import CallBridge
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.sdp import parse_sdp
 from media.tones import reconnect_cue
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
@@ -44,7 +44,7 @@ async def hostile(fault: str, *, times: int | None = None, tls: bool = False, **
         if tls:
             base = base.replace("ws://", "wss://")
         url = f"{base}?fault={fault}&call=c1" + (f"&times={times}" if times else "")
-        poller = MediaPoller()
+        poller = SocketPoller()
         await nursery.start(poller.run)
         ended: list[str] = []
         bridge = CallBridge(

@@ -19,7 +19,7 @@ import trio
 
 from media.bridge import CallBridge, EndReason
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from openai_flavor import events
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings, ToolSpec
@@ -82,7 +82,7 @@ def make_settings(url: str, **overrides) -> RealtimeSettings:
 async def harness(server: FakeRealtimeServer, *, tls: ssl.SSLContext | None = None, **settings):
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(server.serve, ssl_context=tls))
-        poller = MediaPoller()  # the engine's, in production: it reads the WebSocket
+        poller = SocketPoller()  # the engine's, in production: it reads the WebSocket
         await nursery.start(poller.run)
         keys_send, keys_receive = trio.open_memory_channel[Digit](8)
         h_ended: list[str] = []
