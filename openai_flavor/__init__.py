@@ -5,6 +5,7 @@ settings and its session factory. The control plane reaches it only through that
 """
 
 from media import flavor as _registry
+from openai_flavor.mcp import MCP_SETTINGS, McpServer, build_server
 from openai_flavor.session import RealtimeSession
 from openai_flavor.settings import OPENAI_SETTINGS, RealtimeSettings, check_tools
 
@@ -19,4 +20,6 @@ FLAVOR = _registry.register(_registry.Flavor(
     configure=_configure,
     check=check_tools,
     new_session=RealtimeSession,
+    # [mcp:NAME]: remote MCP servers the Realtime server calls for the model.
+    named=(_registry.NamedSections("mcp", MCP_SETTINGS, build_server, McpServer.secrets),),
 ))

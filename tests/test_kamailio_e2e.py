@@ -7,7 +7,9 @@ the server's reply back to sipp's RTP port (seen on lo, byte for byte); BYE -> `
 the call and frees its ports. Breaking rtpai's SDP, media or delete handling fails this test.
 
 The calls end on events, not on timers: the first waits for the whole reply to arrive and then
-has rtpai hang up through Kamailio (sipp expects that BYE); the second is sipp's own BYE.
+has rtpai hang up through Kamailio (sipp expects that BYE); the second is sipp's own BYE. The
+first runs again behind Kamailio against the fake in Azure's and in xAI's shape
+(``[openai] provider``): their endpoint, credentials and session shape, end to end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.peers import (
     UAC_HOLD_SCENARIO,
     UAC_WAIT_BYE_SCENARIO,
     LoopbackCapture,
+    require_proxy,
     require_root,
     require_tool,
     run_sipp,
@@ -46,7 +49,34 @@ def caller_payloads() -> list[bytes]:
     return [bytes([(n * 13 + i) % 251 for i in range(160)]) for n in range(CALLER_FRAMES)]
 
 
+# What each provider's shape must show on the fake's side of the call.
+PROVIDERS = {
+    "openai": ({}, {}, lambda s: s.headers["authorization"] == "Bearer test-key"),
+    "azure": ({"provider": "azure"},
+              {"OPENAI_PROVIDER": "azure", "OPENAI_API_MODEL": "rtpai-deployment"},
+              lambda s: (s.headers["api-key"] == "test-key" and s.model == "rtpai-deployment"
+                         and "authorization" not in s.headers)),
+    "xai": ({"provider": "xai"}, {"OPENAI_PROVIDER": "xai", "OPENAI_VOICE": "eve"},
+            lambda s: (s.headers["authorization"] == "Bearer test-key"
+                       and s.session["voice"] == "Eve"
+                       and s.session["audio"]["input"]["format"]["type"] == "audio/pcmu")),
+}
+
+
 async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, proxy_kind):
+    await call_through_the_proxy(tmp_path, proxy_kind, "openai", rtp_ports=("42000", "42099"))
+
+
+@pytest.mark.parametrize("provider", ["azure", "xai"])
+async def test_provider_shapes_through_kamailio(tmp_path, provider):
+    """Azure's and xAI's shapes, end to end behind the real Kamailio, against the strict fake
+    in that shape: a wrong URL, header or session field fails the call's first steps."""
+    require_proxy("kamailio")
+    await call_through_the_proxy(tmp_path, "kamailio", provider, rtp_ports=("42200", "42299"))
+
+
+async def call_through_the_proxy(tmp_path, proxy_kind: str, provider: str, *,
+                                 rtp_ports: tuple[str, str]) -> None:
     require_tool("sipp")
     require_root()  # sipp's pcap player and LoopbackCapture use raw sockets
 
@@ -54,7 +84,9 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
     pcap = tmp_path / "caller.pcap"
     write_rtp_pcap(pcap, payloads)
     reply_audio = tone("pcmu", REPLY_MS, hz=440)
-    server = FakeRealtimeServer(reply_audio=reply_audio, respond_after_ms=300, speed=0)
+    fake_shape, env, shape_ok = PROVIDERS[provider]
+    server = FakeRealtimeServer(reply_audio=reply_audio, respond_after_ms=300, speed=0,
+                                **fake_shape)
     sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
     http_port = unused_port(socket.SOCK_STREAM)
 
@@ -62,9 +94,9 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
             path = "/RPC" if proxy_kind == "kamailio" else "/mi"
-            engine = engine_for_test(url, RTP_MIN_PORT="42000", RTP_MAX_PORT="42099",
+            engine = engine_for_test(url, RTP_MIN_PORT=rtp_ports[0], RTP_MAX_PORT=rtp_ports[1],
                                      PROXY_TYPE=proxy_kind,
-                                     PROXY_URL=f"http://127.0.0.1:{http_port}{path}")
+                                     PROXY_URL=f"http://127.0.0.1:{http_port}{path}", **env)
             deletes = watch(engine, "delete")
             ng_address = await nursery.start(engine.run)  # the engine first: Kamailio pings it
             async with (
@@ -89,7 +121,8 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
 
                 # The session opened at offer time; the caller's audio reaches it unchanged.
                 session = await server.wait_for_session(1)
-                assert session.headers["authorization"] == "Bearer test-key"
+                await session.wait_for_client_event("session.update")
+                assert shape_ok(session)
                 await session.wait_until(lambda s: len(s.audio_in) >= CALLER_FRAMES * 160)
                 assert bytes(session.audio_in) == b"".join(payloads)
                 call = next(iter(engine.calls))
@@ -119,6 +152,7 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
                     probe.bind((LOOPBACK, port))
             await session.closed.wait()
+            assert [e for e in session.server_events if e["type"] == "error"] == []
             nursery.cancel_scope.cancel()
 
 

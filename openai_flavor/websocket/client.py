@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from media.bridge import weak_method
 from media.state import Machine, Transitions
 from openai_flavor.websocket.framing import (
     CLOSE_ABNORMAL,
@@ -100,7 +101,10 @@ class WebSocket:
                  max_message: int = MAX_MESSAGE_BYTES, send_buffer: int = MAX_BUFFERED_BYTES,
                  send_timeout: float = math.inf) -> None:
         self._transport = Transport(sock, tls, incoming, outgoing, send_buffer=send_buffer,
-                                    send_timeout=send_timeout, on_failure=self._transport_failed)
+                                    send_timeout=send_timeout,
+                                    # Weakly: a bound method back would make every connection
+                                    # a reference cycle for the cycle collector (issue 18).
+                                    on_failure=weak_method(self._transport_failed))
         self._decoder = FrameDecoder(max_message=max_message)
         self.frames_received = 0  # every frame, control frames too: for a flood policy
         self.pong: bytes | None = None  # the payload of the last pong (keepalive)
