@@ -5,7 +5,7 @@ a reconnect) and runs, in a nursery of its own:
 
 * the reader (openai_flavor/reader.py), which hands server events to :meth:`handle`:
   playout, barge-in, transcripts, usage, tool calls;
-* the flusher: output the socket could not take at once (openai_flavor/websocket.py);
+* the flusher: output the socket could not take at once (openai_flavor/websocket/);
 * the watchdog's task, which also sends the keepalive pings;
 * the welcome message, once caller media flows; the caller's DTMF digits; tool calls;
 * with ``idle_reprompt_s``, the wait for a silent caller; with ``max_call_s``, the length
@@ -147,7 +147,7 @@ class Conversation(ServerEvents):
 
     def send(self, event: dict[str, Any]) -> None:
         """Send a client event now. A broken connection surfaces in the reader and flusher
-        (openai_flavor/websocket.py), which end this connection; here it is dropped."""
+        (openai_flavor/websocket/), which end this connection; here it is dropped."""
         self._ws.send_text(json.dumps(event))
         if event["type"] == "response.create":
             self._silence.busy()
