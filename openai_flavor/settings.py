@@ -22,6 +22,7 @@ from media.settings import (
     text,
     word_list,
 )
+from openai_flavor.pricing import PriceTable
 
 # The GA voices (reference: audio.output.voice); the beta interface knows the same names.
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
@@ -249,6 +250,8 @@ class RealtimeSettings:
     max_message_bytes: int = _DEFAULT["max_message_bytes"]
     reconnect_tone: bool = _DEFAULT["reconnect_tone"]  # a short cue when the link is lost
     explicit: frozenset[str] = frozenset()  # the keys the user set (file or environment)
+    # [pricing]: what the session's tokens cost (the defaults unless configured).
+    prices: PriceTable = field(default_factory=PriceTable.defaults, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], *, explicit: frozenset[str] = frozenset()):
