@@ -10,6 +10,8 @@ Signals (docs/configuration.md, "Signals"): none of them kills a call without a 
 * SIGUSR1: one log line with the engine's state (calls, ports, AI sessions).
 * SIGUSR2, SIGALRM: logged and ignored (their default action would kill every call).
 * SIGPIPE: ignored, as Python ignores it from start-up (a closed socket is an EPIPE error).
+* SIGXFSZ: ignored, so that a write past a file-size limit (``LimitFSIZE``, ``ulimit -f``) is
+  an EFBIG error of that recording alone (docs/recording.md), not the end of every call.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if after != before:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
                  after // FDS_PER_CALL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     engine = Engine(config)
     gcstats.tune_for_server()  # everything built so far lives as long as the process
     try:
