@@ -170,6 +170,9 @@ def rtpai_statistics(call: Call) -> dict[str, Any]:
         "pacer re-anchors": stats.pacer_reanchors,
         "transfers": list(call.transfers),
         "hang-up": call.hangup,
+        # The call's latest recording (docs/recording.md): status, file, figures; None if
+        # none was made.
+        "recording": call.recording_files[-1].as_dict() if call.recording_files else None,
         "ai": call.ai.snapshot(),
     }
 
@@ -188,7 +191,9 @@ def engine_statistics(engine: Engine, *, wall: float, gc: dict[str, Any]) -> dic
         "statistics": {
             # rtpai's own keys under a key of their own, as in the query reply: the cycle
             # collector's collections and pauses (ctl/gcstats.py).
-            "rtpai": {"gc": gc},
+            # Recording and call-record counters (docs/recording.md), exported as metrics.
+            "rtpai": {"gc": gc, "recording": engine.recordings.statistics(),
+                      "cdr": engine.call_records.statistics()},
             "currentstatistics": {
                 "sessionsown": engine.active_calls(),
                 "sessionstotal": len(engine.calls),
