@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ctl.config import host_port
-from ctl.ng import decode_reply, encode_request
+from ctl.ng import decode_reply
 
 # As the proxy modules do: resend the same datagram (same cookie) after 1 s, five times.
 RETRANSMIT_INTERVAL = 1.0
@@ -29,7 +29,9 @@ def send_command(
 ) -> dict[str, Any]:
     """Send one ng command and wait for its reply, retransmitting like the proxy modules."""
     cookie = secrets.token_hex(6).encode()
-    datagram = encode_request(cookie, command, params)
+    # JSON, which rtpai (and rtpengine) answer in JSON: bencode has no floats, and an
+    # operator wants the jitter, the transcript's times and the cost as they are.
+    datagram = cookie + b" " + json.dumps({"command": command, **(params or {})}).encode()
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect(address)

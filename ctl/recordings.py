@@ -21,10 +21,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ctl.call import CallState
+from ctl.cdr import CallRecords
+from ctl.dispatcher import Command
+from ctl.ng import REASON_UNKNOWN_CALL, NgError
+from ctl.ng_requests import CallSelector
 from ctl.records import call_record
 from media.recording import CallRecording, RecordingFile, RecordingStatus, recording_basename
 from media.recording_writer import RecordingWriter
@@ -73,6 +80,28 @@ class Recordings:
                 "failures": counters.failures, "batches dropped": counters.batches_dropped}
 
     # --- the commands and flags ---------------------------------------------------------------
+
+    def command(self, action: str, calls: list[Call]) -> dict[str, Any]:
+        """ng ``start recording`` / ``pause recording`` / ``stop recording`` for the calls a
+        request names (every leg of the call-id without tags, as rtpengine)."""
+        if not calls:
+            raise NgError(REASON_UNKNOWN_CALL)
+        if not self.enabled:
+            raise NgError(REASON_DISABLED)
+        for call in calls:
+            if call.state in (CallState.ENDING, CallState.ENDED):
+                continue  # its recording is being completed with its record
+            if action == "start":
+                self.start(call)
+            elif action == "pause":
+                self.pause(call)
+            else:
+                self.stop(call)
+        return {}
+
+    def offer_warning(self, requested: bool | None) -> str | None:
+        """What an offer's reply says when it asks for a recording nobody will make."""
+        return REASON_DISABLED if requested and not self.enabled else None
 
     def on_new_call(self, call: Call, requested: bool | None) -> None:
         """A new call (its offer): recorded under ``all``, or when the offer asks."""
@@ -123,3 +152,58 @@ class Recordings:
                                                                    "duration s": None}
         call.detach_recording()
         recording.stop(record)
+
+
+class CallArchive:
+    """What the engine keeps of its calls: recordings and call records, behind the few
+    calls the engine makes (docs/recording.md)."""
+
+    def __init__(self, config: Mapping[str, Mapping[str, Any]]) -> None:
+        self.recordings = Recordings.from_config(config["recording"])
+        self.call_records = CallRecords.from_config(config["cdr"])
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[None]:
+        """Around the engine nursery: the writer thread runs; at the end (every call has
+        ended and handed over its record) the records are delivered and the recordings
+        completed, bounded and shielded from the shutdown."""
+        self.recordings.start_writer()
+        try:
+            yield
+        finally:
+            await self.call_records.drain()
+            await self.recordings.stop_writer()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The call records' senders, in the engine nursery."""
+        await self.call_records.run(task_status=task_status)
+
+    def commands(self, select: Callable[[CallSelector], list[Call]]) -> dict[str, Command]:
+        """The dispatch table's rows for rtpengine's recording commands."""
+
+        def row(action: str) -> Command:
+            return Command(lambda request: self.recordings.command(action, select(request)),
+                           CallSelector.parse)
+
+        return {f"{action}-recording": row(action) for action in ("start", "pause", "stop")}
+
+    def offer_reply(self, reply: dict[str, Any], record: bool | None) -> dict[str, Any]:
+        """An offer's reply, with a warning when it asks for a recording nobody will make
+        (the call goes on, unrecorded)."""
+        warning = self.recordings.offer_warning(record)
+        return reply | {"warning": warning} if warning else reply
+
+    def statistics(self) -> dict[str, Any]:
+        return {"recording": self.recordings.statistics(),
+                "cdr": self.call_records.statistics()}
+
+    def call_ended(self, call: Call) -> None:
+        """A call has ended: its record completes its recording (the sidecar) and goes to
+        the CDR destinations. Built only when someone wants it."""
+        if not (call.recording_files or self.call_records.enabled):
+            return
+        record = call_record(call, ended_wall=time.time())
+        self.recordings.stop(call, dict(record))  # the sidecar; the writer adds the WAV's figures
+        # Now "stopped" (the writer is completing them) or "failed": the CDR says which.
+        record["recordings"] = [file.as_dict() for file in call.recording_files]
+        self.call_records.submit(record)

@@ -131,12 +131,15 @@ class PriceTable:
         return prices
 
     def cost(self, model: str, usage: Mapping[str, Any]) -> dict[str, Any] | None:
-        """``{"usd", "model", "prices_as_of"}`` for a session's summed usage (the shape of
-        ``response.done``'s), or None when the model has no price."""
+        """``{"usd", "usd micros", "model", "prices_as_of"}`` for a session's summed usage
+        (the shape of ``response.done``'s), or None when the model has no price."""
         prices = self.prices_for(model)
         if prices is None:
             return None
-        return {"usd": round(usage_cost(prices, usage), 6), "model": model,
+        usd = usage_cost(prices, usage)
+        # bencode, the proxies' encoding of the ng reply, has no floats (they are rounded to
+        # integers): the same figure in millionths of a dollar survives it.
+        return {"usd": round(usd, 6), "usd micros": round(usd * 1_000_000), "model": model,
                 "prices_as_of": prices.as_of}
 
 

@@ -29,8 +29,8 @@ def test_the_default_prices_are_openais_published_ones_with_their_date():
     # text: 0.4M fresh x $4 + 0.1M cached x $0.40 + 0.1M out x $24;
     # audio: 0.5M fresh x $32 + 0.5M cached x $0.40 + 0.2M out x $64.
     expected = 0.4 * 4 + 0.1 * 0.40 + 0.1 * 24 + 0.5 * 32 + 0.5 * 0.40 + 0.2 * 64
-    assert cost == {"usd": pytest.approx(expected), "model": "gpt-realtime-2.1",
-                    "prices_as_of": DEFAULT_PRICES_AS_OF}
+    assert cost == {"usd": pytest.approx(expected), "usd micros": round(expected * 1e6),
+                    "model": "gpt-realtime-2.1", "prices_as_of": DEFAULT_PRICES_AS_OF}
     mini = table().cost("gpt-realtime-2.1-mini", USAGE)["usd"]
     assert mini == pytest.approx(0.4 * 0.6 + 0.1 * 0.06 + 0.1 * 2.4 + 0.5 * 10 + 0.5 * 0.3
                                  + 0.2 * 20)
