@@ -221,10 +221,9 @@ class RecordingWriter:
         self.counters.finished += 1
         if sidecar is not None:
             stem = file.path[:-4] if file.path.endswith(".wav") else file.path
+            record_path = file.sidecar = stem + ".json"
             record = dict(sidecar, recording=file.as_dict())
             data = json.dumps(record, indent=2, ensure_ascii=False, default=str).encode()
-            record_path = stem + ".json"
-            file.sidecar = record_path
             fd = os.open(record_path + PART_SUFFIX,
                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
             try:
