@@ -118,6 +118,9 @@ class CallRecording:
     file: RecordingFile
     started: float
     writer: Writer
+    # Frames are taken while this holds: recording, not paused or stopped, the writer not
+    # failed (a plain attribute: it is read for every packet).
+    active: bool = True
     _batch: list[tuple[int, int, bytes]] = field(default_factory=list)
     # The caller's anchor: (timeline sample, RTP timestamp) of the packet it was taken on.
     _anchor_at: int = 0
@@ -126,40 +129,43 @@ class CallRecording:
 
     def caller(self, payload: bytes, timestamp: int, now: float) -> None:
         """A caller frame (after reordering), ``now`` its arrival on the engine's clock."""
-        if not self.file.recording:
+        # Per packet: plain attributes and integers only, no call but the list's append
+        # (docs/recording.md has what it costs).
+        if not self.active:
             return
-        arrival = int((now - self.started) * SAMPLE_RATE)
+        arrival = int((now - self.started) * 8000)
         anchor = self._anchor_timestamp
-        if anchor is None:
-            at = arrival
-        else:
+        if anchor is not None:
             # RFC 3550 timestamps wrap at 2**32: the signed difference from the anchor.
-            at = self._anchor_at + ((timestamp - anchor + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            if abs(at - arrival) <= REANCHOR_SAMPLES:
-                self._add(LEFT, at, payload)
-                return
-            at = arrival  # a restart, or drift: anchor afresh on the arrival time
-        self._anchor_at, self._anchor_timestamp = at, timestamp
-        self._add(LEFT, at, payload)
+            delta = (timestamp - anchor) & 0xFFFFFFFF
+            if delta >= 0x80000000:
+                delta -= 0x100000000
+            at = self._anchor_at + delta
+            if not -REANCHOR_SAMPLES <= at - arrival <= REANCHOR_SAMPLES:
+                at = arrival  # a restart, or drift: anchor afresh on the arrival time
+                self._anchor_at, self._anchor_timestamp = at, timestamp
+        else:
+            at = arrival
+            self._anchor_at, self._anchor_timestamp = at, timestamp
+        if at >= 0:  # else before the recording started (delivered late): not ours
+            batch = self._batch
+            batch.append((LEFT, at, payload))
+            if len(batch) >= BATCH_FRAMES:
+                self.flush()
 
     def played(self, payload: bytes, now: float) -> None:
         """A frame rtpai sent the caller at ``now`` (its pacer tick)."""
-        if not self.file.recording:
+        if not self.active:
             return
-        at = int((now - self.started) * SAMPLE_RATE)
+        at = int((now - self.started) * 8000)
         expected = self._next_played
         # On the grid the frames are contiguous (a tick a little late or early does not move
         # them); after a pause in sending, or a pacer re-anchor, they start where the tick was.
-        if expected is not None and abs(at - expected) < len(payload):
+        if expected is not None and -len(payload) < at - expected < len(payload):
             at = expected
         self._next_played = at + len(payload)
-        self._add(RIGHT, at, payload)
-
-    def _add(self, channel: int, at: int, payload: bytes) -> None:
-        if at < 0:
-            return  # before the recording started (a frame delivered late): not ours
         batch = self._batch
-        batch.append((channel, at, payload))
+        batch.append((RIGHT, at, payload))
         if len(batch) >= BATCH_FRAMES:
             self.flush()
 
@@ -168,6 +174,9 @@ class CallRecording:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
+        if self.file.outcome is not None:
+            self.active = False  # the writer gave up (a full disk): stop collecting
+            return
         if not self.writer.submit(self.file, batch):
             self.file.batches_dropped += 1
 
@@ -175,11 +184,13 @@ class CallRecording:
         if self.file.state is RecordingStatus.RECORDING:
             self.flush()
             self.file.state = RecordingStatus.PAUSED
+            self.active = False
 
     def resume(self) -> None:
         if self.file.state is RecordingStatus.PAUSED:
             self._next_played = None
             self.file.state = RecordingStatus.RECORDING
+            self.active = self.file.outcome is None
 
     def stop(self, sidecar: dict[str, Any] | None = None) -> None:
         """No more audio: the writer completes the file (idempotent; the first call's
@@ -189,4 +200,5 @@ class CallRecording:
         if self.file.state is RecordingStatus.RECORDING:
             self.flush()
         self.file.state = RecordingStatus.STOPPED
+        self.active = False
         self.writer.finish(self.file, sidecar)

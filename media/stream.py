@@ -315,7 +315,7 @@ class MediaStream:
             if self.dtmf.pending:  # an event is open: audio may show it has ended
                 self.events.put(self.dtmf.audio(packet.timestamp))
             self.ai_audio.push(packet.payload, self._now)
-            recorder = self.recorder
+            recorder = self._recorder  # the attribute, not the property: a call per packet
             if recorder is not None:  # placed on the recording's timeline (media/recording.py)
                 recorder.caller(packet.payload, packet.timestamp, self._now)
         elif pt == self.telephone_event:
