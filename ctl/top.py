@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import curses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +125,11 @@ def render(frame: Frame, *, width: int, address: str) -> list[str]:
 
 def run_curses(send: Callable[..., dict[str, Any]], *, address: str, interval: float,
                limit: int) -> int:
+    # The terminal's size from the terminal, not from $LINES/$COLUMNS: a shell or a tool may
+    # have exported them at another size, and they do not follow a resize. (ncurses'
+    # use_env(False) is not that: it would take terminfo's fixed 80x24.)
+    os.environ.pop("LINES", None)
+    os.environ.pop("COLUMNS", None)
     return curses.wrapper(_loop, send, address, interval, limit)
 
 

@@ -91,9 +91,12 @@ async def test_top_in_a_real_terminal_shows_the_call_resizes_and_quits_on_q(tmp_
                                      command)
                 assert started.returncode == 0, started.stderr
                 try:
-                    shown = await screen_showing("top-call-1")
+                    # A detached session may start at tmux's default size: make it wide.
+                    await tmux("resize-window", "-t", "top", "-x", "150", "-y", "20")
+                    shown = await screen_showing("$0.0000")
                     row = next(line for line in shown.splitlines() if "top-call-1" in line)
                     assert row.split()[1] in ("offered", "active")  # its state column
+                    assert row.split()[-1] == "$0.0000"  # priced, nothing used yet
                     assert "CALL-ID" in shown and "1 active" in shown
                     # A narrower terminal: the frame is redrawn to its width.
                     await tmux("resize-window", "-t", "top", "-x", "50")
