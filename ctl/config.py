@@ -283,6 +283,9 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
         raise ConfigError(
             f"[recording] dir / RECORDING_DIR: {recording['dir']!r} is not a writable directory "
             f"(required with [recording] mode = {recording['mode']})")
+    cdr_file = values["cdr"]["file"]
+    if cdr_file and not os.path.isdir(os.path.dirname(os.path.abspath(cdr_file))):
+        raise ConfigError(f"[cdr] file / CDR_FILE: the directory of {cdr_file!r} does not exist")
     flavor = flavors.get(FLAVOR)
     labels = {setting.key: setting.label for setting in flavor.settings
               if setting.section == FLAVOR}

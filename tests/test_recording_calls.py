@@ -177,3 +177,30 @@ async def test_with_recording_off_the_commands_are_refused_and_the_flag_warned(t
                 assert start == {"result": "error", "error-reason":
                                  "Call recording is disabled ([recording] mode = off)"}
             nursery.cancel_scope.cancel()
+
+
+async def test_stop_then_start_makes_a_second_file_each_with_its_sidecar(tmp_path):
+    server = FakeRealtimeServer(respond_after_ms=None)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            engine, ng = await start_engine(nursery, url, RECORDING_MODE="on-request",
+                                            RECORDING_DIR=str(tmp_path))
+            caller = FakeCaller()
+            await caller.bind()
+            async with FakeProxy(ng) as proxy:
+                await proxy.command("offer", **{"call-id": "c", "from-tag": "ft",
+                                                "sdp": caller.sdp_offer()})
+                for command in ("start recording", "stop recording", "stop recording",
+                                "start recording"):
+                    assert (await proxy.command(command, **{"call-id": "c"})) == {
+                        "result": "ok"}
+                await proxy.command("delete", **{"call-id": "c", "from-tag": "ft"})
+            nursery.cancel_scope.cancel()
+    first, second = sorted(tmp_path.glob("*.wav"), key=lambda p: len(p.name))
+    assert second.name == first.name[:-4] + "-1.wav"
+    stopped = json.loads(first.with_suffix(".json").read_text())
+    ended = json.loads(second.with_suffix(".json").read_text())
+    assert stopped["end"] is None and stopped["recording"]["status"] == "finished"
+    assert ended["end"] and ended["end reason"] == "deleted by the proxy"
+    assert [r["file"] for r in ended["recordings"]] == [str(first), str(second)]
