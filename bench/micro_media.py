@@ -82,10 +82,34 @@ def free_pair() -> tuple[socket.socket, socket.socket]:
     raise RuntimeError("no free port pair left")
 
 
+class NullWriter:
+    """A recording writer that takes batches and drops them: ``--record null`` measures what
+    recording costs the trio thread alone (placing frames, batching, the queue's lock is
+    left out), without a disk or the writer thread's share of the GIL."""
+
+    def submit(self, file, batch) -> bool:
+        return True
+
+    def finish(self, file, sidecar) -> None:
+        pass
+
+
+def recorder(writer, directory: str, index: int):
+    """A recording for call ``index`` on ``writer`` (``--record``)."""
+    from media.recording import CallRecording, RecordingFile
+
+    path = os.path.join(directory, f"bench-{index}.wav")
+    file = RecordingFile(path=path, codec="PCMU", call_id=f"bench-{index}", offset_s=0.0)
+    if hasattr(writer, "open"):
+        writer.open(file)
+    return CallRecording(file=file, started=trio.current_time(), writer=writer)
+
+
 class Call:
     """One call's media, and the harness's view of its caller and its AI."""
 
-    def __init__(self, index: int, phones: tuple[str, int]) -> None:
+    def __init__(self, index: int, phones: tuple[str, int], writer=None,
+                 directory: str = "") -> None:
         rtp, rtcp = free_pair()
         self.rtp_address = rtp.getsockname()
         self.bridge = CallBridge(
@@ -101,6 +125,8 @@ class Call:
             telephone_event=101, options=MediaOptions(timeout=60),
         )
         self.bridge.attach_caller_audio(lambda frame: True)  # the AI session's stand-in
+        if writer is not None:
+            self.stream.recorder = recorder(writer, directory, index)
         self.slot = index % SLOTS
         self.answer_at = (index * 37) % ANSWER_EVERY_MS  # answers start staggered
         self.answers = 0
@@ -129,6 +155,7 @@ class Counters:
     def __init__(self) -> None:
         self.rx_ns = self.tx_ns = 0
         self.rx_packets = self.tx_packets = 0
+        self.recording_failures = self.batches_dropped = 0
 
 
 def _toggle_collect() -> ctypes.CDLL | None:
@@ -138,7 +165,7 @@ def _toggle_collect() -> ctypes.CDLL | None:
 
 
 async def simulate(calls: int, seconds: float, warmup: float, collect: str | None,
-                   idle: float = 0.0) -> Counters:
+                   idle: float = 0.0, record: str | None = None) -> Counters:
     """Run ``calls`` calls for ``warmup`` + ``seconds`` of virtual time; count the window.
 
     ``idle`` seconds of real sleep between virtual milliseconds let the caches go cold between
@@ -154,7 +181,15 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
     mock: trio.testing.MockClock = trio.lowlevel.current_clock()  # type: ignore[assignment]
     shim = _toggle_collect() if collect else None
     counters = Counters()
-    table = [Call(n, phones.getsockname()) for n in range(calls)]
+    writer = None
+    if record == "null":
+        writer = NullWriter()
+    elif record:  # a directory: the real writer thread, writing real WAV files there
+        from media.recording_writer import RecordingWriter
+
+        writer = RecordingWriter()
+        writer.start()
+    table = [Call(n, phones.getsockname(), writer, record or "") for n in range(calls)]
     by_slot = [[call for call in table if call.slot == slot] for slot in range(SLOTS)]
     async with trio.open_nursery() as nursery:
         for call in table:
@@ -214,12 +249,18 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
                 time.sleep(idle)
         nursery.cancel_scope.cancel()
     for call in table:
+        if writer is not None:
+            call.stream.recorder.stop(None)
         call.stream.stop_pacing()
         if call.stream.stats.send_errors or call.stream.stats.rtp_in.errors:
             raise RuntimeError(f"call {call.bridge.call_id}: {call.stream.stats}")
         call.stream.rtp_socket.close()
         call.stream.rtcp_socket.close()
     phones.close()
+    if hasattr(writer, "stop"):
+        writer.stop(60)
+        counters.recording_failures = writer.counters.failures
+        counters.batches_dropped = writer.counters.batches_dropped
     return counters
 
 
@@ -265,13 +306,14 @@ def syscall_floor(calls: int, rounds: int = 50) -> tuple[float, float]:
 
 
 def run_once(calls: int, seconds: float, warmup: float, collect: str | None = None,
-             idle: float = 0.0) -> Counters:
-    return trio.run(simulate, calls, seconds, warmup, collect, idle,
+             idle: float = 0.0, record: str | None = None) -> Counters:
+    return trio.run(simulate, calls, seconds, warmup, collect, idle, record,
                     clock=trio.testing.MockClock())
 
 
 def callgrind(calls: int, seconds: float, warmup: float,
-              sides: tuple[str, ...] = ("tx", "rx")) -> dict[str, float]:
+              sides: tuple[str, ...] = ("tx", "rx"), record: str | None = None
+              ) -> dict[str, float]:
     """Instructions per packet for each side, each from its own run under callgrind."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind")
@@ -292,6 +334,7 @@ def callgrind(calls: int, seconds: float, warmup: float,
                 f"--callgrind-out-file={out}", sys.executable, "-m", "bench.micro_media",
                 "--calls", str(calls), "--seconds", str(seconds), "--warmup", str(warmup),
                 "--reps", "1", "--collect", side,
+                *(["--record", record] if record else []),
             ]
             env = dict(os.environ, MICRO_MEDIA_CG_SHIM=str(shim), PYTHONHASHSEED="0")
             run = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
@@ -317,23 +360,31 @@ def main() -> int:
     parser.add_argument("--callgrind", action="store_true",
                         help="instructions per packet under valgrind (slow: ~1 min)")
     parser.add_argument("--side", choices=("tx", "rx"), help="--callgrind: only this side")
+    parser.add_argument("--record", metavar="DIR|null",
+                        help="record every call: WAV files into DIR through the writer "
+                             "thread, or 'null' (the trio thread's share only: no thread)")
     parser.add_argument("--collect", choices=("tx", "rx", "none"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.collect:  # one side, under callgrind (see callgrind())
-        counters = run_once(args.calls, args.seconds, args.warmup, args.collect)
+        counters = run_once(args.calls, args.seconds, args.warmup, args.collect,
+                            record=args.record)
         print(f"tx packets {counters.tx_packets}\nrx packets {counters.rx_packets}")
         return 0
     if args.callgrind:
         sides = (args.side,) if args.side else ("tx", "rx")
-        counts = callgrind(args.calls, args.seconds, args.warmup, sides)
+        counts = callgrind(args.calls, args.seconds, args.warmup, sides, args.record)
         print(f"{args.calls} calls, instructions per packet: "
               + "  ".join(f"{side} {count:,.0f}" for side, count in counts.items()))
         return 0
     tx, rx = [], []
     for _ in range(args.reps):
-        counters = run_once(args.calls, args.seconds, args.warmup, idle=args.idle_us / 1e6)
+        counters = run_once(args.calls, args.seconds, args.warmup, idle=args.idle_us / 1e6,
+                            record=args.record)
         tx.append(counters.tx_ns / counters.tx_packets / 1000)
         rx.append(counters.rx_ns / counters.rx_packets / 1000)
+    if counters.recording_failures or counters.batches_dropped:
+        print(f"  recording: {counters.recording_failures} failures, "
+              f"{counters.batches_dropped} batches dropped")
     send_floor, receive_floor = syscall_floor(args.calls)
     print(f"{args.calls} calls, {args.seconds:g} s x {args.reps}"
           + (f", {args.idle_us:g} us idle between milliseconds" if args.idle_us else "") + ": "

@@ -19,6 +19,7 @@ from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import SocketPoller
+from media.recording import CallRecording, RecordingFile
 from media.state import Machine, Transitions
 from media.stream import MediaStream, close_socket
 
@@ -85,6 +86,7 @@ class Call:
         on_end: Callable[[Call, str, bool], None] | None = None,
         on_transfer: Callable[[Call, dict[str, Any]], None] | None = None,
         on_hang_up: Callable[[Call, EndReason, str, bool], Awaitable[None]] | None = None,
+        on_ended: Callable[[Call], None] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
         poller: SocketPoller,
@@ -122,6 +124,12 @@ class Call:
         self._on_transfer = on_transfer  # carries a transfer out (the engine: the proxy)
         # Asks the proxy to end the call, as a task of this call (the engine: the proxy).
         self._on_hang_up = on_hang_up
+        # Told once the call has ended and released everything (its record is final then:
+        # the AI session's usage included): the engine's CDR and the recording's sidecar.
+        self._on_ended = on_ended
+        # The recording being made (ctl/recordings.py), and every file made for this call.
+        self.recording: CallRecording | None = None
+        self.recording_files: list[RecordingFile] = []
         self._nursery: trio.Nursery | None = None  # open while the call's tasks run
         # Open for as long as ``run`` runs, outside the call's scope: work the call still owes
         # once it has ended (the hang-up request to the proxy), see ``after_end``.
@@ -307,6 +315,26 @@ class Call:
             self._lifecycle.to(CallState.ENDED)
             self.bridge.mark("ended")
             self.ended.set()
+            if self._on_ended is not None:
+                try:
+                    self._on_ended(self)
+                except Exception:  # a record is not worth the engine: log it, go on
+                    log.exception("call %s: its record failed", self.call_id)
+
+    # --- recording (ctl/recordings.py decides; the media plane places the frames) -----------
+
+    @property
+    def recordings_made(self) -> int:
+        return len(self.recording_files)
+
+    def attach_recording(self, recording: CallRecording) -> None:
+        self.recording = recording
+        self.recording_files.append(recording.file)
+        self.stream.recorder = recording
+
+    def detach_recording(self) -> None:
+        self.recording = None
+        self.stream.recorder = None
 
     def update_media(self, media: CallMedia, answer_sdp: str) -> None:
         """A re-offer (hold, resume, moved endpoint): same ports, codec and ptime, new SDP."""

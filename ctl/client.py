@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ctl.config import host_port
-from ctl.ng import decode_reply, encode_request
+from ctl.ng import decode_reply
 
 # As the proxy modules do: resend the same datagram (same cookie) after 1 s, five times.
 RETRANSMIT_INTERVAL = 1.0
@@ -29,7 +29,9 @@ def send_command(
 ) -> dict[str, Any]:
     """Send one ng command and wait for its reply, retransmitting like the proxy modules."""
     cookie = secrets.token_hex(6).encode()
-    datagram = encode_request(cookie, command, params)
+    # JSON, which rtpai (and rtpengine) answer in JSON: bencode has no floats, and an
+    # operator wants the jitter, the transcript's times and the cost as they are.
+    datagram = cookie + b" " + json.dumps({"command": command, **(params or {})}).encode()
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect(address)
@@ -90,30 +92,73 @@ def format_sessions(rows: list[tuple[str, dict[str, Any]]]) -> str:
     )
 
 
+def _count_bytes(counts: dict[str, Any] | None) -> str:
+    counts = counts or {}
+    size = counts.get("bytes", 0)
+    shown = f"{size / 1024:.0f} KB" if size >= 10 * 1024 else f"{size} B"
+    return f"{counts.get('packets', 0)} ({shown})"
+
+
+def _tokens(usage: dict[str, Any]) -> str:
+    given = usage.get("input_token_details") or {}
+    taken = usage.get("output_token_details") or {}
+    return (f"{usage.get('total_tokens', 0)} total: in text {given.get('text_tokens', 0)} "
+            f"audio {given.get('audio_tokens', 0)} (cached {given.get('cached_tokens', 0)}), "
+            f"out text {taken.get('text_tokens', 0)} audio {taken.get('audio_tokens', 0)}")
+
+
 def format_query(call_id: str, reply: dict[str, Any]) -> str:
-    """One call, readable: media, counters, the AI session, usage and transcript."""
+    """One call, readable: media and packets, the AI session's figures, cost, transcript."""
     ours = reply.get("rtpai") or {}
     ai = ours.get("ai") or {}
     stream = _first_stream(reply)
-    totals = reply.get("totals") or {}
     usage = ai.get("usage") or {}
+    cost = ai.get("cost")
+    created = reply.get("created")
+    age = f" ({time.time() - created:.0f} s ago)" if isinstance(created, int | float) else ""
+    when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created))
+            if isinstance(created, int | float) else "?")
+    dropped = {k: v for k, v in (ours.get("dropped") or {}).items() if v}
+    mos = _mos_text(reply)
     lines = [
         f"call {call_id}: {ours.get('state')}"
         + (f" ({ours['end reason']})" if ours.get("end reason") else ""),
-        f"  media    {ours.get('codec')}/{ours.get('ptime')} ms, local "
+        f"  started    {when}{age}",
+        f"  media      {ours.get('codec')}/{ours.get('ptime')} ms, local "
         f"{stream.get('local address')}:{stream.get('local port')}, remote {_endpoint(stream)}",
-        f"  rtp in   {ours.get('rtp in')}",
-        f"  rtp out  {ours.get('rtp out')}",
-        f"  totals   RTP {totals.get('RTP')}  RTCP {totals.get('RTCP')}",
-        f"  dropped  {ours.get('dropped')}",
-        f"  ai       {ai.get('state')} {ai.get('model')} ({ai.get('dialect')}), "
-        f"{ai.get('responses', 0)} responses, {ai.get('barge-ins', 0)} barge-ins",
-        f"  usage    {usage.get('total_tokens', 0)} tokens "
-        f"(in {usage.get('input_tokens', 0)}, out {usage.get('output_tokens', 0)})",
+        f"  packets    in {_count_bytes(ours.get('rtp in'))}, out "
+        f"{_count_bytes(ours.get('rtp out'))}, lost {ours.get('lost', 0)}, jitter "
+        f"{ours.get('jitter ms', 0)} ms" + (f", MOS {mos}" if mos else ""),
+        "  dropped    " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"),
+        f"  AI         {ai.get('state')} {ai.get('model')} ({ai.get('dialect')}), "
+        f"{ai.get('responses', 0)} responses, {ai.get('barge-ins', 0)} barge-ins, "
+        f"{ai.get('reconnects', 0)} reconnects",
+        f"  tokens     {_tokens(usage)}",
+        "  cost       " + (f"${cost['usd']:.4f} ({cost['model']}, prices of "
+                           f"{cost['prices_as_of']})" if isinstance(cost, dict) else "unknown"),
     ]
-    for line in ai.get("transcript") or []:
-        lines.append(f"  {line.get('role', '?'):>9}: {line.get('text', '')}")
+    latency = ai.get("response latency ms")
+    if latency:
+        lines.append(f"  latency    {latency}")
+    recording = ours.get("recording")
+    if recording:
+        lines.append(f"  recording  {recording.get('status')} {recording.get('file') or ''}"
+                     + (f" ({recording['error']})" if recording.get("error") else ""))
+    transcript = ai.get("transcript") or []
+    if transcript:
+        lines.append("  transcript" + (f" (the {ai['transcript omitted']} earliest entries "
+                                        "omitted)" if ai.get("transcript omitted") else ""))
+    for line in transcript:
+        at = line.get("at s")
+        stamp = f"[{at:7.1f}s] " if isinstance(at, int | float) else ""
+        lines.append(f"    {stamp}{line.get('role', '?'):>9}: {line.get('text', '')}")
     return "\n".join(lines)
+
+
+def _mos_text(reply: dict[str, Any]) -> str:
+    averages = [entry["average MOS"]["MOS"] for entry in (reply.get("SSRC") or {}).values()
+                if isinstance(entry, dict) and entry.get("average MOS")]
+    return " / ".join(f"{mos / 10:.1f}" for mos in averages)
 
 
 def _read_sdp(path: str) -> str:
@@ -142,12 +187,35 @@ def _print_reply(reply: dict[str, Any], args: argparse.Namespace) -> int:
         print(format_sessions(rows))
     elif args.command == "query":
         print(format_query(args.call_id, reply))
+    elif args.command in ("start recording", "stop recording", "pause recording"):
+        print(reply["result"])
     else:
         if reply.get("warning"):
             print(f"warning: {reply['warning']}", file=sys.stderr)
         print(json.dumps({k: v for k, v in reply.items() if k != "result"}, indent=2,
                          default=str))
     return 0 if reply.get("result") in ("ok", "pong") else 1
+
+
+def _top(args: argparse.Namespace) -> int:
+    from ctl import top  # curses is loaded only for this command
+
+    try:
+        address = host_port(args.ng)
+    except ValueError as exc:
+        print(f"rtpai-ctl: {exc}", file=sys.stderr)
+        return 2
+
+    def send(command: str, params: dict[str, Any]) -> dict[str, Any]:
+        return send_command(address, command, params, retransmits=top.QUERY_RETRANSMITS,
+                            interval=top.QUERY_INTERVAL)
+
+    if args.once:
+        frame = top.fetch(send, limit=args.limit)
+        print("\n".join(top.render(frame, width=200, address=args.ng)))
+        return 1 if frame.error else 0
+    return top.run_curses(send, address=args.ng, interval=max(args.interval, 0.2),
+                          limit=args.limit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--limit", type=int, default=32)
     sub.add_argument("--ids-only", action="store_true", help="print call-ids only")
     commands.add_parser("statistics")
+    for name in ("start-recording", "stop-recording", "pause-recording"):
+        sub = commands.add_parser(name, help=f"the ng '{name.replace('-', ' ')}' command")
+        sub.add_argument("--call-id", required=True)
+        sub.add_argument("--from-tag")
+    sub = commands.add_parser("top", help="the calls as a live table (q quits)")
+    sub.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    sub.add_argument("--limit", type=int, default=200, help="calls shown at most")
+    sub.add_argument("--once", action="store_true", help="print one frame and exit")
     args = parser.parse_args(argv)
+    args.command = args.command.replace("-", " ")  # the ng command's name
+    if args.command == "top":
+        return _top(args)
 
     params: dict[str, Any] = {}
     for key in ("call_id", "from_tag", "to_tag"):

@@ -23,6 +23,7 @@ import openai_flavor  # noqa: F401
 from ctl.acl import parse_networks
 from media import flavor as flavors
 from media.settings import (
+    RECORDING_SETTINGS,
     RTP_SETTINGS,
     Setting,
     float_range,
@@ -30,6 +31,7 @@ from media.settings import (
     ip_address,
     one_of,
     optional_http_url,
+    optional_text,
 )
 
 # The AI flavor this daemon runs, by its registry name (also its section, [openai]).
@@ -83,9 +85,27 @@ _CONTROL_SETTINGS: tuple[Setting, ...] = (
             one_of("debug", "info", "warning", "error", "critical")),
 )
 
+# Call detail records (ctl/cdr.py).
+_CDR_SETTINGS: tuple[Setting, ...] = (
+    Setting("cdr", "file", "CDR_FILE", None, optional_text,
+            help="JSON-lines file each ended call's record is appended to"),
+    # Secret: a collector's URL often carries a token; the start-up log shows only <set>.
+    Setting("cdr", "url", "CDR_URL", None, optional_http_url, secret=True,
+            help="http(s) URL each ended call's record is POSTed to (JSON)"),
+    Setting("cdr", "timeout", "CDR_TIMEOUT", "5", float_range(0.1, 60.0),
+            help="seconds for one POST attempt"),
+    Setting("cdr", "retries", "CDR_RETRIES", "3", int_range(0, 10),
+            help="POST attempts after the first, with doubling back-off from 0.5 s"),
+    Setting("cdr", "queue", "CDR_QUEUE", "1000", int_range(1, 1_000_000),
+            help="records waiting per destination; past it new ones are dropped and counted"),
+    Setting("cdr", "drain_timeout", "CDR_DRAIN_TIMEOUT", "5", float_range(0.0, 600.0),
+            help="seconds at shutdown for the records still queued"),
+)
+
 # In the order the start-up log and the reload's list of changes show them.
 SETTINGS: tuple[Setting, ...] = (
     *_NG_SETTINGS, *RTP_SETTINGS, *flavors.get(FLAVOR).settings, *_CONTROL_SETTINGS,
+    *RECORDING_SETTINGS, *_CDR_SETTINGS,
 )
 
 
@@ -241,6 +261,8 @@ def _profiles(
             raise ConfigError(f"[{section}]: a profile needs a name, e.g. [openai:sales]")
         values = dict(base)
         for setting in flavor.settings:
+            if setting.section != FLAVOR:
+                continue  # its other sections are not per profile
             for key in (setting.key, *setting.aliases):
                 if ini.has_option(section, key):
                     raw = ini.get(section, key)
@@ -307,8 +329,18 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
             rtp["ip"] = ip_address(rtp["ip"])
         except ValueError as exc:
             raise ConfigError(f"[rtp] ip / RTP_IP: {exc} (got {rtp['ip']!r})") from None
+    recording = values["recording"]
+    if recording["mode"] != "off" and not (os.path.isdir(recording["dir"])
+                                           and os.access(recording["dir"], os.W_OK | os.X_OK)):
+        raise ConfigError(
+            f"[recording] dir / RECORDING_DIR: {recording['dir']!r} is not a writable directory "
+            f"(required with [recording] mode = {recording['mode']})")
+    cdr_file = values["cdr"]["file"]
+    if cdr_file and not os.path.isdir(os.path.dirname(os.path.abspath(cdr_file))):
+        raise ConfigError(f"[cdr] file / CDR_FILE: the directory of {cdr_file!r} does not exist")
     flavor = flavors.get(FLAVOR)
-    labels = {setting.key: setting.label for setting in flavor.settings}
+    labels = {setting.key: setting.label for setting in flavor.settings
+              if setting.section == FLAVOR}
     named = _named(ini, environ)
     _resolve_named(values[FLAVOR], named, f"[{FLAVOR}]")
     try:

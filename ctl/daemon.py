@@ -4,12 +4,15 @@ Signals (docs/configuration.md, "Signals"): none of them kills a call without a 
 
 * SIGTERM, SIGINT: drain (new offers refused, calls given ``[ng] shutdown_grace`` to end, the
   rest hung up through the proxy), then exit 0. A second one during the drain stops at once.
-* SIGHUP: reload the configuration file and the environment; ``[log] level`` and the
-  ``[openai]`` settings and profiles apply from then on (to new calls); anything else that
-  changed is named in a warning and waits for a restart. An invalid file changes nothing.
+* SIGHUP: reload the configuration file and the environment; ``[log] level``, the
+  ``[openai]`` settings and profiles and ``[pricing]`` apply from then on (to new calls);
+  anything else that changed is named in a warning and waits for a restart. An invalid file
+  changes nothing.
 * SIGUSR1: one log line with the engine's state (calls, ports, AI sessions).
 * SIGUSR2, SIGALRM: logged and ignored (their default action would kill every call).
 * SIGPIPE: ignored, as Python ignores it from start-up (a closed socket is an EPIPE error).
+* SIGXFSZ: ignored, so that a write past a file-size limit (``LimitFSIZE``, ``ulimit -f``) is
+  an EFBIG error of that recording alone (docs/recording.md), not the end of every call.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ HANDLED_SIGNALS = (
 )
 # Sections a reload applies; the others (ng socket, RTP ports and addresses, proxy) are bound
 # into sockets and calls at start-up and need a restart.
-RELOADABLE_SECTIONS = frozenset({"openai", "log"})
+RELOADABLE_SECTIONS = frozenset({"openai", "log", "pricing"})
 # Single settings of other sections that apply live: the ng source list, so that adding or
 # removing a proxy does not cost a restart (and every call with it).
 RELOADABLE_SETTINGS = frozenset({("ng", "allow")})
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if after != before:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
                  after // FDS_PER_CALL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     engine = Engine(config)
     gcstats.tune_for_server()  # everything built so far lives as long as the process
     try:

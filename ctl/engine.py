@@ -37,6 +37,7 @@ from ctl.ng_requests import (
 )
 from ctl.ng_server import serve_ng
 from ctl.proxy import ProxyNotifier
+from ctl.recordings import CallArchive
 from ctl.registry import CallRegistry
 from ctl.rtp_ports import PortBinder
 from media import flavor as flavors
@@ -62,8 +63,7 @@ TOTALS_BY_END = {EndReason.MEDIA_TIMEOUT: "timeouts", EndReason.AI_FAILED: "ai f
 # clear error (never silence, which would make the module retransmit and then disable us).
 UNSUPPORTED_COMMANDS = (
     "play media", "stop media", "play DTMF", "block DTMF", "unblock DTMF", "block media",
-    "unblock media", "silence media", "unsilence media", "start recording", "stop recording",
-    "pause recording", "start forwarding", "stop forwarding",
+    "unblock media", "silence media", "unsilence media", "start forwarding", "stop forwarding",
 )
 
 
@@ -80,6 +80,8 @@ class Engine:
         self.flavor = flavors.get(FLAVOR)
         self.settings, self.profiles = self._configure_ai(config)
         self.calls: CallRegistry[Call] = CallRegistry()
+        # Recordings ([recording], one writer thread) and call records ([cdr]): docs/recording.md.
+        self.archive = CallArchive(config)
         self.started = time.time()
         self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0,
                        "hangup failures": 0, "hangup timeouts": 0, "hangup retries": 0}
@@ -92,6 +94,8 @@ class Engine:
                 "query": Command(self.query, CallSelector.parse),
                 "list": Command(self.list_calls, ListRequest.parse),
                 "statistics": self.statistics,
+                # rtpengine's recording commands (ctl/recordings.py).
+                **self.archive.commands(lambda request: queries.select(self.calls, request)),
                 **{canonical_name(c).lower(): self.unsupported for c in UNSUPPORTED_COMMANDS},
             },
             allow=config["ng"]["allow"],
@@ -124,10 +128,11 @@ class Engine:
             log.warning("%s", note)
         for tool, why in self.withheld_tools.items():
             log.warning("the model is not offered %s: %s", tool, why)
-        async with trio.open_nursery() as nursery:
+        async with self.archive.open(), trio.open_nursery() as nursery:
             self._calls_nursery = nursery
             await nursery.start(self.clock.run)
             await nursery.start(self.poller.run)
+            await nursery.start(self.archive.run)
             nursery.start_soon(self._housekeeping)
             address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
             task_status.started(address)
@@ -141,8 +146,10 @@ class Engine:
         """The flavor's settings from its section, and one per profile ``[openai:NAME]``."""
         explicit = frozenset(key for section, key in config.explicit if section == FLAVOR)
         configure = self.flavor.configure
-        return configure(config[FLAVOR], explicit), {
-            name: configure(values, explicit) for name, values in config.profiles.items()
+        sections = config.values  # the flavor's rows outside its section ([pricing])
+        return configure(config[FLAVOR], explicit, sections), {
+            name: configure(values, explicit, sections)
+            for name, values in config.profiles.items()
         }
 
     def _tools_for_proxy(self, settings: AiSettings) -> AiSettings:
@@ -231,6 +238,7 @@ class Engine:
                     on_end=self._call_ending,
                     on_transfer=self.control.transfer,
                     on_hang_up=self.control.hang_up if self.proxy.enabled else None,
+                    on_ended=self.archive.call_ended,
                     media_options=self.media_options,
                 )
                 assert self._calls_nursery is not None
@@ -244,13 +252,15 @@ class Engine:
             # when it is deleted (or the engine stops) before that task has run at all.
             self.calls.add(call)
             self.totals["calls"] += 1
+            self.archive.recordings.on_new_call(call, request.record)
             media = call.media
             log.info(
                 "call %s: offer from-tag %s, %s/%d ms, local port %d, remote %s",
                 call_id, from_tag, media.codec, media.ptime_ms, rtp_port, media.remote,
             )
 
-        return ReplyFirst({"sdp": answer_sdp}, then=start_call)
+        reply = self.archive.offer_reply({"sdp": answer_sdp}, request.record)
+        return ReplyFirst(reply, then=start_call)
 
     def _settings_for(self, request: OfferRequest) -> AiSettings:
         """``profile=NAME`` (a custom key from the proxy script) picks ``[openai:NAME]``."""
@@ -271,6 +281,7 @@ class Engine:
             codecs=rtp["codecs"], bind_ip=rtp["bind_ip"],
         )
         call.update_media(media, answer_sdp)
+        self.archive.recordings.on_signal(call, request.record)
         log.info("call %s: re-offer, remote %s, %s", call.call_id, media.remote,
                  "sending" if media.sending else "on hold")
         return {"sdp": answer_sdp}
@@ -284,6 +295,7 @@ class Engine:
         call.last_signal = time.time()
         if call.to_tag is None:
             call.to_tag = request.to_tag  # learn our side's tag from the 2xx
+        self.archive.recordings.on_signal(call, request.record)
         return {"sdp": call.answer_sdp}
 
     def delete(self, request: DeleteRequest) -> dict[str, Any]:
@@ -392,4 +404,5 @@ class Engine:
         return queries.statistics(
             self.calls, started=self.started, ports=self.ports, rtp=self.config["rtp"],
             totals=self.totals, dispatcher=self.dispatcher,
+            **self.archive.statistics(),
         )

@@ -54,6 +54,24 @@ def codec_exclusions(request: NgRequest) -> frozenset[str]:
     return frozenset(excluded)
 
 
+def record_call(request: NgRequest) -> bool | None:
+    """rtpengine's ``record call``: the key (``yes``/``on`` starts recording the call, ``no``/
+    ``off`` stops it; Kamailio's ``record-call=on``) or the bare flag (starts). None: the
+    request does not say; a value rtpengine would not read says nothing either."""
+    value = request.get("record-call")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("yes", "on", "true", "1"):
+            return True
+        if word in ("no", "off", "false", "0"):
+            return False
+    if "record-call" in request.flags:
+        return True
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class OfferRequest:
     """``offer``: a new call, or a re-offer (re-INVITE) of one we have."""
@@ -65,6 +83,7 @@ class OfferRequest:
     to_tag: str | None
     profile: str | None  # picks ``[openai:NAME]``; read for a new call only
     excluded_codecs: frozenset[str]  # codec strip/mask, both spellings
+    record: bool | None = None  # ``record call``: start (True) or stop (False) recording
 
     @classmethod
     def parse(cls, request: NgRequest) -> OfferRequest:
@@ -79,6 +98,7 @@ class OfferRequest:
             to_tag=request.text("to-tag"),
             profile=request.text("profile"),
             excluded_codecs=codec_exclusions(request),
+            record=record_call(request),
         )
 
 
@@ -108,12 +128,14 @@ class AnswerRequest:
 
     select: CallSelector
     to_tag: str
+    record: bool | None = None  # ``record call``, as in an offer
 
     @classmethod
     def parse(cls, request: NgRequest) -> AnswerRequest:
         request.require("from-tag", REASON_NO_FROM_TAG)
         to_tag = request.require("to-tag", REASON_NO_TO_TAG)
-        return cls(select=CallSelector.parse(request), to_tag=to_tag)
+        return cls(select=CallSelector.parse(request), to_tag=to_tag,
+                   record=record_call(request))
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,10 +65,13 @@ def statistics(
     rtp: Mapping[str, Any],
     totals: dict[str, int],
     dispatcher: Dispatcher,
+    recording: dict[str, int] | None = None,
+    cdr: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """The engine's counters, and the cycle collector's when it is monitored."""
     gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
     return replies.engine_statistics(
         wall=time.time(), gc=gc_figures, started=started, sessions_own=active_calls(calls),
         sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, dispatcher=dispatcher,
+        recording=recording or {}, cdr=cdr or {},
     )

@@ -172,6 +172,9 @@ def rtpai_statistics(call: Call) -> dict[str, Any]:
         "pacer re-anchors": stats.pacer_reanchors,
         "transfers": list(call.transfers),
         "hang-up": call.hangup,
+        # The call's latest recording (docs/recording.md): status, file, figures; None if
+        # none was made.
+        "recording": call.recording_files[-1].as_dict() if call.recording_files else None,
         "ai": call.ai.snapshot(),
     }
 
@@ -187,19 +190,23 @@ def engine_statistics(
     rtp: Mapping[str, Any],
     totals: dict[str, int],
     dispatcher: Dispatcher,
+    recording: dict[str, int] | None = None,
+    cdr: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """The ``statistics`` reply: rtpengine's sections, rtpai's counters in their terms.
 
     ``wall`` is the wall-clock time (for the uptime since ``started``); ``gc`` the cycle
     collector's figures (ctl/gcstats.py), empty when it is not monitored; ``sessions_own`` the
     calls not yet ended, ``sessions_total`` every call the registry holds; ``rtp`` the [rtp]
-    section; ``totals`` the engine's counters; ``dispatcher`` counts the commands.
+    section; ``totals`` the engine's counters; ``dispatcher`` counts the commands;
+    ``recording`` and ``cdr`` the recordings' and call records' counters (docs/recording.md).
     """
     return {
         "statistics": {
             # rtpai's own keys under a key of their own, as in the query reply: the cycle
             # collector's collections and pauses (ctl/gcstats.py).
-            "rtpai": {"gc": gc},
+            # Recording and call-record counters (docs/recording.md), exported as metrics.
+            "rtpai": {"gc": gc, "recording": recording or {}, "cdr": cdr or {}},
             "currentstatistics": {
                 "sessionsown": sessions_own,
                 "sessionstotal": sessions_total,

@@ -51,8 +51,11 @@ class NamedSections:
 class Flavor:
     name: str  # also its configuration section, [NAME], and its profiles' [NAME:PROFILE]
     settings: tuple[Setting, ...]  # its rows, declared once with their defaults
-    # A section's validated values (and the keys the user set) -> its settings object.
-    configure: Callable[[Mapping[str, Any], frozenset[str]], AiSettings]
+    # A section's validated values (and the keys the user set) -> its settings object; the
+    # third argument, every section's values, is for the flavor's rows outside its own
+    # section (shared by all profiles: the OpenAI flavor's [pricing]).
+    configure: Callable[[Mapping[str, Any], frozenset[str], Mapping[str, Mapping[str, Any]]],
+                        AiSettings]
     # Checks across rows, for the section and for each profile: ``label(key)`` names a row
     # where it is written ("[openai:sales] tools"); raises ValueError with the whole message.
     check: Callable[[Mapping[str, Any], Callable[[str], str]], None]

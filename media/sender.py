@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -22,6 +23,9 @@ from media.latch import Endpoint
 from media.playout import Pacer
 from media.rtp import RtpPacketizer
 from media.stats import MediaStats
+
+if TYPE_CHECKING:
+    from media.recording import CallRecording
 
 log = logging.getLogger("rtpai.media")
 
@@ -63,6 +67,9 @@ class PacedSender:
         self._idle_sends_silence = send_silence and bridge.media_started.is_set()
         self._samples = bridge.ptime_ms * 8  # 8000 Hz
         self._silence = bytes((bridge.silence_byte,)) * self._samples
+        # The call's recording (media/recording.py), given each frame of the AI's audio as it
+        # is sent; silence is not handed over (a recording's gaps are silence anyway).
+        self.recorder: CallRecording | None = None
 
     def start(self, clock: MediaClock) -> None:
         """Register with the media clock; parked until there is something to send."""
@@ -122,6 +129,8 @@ class PacedSender:
                 self._talking = True
                 bridge.mark("first_rtp_to_caller")
             self._send(packetizer.packet(frame, samples))
+            if self.recorder is not None:
+                self.recorder.played(frame, now)
         else:
             if self._talking:
                 self._talking = False

@@ -148,3 +148,14 @@ RTP_SETTINGS: tuple[Setting, ...] = (
             help="when another source may take over a latched call: never, sdp (only the "
                  "SDP's address), silence (also any, after 2 s without the latched source)"),
 )
+
+
+# Call recording (media/recording.py): which calls are recorded, and where.
+RECORDING_SETTINGS: tuple[Setting, ...] = (
+    Setting("recording", "mode", "RECORDING_MODE", "off", one_of("off", "all", "on-request"),
+            help="off; all (every call, from its offer); on-request (the proxy's 'record "
+                 "call' flag or 'start recording')"),
+    Setting("recording", "dir", "RECORDING_DIR", "/var/lib/rtpai/recordings", text,
+            help="directory of the WAV files and their JSON sidecars (must exist and be "
+                 "writable when mode is not off)"),
+)

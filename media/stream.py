@@ -32,6 +32,7 @@ from media.latch import Endpoint, LatchPolicy, Verdict
 from media.media_timeout import MediaTimeout
 from media.options import MediaOptions
 from media.poller import SocketPoller
+from media.recording import CallRecording
 from media.reorder import JitterEstimator, ReorderBuffer
 from media.rfc4733 import DtmfDecoder
 from media.rtcp import RtcpError
@@ -121,6 +122,17 @@ class MediaStream:
         self._timer_scope: trio.CancelScope | None = None  # media timeout, reorder gap
         self.timeout = MediaTimeout(options.timeout, caller_sends=caller_sends)
         self._timed_out = False
+        self._recorder: CallRecording | None = None
+
+    @property
+    def recorder(self) -> CallRecording | None:
+        """The call's recording being made (ctl/recordings.py sets it), or None: both
+        directions' frames are handed to it as they are received and sent."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, recording: CallRecording | None) -> None:
+        self._recorder = self.sender.recorder = recording
 
     @property
     def caller_sends(self) -> bool:
@@ -303,6 +315,9 @@ class MediaStream:
             if self.dtmf.pending:  # an event is open: audio may show it has ended
                 self.events.put(self.dtmf.audio(packet.timestamp))
             self.ai_audio.push(packet.payload, self._now)
+            recorder = self._recorder  # the attribute, not the property: a call per packet
+            if recorder is not None:  # placed on the recording's timeline (media/recording.py)
+                recorder.caller(packet.payload, packet.timestamp, self._now)
         elif pt == self.telephone_event:
             self.events.put(self.dtmf.packet(packet.timestamp, packet.payload))
         elif pt == PT_COMFORT_NOISE:

@@ -232,6 +232,13 @@ def add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
         target = total.setdefault(detail, {})
         for name in names:
             target[name] = target.get(name, 0) + _count(source.get(name))
+        # Which of the cached input tokens were text and which audio (they are priced
+        # differently: openai_flavor/pricing.py); summed only when the server says.
+        split = source.get("cached_tokens_details")
+        if isinstance(split, dict):
+            cached = target.setdefault("cached_tokens_details", {})
+            for name in ("text_tokens", "audio_tokens"):
+                cached[name] = cached.get(name, 0) + _count(split.get(name))
 
 
 def _count(value: Any) -> int:

@@ -252,5 +252,6 @@ class ServerEvents:
 
     def _transcript(self, role: str, text: Any) -> None:
         if isinstance(text, str) and text:
-            self.stats.add_transcript(role, text)
+            now = trio.current_time()
+            self.stats.add_transcript(role, text, now - self.bridge.timeline.get("offer", now))
             log.info("call %s: %s said: %s", self.bridge.call_id, role, text)

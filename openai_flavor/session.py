@@ -108,8 +108,17 @@ class RealtimeSession:
         return conversation is not None and conversation.ready.is_set()
 
     def snapshot(self) -> dict[str, Any]:
-        """The session's statistics, for the ``ai`` key of the call's statistics."""
-        return self.stats.snapshot(self._state.state.value)
+        """The session's statistics, for the ``ai`` key of the call's statistics, with what
+        its tokens cost by the ``[pricing]`` table (None for a model without a price)."""
+        snapshot = self.stats.snapshot(self._state.state.value)
+        snapshot["cost"] = self.settings.prices.cost(self.stats.model, self.stats.usage)
+        return snapshot
+
+    def record(self) -> dict[str, Any]:
+        """The snapshot with the whole transcript, for the call's record (ctl/records.py):
+        a file has room the ng reply's datagram has not."""
+        return self.snapshot() | {"transcript": list(self.stats.transcript),
+                                  "transcript omitted": 0}
 
     async def run(self) -> None:
         """Connect at once, converse, reconnect on transient losses; raise when giving up."""

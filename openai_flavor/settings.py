@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from openai_flavor.mcp import McpServer
+from openai_flavor.pricing import PriceTable
 from openai_flavor.providers import PROVIDERS, Provider, auth_headers, session_url, voice_name
 from openai_flavor.rows import (  # noqa: F401  (ToolSpec, parse_tools: the settings' types)
     BUILTIN_TOOLS,
@@ -97,6 +98,8 @@ class RealtimeSettings:
     max_call_s: float = _DEFAULT["max_call_s"]
     barge_in_min_ms: int = _DEFAULT["barge_in_min_ms"]  # 0: the server decides barge-in
     explicit: frozenset[str] = frozenset()  # the keys the user set (file or environment)
+    # [pricing]: what the session's tokens cost (the defaults unless configured).
+    prices: PriceTable = field(default_factory=PriceTable.defaults, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], *, explicit: frozenset[str] = frozenset()):

@@ -41,7 +41,9 @@ class RealtimeStats:
     malformed_events: int = 0  # type-confused, invalid JSON, binary: counted and dropped
     last_loss: str | None = None  # why the last connection was lost (the call went on)
     usage: dict[str, Any] = field(default_factory=dict)
-    transcript: list[dict[str, str]] = field(default_factory=list)
+    # {"role", "text", "at s"}: "at s" is seconds since the call's offer (its recording's and
+    # record's timeline, docs/recording.md).
+    transcript: list[dict[str, Any]] = field(default_factory=list)
     failure: str | None = None
 
     def add_error(self, code: str, message: str) -> tuple[str, str]:
@@ -52,15 +54,19 @@ class RealtimeStats:
             del self.errors[0]
         return entry["code"], entry["message"]
 
-    def add_transcript(self, role: str, text: str) -> None:
-        """Keep one transcript entry (the most recent MAX_TRANSCRIPT_ENTRIES, each cut)."""
-        self.transcript.append({"role": role, "text": text[:MAX_TRANSCRIPT_ENTRY_CHARS]})
+    def add_transcript(self, role: str, text: str, at_s: float | None = None) -> None:
+        """Keep one transcript entry (the most recent MAX_TRANSCRIPT_ENTRIES, each cut),
+        said ``at_s`` seconds after the call's offer."""
+        entry: dict[str, Any] = {"role": role, "text": text[:MAX_TRANSCRIPT_ENTRY_CHARS]}
+        if at_s is not None:
+            entry["at s"] = round(at_s, 3)
+        self.transcript.append(entry)
         if len(self.transcript) > MAX_TRANSCRIPT_ENTRIES:
             del self.transcript[0]
 
     def snapshot(self, state: str) -> dict[str, Any]:
         # The most recent transcript entries that fit the reply (see TRANSCRIPT_REPLY_CHARS).
-        shown: list[dict[str, str]] = []
+        shown: list[dict[str, Any]] = []
         size = 0
         for entry in reversed(self.transcript):
             size += len(entry["text"]) + 16

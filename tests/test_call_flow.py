@@ -115,10 +115,17 @@ async def test_offer_media_both_ways_and_delete():
                 assert ai["audio sent bytes"] == 50 * 160
                 assert ai["audio received bytes"] == len(reply_audio)
                 # Transcripts and usage, under rtpai's own key in the delete reply.
-                assert ai["transcript"] == [
-                    {"role": "caller", "text": "hello"},
-                    {"role": "assistant", "text": "Hello! How can I help you today?"},
+                assert [(e["role"], e["text"]) for e in ai["transcript"]] == [
+                    ("caller", "hello"),
+                    ("assistant", "Hello! How can I help you today?"),
                 ]
+                # Each said some time after the offer, in order (seconds, for the record).
+                said = [e["at s"] for e in ai["transcript"]]
+                assert 0 <= said[0] <= said[1] < 20  # whole seconds: bencode has no floats
+                # What it cost, by the default [pricing] table (the interface the metrics read).
+                assert ai["cost"]["model"] == "gpt-realtime-2.1"
+                # bencode (this fake proxy's) rounds floats: the cost survives in micro-dollars.
+                assert ai["cost"]["usd micros"] > 0 and ai["cost"]["prices_as_of"] == "2026-12-01"
                 usage = next(e for e in session.server_events if e["type"] == "response.done")[
                     "response"]["usage"]
                 assert ai["usage"] == usage and usage["total_tokens"] > 0

@@ -171,3 +171,22 @@ def test_a_profile_with_tools_needs_a_tool_webhook(tmp_path):
     inherited = load_config(write(tmp_path, f"[openai:sales]\ntools = {tools}\n"),
                             environ={"OPENAI_TOOL_WEBHOOK": "http://127.0.0.1:9/t"})
     assert inherited.profiles["sales"]["tool_webhook"] == "http://127.0.0.1:9/t"
+
+
+@pytest.mark.parametrize("env, complaint", [
+    ({"RECORDING_MODE": "all", "RECORDING_DIR": "/nonexistent/rec"},
+     "[recording] dir / RECORDING_DIR: '/nonexistent/rec' is not a writable directory"),
+    ({"RECORDING_MODE": "sometimes"}, "[recording] mode / RECORDING_MODE: expected one of"),
+    ({"CDR_FILE": "/nonexistent/cdr.jsonl"}, "[cdr] file / CDR_FILE: the directory of"),
+    ({"CDR_URL": "ftp://collector"}, "[cdr] url / CDR_URL: expected an http"),
+])
+def test_recording_and_cdr_settings_are_checked_at_start_up(env, complaint):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, environ=env)
+    assert complaint in str(error.value)
+
+
+def test_a_cdr_url_with_a_token_counts_as_a_secret():
+    config = load_config(None, environ={"CDR_URL": "https://c.example/cdr?token=s3cr3t"})
+    assert "https://c.example/cdr?token=s3cr3t" in config.secrets()
+    assert "s3cr3t" not in repr(config)

@@ -171,3 +171,14 @@ def test_function_call_parsing_and_outputs():
     text = events.caller_text(events.dtmf_text("12#"))
     assert text["item"]["content"] == [
         {"type": "input_text", "text": "[The caller pressed these keys on the phone keypad: 12#]"}]
+
+
+def test_usage_sums_the_split_of_cached_tokens_when_the_server_gives_it():
+    total: dict = {}
+    events.add_usage(total, {"input_token_details": {
+        "text_tokens": 10, "audio_tokens": 20, "cached_tokens": 7,
+        "cached_tokens_details": {"text_tokens": 3, "audio_tokens": 4}}})
+    events.add_usage(total, {"input_token_details": {
+        "cached_tokens_details": {"text_tokens": 1, "audio_tokens": "x"}}})
+    assert total["input_token_details"]["cached_tokens_details"] == {
+        "text_tokens": 4, "audio_tokens": 4}

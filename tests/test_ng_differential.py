@@ -132,8 +132,9 @@ SEQUENCE = [
         "call-id": "diff-strip-1", "from-tag": "ft", "code": "1"}), compared=False),
     Step("play_dtmf_unknown_call", ng("s42", command="play DTMF", **{
         "call-id": "diff-nope", "from-tag": "ft", "code": "1"}), compared=False),
+    # Recording (rtpai with [recording] mode = on-request): rtpengine's bare "ok".
     Step("start_recording", ng("s43", command="start recording", **{
-        "call-id": "diff-strip-1"}), compared=False),
+        "call-id": "diff-strip-1"})),
     Step("block_dtmf", ng("s44", command="block DTMF", **{"call-id": "diff-strip-1"}),
          compared=False),
 ]
@@ -201,6 +202,8 @@ async def _run_both(tmp: Path) -> Both:
                 "RTP_MAX_PORT": str(RTPAI_PORTS[1]),
                 "OPENAI_URL": url,
                 "OPENAI_API_KEY": "test-key",
+                "RECORDING_MODE": "on-request",
+                "RECORDING_DIR": str(tmp),
             })
             address = await nursery.start(Engine(config).run)
             rtpai = await _play(address, SEQUENCE)

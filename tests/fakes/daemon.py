@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -42,16 +43,17 @@ class DaemonLog(bytearray):
 
 @asynccontextmanager
 async def running_daemon(
-    env: Mapping[str, str], *args: str, ready_timeout: float = 15.0
+    env: Mapping[str, str], *args: str, ready_timeout: float = 15.0, **popen: Any
 ) -> AsyncIterator[tuple[trio.Process, DaemonLog]]:
     """Start ``python -m ctl.daemon`` and wait for its ready line on stderr (LOG_LEVEL info).
 
     Yields the process and its stderr so far (kept growing by a drain task so the pipe never
-    fills). On exit: SIGTERM, then the exit code is awaited.
+    fills). On exit: SIGTERM, then the exit code is awaited. ``popen``: more of
+    ``subprocess.Popen``'s options (e.g. a ``preexec_fn`` that sets a resource limit).
     """
     env = {**env, "LOG_LEVEL": env.get("LOG_LEVEL", "info")}
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "ctl.daemon", *args], env=env, stderr=subprocess.PIPE
+        [sys.executable, "-m", "ctl.daemon", *args], env=env, stderr=subprocess.PIPE, **popen
     )
     log = DaemonLog()
     ready = trio.Event()
