@@ -13,8 +13,10 @@ from typing import Any
 
 import trio
 
+from ctl import logs
 from media.bridge import AiSessionError, CallBridge, CallerEvent, EndReason, weak_method
 from media.clock import MediaClock
+from media.figures import UNREAD, EngineFigures
 from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
@@ -92,6 +94,8 @@ class Call:
         flavor: Flavor,
         release_ports: Callable[[], None],
         media_options: MediaOptions,  # [rtp]'s, built once by the engine
+        figures: EngineFigures = UNREAD,  # the engine's, for events its metrics count
+        on_closed: Callable[[Call], None] | None = None,
     ) -> None:
         self.call_id = call_id
         self.branch = branch  # the offer's via-branch ("" when none: matches any)
@@ -116,6 +120,9 @@ class Call:
         self.pending_reason: tuple[EndReason, str] | None = None
         self.ended = trio.Event()
         self._release_ports = release_ports
+        # Told once the call has closed (sockets and ports released): the metrics fold its
+        # counters in then (ctl/metrics.py).
+        self._on_closed = on_closed
         # Told when the call starts ending: (call, reason, whether the proxy must be told to
         # hang up, i.e. the end did not come from the proxy itself).
         self._on_end = on_end
@@ -141,8 +148,10 @@ class Call:
             hang_up=weak_method(self.hang_up_for_ai),
             transfer=weak_method(self.transfer),
             caller_events=events_receive,
+            figures=figures,
         )
         self.bridge.mark("offer")
+        logs.CALLS[call_id] = self  # its log lines get its from-tag (ctl/logs.py)
         self.stream = MediaStream(
             self.bridge,
             sockets[0],
@@ -278,6 +287,8 @@ class Call:
             self._lifecycle.to(CallState.ENDED)
             self.bridge.mark("ended")
             self.ended.set()
+            if self._on_closed is not None:
+                self._on_closed(self)
 
     def update_media(self, media: CallMedia, answer_sdp: str) -> None:
         """A re-offer (hold, resume, moved endpoint): same ports, codec and ptime, new SDP."""
