@@ -9,7 +9,7 @@ there, into the engine's :class:`~media.figures.EngineFigures`. A scrape at 200 
 about a millisecond of the trio thread (docs/performance.md).
 
 Every label value comes from a fixed set: commands from the dispatch table (else "unknown"),
-ng errors by class (:func:`error_class`, never the reason's text, which may quote a request),
+ng errors by class (ctl/error_classes.py, never the reason's text, which may quote a request),
 AI server errors by known code (else "other"), end reasons by :class:`EndReason`.
 docs/operations.md lists every metric and the alerts a carrier would set on them.
 """
@@ -31,8 +31,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from ctl.error_classes import ERROR_CLASSES
 from media.bridge import EndReason
-from media.figures import EngineFigures, Histogram
+from media.figures import OTHER, EngineFigures, Histogram
 
 if TYPE_CHECKING:
     from ctl.call import Call
@@ -138,54 +139,6 @@ class CallLedger:
         return totals
 
 
-def error_class(reason: str) -> str:
-    """An ng error reason's class: a label from a fixed set, never the reason's text, which
-    may quote the request (a profile's name, an SDP's transport). Matched on how the reason
-    *starts*, which is rtpai's own wording (a quoted part only ever follows it)."""
-    for prefix, kind in _ERROR_CLASSES:
-        if reason.startswith(prefix):
-            return kind
-    return "other"
-
-
-# (how the reason starts, class). The reasons are ctl/ng.py's, ctl/offers.py's,
-# media/sdp.py's, the engine's and the dispatcher's (docs/ng-protocol.md); the flavor's
-# refusals (disabled, no key) answer "load limit" with their reason as the message.
-_ERROR_CLASSES = (
-    ("Could not decode bencode", "malformed"),
-    ("Invalid NG data format", "malformed"),
-    ("Dictionary contains no key", "malformed"),
-    ("Invalid UTF-8", "malformed"),
-    ("Unrecognized command", "unknown_command"),
-    ("Command not supported", "unsupported_command"),
-    ("No call-id", "missing_key"),
-    ("No from-tag", "missing_key"),
-    ("No to-tag", "missing_key"),
-    ("No SDP body", "missing_key"),
-    ("Invalid value for key", "bad_value"),
-    ("Invalid integer for key", "bad_value"),
-    ("Value too long", "bad_value"),
-    ("Too many flags", "bad_value"),
-    ("Unknown profile", "unknown_profile"),
-    ("Failed to parse SDP", "bad_sdp"),
-    ("Unparseable SDP", "bad_sdp"),
-    ("No common codec", "bad_sdp"),
-    ("SRTP is not supported", "bad_sdp"),
-    ("Unsupported media transport", "bad_sdp"),
-    ("No audio stream", "bad_sdp"),
-    ("Call-ID not found", "unknown_call"),
-    ("Unknown call-id", "unknown_call"),
-    ("Ran out of ports", "no_ports"),
-    ("Cannot bind RTP port", "no_ports"),
-    ("AI sessions are disabled", "refused"),
-    ("No OpenAI API key", "refused"),
-    ("Internal error", "internal"),
-    ("Reply too large", "reply_too_large"),
-)
-# Every class a label can take (docs/operations.md lists them).
-ERROR_CLASSES = frozenset(kind for _, kind in _ERROR_CLASSES) | {"other"}
-
-
 def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=histogram.cumulative(),
                                  sum_value=histogram.sum)
@@ -239,16 +192,18 @@ class EngineCollector:
         dispatcher = engine.dispatcher
         commands = CounterMetricFamily("rtpai_ng_commands", "ng commands answered, by command "
                                        "and result", labels=["command", "result"])
-        for (command, result), count in sorted(dispatcher.results.items()):
+        # Every command's ok and error series exist from the start (at 0), so that rate() and
+        # alerts work from the first error on; other results (pong, load limit) once seen.
+        results = Counter({(name, result): 0 for name in (*dispatcher.handlers, "unknown")
+                           for result in ("ok", "error")})
+        results.update(dispatcher.results)
+        for (command, result), count in sorted(results.items()):
             commands.add_metric([command, result], count)
         yield commands
         errors = CounterMetricFamily("rtpai_ng_errors", "ng commands answered with an error, "
                                      "by class of reason", labels=["class"])
-        classes: Counter[str] = Counter()
-        for reason, count in dispatcher.errors.items():
-            classes[error_class(reason)] += count
-        for kind, count in sorted(classes.items()):
-            errors.add_metric([kind], count)
+        for kind in sorted(ERROR_CLASSES):
+            errors.add_metric([kind], dispatcher.error_classes[kind])
         yield errors
         yield CounterMetricFamily("rtpai_ng_denied", "ng datagrams from sources [ng] allow "
                                   "does not list (dropped)", value=dispatcher.denied)
@@ -308,7 +263,7 @@ class EngineCollector:
                                   value=figures.barge_ins)
         errors = CounterMetricFamily("rtpai_ai_errors", "Errors the AI server sent, by code",
                                      labels=["code"])
-        for code, count in sorted(figures.ai_errors.items()):
+        for code, count in sorted(({OTHER: 0} | figures.ai_errors).items()):
             errors.add_metric([code], count)
         yield errors
         tokens = CounterMetricFamily("rtpai_ai_tokens", "AI tokens of closed calls, by "
