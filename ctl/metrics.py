@@ -47,30 +47,31 @@ DROP_REASONS = (
 )
 
 
-def media_counters(call: Call) -> Iterator[tuple[str, int]]:
-    """(ledger key, value) of every per-call media counter, as of now."""
+# The per-call media counters summed into the metrics, in the order media_values gives them.
+MEDIA_KEYS = (
+    "rtp_in_packets", "rtp_in_bytes", "rtp_out_packets", "rtp_out_bytes", "rtcp_in_packets",
+    "rtcp_out_packets", *(f"drop_{reason}" for reason in DROP_REASONS), "lost", "relatches",
+    "pacer_reanchors", "playout_overflow_bytes",
+)
+
+
+def media_values(call: Call) -> tuple[int, ...]:
+    """Every per-call media counter as of now, in the order of :data:`MEDIA_KEYS`.
+
+    A tuple, so that a scrape sums the open calls column by column in C (``zip``, ``sum``):
+    ~1 us a call instead of a dictionary update per counter."""
     stream = call.stream
     stats = stream.stats
     reorder = stream.reorder
-    yield "rtp_in_packets", stats.rtp_in.packets
-    yield "rtp_in_bytes", stats.rtp_in.bytes
-    yield "rtp_out_packets", stats.rtp_out.packets
-    yield "rtp_out_bytes", stats.rtp_out.bytes
-    yield "rtcp_in_packets", stats.rtcp_in.packets
-    yield "rtcp_out_packets", stats.rtcp_out.packets
-    yield "drop_malformed", stats.malformed
-    yield "drop_rtcp_malformed", stats.rtcp_malformed
-    yield "drop_source_rejected", stats.foreign_source
-    yield "drop_wrong_payload_type", stats.other_payload
-    yield "drop_late", reorder.late
-    yield "drop_duplicate", reorder.duplicates
-    yield "drop_ai_queue_full", stats.ai_queue_full
-    yield "drop_dtmf_event_dropped", stats.events_dropped
-    yield "drop_send_error", stats.send_errors
-    yield "lost", reorder.lost
-    yield "relatches", stats.relatches
-    yield "pacer_reanchors", stats.pacer_reanchors
-    yield "playout_overflow_bytes", call.bridge.playout.bytes_dropped
+    return (
+        stats.rtp_in.packets, stats.rtp_in.bytes, stats.rtp_out.packets, stats.rtp_out.bytes,
+        stats.rtcp_in.packets, stats.rtcp_out.packets,
+        # In DROP_REASONS' order.
+        stats.malformed, stats.rtcp_malformed, stats.foreign_source, stats.other_payload,
+        reorder.late, reorder.duplicates, stats.ai_queue_full, stats.events_dropped,
+        stats.send_errors,
+        reorder.lost, stats.relatches, stats.pacer_reanchors, call.bridge.playout.bytes_dropped,
+    )
 
 
 # Token counts of the AI session's ``usage`` snapshot: (detail key, field) -> (direction, kind).
@@ -101,7 +102,7 @@ class CallLedger:
 
     def __init__(self) -> None:
         self.open: weakref.WeakSet[Call] = weakref.WeakSet()
-        self.closed: Counter[str] = Counter()
+        self.closed = [0] * len(MEDIA_KEYS)
         self.ended: Counter[EndReason] = Counter()
         self.tokens: Counter[tuple[str, str]] = Counter()
         self.cost_usd = 0.0
@@ -114,8 +115,8 @@ class CallLedger:
         if call not in self.open:
             return
         self.open.discard(call)
-        for key, value in media_counters(call):
-            self.closed[key] += value
+        self.closed = [total + value for total, value in zip(self.closed, media_values(call),
+                                                             strict=True)]
         self.ended[call.end_kind or EndReason.SHUTDOWN] += 1
         snapshot = call.ai.snapshot()
         usage = snapshot.get("usage")
@@ -130,13 +131,11 @@ class CallLedger:
         if isinstance(cost, dict):
             self.cost_usd += float(_count(cost.get("usd")))
 
-    def media_totals(self) -> Counter[str]:
-        """Closed calls' counters plus the open calls' current ones."""
-        totals = Counter(self.closed)
-        for call in list(self.open):
-            for key, value in media_counters(call):
-                totals[key] += value
-        return totals
+    def media_totals(self) -> dict[str, int]:
+        """Closed calls' counters plus the open calls' current ones, by MEDIA_KEYS."""
+        rows = [media_values(call) for call in list(self.open)]
+        columns = zip(self.closed, *rows, strict=True)
+        return dict(zip(MEDIA_KEYS, map(sum, columns), strict=True))
 
 
 def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
