@@ -9,20 +9,23 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ctl import logs
 from media.bridge import AiSessionError, CallBridge, CallerEvent, EndReason, weak_method
 from media.clock import MediaClock
-from media.figures import UNREAD, EngineFigures
+from media.figures import UNREAD
 from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import SocketPoller
 from media.state import Machine, Transitions
 from media.stream import MediaStream, close_socket
+
+if TYPE_CHECKING:
+    from ctl.metrics import EngineMetrics
 
 log = logging.getLogger("rtpai.call")
 
@@ -94,8 +97,7 @@ class Call:
         flavor: Flavor,
         release_ports: Callable[[], None],
         media_options: MediaOptions,  # [rtp]'s, built once by the engine
-        figures: EngineFigures = UNREAD,  # the engine's, for events its metrics count
-        on_closed: Callable[[Call], None] | None = None,
+        metrics: EngineMetrics | None = None,  # the engine's (ctl/metrics.py)
     ) -> None:
         self.call_id = call_id
         self.branch = branch  # the offer's via-branch ("" when none: matches any)
@@ -120,9 +122,9 @@ class Call:
         self.pending_reason: tuple[EndReason, str] | None = None
         self.ended = trio.Event()
         self._release_ports = release_ports
-        # Told once the call has closed (sockets and ports released): the metrics fold its
-        # counters in then (ctl/metrics.py).
-        self._on_closed = on_closed
+        # Its counters are summed into the metrics while it runs, and folded in once it has
+        # closed; events (a connect, a turn's answer) are recorded into the engine's figures.
+        self._metrics = metrics
         # Told when the call starts ending: (call, reason, whether the proxy must be told to
         # hang up, i.e. the end did not come from the proxy itself).
         self._on_end = on_end
@@ -152,7 +154,7 @@ class Call:
             hang_up=weak_method(self.hang_up_for_ai),
             transfer=weak_method(self.transfer),
             caller_events=events_receive,
-            figures=figures,
+            figures=metrics.figures if metrics is not None else UNREAD,
         )
         self.bridge.mark("offer")
         logs.CALLS[call_id] = self  # its log lines get its from-tag (ctl/logs.py)
@@ -173,6 +175,8 @@ class Call:
         )
         # The AI session, whatever its flavor: run, statistics, closed by cancellation.
         self.ai = flavor.new_session(settings, self.bridge, poller)
+        if metrics is not None:
+            metrics.ledger.opened(self)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -316,8 +320,8 @@ class Call:
             self._lifecycle.to(CallState.ENDED)
             self.bridge.mark("ended")
             self.ended.set()
-            if self._on_closed is not None:
-                self._on_closed(self)
+            if self._metrics is not None:
+                self._metrics.ledger.closed_call(self)
 
     def update_media(self, media: CallMedia, answer_sdp: str) -> None:
         """A re-offer (hold, resume, moved endpoint): same ports, codec and ptime, new SDP."""

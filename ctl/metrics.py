@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import trio
 from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
@@ -32,6 +33,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from ctl.error_classes import ERROR_CLASSES
+from ctl.metrics_http import serve_metrics
 from media.bridge import EndReason
 from media.figures import OTHER, EngineFigures, Histogram
 
@@ -240,8 +242,9 @@ class EngineCollector:
         yield _histogram("rtpai_pacing_lateness_seconds", "How late the media clock woke for "
                          "its due frames (per wake-up: the worst frame of it)",
                          figures.pacing_lateness)
-        yield _histogram("rtpai_rtp_to_ai_seconds", "Caller audio's age when sent to the AI "
-                         "(per batch: its oldest frame)", figures.rtp_to_ai)
+        yield _histogram("rtpai_rtp_to_ai_seconds", "Caller RTP's longest wait inside rtpai "
+                         "before its audio left for the AI (one receive wake-up in 16, timed)",
+                         figures.rtp_to_ai)
 
     @staticmethod
     def _ai(engine: Engine, ledger: CallLedger, figures: EngineFigures) -> Iterator[Metric]:
@@ -281,6 +284,7 @@ class EngineMetrics:
         self.ledger = CallLedger()
         self.figures = EngineFigures()
         self.registry: CollectorRegistry | None = None
+        self.address: tuple[str, int] | None = None  # where /metrics is served, once bound
 
     def bind(self, engine: Engine) -> None:
         """Register the collectors for ``engine``; until then :meth:`exposition` is empty."""
@@ -289,6 +293,15 @@ class EngineMetrics:
         # CPU seconds, RSS, open descriptors (and their limit), start time: from /proc.
         ProcessCollector(registry=registry)
         self.registry = registry
+
+    async def serve(self, listen: tuple[str, int], *,
+                    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """``[metrics] listen``: serve /metrics in the engine nursery until cancelled (in the
+        trio loop, not a thread: ctl/metrics_http.py says why)."""
+        async with trio.open_nursery() as nursery:
+            self.address = await nursery.start(serve_metrics, listen, self.exposition)
+            task_status.started(self.address)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric, as of now."""

@@ -2,7 +2,7 @@
 
 The media plane and the AI session record what only they see when it happens: how long an AI
 connection took to open, how long a caller waited for the model's answer, how late the media
-clock woke up, how old caller audio was when it left for the AI. Counters that already exist
+clock woke up, how long a receive wake-up took to hand caller audio on (sampled). Counters that already exist
 per call (packets, bytes, drops, the session's usage) are not duplicated here: the metrics
 collector (ctl/metrics.py) reads those at scrape time.
 
@@ -67,9 +67,9 @@ RESPONSE_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 1
 # Pacing gap error (how late the media clock woke for its due frames): a phone's jitter buffer
 # absorbs a few ms; 20 ms is a whole frame late.
 PACING_LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
-# RTP -> WebSocket (caller audio received -> sent to the AI), which includes the batching of
-# [rtp] ai_batch: a few ms unbatched, up to the batch's age bound batched.
-RTP_TO_AI_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5)
+# RTP -> WebSocket (a receive wake-up's datagrams handed to their calls, whose handlers send
+# the audio to the AI at once): tens of microseconds idle, milliseconds under load.
+RTP_TO_AI_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 # A label value that a peer cannot choose: anything not in a known set is counted as this.
 OTHER = "other"

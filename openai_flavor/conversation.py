@@ -71,6 +71,8 @@ class Conversation:
         self._watch_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._tools = ToolCalls(settings, bridge, stats)
+        # The server's audio_end_ms counts from this connection's first byte of caller audio.
+        self._audio_bytes_at_connect = stats.audio_sent_bytes
 
     async def run(self, *, reconnect: bool) -> None:
         """Converse until the connection ends; raise what ended it."""
@@ -227,6 +229,8 @@ class Conversation:
         elif kind == events.SPEECH_STARTED:
             self._barge_in()
         elif kind in events.TURN_ENDED:
+            if kind == events.SPEECH_STOPPED:
+                self._speech_stopped(event, now)
             # The server's VAD ended the caller's turn: it creates a response (create_response).
             if self.settings.turn_detection_type != "none":
                 self._expect_response()
@@ -264,6 +268,21 @@ class Conversation:
         elif kind == "error":
             self._error(events.field_object(event, "error"))
 
+    def _speech_stopped(self, event: dict[str, Any], now: float) -> None:
+        """When the caller stopped speaking, for the response latency (media/figures.py).
+
+        The server says where in this connection's audio speech ended (``audio_end_ms``);
+        what it received after that is the silence its VAD waited for, which the caller
+        waited through too. Caller audio flows in real time, so speech ended that much
+        before ``now``. The media plane measures from there to the answer's first frame."""
+        end_ms = event.get("audio_end_ms")
+        waited_ms = 0.0
+        if isinstance(end_ms, int) and not isinstance(end_ms, bool):
+            sent_ms = ((self.stats.audio_sent_bytes - self._audio_bytes_at_connect)
+                       / self.bridge.bytes_per_ms)
+            waited_ms = min(max(sent_ms - end_ms, 0.0), 10_000.0)  # the server's number
+        self.bridge.turn_ended_at = now - waited_ms / 1000
+
     def _barge_in(self) -> None:
         """The caller started speaking: stop playing at once and tell the server what was heard.
 
@@ -280,6 +299,7 @@ class Conversation:
             return
         self.bridge.clear_playout()
         self.stats.barge_ins += 1
+        self.bridge.figures.barge_ins += 1
         for item_id, end_ms in decision.truncate:
             self.send(events.truncate_item(item_id, end_ms))
             self.stats.truncations += 1
@@ -332,6 +352,7 @@ class Conversation:
             str(error.get("code") or error.get("type") or "error"),
             redact(str(error.get("message") or ""), self.settings.api_key))
         log.warning("call %s: Realtime error %s: %s", self.bridge.call_id, code, message)
+        self.bridge.figures.count_ai_error(code, events.KNOWN_ERROR_CODES)
         if code in events.FATAL_ERROR_CODES:
             # Retrying cannot help (a bad key, no quota): end the call now, not after a close.
             raise ConnectionLost(f"the Realtime API refused the session ({code})", fatal=True)

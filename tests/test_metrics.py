@@ -53,7 +53,7 @@ class Scrape:
 
 
 async def scrape(engine) -> Scrape:
-    return Scrape((await http_get(engine.metrics_address[1], "/metrics")).decode())
+    return Scrape((await http_get(engine.metrics.address[1], "/metrics")).decode())
 
 
 async def test_a_call_in_the_metrics_from_offer_to_delete():

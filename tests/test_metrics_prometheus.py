@@ -51,7 +51,7 @@ async def test_prometheus_reads_the_call_through_kamailio(tmp_path):
                                      METRICS_LISTEN="127.0.0.1:0")
             deletes = watch(engine, "delete")
             ng_address = await nursery.start(engine.run)
-            target = f"{LOOPBACK}:{engine.metrics_address[1]}"
+            target = f"{LOOPBACK}:{engine.metrics.address[1]}"
             async with start_prometheus(tmp_path, [target]) as prometheus:
                 await prometheus.wait_for('up{job="rtpai"}', lambda v: v == 1)
                 async with start_kamailio(tmp_path, sip_port=sip_port, ng_port=ng_address[1]):
