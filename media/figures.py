@@ -2,9 +2,9 @@
 
 The media plane and the AI session record what only they see when it happens: how long an AI
 connection took to open, how long a caller waited for the model's answer, how late the media
-clock woke up, how long a receive wake-up took to hand caller audio on (sampled). Counters that already exist
-per call (packets, bytes, drops, the session's usage) are not duplicated here: the metrics
-collector (ctl/metrics.py) reads those at scrape time.
+clock woke up, how long a receive wake-up took to hand caller audio on (sampled). Counters
+that already exist per call (packets, bytes, drops, the session's usage) are not duplicated
+here: the metrics collector (ctl/metrics.py) reads those at scrape time.
 
 Why not prometheus-client's own ``Histogram`` here: media/ and openai_flavor/ stay free of a
 metrics library (tests/test_layers.py), and these objects are touched only from the trio
