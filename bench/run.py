@@ -168,6 +168,52 @@ def server_stats(server: Child) -> dict[str, Any]:
 RTPAI_TREE = ROOT
 # RTPAI_GC_THRESHOLDS for the daemon (``--gc-thresholds``), to measure the collector's settings.
 GC_THRESHOLDS: str | None = None
+# ``--metrics``: rtpai serves /metrics ([metrics] listen) and a scraper reads it once a second,
+# as Prometheus would, for the cost of metrics on vs off.
+METRICS = False
+SCRAPE_INTERVAL = 1.0
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Scraper:
+    """GET /metrics every SCRAPE_INTERVAL from a thread of the driver (its CPU is not
+    rtpai's); how long each scrape took and how big it was."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.seconds: list[float] = []
+        self.size = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        due = time.monotonic()
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            due += SCRAPE_INTERVAL
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    self.size = len(response.read())
+            except OSError:
+                self.failures += 1
+                continue
+            self.seconds.append(time.perf_counter() - started)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(10)
+        return {"scrapes": len(self.seconds), "failures": self.failures, "bytes": self.size,
+                "ms_p50": round(1000 * (percentile(self.seconds, 0.5) or 0), 2),
+                "ms_max": round(1000 * max(self.seconds, default=0), 2)}
 
 
 def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
@@ -189,8 +235,12 @@ def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
         env.pop(name, None)
     if GC_THRESHOLDS:
         env["RTPAI_GC_THRESHOLDS"] = GC_THRESHOLDS
+    metrics_port = free_tcp_port() if METRICS else None
+    if metrics_port is not None:
+        env["METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
     rtpai = Child("rtpai", [sys.executable, "-m", "ctl.daemon"], env=env, stdin=False,
                   stderr_path=log_path, cwd=RTPAI_TREE)
+    rtpai.metrics_port = metrics_port
     client = NgClient(("127.0.0.1", ng_port))
     client.wait_ready()
     return rtpai, client
@@ -247,6 +297,8 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
     rtpai, ng = start_rtpai(url, BUILD / f"rtpai-{tag}.log")
     loadgen = None
     spy = None
+    scraper = Scraper(rtpai.metrics_port) if rtpai.metrics_port else None
+    scrapes = None
     try:
         time.sleep(0.5)
         rss_idle = rss_kib(rtpai.pid)
@@ -295,6 +347,8 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         deletes = [ng.command("delete", **{"call-id": f"bench-{n}-{i}", "from-tag": f"ft{i}"})
                    for i in range(n)]
     finally:
+        if scraper is not None:
+            scrapes = scraper.stop()
         for child in (spy, loadgen):
             if child is not None:
                 child.stop("eof")
@@ -315,6 +369,7 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
     call_seconds = n * window
     result = {
         "calls": n,
+        "metrics": scrapes,  # None: [metrics] off; else the scraper's figures
         "window_s": round(window, 2),
         "rtpai_cpu_ms_per_call_s": round(1000 * cpu["rtpai"] / call_seconds, 3),
         "rtpai_cpu_percent": round(100 * cpu["rtpai"] / window, 1),
@@ -835,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run that checkout's rtpai (e.g. the code before a change)")
     parser.add_argument("--gc-thresholds", default=None,
                         help="RTPAI_GC_THRESHOLDS for rtpai, e.g. 700,10,10 (CPython's)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="rtpai serves /metrics and is scraped once a second")
     parser.add_argument("--gen-wake", action="store_true",
                         help="the generator sleeps in epoll on its socket (each RTP packet "
                              "then costs rtpai a cross-CPU wake-up); default: 1 ms polling")
@@ -843,8 +900,9 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
         args.offers, args.churn, args.churn_media = 300, 2000, "200@20"
     skip = set(filter(None, args.skip.split(",")))
-    global RTPAI_TREE, GC_THRESHOLDS
+    global RTPAI_TREE, GC_THRESHOLDS, METRICS
     RTPAI_TREE, GC_THRESHOLDS = args.rtpai_tree.resolve(), args.gc_thresholds
+    METRICS = args.metrics
     if not LOADGEN.exists():
         print(f"{LOADGEN} is missing: run `make bench` (or `make bench/build/loadgen`)",
               file=sys.stderr)

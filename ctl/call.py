@@ -9,12 +9,14 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ctl import logs
 from media.bridge import AiSessionError, CallBridge, CallerEvent, EndReason, weak_method
 from media.clock import MediaClock
+from media.figures import UNREAD
 from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
@@ -22,6 +24,9 @@ from media.poller import SocketPoller
 from media.recording import CallRecording, RecordingFile
 from media.state import Machine, Transitions
 from media.stream import MediaStream, close_socket
+
+if TYPE_CHECKING:
+    from ctl.metrics import EngineMetrics
 
 log = logging.getLogger("rtpai.call")
 
@@ -94,6 +99,7 @@ class Call:
         flavor: Flavor,
         release_ports: Callable[[], None],
         media_options: MediaOptions,  # [rtp]'s, built once by the engine
+        metrics: EngineMetrics | None = None,  # the engine's (ctl/metrics.py)
     ) -> None:
         self.call_id = call_id
         self.branch = branch  # the offer's via-branch ("" when none: matches any)
@@ -118,6 +124,9 @@ class Call:
         self.pending_reason: tuple[EndReason, str] | None = None
         self.ended = trio.Event()
         self._release_ports = release_ports
+        # Its counters are summed into the metrics while it runs, and folded in once it has
+        # closed; events (a connect, a turn's answer) are recorded into the engine's figures.
+        self._metrics = metrics
         # Told when the call starts ending: (call, reason, whether the proxy must be told to
         # hang up, i.e. the end did not come from the proxy itself).
         self._on_end = on_end
@@ -153,8 +162,10 @@ class Call:
             hang_up=weak_method(self.hang_up_for_ai),
             transfer=weak_method(self.transfer),
             caller_events=events_receive,
+            figures=metrics.figures if metrics is not None else UNREAD,
         )
         self.bridge.mark("offer")
+        logs.CALLS[call_id] = self  # its log lines get its from-tag (ctl/logs.py)
         self.stream = MediaStream(
             self.bridge,
             sockets[0],
@@ -172,6 +183,8 @@ class Call:
         )
         # The AI session, whatever its flavor: run, statistics, closed by cancellation.
         self.ai = flavor.new_session(settings, self.bridge, poller)
+        if metrics is not None:
+            metrics.ledger.opened(self)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -320,6 +333,8 @@ class Call:
                     self._on_ended(self)
                 except Exception:  # a record is not worth the engine: log it, go on
                     log.exception("call %s: its record failed", self.call_id)
+            if self._metrics is not None:
+                self._metrics.ledger.closed_call(self)
 
     # --- recording (ctl/recordings.py decides; the media plane places the frames) -----------
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 # The one place ctl/ names an AI flavor: importing its package registers it (media/flavor.py).
 import openai_flavor  # noqa: F401
 from ctl.acl import parse_networks
+from ctl.logs import LEVELS, LOG_FORMATS, LOGGERS, logger_levels
 from media import flavor as flavors
 from media.settings import (
     RECORDING_SETTINGS,
@@ -57,6 +58,11 @@ def host_port(text: str) -> tuple[str, int]:
         raise ValueError("expected HOST:PORT with an IP address, e.g. 127.0.0.1:2223") from None
 
 
+def optional_host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` as :func:`host_port`, or empty (the feature is off)."""
+    return host_port(text) if text.strip() else None
+
+
 _NG_SETTINGS: tuple[Setting, ...] = (
     Setting("ng", "listen", "NG_LISTEN", "127.0.0.1:2223", host_port,
             help="UDP address of the ng control socket (on a wildcard address each reply "
@@ -81,8 +87,16 @@ _CONTROL_SETTINGS: tuple[Setting, ...] = (
     Setting("proxy", "hangup_timeout", "PROXY_HANGUP_TIMEOUT", "10", float_range(0.1, 600.0),
             help="seconds to wait for the proxy's delete after asking it to end or transfer "
                  "a call; then rtpai ends the call itself"),
-    Setting("log", "level", "LOG_LEVEL", "info",
-            one_of("debug", "info", "warning", "error", "critical")),
+    Setting("log", "level", "LOG_LEVEL", "info", one_of(*LEVELS)),
+    Setting("log", "format", "LOG_FORMAT", "text", one_of(*LOG_FORMATS),
+            help="text: one line per record, as before; json: one JSON object per line, "
+                 "with call_id and from_tag fields on every line about a call"),
+    Setting("log", "levels", "LOG_LEVELS", "", logger_levels,
+            help="levels of single loggers over [log] level, e.g. "
+                 "'media=debug, ng=warning' (loggers: " + ", ".join(LOGGERS) + ")"),
+    Setting("metrics", "listen", "METRICS_LISTEN", "", optional_host_port,
+            help="TCP address of the Prometheus /metrics endpoint, e.g. 127.0.0.1:9105 "
+                 "(empty: off)"),
 )
 
 # Call detail records (ctl/cdr.py).

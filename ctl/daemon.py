@@ -4,10 +4,9 @@ Signals (docs/configuration.md, "Signals"): none of them kills a call without a 
 
 * SIGTERM, SIGINT: drain (new offers refused, calls given ``[ng] shutdown_grace`` to end, the
   rest hung up through the proxy), then exit 0. A second one during the drain stops at once.
-* SIGHUP: reload the configuration file and the environment; ``[log] level``, the
-  ``[openai]`` settings and profiles and ``[pricing]`` apply from then on (to new calls);
-  anything else that changed is named in a warning and waits for a restart. An invalid file
-  changes nothing.
+* SIGHUP: reload the configuration file and the environment; ``[log]``, the ``[openai]``
+  settings and profiles and ``[pricing]`` apply from then on (to new calls); anything else
+  that changed is named in a warning and waits for a restart. An invalid file changes nothing.
 * SIGUSR1: one log line with the engine's state (calls, ports, AI sessions).
 * SIGUSR2, SIGALRM: logged and ignored (their default action would kill every call).
 * SIGPIPE: ignored, as Python ignores it from start-up (a closed socket is an EPIPE error).
@@ -29,7 +28,7 @@ import trio
 from ctl import gcstats
 from ctl.config import SETTINGS, Config, ConfigError, load_config
 from ctl.engine import Engine
-from ctl.logs import RedactSecrets, configure_logging
+from ctl.logs import RedactSecrets, apply_levels, configure_logging, set_format
 
 log = logging.getLogger("rtpai")
 
@@ -95,7 +94,8 @@ def reload_config(
         return None
     # First: a new key must be redacted before anything can log it.
     redactor.add(new.secrets())
-    logging.getLogger().setLevel(new["log"]["level"].upper())
+    apply_levels(new["log"]["level"], new["log"]["levels"])
+    set_format(new["log"]["format"], redactor)
     engine.reload_ai_settings(new)
     engine.dispatcher.allow_sources(new["ng"]["allow"])
     old = engine.config
@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rtpai: configuration error: {exc}", file=sys.stderr)
         return 2
-    redactor = configure_logging(config["log"]["level"], config.secrets())
+    logs = config["log"]
+    redactor = configure_logging(logs["level"], config.secrets(), format=logs["format"],
+                                 levels=logs["levels"])
     log.info("configuration: %r", config)
     before, after = raise_descriptor_limit()
     if after != before:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ctl.acl import Network, SourceFilter
+from ctl.error_classes import error_class
 from ctl.ng import (
     REASON_SESSION_LIMIT,
     REASON_UNKNOWN_COMMAND,
@@ -177,6 +178,10 @@ class Dispatcher:
         self.cache = cache or ReplyCache()
         self.commands: Counter[str] = Counter()  # per command, for `statistics`
         self.errors: Counter[str] = Counter()
+        # For the metrics (ctl/metrics.py): (command or "unknown", the reply's result), and
+        # errors by class (ctl/error_classes.py), counted as they happen.
+        self.results: Counter[tuple[str, str]] = Counter()
+        self.error_classes: Counter[str] = Counter()
         self.acl = SourceFilter(allow)
         self.denied = 0  # datagrams from sources ``[ng] allow`` does not list
         self._denied_logged = (-DENIED_LOG_INTERVAL, 0)  # (when, self.denied then)
@@ -235,7 +240,7 @@ class Dispatcher:
         except Exception as exc:
             reply, then = self._refusal(request, exc), None
         as_json = request.is_json if request is not None else body.lstrip().startswith(b"{")
-        return self._complete(cookie, reply, then, as_json, source, now)
+        return self._complete(cookie, reply, then, as_json, source, now, request)
 
     async def finish(self, deferred: Deferred, source: Any, now: Callable[[], float]) -> Answer:
         """Run an async handler to its :class:`Answer`."""
@@ -244,7 +249,8 @@ class Dispatcher:
         except Exception as exc:
             reply, then = self._refusal(deferred.request, exc), None
         return self._complete(
-            deferred.cookie, reply, then, deferred.request.is_json, source, now()
+            deferred.cookie, reply, then, deferred.request.is_json, source, now(),
+            deferred.request,
         )
 
     def follow_up(self, answer: Answer) -> None:
@@ -263,10 +269,7 @@ class Dispatcher:
             if not isinstance(exc, NgLoadLimit) or reason != REASON_SESSION_LIMIT:
                 # Counted by reason: a full engine is load management, not an error; an
                 # instance refusing for its own state (disabled, no key) is worth seeing.
-                counted = reason
-                if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
-                    counted = "other"
-                self.errors[counted] += 1
+                self._count_error(reason)
             # Kamailio sends supports=["load limit"] and then tries the next engine of its set.
             if (isinstance(exc, NgLoadLimit) and request is not None
                     and request.supports("load limit")):
@@ -274,8 +277,17 @@ class Dispatcher:
             return {"result": "error", "error-reason": reason}
         # A bug must not cost the proxy a reply: it would retransmit and then mark us dead.
         log.error("ng: handler failed", exc_info=exc)
-        self.errors[REASON_INTERNAL] += 1
+        self._count_error(REASON_INTERNAL)
         return {"result": "error", "error-reason": REASON_INTERNAL}
+
+    def _count_error(self, reason: str) -> None:
+        """By reason for ``statistics`` (past MAX_ERROR_REASONS distinct ones, new ones count
+        as "other"), and by class for the metrics, which a flood of reasons cannot blur."""
+        counted = reason
+        if counted not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
+            counted = "other"
+        self.errors[counted] += 1
+        self.error_classes[error_class(reason)] += 1
 
     def _complete(
         self,
@@ -285,6 +297,7 @@ class Dispatcher:
         as_json: bool,
         source: Any,
         now: float,
+        request: NgRequest | None = None,
     ) -> Answer:
         try:
             datagram = encode_reply(cookie, reply, as_json=as_json)
@@ -292,17 +305,21 @@ class Dispatcher:
             # What a handler returned cannot be encoded (a bug: requests are checked so that
             # everything they carry can be): the proxy still gets its answer.
             log.exception("ng: cannot encode the reply")
-            self.errors[REASON_INTERNAL] += 1
+            self._count_error(REASON_INTERNAL)
             reply = {"result": "error", "error-reason": REASON_INTERNAL}
             datagram = encode_reply(cookie, reply, as_json=as_json)
         if len(datagram) > MAX_REPLY:
             log.warning("ng: a %d-byte reply does not fit in a datagram; answering an error",
                         len(datagram))
-            self.errors[REASON_REPLY_TOO_LARGE] += 1
+            self._count_error(REASON_REPLY_TOO_LARGE)
             reply = {"result": "error", "error-reason": REASON_REPLY_TOO_LARGE}
             datagram = encode_reply(cookie, reply, as_json=as_json)
             # ``then`` still runs: it owns what the handler set up (an offer's ports) and
             # hands it to a call that a delete or the media timeout ends.
+        command = request.command if request is not None else UNKNOWN_COMMAND_BUCKET
+        # A label: a command of the table, never a peer's text.
+        command = command if command in self.handlers else UNKNOWN_COMMAND_BUCKET
+        self.results[(command, reply["result"])] += 1
         duplicates = self.cache.complete((source, cookie), datagram, now)
         return Answer(datagram, 1 + duplicates, then)
 

@@ -20,6 +20,7 @@ from ctl.call import Call, CallState
 from ctl.call_control import CallControl
 from ctl.config import FLAVOR, Config
 from ctl.dispatcher import Command, Dispatcher, ReplyFirst
+from ctl.metrics import EngineMetrics
 from ctl.ng import (
     REASON_NOT_FOUND,
     REASON_UNKNOWN_CALL,
@@ -114,10 +115,13 @@ class Engine:
         self.profiles = {name: self._tools_for_proxy(s) for name, s in self.profiles.items()}
         self.draining = False
         self._calls_nursery: trio.Nursery | None = None
+        # Counters read at scrape time, figures recorded at events (ctl/metrics.py).
+        self.metrics = EngineMetrics()
         # One clock paces every call's RTP (media/clock.py); it lives in the engine nursery.
-        self.clock = MediaClock()
+        self.clock = MediaClock(self.metrics.figures)
         # One epoll set receives every call's RTP and RTCP (media/poller.py), likewise.
-        self.poller = SocketPoller()
+        self.poller = SocketPoller(self.metrics.figures)
+        self.metrics.bind(self)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started`` gets the ng address."""
@@ -134,6 +138,8 @@ class Engine:
             await nursery.start(self.poller.run)
             await nursery.start(self.archive.run)
             nursery.start_soon(self._housekeeping)
+            if self.config["metrics"]["listen"] is not None:  # ([metrics] listen; not a thread)
+                await nursery.start(self.metrics.serve, self.config["metrics"]["listen"])
             address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
             task_status.started(address)
 
@@ -240,6 +246,7 @@ class Engine:
                     on_hang_up=self.control.hang_up if self.proxy.enabled else None,
                     on_ended=self.archive.call_ended,
                     media_options=self.media_options,
+                    metrics=self.metrics,
                 )
                 assert self._calls_nursery is not None
                 # Not `start`: waiting for the call's tasks to be under way would cost

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
+from media.figures import UNREAD, EngineFigures
 from media.playout import PlayoutQueue
 from media.rfc4733 import Dtmf
 from media.rtp import SILENCE_BYTE
@@ -110,6 +111,12 @@ class CallBridge:
     # Milestones of the call on trio's clock (offer, ai_session_open, first_caller_rtp, ...),
     # first occurrence only: they make the demo's timeline and the latency figures.
     timeline: dict[str, float] = field(default_factory=dict)
+    # The engine's event figures (media/figures.py): what the media plane and the AI session
+    # record when it happens (a connect, a response's latency), for the metrics.
+    figures: EngineFigures = UNREAD
+    # When the caller's last turn ended (the AI's voice activity detection, trio's clock),
+    # until the answer's first frame is sent: the response latency is measured between them.
+    turn_ended_at: float | None = None
     _audio_consumer: Callable[[bytes], bool] | None = field(default=None, init=False, repr=False)
     _audio_backlog: list[bytes] = field(default_factory=list, init=False, repr=False)
     _audio_closed: bool = field(default=False, init=False, repr=False)

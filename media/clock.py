@@ -30,6 +30,8 @@ from typing import Protocol
 
 import trio
 
+from media.figures import UNREAD, EngineFigures
+
 log = logging.getLogger("rtpai.media")
 
 # The clock wakes only on a 1 ms lattice, and each call's grid is anchored on it, so calls share
@@ -89,7 +91,9 @@ class MediaClock:
     its slot comes up (lazy deletion: removal from the middle of a list is O(n)).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, figures: EngineFigures = UNREAD) -> None:
+        # Where each wake-up's lateness goes (the engine's, for the metrics).
+        self.figures = figures
         # The timing wheel: lattice index -> the entries due then, in the order they were
         # scheduled (so streams that share their slots go in the order they first did).
         self._slots: dict[int, list[ClockEntry]] = {}
@@ -145,7 +149,13 @@ class MediaClock:
                 await trio.sleep_forever()
             self._wait = None
             self.wakeups += 1
-            self.tick_due(trio.current_time())
+            now = trio.current_time()
+            if self._indices:
+                # The pacing gap error, measured once per wake-up (at most 1000 a second,
+                # whatever the number of calls), not per frame: how late the earliest due
+                # frame goes out, the worst of this wake-up's frames. Early (coalesced) is 0.
+                self.figures.pacing_lateness.observe(max(now - self._indices[0] * TICK, 0.0))
+            self.tick_due(now)
 
     def tick_due(self, now: float) -> None:
         """One wake-up's work, synchronous: tick every stream due by ``now`` (coalesced).

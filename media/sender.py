@@ -128,6 +128,11 @@ class PacedSender:
                 packetizer.start_talkspurt()  # RFC 3551 4.1: marker on a talkspurt's start
                 self._talking = True
                 bridge.mark("first_rtp_to_caller")
+                if bridge.turn_ended_at is not None:
+                    # The answer to the caller's last turn starts to play: the response
+                    # latency, once per turn (a talkspurt's start, never per frame).
+                    bridge.figures.response_latency.observe(max(now - bridge.turn_ended_at, 0.0))
+                    bridge.turn_ended_at = None
             self._send(packetizer.packet(frame, samples))
             if self.recorder is not None:
                 self.recorder.played(frame, now)
@@ -169,7 +174,10 @@ class PacedSender:
             self.stats.send_errors += 1  # the kernel's buffer is full: drop, never block
             return
         except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            if not self.stats.send_errors and exc.errno not in (
+                    errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                # Once per call: every failure is counted (send_errors), never logged per
+                # packet, or a broken route would write 50 lines a second per call.
                 log.debug("call %s: RTP send failed: %s", self.bridge.call_id, exc)
             self.stats.send_errors += 1
             return

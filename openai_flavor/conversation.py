@@ -88,6 +88,8 @@ class Conversation(ServerEvents):
         self._held_bytes = 0
         self._judge_wake = math.inf
         self._judge_scope = trio.CancelScope()
+        # The server's audio_end_ms counts from this connection's first byte of caller audio.
+        self._audio_bytes_at_connect = stats.audio_sent_bytes
 
     async def run(self, *, reconnect: bool) -> None:
         """Converse until the connection ends; raise what ended it."""

@@ -39,6 +39,16 @@ FUNCTION_CALL_DONE = "response.function_call_arguments.done"
 FATAL_ERROR_CODES = frozenset(
     {"invalid_api_key", "beta_api_shape_disabled", "insufficient_quota", "model_not_found"}
 )
+# The Realtime API's error codes (and types, for errors without a code) that the metrics count
+# by name (rtpai_ai_errors_total{code}); any other is counted as "other": a label never takes
+# a value the server chose.
+KNOWN_ERROR_CODES = FATAL_ERROR_CODES | frozenset({
+    "invalid_request_error", "server_error", "rate_limit_exceeded", "session_expired",
+    "invalid_value", "unknown_parameter", "missing_required_parameter", "decimal_below_min_value",
+    "decimal_above_max_value", "input_audio_buffer_commit_empty",
+    "conversation_already_has_active_response", "response_cancel_not_active",
+    "item_truncate_invalid_item_id", "invalid_event", "error",
+})
 # Close codes: 3000 invalid key and 4000 wrong API shape are configuration mistakes (fatal);
 # any other (1001 is the 60-minute session cap) is a lost connection: a new one is opened.
 FATAL_CLOSE_CODES = frozenset({3000, 4000})

@@ -55,6 +55,7 @@ class ServerEvents:
     _nursery: trio.Nursery | None
     _goodbye: str | None  # the length cap's goodbye: "asked", then its response id
     _goodbye_played: trio.Event
+    _audio_bytes_at_connect: int  # caller audio sent before this connection (audio_end_ms)
 
     def send(self, event: dict[str, Any]) -> None: ...
     def want_response(self) -> None: ...
@@ -102,6 +103,8 @@ class ServerEvents:
                     events.field_int(event, "audio_start_ms"), now,
                     model_speaking=self._model_speaking()))
         elif kind in events.TURN_ENDED:
+            if kind == events.SPEECH_STOPPED:
+                self._speech_stopped(event, now)
             if self._judge is not None:
                 item_id = events.field_str(event, "item_id") or ""
                 if kind == events.SPEECH_STOPPED:
@@ -163,6 +166,21 @@ class ServerEvents:
             return False
         return self.turns.generating or self.bridge.queued_bytes > 0 or self._held is not None
 
+    def _speech_stopped(self, event: dict[str, Any], now: float) -> None:
+        """When the caller stopped speaking, for the response latency (media/figures.py).
+
+        The server says where in this connection's audio speech ended (``audio_end_ms``);
+        what it received after that is the silence its VAD waited for, which the caller
+        waited through too. Caller audio flows in real time, so speech ended that much
+        before ``now``. The media plane measures from there to the answer's first frame."""
+        end_ms = event.get("audio_end_ms")
+        waited_ms = 0.0
+        if isinstance(end_ms, int) and not isinstance(end_ms, bool):
+            sent_ms = ((self.stats.audio_sent_bytes - self._audio_bytes_at_connect)
+                       / self.bridge.bytes_per_ms)
+            waited_ms = min(max(sent_ms - end_ms, 0.0), 10_000.0)  # the server's number
+        self.bridge.turn_ended_at = now - waited_ms / 1000
+
     def _barge_in(self) -> None:
         """The caller interrupts: stop playing at once and tell the server what was heard.
 
@@ -180,6 +198,7 @@ class ServerEvents:
             return
         self.bridge.clear_playout()
         self.stats.barge_ins += 1
+        self.bridge.figures.barge_ins += 1
         if generating and self._judge is not None:
             self.send(events.response_cancel())
         if not self.settings.endpoint.truncate:
@@ -246,6 +265,7 @@ class ServerEvents:
             str(error.get("code") or error.get("type") or "error"),
             redact(str(error.get("message") or ""), self.settings.api_key))
         log.warning("call %s: Realtime error %s: %s", self.bridge.call_id, code, message)
+        self.bridge.figures.count_ai_error(code, events.KNOWN_ERROR_CODES)
         if code in events.FATAL_ERROR_CODES:
             # Retrying cannot help (a bad key, no quota): end the call now, not after a close.
             raise ConnectionLost(f"the Realtime API refused the session ({code})", fatal=True)

@@ -92,6 +92,7 @@ class RealtimeSession:
         self._cap = CallCap(settings.max_call_s)
         # The current connection's; it holds nothing of the session (no reference cycle).
         self._conversation: Conversation | None = None
+        self._connect_started = 0.0  # trio time the current connection attempt began
         # Failures of actions the model asked for, to tell it once a connection is ready.
         self._untold_failures: list[str] = []
         bridge.listen_for_failures(self._action_failed)
@@ -173,6 +174,7 @@ class RealtimeSession:
     async def _connect_once(self) -> None:
         """One WebSocket connection, from handshake to close; raises :class:`ConnectionLost`."""
         self.stats.connections += 1
+        self._connect_started = trio.current_time()
         settings = self.settings
         try:
             ws = await WebSocket.connect(
@@ -206,6 +208,11 @@ class RealtimeSession:
             untold_failures=self._untold_failures, silence=self._silence, cap=self._cap)
         self._state.to(SessionState.OPEN)
         self.bridge.mark("ai_session_open")
+        figures = self.bridge.figures
+        # Connect, TLS and the upgrade, to the 101: what the caller waits for (while ringing).
+        figures.ai_connect.observe(trio.current_time() - self._connect_started)
+        if self.stats.connections > 1:
+            figures.ai_reconnects += 1
         self._conversation = conversation
         try:
             await conversation.run(reconnect=self.stats.connections > 1)
