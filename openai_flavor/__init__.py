@@ -1,22 +1,35 @@
-"""The OpenAI Realtime flavor of rtpai's AI session.
+"""The OpenAI flavor of rtpai's AI session: the Realtime API, and GPT-Live (openai_flavor/live/).
 
 Importing the package registers it as ``openai`` (media/flavor.py): its ``[openai]`` rows, its
 settings and its session factory. The control plane reaches it only through that registry.
+``[openai] api`` (and each profile's) picks the protocol a call's session speaks.
 """
 
 from media import flavor as _registry
+from openai_flavor.live.session import LiveSession
+from openai_flavor.live.settings import LIVE_SETTINGS, LiveSettings
 from openai_flavor.session import RealtimeSession
 from openai_flavor.settings import OPENAI_SETTINGS, RealtimeSettings, check_tools
 
 
-def _configure(values, explicit: frozenset[str]) -> RealtimeSettings:
-    return RealtimeSettings.from_config(values, explicit=explicit)
+def _configure(values, explicit: frozenset[str]) -> RealtimeSettings | LiveSettings:
+    settings = RealtimeSettings.from_config(values, explicit=explicit)
+    if values["api"] == "live":
+        return LiveSettings.from_config(values, settings, explicit)
+    return settings
+
+
+def _new_session(settings, bridge, poller) -> RealtimeSession:
+    """The call's session, in the protocol its settings name."""
+    if isinstance(settings, LiveSettings):
+        return LiveSession(settings, bridge, poller)
+    return RealtimeSession(settings, bridge, poller)
 
 
 FLAVOR = _registry.register(_registry.Flavor(
     name="openai",
-    settings=OPENAI_SETTINGS,
+    settings=(*OPENAI_SETTINGS, *LIVE_SETTINGS),
     configure=_configure,
     check=check_tools,
-    new_session=RealtimeSession,
+    new_session=_new_session,
 ))
