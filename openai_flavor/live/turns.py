@@ -74,7 +74,7 @@ class Floor:
         """True once per yield: the caller speaks, the model has sent nothing for YIELD_GAP,
         and model audio still waits in the playout: clear it now."""
         if (self.yielded or self.caller_speaking_since is None or not playout_holds_audio
-                or now - self.last_model_audio < YIELD_GAP):
+                or now < self.last_model_audio + YIELD_GAP):
             return False
         self.yielded = True
         return True
@@ -82,7 +82,7 @@ class Floor:
     def spurt_ended(self, now: float) -> bool:
         """True once per talkspurt, when the model paused for YIELD_GAP: its last partial
         frame should play now rather than wait for more audio."""
-        if self.spurt_open and now - self.last_model_audio >= YIELD_GAP:
+        if self.spurt_open and now >= self.last_model_audio + YIELD_GAP:
             self.spurt_open = False
             return True
         return False
