@@ -1,5 +1,7 @@
 """The whole path on real parts: sipp -> Kamailio 5.6 or OpenSIPS 3.6 (rtpengine module) ->
-rtpai -> Realtime. Each test runs once per proxy (the ``proxy_kind`` fixture).
+rtpai -> the model. Each test runs once per proxy (the ``proxy_kind`` fixture); the first also
+once per speech API rtpai speaks: Realtime GA, Realtime beta and GPT-Live, each against its
+strict fake.
 
 sipp places a call and plays the caller's RTP from a pcap; the proxy answers it with the SDP
 rtpai returns from ``offer``; rtpai streams the caller's audio to the fake Realtime server and
@@ -21,6 +23,7 @@ from media.bridge import EndReason
 from media.rtp import parse_rtp
 from media.sdp import parse_sdp
 from tests.fakes.engine import engine_for_test, watch
+from tests.fakes.live import FakeLiveServer
 from tests.fakes.realtime import FakeRealtimeServer, tone
 from tests.peers import (
     LOOPBACK,
@@ -46,7 +49,21 @@ def caller_payloads() -> list[bytes]:
     return [bytes([(n * 13 + i) % 251 for i in range(160)]) for n in range(CALLER_FRAMES)]
 
 
-async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, proxy_kind):
+# Each speech API: its fake server (answering the caller's speech with ``reply``, all at once)
+# and the [openai] settings that make rtpai speak it.
+def model_server(api: str, reply: bytes) -> tuple[FakeRealtimeServer | FakeLiveServer, dict]:
+    if api == "live":
+        # GPT-Live's model yields when the caller talks over it (and rtpai then clears what
+        # it holds): it answers once the caller's whole utterance is in.
+        return FakeLiveServer(reply_audio=reply, respond_after_ms=CALLER_FRAMES * 20,
+                              speed=0), {"OPENAI_API": "live"}
+    server = FakeRealtimeServer(reply_audio=reply, respond_after_ms=300, speed=0,
+                                beta=api == "beta")
+    return server, {"OPENAI_API_DIALECT": api}
+
+
+@pytest.mark.parametrize("api", ["ga", "beta", "live"])
+async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, proxy_kind, api):
     require_tool("sipp")
     require_root()  # sipp's pcap player and LoopbackCapture use raw sockets
 
@@ -54,7 +71,7 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
     pcap = tmp_path / "caller.pcap"
     write_rtp_pcap(pcap, payloads)
     reply_audio = tone("pcmu", REPLY_MS, hz=440)
-    server = FakeRealtimeServer(reply_audio=reply_audio, respond_after_ms=300, speed=0)
+    server, api_settings = model_server(api, reply_audio)
     sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
     http_port = unused_port(socket.SOCK_STREAM)
 
@@ -64,7 +81,8 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
             path = "/RPC" if proxy_kind == "kamailio" else "/mi"
             engine = engine_for_test(url, RTP_MIN_PORT="42000", RTP_MAX_PORT="42099",
                                      PROXY_TYPE=proxy_kind,
-                                     PROXY_URL=f"http://127.0.0.1:{http_port}{path}")
+                                     PROXY_URL=f"http://127.0.0.1:{http_port}{path}",
+                                     **api_settings)
             deletes = watch(engine, "delete")
             ng_address = await nursery.start(engine.run)  # the engine first: Kamailio pings it
             async with (
@@ -92,6 +110,7 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
                 assert session.headers["authorization"] == "Bearer test-key"
                 await session.wait_until(lambda s: len(s.audio_in) >= CALLER_FRAMES * 160)
                 assert bytes(session.audio_in) == b"".join(payloads)
+                assert session.model == ("gpt-live-1" if api == "live" else "gpt-realtime-2.1")
                 call = next(iter(engine.calls))
                 rtp_port = call.media.local_port
 
@@ -113,6 +132,8 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
                 await deletes.wait_for(1)  # the proxy's BYE to its inner UAS -> rtpengine_delete
 
             assert engine.proxy.sent[0].reason == "test done"
+            assert server.crashes == []
+            assert not [e for e in session.server_events if e["type"] == "error"]
             assert len(engine.calls) == 0
             assert engine.ports.in_use == 0
             for port in (rtp_port, rtp_port + 1):
