@@ -104,6 +104,8 @@ class Config:
     values: Mapping[str, Mapping[str, Any]]
     explicit: frozenset[tuple[str, str]] = field(default_factory=frozenset)
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The flavor's named sections as built: prefix -> name -> object ([mcp:NAME]).
+    named: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self.values[section]
@@ -123,6 +125,11 @@ class Config:
                     found.append(value)
                     found.extend(_url_secrets(value))
         found.extend(_url_secrets(self.values["proxy"]["url"]))
+        for kind in flavors.get(FLAVOR).named:
+            for built in self.named.get(kind.prefix, {}).values():
+                for value in kind.secrets(built):
+                    found.append(value)
+                    found.extend(_url_secrets(value))
         return found
 
     def __repr__(self) -> str:
@@ -166,8 +173,13 @@ def _check_known_keys(ini: configparser.ConfigParser) -> None:
     known: dict[str, set[str]] = {}
     for setting in SETTINGS:
         known.setdefault(setting.section, set()).update((setting.key, *setting.aliases))
+    for kind in flavors.get(FLAVOR).named:
+        known[kind.prefix + ":"] = {setting.key for setting in kind.settings}
     for section in ini.sections():
         base = FLAVOR if section.startswith(PROFILE_PREFIX) else section
+        prefix, colon, _ = section.partition(":")
+        if colon and prefix + ":" in known:
+            base = prefix + ":"
         if base not in known:
             continue  # sections of other tools may share the file
         for key in ini.options(section):
@@ -177,8 +189,47 @@ def _check_known_keys(ini: configparser.ConfigParser) -> None:
                 )
 
 
+def _named(ini: configparser.ConfigParser,
+           environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Every ``[PREFIX:NAME]`` section of the flavor's named kinds, validated and built."""
+    named: dict[str, dict[str, Any]] = {}
+    for kind in flavors.get(FLAVOR).named:
+        built = named.setdefault(kind.prefix, {})
+        for section in ini.sections():
+            prefix, colon, name = section.partition(":")
+            if prefix != kind.prefix or not colon:
+                continue
+            values = {}
+            for setting in kind.settings:
+                raw = ini.get(section, setting.key, fallback=setting.default)
+                try:
+                    values[setting.key] = None if raw is None else setting.parse(raw)
+                except ValueError as exc:
+                    shown = "" if setting.secret else f" (got {raw!r})"
+                    raise ConfigError(f"[{section}] {setting.key}: {exc}{shown}") from None
+            try:
+                built[name.strip()] = kind.build(name.strip(), values, environ)
+            except ValueError as exc:
+                raise ConfigError(f"[{section}] {exc}") from None
+    return named
+
+
+def _resolve_named(values: dict[str, Any], named: Mapping[str, Mapping[str, Any]],
+                   label: str) -> None:
+    """The flavor row named like a kind of section lists names: it gets the built objects."""
+    for prefix, built in named.items():
+        names = values.get(prefix)
+        if not names or not isinstance(names[0], str):
+            continue  # empty, or already resolved (a profile's copy of [openai]'s)
+        missing = [name for name in names if name not in built]
+        if missing:
+            raise ConfigError(f"{label} {prefix}: no [{prefix}:{missing[0]}] section")
+        values[prefix] = tuple(built[name] for name in names)
+
+
 def _profiles(
-    ini: configparser.ConfigParser, base: Mapping[str, Any]
+    ini: configparser.ConfigParser, base: Mapping[str, Any],
+    named: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, dict[str, Any]]:
     flavor = flavors.get(FLAVOR)
     profiles: dict[str, dict[str, Any]] = {}
@@ -199,6 +250,7 @@ def _profiles(
                         shown = "" if setting.secret else f" (got {raw!r})"
                         raise ConfigError(f"[{section}] {setting.key}: {exc}{shown}") from None
                     break
+        _resolve_named(values, named, f"[{section}]")
         try:
             flavor.check(values, lambda key, section=section: f"[{section}] {key}")
         except ValueError as exc:
@@ -257,12 +309,15 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
             raise ConfigError(f"[rtp] ip / RTP_IP: {exc} (got {rtp['ip']!r})") from None
     flavor = flavors.get(FLAVOR)
     labels = {setting.key: setting.label for setting in flavor.settings}
+    named = _named(ini, environ)
+    _resolve_named(values[FLAVOR], named, f"[{FLAVOR}]")
     try:
         flavor.check(values[FLAVOR], labels.__getitem__)  # across rows, which no parser can
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return Config(
-        values=values, explicit=frozenset(explicit), profiles=_profiles(ini, values[FLAVOR])
+        values=values, explicit=frozenset(explicit),
+        profiles=_profiles(ini, values[FLAVOR], named), named=named,
     )
 
 

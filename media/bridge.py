@@ -34,6 +34,8 @@ class EndReason(enum.Enum):
     MEDIA_FAILURE = "media_failure"  # a bug in the call's media handling
     AI_FAILED = "ai_failed"  # the AI session gave up (ng: aifailures)
     MODEL_HUNG_UP = "model_hung_up"  # the model's end_call, once its goodbye played
+    CALLER_SILENT = "caller_silent"  # no word from the caller, re-prompts used up
+    MAX_DURATION = "max_duration"  # the call's length cap, after the goodbye
     TRANSFERRED = "transferred"  # the proxy carried out a transfer the model asked for
     PROXY_DID_NOT_HANG_UP = "proxy_did_not_hang_up"  # accepted a hang-up, no delete came
     SHUTDOWN = "shutdown"  # the engine stopped or drained
@@ -174,6 +176,11 @@ class CallBridge:
     def clear_playout(self) -> int:
         """Stop playing at once (barge-in); returns the bytes dropped."""
         return self.playout.clear()
+
+    def hold_playout(self) -> list[tuple[Hashable, bytes]]:
+        """Stop playing at once but keep what was queued (a barge-in still being judged):
+        returns it, item by item, for :meth:`play` to put back where it stopped."""
+        return self.playout.take()
 
     def holds(self, item: Hashable) -> bool:
         """Some of ``item``'s audio still waits to be played."""

@@ -34,6 +34,20 @@ class AiSettings(Protocol):
 
 
 @dataclass(frozen=True)
+class NamedSections:
+    """Sections ``[PREFIX:NAME]`` a flavor declares beside its own (``[mcp:crm]``): their rows
+    (read from the file only), and how one is built into the object its settings hold. The
+    flavor's row named ``PREFIX`` lists the names a section or profile uses; the configuration
+    resolves that list into the built objects before the flavor's checks run."""
+
+    prefix: str
+    settings: tuple[Setting, ...]
+    # (name, the section's validated values, the environment) -> the object; ValueError: why.
+    build: Callable[[str, Mapping[str, Any], Mapping[str, str]], Any]
+    secrets: Callable[[Any], list[str]]  # what of a built object never reaches a log
+
+
+@dataclass(frozen=True)
 class Flavor:
     name: str  # also its configuration section, [NAME], and its profiles' [NAME:PROFILE]
     settings: tuple[Setting, ...]  # its rows, declared once with their defaults
@@ -44,6 +58,7 @@ class Flavor:
     check: Callable[[Mapping[str, Any], Callable[[str], str]], None]
     # The call's AI session: started in the call's nursery, cancelled with it.
     new_session: Callable[[Any, CallBridge, SocketPoller], AiSession]
+    named: tuple[NamedSections, ...] = ()
 
 
 _FLAVORS: dict[str, Flavor] = {}

@@ -116,6 +116,16 @@ class PlayoutQueue:
                 segments.popleft()
         return frame
 
+    def take(self) -> list[tuple[Hashable, bytes]]:
+        """Remove everything queued and return it, item by item (a paused playout: the AI
+        session may put it back with :meth:`push`, in order, where it stopped)."""
+        taken, offset = [], 0
+        for item, size in self._segments:
+            taken.append((item, bytes(self._buffer[offset:offset + size])))
+            offset += size
+        self.clear()
+        return taken
+
     def clear(self) -> int:
         """Drop everything queued (barge-in); returns the number of bytes dropped."""
         dropped = len(self._buffer)

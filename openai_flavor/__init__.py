@@ -7,7 +7,8 @@ settings and its session factory. The control plane reaches it only through that
 
 from media import flavor as _registry
 from openai_flavor.live.session import LiveSession
-from openai_flavor.live.settings import LIVE_SETTINGS, LiveSettings
+from openai_flavor.live.settings import LIVE_SETTINGS, LiveSettings, check_live
+from openai_flavor.mcp import MCP_SETTINGS, McpServer, build_server
 from openai_flavor.session import RealtimeSession
 from openai_flavor.settings import OPENAI_SETTINGS, RealtimeSettings, check_tools
 
@@ -17,6 +18,11 @@ def _configure(values, explicit: frozenset[str]) -> RealtimeSettings | LiveSetti
     if values["api"] == "live":
         return LiveSettings.from_config(values, settings, explicit)
     return settings
+
+
+def _check(values, label) -> None:
+    check_tools(values, label)
+    check_live(values, label)
 
 
 def _new_session(settings, bridge, poller) -> RealtimeSession:
@@ -30,6 +36,8 @@ FLAVOR = _registry.register(_registry.Flavor(
     name="openai",
     settings=(*OPENAI_SETTINGS, *LIVE_SETTINGS),
     configure=_configure,
-    check=check_tools,
+    check=_check,
     new_session=_new_session,
+    # [mcp:NAME]: remote MCP servers the Realtime server calls for the model.
+    named=(_registry.NamedSections("mcp", MCP_SETTINGS, build_server, McpServer.secrets),),
 ))

@@ -5,11 +5,15 @@ a reconnect) and runs, in a nursery of its own:
 
 * the reader (openai_flavor/reader.py), which hands server events to :meth:`handle`:
   playout, barge-in, transcripts, usage, tool calls;
-* the flusher: output the socket could not take at once (openai_flavor/websocket.py);
+* the flusher: output the socket could not take at once (openai_flavor/websocket/);
 * the watchdog's task, which also sends the keepalive pings;
-* the welcome message, once caller media flows; the caller's DTMF digits; tool calls.
+* the welcome message, once caller media flows; the caller's DTMF digits; tool calls;
+* with ``idle_reprompt_s``, the wait for a silent caller; with ``max_call_s``, the length
+  cap (openai_flavor/idle.py); with ``barge_in_min_ms``, the barge-in judge's timer
+  (openai_flavor/barge_in.py).
 
-Caller audio needs no task: the bridge hands each frame to :meth:`append_caller_audio`.
+Caller audio needs no task: the bridge hands each frame to :meth:`append_caller_audio`. The
+server's events are handled by the :class:`~openai_flavor.server_events.ServerEvents` half.
 The first of these to end (a close, a :class:`ConnectionLost`) ends them all, and ``run``
 raises it. What outlives a connection (statistics, the welcome and the hang-up, failures
 still to tell the model, the back-off) is the session's, handed in.
@@ -20,20 +24,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+from functools import partial
 from typing import Any
 
 import trio
 
-from media.bridge import CallBridge
+from media.bridge import CallBridge, EndReason
 from media.poller import MediaPoller
-from openai_flavor import events, keypad
-from openai_flavor.errors import ConnectionLost, redact
+from openai_flavor import events, keypad, session_update
+from openai_flavor.barge_in import BargeInJudge, Plan
+from openai_flavor.errors import ConnectionLost
+from openai_flavor.idle import GOODBYE_BOUND, GOODBYE_TEXT, CallCap, Silence, SilenceWatch
 from openai_flavor.reader import EventReader
 from openai_flavor.reconnect import Backoff
+from openai_flavor.server_events import ServerEvents
 from openai_flavor.settings import RealtimeSettings
 from openai_flavor.stats import RealtimeStats
 from openai_flavor.tools import ToolCalls
-from openai_flavor.turns import FunctionCall, ResponseDone, Turns
+from openai_flavor.turns import Turns
 from openai_flavor.watchdog import Bounds, Watchdog
 from openai_flavor.websocket import ConnectionClosed, WebSocket
 from openai_flavor.welcome import WelcomeAndGoodbye
@@ -42,15 +50,13 @@ log = logging.getLogger("rtpai.openai")
 
 # Audio held while the connection opened goes out as appends of at most this many frames.
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
-# An assistant item is a few per response: more than this many live at once is a server
-# inventing item ids (docs/reliability.md).
-MAX_ASSISTANT_ITEMS = 64
 
 
-class Conversation:
+class Conversation(ServerEvents):
     def __init__(self, ws: WebSocket, *, settings: RealtimeSettings, bridge: CallBridge,
                  poller: MediaPoller, stats: RealtimeStats, manners: WelcomeAndGoodbye,
-                 backoff: Backoff, untold_failures: list[str]) -> None:
+                 backoff: Backoff, untold_failures: list[str], silence: Silence,
+                 cap: CallCap) -> None:
         self._ws = ws
         self.settings = settings
         self.bridge = bridge
@@ -71,6 +77,17 @@ class Conversation:
         self._watch_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._tools = ToolCalls(settings, bridge, stats)
+        self._silence = SilenceWatch(silence, bridge)
+        self._cap = cap
+        self._goodbye: str | None = None
+        self._goodbye_played = trio.Event()
+        self._judge = (BargeInJudge(settings.barge_in_min_ms,
+                                    transcribed=bool(settings.transcription_model))
+                       if session_update.rtpai_decides_barge_in(settings) else None)
+        self._held: list[tuple[Any, bytes | None]] | None = None
+        self._held_bytes = 0
+        self._judge_wake = math.inf
+        self._judge_scope = trio.CancelScope()
 
     async def run(self, *, reconnect: bool) -> None:
         """Converse until the connection ends; raise what ended it."""
@@ -80,9 +97,9 @@ class Conversation:
             instructions = events.recap_instructions(instructions, self.stats.transcript)
             # Audio held while disconnected is old: the new session must not answer it.
             self.bridge.drop_caller_backlog()
-        self.send(events.session_update(self.settings, self.bridge.codec,
-                                        instructions=instructions,
-                                        interrupt=not self._manners.guarding))
+        self.send(session_update.session_update(self.settings, self.bridge.codec,
+                                                instructions=instructions,
+                                                interrupt=not self._manners.guarding))
         backlog = self.bridge.attach_caller_audio(self.append_caller_audio)
         for start in range(0, len(backlog), MAX_FRAMES_PER_APPEND):
             self.append_caller_audio(b"".join(backlog[start : start + MAX_FRAMES_PER_APPEND]))
@@ -94,6 +111,13 @@ class Conversation:
                 tasks.append(self._welcome)
             if self.bridge.caller_events is not None:
                 tasks.append(self._forward_dtmf)
+            if self.settings.idle_reprompt_s:
+                # The callbacks are the task's arguments: gone with it (no reference cycle).
+                tasks.append(partial(self._silence.run, self._instruct, self._caller_silent))
+            if self.settings.max_call_s:
+                tasks.append(self._cap_length)
+            if self._judge is not None:
+                tasks.append(self._judge_timer)
             for task in tasks:
                 nursery.start_soon(self._until_lost, task, ended)
         if ended:
@@ -123,9 +147,10 @@ class Conversation:
 
     def send(self, event: dict[str, Any]) -> None:
         """Send a client event now. A broken connection surfaces in the reader and flusher
-        (openai_flavor/websocket.py), which end this connection; here it is dropped."""
+        (openai_flavor/websocket/), which end this connection; here it is dropped."""
         self._ws.send_text(json.dumps(event))
         if event["type"] == "response.create":
+            self._silence.busy()
             self._expect_response()
 
     def want_response(self) -> None:
@@ -159,7 +184,9 @@ class Conversation:
         await self.ready.wait()
         await self.bridge.media_started.wait()
         if self._manners.take_welcome() and self.turns.request_response(welcome=True):
-            self.send(events.welcome_response(self.settings))
+            for event in events.instructed_response(self.settings,
+                                                    events.welcome_text(self.settings)):
+                self.send(event)
 
     def append_caller_audio(self, audio: bytes) -> bool:
         """The bridge's consumer: one frame of caller audio (or a backlog batch), sent now.
@@ -187,6 +214,7 @@ class Conversation:
             if not text:
                 continue
             self.stats.dtmf_digits += len(text)
+            self._silence.caller_active()
             log.info("call %s: caller pressed %s", self.bridge.call_id, text)
             self.send(events.caller_text(events.dtmf_text(text)))
             self.want_response()
@@ -199,144 +227,65 @@ class Conversation:
             self._untold_failures.clear()
             self.want_response()
 
-    # --- server events --------------------------------------------------------------------------
+    def _instruct(self, text: str) -> None:
+        """Tell the model what to do next (a re-prompt, the goodbye) and ask it to: a system
+        message, so a response.create deferred behind a running response still carries it."""
+        self.send(events.system_text(text))
+        self.want_response()
 
-    def handle(self, event: dict[str, Any], now: float) -> None:
-        """One server event. Fields are read through ``events.field_*``, which raise
-        MalformedEvent for a wrong type before anything changes (the reader drops it)."""
-        kind = event["type"]
-        turns = self.turns
-        if kind not in events.NO_PROGRESS and not kind.startswith("input_audio_buffer."):
-            # Progress towards a response. VAD events, errors and rate limits are not: a
-            # server that hears the caller but never answers is as mute as a silent one.
-            self._watchdog.heard(now)
-        if kind in events.AUDIO_DELTA:
-            audio = events.decode_audio_delta(event)
-            item_id = events.field_str(event, "item_id") or ""
-            if item_id not in turns.items and len(turns.items) >= MAX_ASSISTANT_ITEMS:
-                raise events.MalformedEvent("too many assistant items at once")
-            # False for a late delta of an interrupted response: the caller must not hear it.
-            if turns.audio_delta(events.field_str(event, "response_id"), item_id, len(audio)):
-                self.stats.audio_received_bytes += len(audio)
-                self.bridge.mark("first_ai_audio")
-                self.bridge.play(audio, item_id)
-        elif kind in events.AUDIO_DONE:
-            response_id = events.field_str(event, "response_id")
-            if turns.audio_done(response_id, events.field_str(event, "item_id") or ""):
-                self.bridge.end_item()
-        elif kind == events.SPEECH_STARTED:
+    def _caller_silent(self, reason: str) -> None:
+        log.info("call %s: %s; hanging up", self.bridge.call_id, reason)
+        self.bridge.end_call(EndReason.CALLER_SILENT, reason)
+
+    # --- the length cap -------------------------------------------------------------------------
+
+    async def _cap_length(self) -> None:
+        """At ``max_call_s`` from the caller's first RTP: ask for a goodbye, and end the call
+        once it has played, or GOODBYE_BOUND after asking in any case."""
+        cap = self._cap
+        await self.bridge.media_started.wait()
+        await trio.sleep_until(cap.deadline(trio.current_time()))
+        if cap.goodbye_asked_at is None:
+            await self.ready.wait()
+            cap.goodbye_asked_at = trio.current_time()
+            self._goodbye = "asked"
+            self._instruct(GOODBYE_TEXT)
+        with trio.move_on_at(cap.goodbye_asked_at + GOODBYE_BOUND):
+            await self._goodbye_played.wait()
+        log.info("call %s: %s; hanging up", self.bridge.call_id, cap.reason)
+        self.bridge.end_call(EndReason.MAX_DURATION, cap.reason)
+
+    # --- barge-in decided by rtpai --------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> None:
+        """Carry out the barge-in judge's plan (openai_flavor/barge_in.py), synchronously."""
+        if plan.pause and self._held is None:
+            self._held = list(self.bridge.hold_playout())
+            self._held_bytes = sum(len(audio) for _, audio in self._held)
+        if plan.resume or plan.interrupt:
+            held, self._held = self._held or [], None
+            for item, audio in held:  # back where it stopped, in order
+                if audio is None:
+                    self.bridge.end_item()
+                else:
+                    self.bridge.play(audio, item)
+        if plan.interrupt:
             self._barge_in()
-        elif kind in events.TURN_ENDED:
-            # The server's VAD ended the caller's turn: it creates a response (create_response).
-            if self.settings.turn_detection_type != "none":
-                self._expect_response()
-        elif kind == events.RESPONSE_CREATED:
-            response = events.field_object(event, "response")
-            turns.response_created(events.field_str(response, "id") or "", self.bridge)
-            self._expect_response()
-        elif kind == events.FUNCTION_CALL_DONE:
-            call_id, name, arguments = events.parse_function_call(event)
-            turns.function_call(events.field_str(event, "response_id"),
-                                FunctionCall(call_id, name, arguments))
-        elif kind == events.RESPONSE_DONE:
-            response = events.field_object(event, "response")
-            done = turns.response_done(events.field_str(response, "id"))
-            self.stats.responses += 1
-            events.add_usage(self.stats.usage, response.get("usage"))
-            # Settled before what follows sends a response.create, which expects anew.
-            self._watchdog.response_settled()
-            self._response_done(done)
-        elif kind in events.ASSISTANT_TRANSCRIPT_DONE:
-            self._transcript("assistant", event.get("transcript"))
-        elif kind == events.CALLER_TRANSCRIPT_DONE:
-            self._transcript("caller", event.get("transcript"))
-        elif kind in {"session.created", "session.updated"}:
-            session_id = events.field_str(events.field_object(event, "session"), "id")
-            self.stats.session_id = session_id or self.stats.session_id
-            if kind == "session.created":
-                self._watchdog.session_created()
-            else:
-                self._watchdog.session_updated()
-                if not self.ready.is_set():
-                    self.ready.set()
-                    self._backoff.connected(now)
-                    self.tell_failures()  # any that happened while disconnected
-        elif kind == "error":
-            self._error(events.field_object(event, "error"))
-
-    def _barge_in(self) -> None:
-        """The caller started speaking: stop playing at once and tell the server what was heard.
-
-        The decision and the clear happen in one step with no checkpoint between them, so
-        the frames counted are exactly the frames sent: the caller hears at most the one
-        frame already on the wire. The server cancels the response itself (interrupt_response
-        is on whenever barge-in is honoured), so no response.cancel is sent.
-        """
-        decision = self.turns.barge_in(self.bridge)
-        if decision.ignored:
-            self.stats.barge_ins_ignored += 1
-            return
-        if not decision.interrupted:
-            return
-        self.bridge.clear_playout()
-        self.stats.barge_ins += 1
-        for item_id, end_ms in decision.truncate:
-            self.send(events.truncate_item(item_id, end_ms))
-            self.stats.truncations += 1
-
-    def _response_done(self, done: ResponseDone) -> None:
-        assert self._nursery is not None
-        if self._manners.welcome_generated(done):
-            self._nursery.start_soon(self._unguard_welcome)
-        hang_up = self._manners.hang_up_due(done)
-        if hang_up is not None:
-            self.bridge.hang_up_after_playout(hang_up)
-        elif done.calls:
-            self._nursery.start_soon(self._answer_tools, done)
-        elif done.send_response:
-            self.send(events.response_create())
-
-    async def _unguard_welcome(self) -> None:
-        """The welcome has been generated; once it has played, barge-in works again."""
-        await self.bridge.wait_playout_idle()
-        self._manners.welcome_played()
-        self.turns.guard_welcome = False
-        self.send(events.interrupt_update(self.settings, True))
-
-    async def _answer_tools(self, done: ResponseDone) -> None:
-        """Answer a response's function calls, then let the model go on (or hang up)."""
-        answers = await self._tools.answer(done)
-        for call_id, output in answers.outputs:
-            self.send(events.function_call_output(call_id, output))
-        if answers.hang_up is not None:
-            if self._manners.model_hangs_up(answers.hang_up, said_goodbye=done.had_audio):
-                # The goodbye was in this response: end once it has been heard.
-                self.bridge.hang_up_after_playout(answers.hang_up)
-                return
-            # No goodbye yet: let the model say it; the call ends after that response.
-            assert answers.end_call_id is not None
-            self.send(events.function_call_output(
-                answers.end_call_id, json.dumps({"ok": True, "note": "Say goodbye now; the "
-                                                 "call ends when you finish."})))
-        if done.send_response:
-            # A response.create was deferred while this response ran (turns counts it as
-            # on its way): it also makes the model read these outputs.
-            self.send(events.response_create())
-        elif answers.outputs or answers.hang_up is not None:
+        if plan.forget is not None:
+            self.send(events.delete_item(plan.forget))
+        if plan.respond:
             self.want_response()
+        elif plan.resume and self.turns.settled:
+            self._silence.model_done()
+        if plan.wake_at is not None:
+            self._judge_wake = self._judge_scope.deadline = plan.wake_at
 
-    def _error(self, error: dict[str, Any]) -> None:
-        # Bounded by the statistics: a hostile server may send errors of any size at any
-        # rate (within the flood bound).
-        code, message = self.stats.add_error(
-            str(error.get("code") or error.get("type") or "error"),
-            redact(str(error.get("message") or ""), self.settings.api_key))
-        log.warning("call %s: Realtime error %s: %s", self.bridge.call_id, code, message)
-        if code in events.FATAL_ERROR_CODES:
-            # Retrying cannot help (a bad key, no quota): end the call now, not after a close.
-            raise ConnectionLost(f"the Realtime API refused the session ({code})", fatal=True)
-
-    def _transcript(self, role: str, text: Any) -> None:
-        if isinstance(text, str) and text:
-            self.stats.add_transcript(role, text)
-            log.info("call %s: %s said: %s", self.bridge.call_id, role, text)
+    async def _judge_timer(self) -> None:
+        assert self._judge is not None
+        while True:
+            with trio.CancelScope(deadline=self._judge_wake) as self._judge_scope:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            if now >= self._judge_wake:
+                self._judge_wake = math.inf
+                self.apply(self._judge.timer(now))

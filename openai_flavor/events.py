@@ -1,22 +1,18 @@
 """Realtime API events, sans-IO: what we send for a session, and what the server's events mean.
 
-Two dialects: ``ga`` (the interface since 2025-08-28, the only one OpenAI serves since the beta
-was switched off in May 2026) and ``beta`` (kept for compatible servers that still speak it).
-Field names follow openai-python's generated realtime types.
+Server events come in the ``ga`` names (OpenAI since 2025-08-28, Azure's GA endpoint, xAI) or
+the ``beta`` ones (kept for compatible servers that still speak them); both are recognised.
+The session's configuration is built in openai_flavor/session_update.py. Field names follow
+openai-python's generated realtime types.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import math
 from typing import Any
 
-from openai_flavor.settings import END_CALL_TOOL, TRANSFER_TOOL, RealtimeSettings
-
-# The G.711 format names of each dialect.
-GA_FORMAT = {"PCMU": {"type": "audio/pcmu"}, "PCMA": {"type": "audio/pcma"}}
-BETA_FORMAT = {"PCMU": "g711_ulaw", "PCMA": "g711_alaw"}
+from openai_flavor.settings import RealtimeSettings
 
 AUDIO_DELTA = frozenset({"response.output_audio.delta", "response.audio.delta"})
 AUDIO_DONE = frozenset({"response.output_audio.done", "response.audio.done"})
@@ -24,12 +20,18 @@ ASSISTANT_TRANSCRIPT_DONE = frozenset(
     {"response.output_audio_transcript.done", "response.audio_transcript.done"}
 )
 CALLER_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
+CALLER_TRANSCRIPT_FAILED = "conversation.item.input_audio_transcription.failed"
 SPEECH_STARTED = "input_audio_buffer.speech_started"
+SPEECH_STOPPED = "input_audio_buffer.speech_stopped"
+COMMITTED = "input_audio_buffer.committed"
 # Server events that say nothing about a response coming (nor do input_audio_buffer.*).
 NO_PROGRESS = frozenset({"error", "rate_limits.updated"})
 # The server's VAD ended the caller's turn; with create_response a response follows.
-TURN_ENDED = frozenset({"input_audio_buffer.speech_stopped", "input_audio_buffer.committed"})
+TURN_ENDED = frozenset({SPEECH_STOPPED, COMMITTED})
 RESPONSE_CREATED = "response.created"
+# The session exists: OpenAI's and Azure's servers say session.created; xAI's docs name
+# conversation.created as the first event.
+SESSION_CREATED = frozenset({"session.created", "conversation.created"})
 RESPONSE_DONE = "response.done"
 FUNCTION_CALL_DONE = "response.function_call_arguments.done"
 
@@ -42,123 +44,6 @@ FATAL_ERROR_CODES = frozenset(
 FATAL_CLOSE_CODES = frozenset({3000, 4000})
 # HTTP answers to the upgrade that no retry will change: bad key, forbidden, no such endpoint.
 FATAL_HTTP_STATUS = frozenset({400, 401, 403, 404})
-
-
-def _turn_detection(settings: RealtimeSettings, *, interrupt: bool = True) -> dict[str, Any] | None:
-    kind = settings.turn_detection_type
-    if kind == "none":
-        return None
-    if kind == "semantic_vad":
-        # semantic_vad rejects threshold/prefix/silence: it decides turns from meaning.
-        return {"type": "semantic_vad", "eagerness": settings.turn_detection_eagerness,
-                "create_response": True, "interrupt_response": interrupt}
-    return {
-        "type": "server_vad",
-        "threshold": settings.turn_detection_threshold,
-        "prefix_padding_ms": settings.turn_detection_prefix_ms,
-        "silence_duration_ms": settings.turn_detection_silence_ms,
-        "create_response": True,
-        # False only while an uninterruptible welcome message plays: the server must not
-        # cancel it when the caller speaks (rtpai also keeps playing it).
-        "interrupt_response": interrupt,
-    }
-
-
-def tool_definitions(settings: RealtimeSettings) -> list[dict[str, Any]]:
-    """The function tools offered to the model (same shape in both dialects)."""
-    tools: list[dict[str, Any]] = []
-    if settings.end_call_tool:
-        tools.append({
-            "type": "function",
-            "name": END_CALL_TOOL,
-            "description": "End the phone call. Say a short goodbye first: the call ends once "
-                           "everything you said has been played to the caller.",
-            "parameters": {"type": "object", "properties": {
-                "reason": {"type": "string", "description": "Why the call ends."}}},
-        })
-    if settings.transfer_enabled:
-        targets = sorted({*settings.transfer_allow, *filter(None, [settings.transfer_target])})
-        target: dict[str, Any] = {"type": "string", "enum": targets,
-                                  "description": "Where to transfer the caller."}
-        if settings.transfer_target:
-            target["description"] += f" Default: {settings.transfer_target}."
-        tools.append({
-            "type": "function",
-            "name": TRANSFER_TOOL,
-            "description": "Transfer the caller to a person or department. Tell the caller "
-                           "first that you are transferring them.",
-            "parameters": {"type": "object", "properties": {"target": target},
-                           "required": [] if settings.transfer_target else ["target"]},
-        })
-    for tool in settings.tools:
-        tools.append({"type": "function", "name": tool.name, "description": tool.description,
-                      "parameters": dict(tool.parameters)})
-    return tools
-
-
-def session_update(
-    settings: RealtimeSettings,
-    codec: str,
-    *,
-    instructions: str | None = None,
-    interrupt: bool = True,
-) -> dict[str, Any]:
-    """The ``session.update`` that configures a call's session for G.711 ``codec``.
-
-    ``instructions`` overrides the configured ones (a reconnect adds a recap); ``interrupt``
-    False keeps the server from cancelling a response when the caller speaks.
-    """
-    max_tokens: int | str = "inf" if math.isinf(settings.max_tokens) else int(settings.max_tokens)
-    instructions = instructions if instructions is not None else settings.instructions
-    transcription = (
-        {"model": settings.transcription_model} if settings.transcription_model else None
-    )
-    tools = tool_definitions(settings)
-    if settings.dialect == "beta":
-        session: dict[str, Any] = {
-            "modalities": ["audio", "text"],
-            "voice": settings.voice,
-            "input_audio_format": BETA_FORMAT[codec],
-            "output_audio_format": BETA_FORMAT[codec],
-            "turn_detection": _turn_detection(settings, interrupt=interrupt),
-            "temperature": settings.temperature,
-            "max_response_output_tokens": max_tokens,
-        }
-        if transcription:
-            session["input_audio_transcription"] = transcription
-    else:
-        # GA. There is no temperature any more: the server rejects it as an unknown parameter.
-        audio_input: dict[str, Any] = {
-            "format": GA_FORMAT[codec],
-            "turn_detection": _turn_detection(settings, interrupt=interrupt),
-        }
-        if transcription:
-            audio_input["transcription"] = transcription
-        session = {
-            "type": "realtime",
-            "output_modalities": ["audio"],
-            "max_output_tokens": max_tokens,
-            "audio": {
-                "input": audio_input,
-                "output": {"format": GA_FORMAT[codec], "voice": settings.voice},
-            },
-        }
-    if instructions:
-        session["instructions"] = instructions
-    if tools:
-        session["tools"] = tools
-        session["tool_choice"] = "auto"
-    return {"type": "session.update", "session": session}
-
-
-def interrupt_update(settings: RealtimeSettings, interrupt: bool) -> dict[str, Any]:
-    """Switch the server's barge-in (``interrupt_response``) on or off, nothing else."""
-    detection = _turn_detection(settings, interrupt=interrupt)
-    if settings.dialect == "beta":
-        return {"type": "session.update", "session": {"turn_detection": detection}}
-    # GA requires the session type on every update; turn_detection is replaced whole.
-    return {"type": "session.update",
-            "session": {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}}
 
 
 # Recaps are bounded: instructions are re-read on every response, and a long call's whole
@@ -236,10 +121,17 @@ def parse_function_call(event: dict[str, Any]) -> tuple[str, str, dict[str, Any]
     return call_id, name, arguments
 
 
-def welcome_response(settings: RealtimeSettings) -> dict[str, Any]:
-    """Ask the model to open the call with the configured welcome message."""
-    instructions = f"Greet the caller by saying exactly this: {settings.welcome_message}"
-    return {"type": "response.create", "response": {"instructions": instructions}}
+def instructed_response(settings: RealtimeSettings, text: str) -> list[dict[str, Any]]:
+    """Ask the model for a response that follows ``text`` (the welcome, a re-prompt, the
+    goodbye at the call's cap). xAI documents no instructions on response.create: there the
+    text goes first as a system message."""
+    if settings.shape == "xai":
+        return [system_text(text), response_create()]
+    return [response_create(text)]
+
+
+def welcome_text(settings: RealtimeSettings) -> str:
+    return f"Greet the caller by saying exactly this: {settings.welcome_message}"
 
 
 def audio_append(audio: bytes) -> bytes:
@@ -247,6 +139,25 @@ def audio_append(audio: bytes) -> bytes:
     # Built by hand, as bytes: json.dumps over a dict, or a str to encode, costs more per
     # 20 ms frame, and base64 needs no escaping.
     return b'{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio) + b'"}'
+
+
+def response_cancel() -> dict[str, Any]:
+    return {"type": "response.cancel"}
+
+
+def delete_item(item_id: str) -> dict[str, Any]:
+    """Remove an item from the conversation (a noise turn the model must not answer)."""
+    return {"type": "conversation.item.delete", "item_id": item_id}
+
+
+def field_int(event: dict[str, Any], key: str) -> int | None:
+    """An optional integer field; MalformedEvent for another type."""
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedEvent(f"{key} is not an integer")
+    return value
 
 
 def truncate_item(item_id: str, audio_end_ms: int) -> dict[str, Any]:

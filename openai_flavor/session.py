@@ -9,7 +9,8 @@ the instructions plus a recap of the conversation; a fatal failure (a refused ke
 shape) or a loss longer than ``reconnect_timeout`` raises :class:`RealtimeSessionError`, which
 ends this call only. What outlives a connection is kept here: the statistics, the welcome and
 the model's hang-up (openai_flavor/welcome.py), failures of actions still to tell the model,
-and the back-off (openai_flavor/reconnect.py).
+the back-off (openai_flavor/reconnect.py), the silent caller's re-prompts and the length cap
+(openai_flavor/idle.py).
 
 Every phase of a connection is bounded (docs/reliability.md): the TCP/TLS connect and the
 upgrade in :meth:`WebSocket.connect`, the rest by the conversation's watchdog: an expiry is a
@@ -33,6 +34,7 @@ from media.tones import reconnect_cue
 from openai_flavor import events
 from openai_flavor.conversation import Conversation
 from openai_flavor.errors import ConnectionLost, RealtimeSessionError, lost_from, redact
+from openai_flavor.idle import CallCap, Silence
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import RealtimeSettings
 from openai_flavor.stats import RealtimeStats
@@ -82,12 +84,15 @@ class RealtimeSession:
         self.settings = settings
         self.bridge = bridge
         self._poller = poller  # the engine's: reads the WebSocket as it does RTP
-        self.stats = RealtimeStats(model=settings.model, dialect=settings.dialect)
+        self.stats = RealtimeStats(model=settings.model, dialect=settings.shape)
         self._state = Machine(SESSION_TRANSITIONS, SessionState.CONNECTING,
                               f"AI session of call {bridge.call_id}")
         self._manners = WelcomeAndGoodbye(welcome=bool(settings.welcome_message),
                                           guarded=settings.welcome_guarded)
         self._backoff = Backoff(settings.reconnect_timeout)
+        # Silence and length are the call's, not a connection's (openai_flavor/idle.py).
+        self._silence = Silence(settings.idle_reprompt_s, settings.idle_reprompts)
+        self._cap = CallCap(settings.max_call_s)
         # The current connection's; it holds nothing of the session (no reference cycle).
         self._conversation: Conversation | None = None
         # Failures of actions the model asked for, to tell it once a connection is ready.
@@ -108,12 +113,6 @@ class RealtimeSession:
     def snapshot(self) -> dict[str, Any]:
         """The session's statistics, for the ``ai`` key of the call's statistics."""
         return self.stats.snapshot(self._state.state.value)
-
-    def _headers(self) -> list[tuple[str, str]]:
-        headers = [("Authorization", f"Bearer {self.settings.api_key}")]
-        if self.settings.dialect == "beta":
-            headers.append(("OpenAI-Beta", "realtime=v1"))
-        return headers
 
     async def run(self) -> None:
         """Connect at once, converse, reconnect on transient losses; raise when giving up."""
@@ -171,7 +170,7 @@ class RealtimeSession:
         settings = self.settings
         try:
             ws = await WebSocket.connect(
-                settings.session_url(), self._headers(),
+                settings.session_url(), settings.headers(),
                 connect_timeout=settings.connect_timeout,
                 upgrade_timeout=settings.upgrade_timeout,
                 max_message=settings.max_message_bytes,
@@ -198,7 +197,7 @@ class RealtimeSession:
         conversation = self.conversation_class(
             ws, settings=self.settings, bridge=self.bridge, poller=self._poller,
             stats=self.stats, manners=self._manners, backoff=self._backoff,
-            untold_failures=self._untold_failures)
+            untold_failures=self._untold_failures, silence=self._silence, cap=self._cap)
         self._state.to(SessionState.OPEN)
         self.bridge.mark("ai_session_open")
         self._conversation = conversation

@@ -1,202 +1,29 @@
-"""The ``[openai]`` settings: their configuration rows (declared here, once, with their defaults)
-and the :class:`RealtimeSettings` the Realtime session reads them as."""
+"""The :class:`RealtimeSettings` one ``[openai]`` section (or profile) configures a session with,
+and the checks across its rows. The rows themselves, with their defaults, are declared once in
+openai_flavor/rows.py; the providers' differences in openai_flavor/providers.py.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from media.settings import (
-    Setting,
-    float_range,
-    int_range,
-    one_of,
-    optional_http_url,
-    optional_text,
-    parse_bool,
-    text,
-    word_list,
+from openai_flavor.mcp import McpServer
+from openai_flavor.providers import PROVIDERS, Provider, auth_headers, session_url, voice_name
+from openai_flavor.rows import (  # noqa: F401  (ToolSpec, parse_tools: the settings' types)
+    BUILTIN_TOOLS,
+    END_CALL_TOOL,
+    OPENAI_SETTINGS,
+    TRANSFER_TOOL,
+    ToolSpec,
+    parse_tools,
 )
 
-# The GA voices (reference: audio.output.voice); the beta interface knows the same names.
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
-
-# The tools rtpai itself implements; custom tools may not take these names.
-END_CALL_TOOL = "end_call"
-TRANSFER_TOOL = "transfer_call"
-BUILTIN_TOOLS = frozenset({END_CALL_TOOL, TRANSFER_TOOL})
 _SERVER_VAD_KNOBS = (
     "turn_detection_silence_ms", "turn_detection_threshold", "turn_detection_prefix_ms"
 )
-# OpenAI's rule for function names.
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """A custom tool from the configuration, answered by the webhook."""
-
-    name: str
-    description: str
-    parameters: Mapping[str, Any]
-
-
-def parse_tools(declared: Any) -> tuple[ToolSpec, ...]:
-    """Validate the ``tools`` setting's JSON; raises ValueError saying what is wrong."""
-    if not isinstance(declared, list):
-        raise ValueError("expected a JSON array of tools")
-    tools: list[ToolSpec] = []
-    for index, tool in enumerate(declared):
-        where = f"tool {index}"
-        if not isinstance(tool, dict) or set(tool) - {"name", "description", "parameters"}:
-            raise ValueError(f"{where}: expected an object with name, description, parameters")
-        name = tool.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.match(name):
-            raise ValueError(f"{where}: name must be 1-64 letters, digits, _ or -")
-        if name in BUILTIN_TOOLS or any(t.name == name for t in tools):
-            raise ValueError(f"{where}: the name {name!r} is taken")
-        description = tool.get("description", "")
-        parameters = tool.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(description, str):
-            raise ValueError(f"{where}: description must be a string")
-        if not isinstance(parameters, dict) or parameters.get("type") != "object":
-            raise ValueError(f"{where}: parameters must be a JSON schema of type object")
-        tools.append(ToolSpec(name, description, parameters))
-    return tuple(tools)
-
-
-def max_tokens(text: str) -> int | float:
-    """1..4096 or ``inf`` (the Realtime API's own range for a response's output tokens)."""
-    value = text.strip().lower()
-    if value in {"inf", "infinity", "unlimited"}:
-        return math.inf
-    return int_range(1, 4096)(value)
-
-
-
-
-def api_key(value: str) -> str | None:
-    """An API key: surrounding whitespace is dropped (a key pasted with its newline, an
-    ``export`` with a trailing space); anything else but printable ASCII is refused.
-
-    A key goes into an HTTP header verbatim: a newline, tab or non-ASCII character left in it
-    makes the request invalid, and the HTTP library's error then quotes the whole header (the
-    key with it). So it is refused here, at start-up, with a message that never shows it.
-    """
-    value = value.strip()
-    if not value:
-        return None
-    if not all("!" <= char <= "~" for char in value):
-        raise ValueError(
-            "the key contains whitespace, a control character or a non-ASCII character "
-            "inside it (keys are printable ASCII; the value is not shown)"
-        )
-    return value
-
-
-
-
-def url(value: str) -> str:
-    value = value.strip()
-    if not value.startswith(("ws://", "wss://")):
-        raise ValueError("expected a ws:// or wss:// URL")
-    return value
-
-
-
-
-def tool_declarations(value: str) -> tuple[dict[str, Any], ...]:
-    """A JSON array of tools (``name``, ``description``, ``parameters``), or ``@/path/to.json``."""
-    value = value.strip()
-    if not value:
-        return ()
-    if value.startswith("@"):
-        try:
-            with open(value[1:], encoding="utf-8") as handle:
-                value = handle.read()
-        except OSError as exc:
-            raise ValueError(f"cannot read {value[1:]}: {exc.strerror}") from None
-    try:
-        return parse_tools(json.loads(value))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"expected a JSON array of tools: {exc.msg}") from None
-
-
-# --- the [openai] rows: every setting once, with its environment name, default and range -------
-
-OPENAI_SETTINGS: tuple[Setting, ...] = (
-    Setting("openai", "key", "OPENAI_API_KEY", None, api_key, aliases=("openai_key",),
-            secret=True, help="API key (required unless disabled)"),
-    Setting("openai", "url", "OPENAI_URL", "wss://api.openai.com/v1/realtime", url,
-            help="Realtime endpoint; ?model= is added"),
-    Setting("openai", "model", "OPENAI_API_MODEL", "gpt-realtime-2.1", text),
-    Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
-    # Which of OpenAI's speech APIs: Realtime (this module) or GPT-Live (openai_flavor/live/).
-    Setting("openai", "api", "OPENAI_API", "realtime", one_of("realtime", "live"),
-            help="realtime: the Realtime API; live: GPT-Live (the model owns turn-taking)"),
-    Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
-            help="refuse offers (OpenSIPS fails over on it with extra_failover_error)"),
-    Setting("openai", "voice", "OPENAI_VOICE", "alloy", one_of(*VOICES)),
-    Setting("openai", "instructions", "OPENAI_INSTRUCTIONS", None, optional_text),
-    Setting("openai", "welcome_message", "OPENAI_WELCOME_MSG", None, optional_text),
-    Setting("openai", "welcome_interruptible", "OPENAI_WELCOME_INTERRUPTIBLE", "true", parse_bool,
-            help="false: the caller cannot barge in until the welcome message has played"),
-    Setting("openai", "temperature", "OPENAI_TEMPERATURE", "0.8", float_range(0.6, 1.2)),
-    Setting("openai", "max_tokens", "OPENAI_MAX_TOKENS", "inf", max_tokens),
-    Setting("openai", "turn_detection_type", "OPENAI_TURN_DETECT_TYPE", "server_vad",
-            one_of("server_vad", "semantic_vad", "none")),
-    Setting("openai", "turn_detection_silence_ms", "OPENAI_TURN_DETECT_SILENCE_MS", "200",
-            int_range(0, 10_000)),
-    Setting("openai", "turn_detection_threshold", "OPENAI_TURN_DETECT_THRESHOLD", "0.5",
-            float_range(0.0, 1.0)),
-    Setting("openai", "turn_detection_prefix_ms", "OPENAI_TURN_DETECT_PREFIX_MS", "300",
-            int_range(0, 10_000)),
-    Setting("openai", "turn_detection_eagerness", "OPENAI_TURN_DETECT_EAGERNESS", "auto",
-            one_of("low", "medium", "high", "auto")),
-    Setting("openai", "transcription_model", "OPENAI_TRANSCRIPTION_MODEL",
-            "gpt-4o-mini-transcribe", text,
-            help="model transcribing the caller; 'none' turns caller transcripts off"),
-    Setting("openai", "end_call_tool", "OPENAI_END_CALL_TOOL", "true", parse_bool),
-    Setting("openai", "dtmf_terminator", "OPENAI_DTMF_TERMINATOR", "#", one_of("#", "*", "none"),
-            help="the key that ends a keypad sequence at once (else a 1.5 s pause does)"),
-    Setting("openai", "transfer_target", "OPENAI_TRANSFER_TARGET", None, optional_text),
-    Setting("openai", "transfer_allow", "OPENAI_TRANSFER_ALLOW", "", word_list),
-    Setting("openai", "tools", "OPENAI_TOOLS", "", tool_declarations),
-    # Secret: webhook URLs often carry a token; the start-up log shows only <set>/<unset>.
-    Setting("openai", "tool_webhook", "OPENAI_TOOL_WEBHOOK", "", optional_http_url, secret=True),
-    Setting("openai", "tool_timeout", "OPENAI_TOOL_TIMEOUT", "5", float_range(0.1, 60.0)),
-    Setting("openai", "reconnect_timeout", "OPENAI_RECONNECT_TIMEOUT", "20",
-            float_range(0.0, 600.0)),
-    # The AI link's watchdog: a bound on every phase (docs/reliability.md).
-    Setting("openai", "connect_timeout", "OPENAI_CONNECT_TIMEOUT", "5", float_range(0.1, 60.0),
-            help="seconds for the TCP connection and the TLS handshake"),
-    Setting("openai", "upgrade_timeout", "OPENAI_UPGRADE_TIMEOUT", "5", float_range(0.1, 60.0),
-            help="seconds for the server's answer to the WebSocket upgrade"),
-    Setting("openai", "session_timeout", "OPENAI_SESSION_TIMEOUT", "5", float_range(0.1, 60.0),
-            help="seconds for session.created, and for session.updated after session.update"),
-    Setting("openai", "response_timeout", "OPENAI_RESPONSE_TIMEOUT", "10",
-            float_range(1.0, 300.0),
-            help="seconds the server may stay silent while a response is expected"),
-    Setting("openai", "ping_interval", "OPENAI_PING_INTERVAL", "5", float_range(0.0, 300.0),
-            help="seconds between keepalive pings; each pong is due before the next ping "
-                 "(0 = no keepalive)"),
-    Setting("openai", "send_timeout", "OPENAI_SEND_TIMEOUT", "5", float_range(0.1, 60.0),
-            help="seconds the socket may take no output at all while output waits"),
-    Setting("openai", "send_buffer_bytes", "OPENAI_SEND_BUFFER_BYTES", "262144",
-            int_range(16 * 1024, 16 * 1024 * 1024),
-            help="output waiting for the socket past which caller audio is dropped; past 4 "
-                 "times it the connection is given up"),
-    Setting("openai", "max_message_bytes", "OPENAI_MAX_MESSAGE_BYTES", "1048576",
-            int_range(64 * 1024, 16 * 1024 * 1024),
-            help="largest server message; a bigger one closes the connection (1009)"),
-    Setting("openai", "reconnect_tone", "OPENAI_RECONNECT_TONE", "false", parse_bool,
-            help="play a short two-beep cue to the caller when the AI link is lost mid-call"),
-)
 
 def _unless_none(value: str) -> str | None:
     """``none`` (any case) turns a feature off: no transcription model, no DTMF terminator."""
@@ -210,13 +37,17 @@ _DEFAULT = {row.key: None if row.default is None else row.parse(row.default)
 
 @dataclass(frozen=True)
 class RealtimeSettings:
-    url: str
+    url: str | None
     model: str
     api_key: str | None = field(default=None, repr=False)  # never in a repr, so never in logs
     # The defaults are the [openai] rows' (OPENAI_SETTINGS), parsed.
+    provider: str = _DEFAULT["provider"]
+    api_version: str | None = _DEFAULT["api_version"]
+    auth: str | None = _DEFAULT["auth"]  # None: the provider's
     dialect: str = _DEFAULT["dialect"]
     disable: bool = _DEFAULT["disable"]
-    voice: str = _DEFAULT["voice"]
+    voice: str | None = _DEFAULT["voice"]  # None: the provider's default
+    speed: float = _DEFAULT["speed"]
     instructions: str | None = _DEFAULT["instructions"]
     welcome_message: str | None = _DEFAULT["welcome_message"]
     welcome_interruptible: bool = _DEFAULT["welcome_interruptible"]
@@ -228,12 +59,21 @@ class RealtimeSettings:
     turn_detection_prefix_ms: int = _DEFAULT["turn_detection_prefix_ms"]
     turn_detection_eagerness: str = _DEFAULT["turn_detection_eagerness"]
     transcription_model: str | None = _unless_none(_DEFAULT["transcription_model"])
+    transcription_language: str | None = _DEFAULT["transcription_language"]
+    noise_reduction: str = _DEFAULT["noise_reduction"]
+    reasoning_effort: str | None = _DEFAULT["reasoning_effort"]
+    truncation: str | float = _DEFAULT["truncation"]
+    prompt_id: str | None = _DEFAULT["prompt_id"]
+    prompt_version: str | None = _DEFAULT["prompt_version"]
+    prompt_variables: Mapping[str, str] = field(default_factory=dict)
     end_call_tool: bool = _DEFAULT["end_call_tool"]
     # Ends a keypad sequence at once (openai_flavor/keypad).
     dtmf_terminator: str | None = _unless_none(_DEFAULT["dtmf_terminator"])
     transfer_target: str | None = _DEFAULT["transfer_target"]
     transfer_allow: tuple[str, ...] = _DEFAULT["transfer_allow"]
     tools: tuple[ToolSpec, ...] = _DEFAULT["tools"]
+    tool_choice: str = _DEFAULT["tool_choice"]
+    mcp: tuple[McpServer, ...] = ()  # the [mcp:NAME] servers the "mcp" row names
     tool_webhook: str | None = _DEFAULT["tool_webhook"]
     tool_timeout: float = _DEFAULT["tool_timeout"]
     reconnect_timeout: float = _DEFAULT["reconnect_timeout"]
@@ -251,56 +91,55 @@ class RealtimeSettings:
     send_buffer_bytes: int = _DEFAULT["send_buffer_bytes"]
     max_message_bytes: int = _DEFAULT["max_message_bytes"]
     reconnect_tone: bool = _DEFAULT["reconnect_tone"]  # a short cue when the link is lost
+    # Silence and length on rtpai's playout clock (openai_flavor/pacing.py); 0: off.
+    idle_reprompt_s: float = _DEFAULT["idle_reprompt_s"]
+    idle_reprompts: int = _DEFAULT["idle_reprompts"]
+    max_call_s: float = _DEFAULT["max_call_s"]
+    barge_in_min_ms: int = _DEFAULT["barge_in_min_ms"]  # 0: the server decides barge-in
     explicit: frozenset[str] = frozenset()  # the keys the user set (file or environment)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], *, explicit: frozenset[str] = frozenset()):
-        transcription = section["transcription_model"]
-        return cls(
-            url=section["url"],
-            model=section["model"],
-            api_key=section["key"],
-            dialect=section["dialect"],
-            disable=section["disable"],
-            voice=section["voice"],
-            instructions=section["instructions"],
-            welcome_message=section["welcome_message"],
-            welcome_interruptible=section["welcome_interruptible"],
-            temperature=section["temperature"],
-            max_tokens=section["max_tokens"],
-            turn_detection_type=section["turn_detection_type"],
-            turn_detection_silence_ms=section["turn_detection_silence_ms"],
-            turn_detection_threshold=section["turn_detection_threshold"],
-            turn_detection_prefix_ms=section["turn_detection_prefix_ms"],
-            turn_detection_eagerness=section["turn_detection_eagerness"],
-            transcription_model=_unless_none(transcription),
-            end_call_tool=section["end_call_tool"],
-            dtmf_terminator=_unless_none(section["dtmf_terminator"]),
-            transfer_target=section["transfer_target"],
-            transfer_allow=section["transfer_allow"],
-            tools=section["tools"],
-            tool_webhook=section["tool_webhook"],
-            tool_timeout=section["tool_timeout"],
-            reconnect_timeout=section["reconnect_timeout"],
-            connect_timeout=section["connect_timeout"],
-            upgrade_timeout=section["upgrade_timeout"],
-            session_timeout=section["session_timeout"],
-            response_timeout=section["response_timeout"],
-            ping_interval=section["ping_interval"],
-            send_timeout=section["send_timeout"],
-            send_buffer_bytes=section["send_buffer_bytes"],
-            max_message_bytes=section["max_message_bytes"],
-            reconnect_tone=section["reconnect_tone"],
-            explicit=explicit,
-        )
+        """The settings of one validated section; its rows have the fields' names but for
+        ``key`` (``api_key``) and the ``none`` words of two of them."""
+        names = {f.name for f in fields(cls)}
+        values = {key: value for key, value in section.items() if key in names}
+        values["api_key"] = section["key"]
+        values["transcription_model"] = _unless_none(section["transcription_model"])
+        values["dtmf_terminator"] = _unless_none(section["dtmf_terminator"])
+        return cls(**values, explicit=explicit)
+
+    @property
+    def endpoint(self) -> Provider:
+        """The provider's row (openai_flavor/providers.py)."""
+        return PROVIDERS[self.provider]
+
+    @property
+    def shape(self) -> str:
+        """How session.update looks: ``ga``, ``beta`` or ``xai``."""
+        return "xai" if self.endpoint.shape == "xai" else self.dialect
 
     def session_url(self) -> str:
-        """The endpoint with ``?model=`` added (kept if the user's URL already names one)."""
-        parts = urlsplit(self.url)
-        if "model=" in parts.query:
-            return self.url
-        query = "&".join(q for q in (parts.query, urlencode({"model": self.model})) if q)
-        return urlunsplit(parts._replace(query=query))
+        """The endpoint with the model (Azure: the deployment) in its query."""
+        endpoint = self.endpoint
+        url = self.url or endpoint.default_url
+        assert url is not None  # the configuration requires it where there is no default
+        # xAI's own examples open the endpoint without a model: name one only when set.
+        model = None if endpoint.name == "xai" and "model" not in self.explicit else self.model
+        return session_url(endpoint, url, model, self.api_version)
+
+    def headers(self) -> list[tuple[str, str]]:
+        return auth_headers(self.endpoint, self.auth, self.api_key, self.dialect)
+
+    @property
+    def voice_name(self) -> str | None:
+        return voice_name(self.endpoint, self.voice)
+
+    @property
+    def reasoning_model(self) -> bool:
+        """``reasoning.effort`` exists: gpt-realtime-2.x (Azure: its deployment names the
+        model, which rtpai cannot see: sent as configured)."""
+        return self.provider == "azure" or self.model.startswith("gpt-realtime-2")
 
     def refusal_reason(self) -> str | None:
         """Why offers must be refused (so the proxy fails over), or None."""
@@ -342,25 +181,99 @@ class RealtimeSettings:
     def startup_notes(self) -> list[str]:
         """What to say once at start-up about settings this dialect cannot honour."""
         notes = []
-        if self.dialect == "ga" and "temperature" in self.explicit:
+        if self.shape != "beta" and "temperature" in self.explicit:
             notes.append(
                 "[openai] temperature is set but the GA Realtime API has no temperature; "
                 "it is not sent (it applies to dialect = beta only)"
             )
         vad_knobs = [k for k in _SERVER_VAD_KNOBS if k in self.explicit]
-        if self.turn_detection_type != "server_vad" and vad_knobs:
+        if (self.turn_detection_type != "server_vad" or self.shape == "xai") and vad_knobs:
+            why = ("provider = xai" if self.shape == "xai"
+                   else f"turn_detection_type = {self.turn_detection_type}")
             notes.append(
                 f"[openai] {', '.join(vad_knobs)} apply to turn_detection_type = server_vad "
-                f"only; with {self.turn_detection_type} they are not sent"
+                f"only (not on xAI); with {why} they are not sent"
             )
+        if self.reasoning_effort and not self.reasoning_model:
+            notes.append(f"[openai] reasoning_effort applies to gpt-realtime-2.x models only; "
+                         f"with {self.model} it is not sent")
+        unsent = [key for key in _GA_ONLY if key in self.explicit and not self._sends(key)]
+        if unsent:
+            notes.append(f"[openai] {', '.join(unsent)}: not part of the {self.shape} "
+                         f"session this provider speaks; not sent")
+        if self.barge_in_min_ms and (self.shape == "xai" or self.turn_detection_type == "none"):
+            notes.append("[openai] barge_in_min_ms needs the server's VAD with both of its "
+                         "switches (not xAI, not turn_detection_type = none); the server "
+                         "decides barge-in")
+        if self.shape == "xai" and self.welcome_guarded:
+            notes.append("[openai] welcome_interruptible = false: xAI's server cannot be "
+                         "told not to cancel the welcome when the caller speaks; rtpai keeps "
+                         "playing what it has")
         return notes
+
+    def _sends(self, key: str) -> bool:
+        """Whether this provider's session carries ``key`` (docs/openai.md's table)."""
+        if self.shape == "xai":
+            return False
+        if self.shape == "beta":
+            return key in _BETA_TOO
+        return True
+
+
+# The session settings only OpenAI's GA session documents (beta: those in _BETA_TOO too; xAI's
+# documented session has none of them).
+_GA_ONLY = ("speed", "noise_reduction", "transcription_language", "truncation", "prompt_id",
+            "prompt_version", "prompt_variables", "tool_choice", "mcp", "max_tokens",
+            "transcription_model")
+_BETA_TOO = frozenset({"speed", "noise_reduction", "transcription_language", "tool_choice",
+                       "max_tokens", "transcription_model"})
 
 
 def check_tools(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
-    """Checks across the tool settings, which no single parser can make; for ``[openai]`` and
-    for every profile (``label`` names the row where it is written)."""
+    """Checks across rows, which no single parser can make; for ``[openai]`` and for every
+    profile (``label`` names the row where it is written)."""
     if values["tools"] and not values["tool_webhook"]:
         raise ValueError(
             f"{label('tool_webhook')}: required when {label('tools')} declares tools "
             "(their calls are forwarded to it)"
         )
+    provider = PROVIDERS[values["provider"]]
+    if values["url"] is None and provider.default_url is None:
+        raise ValueError(f"{label('url')}: required with provider = {provider.name} (your "
+                         "resource's endpoint, e.g. wss://NAME.openai.azure.com/openai/v1/realtime)")
+    if values["api_version"] and provider.name != "azure":
+        raise ValueError(f"{label('api_version')}: only Azure's preview endpoint takes one")
+    if provider.shape == "xai" and values["dialect"] == "beta":
+        raise ValueError(f"{label('dialect')}: xAI speaks its own session shape, not beta")
+    voice = values["voice"]
+    if voice is not None and voice not in {v.lower() for v in provider.voices}:
+        raise ValueError(f"{label('voice')}: expected one of {', '.join(provider.voices)} "
+                         f"(the voices of provider = {provider.name}; got {voice!r})")
+    if values["prompt_version"] and not values["prompt_id"]:
+        raise ValueError(f"{label('prompt_version')}: needs {label('prompt_id')}")
+    if values["prompt_variables"] and not values["prompt_id"]:
+        raise ValueError(f"{label('prompt_variables')}: needs {label('prompt_id')}")
+    _check_tool_choice(values, label)
+
+
+def _check_tool_choice(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
+    choice = values["tool_choice"]
+    if choice in {"auto", "none", "required"}:
+        return
+    server, colon, tool = choice.partition(":")
+    if colon and (values["dialect"] == "beta" or PROVIDERS[values["provider"]].shape == "xai"):
+        raise ValueError(f"{label('tool_choice')}: MCP tools exist in the GA session only")
+    if colon:
+        # Named servers are resolved to McpServer objects before the checks run.
+        labels = {getattr(s, "label", s) for s in values["mcp"]}
+        if server in labels and tool:
+            return
+        raise ValueError(f"{label('tool_choice')}: {server!r} is not one of the MCP servers "
+                         f"in {label('mcp')}, or no tool is named (MCP_SERVER:TOOL)")
+    functions = {tool.name for tool in values["tools"]} | {END_CALL_TOOL}
+    if values["transfer_target"] or values["transfer_allow"]:
+        functions.add(TRANSFER_TOOL)
+    if choice not in functions:
+        raise ValueError(f"{label('tool_choice')}: expected auto, none, required, one of the "
+                         f"functions ({', '.join(sorted(functions))}) or MCP_SERVER:TOOL")
+

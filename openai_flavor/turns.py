@@ -107,6 +107,17 @@ class Turns:
     def phase(self) -> Phase:
         return self._phase.state
 
+    @property
+    def settled(self) -> bool:
+        """No response in progress and none asked for: the model has nothing more to say."""
+        return self.phase is Phase.LISTENING and not (
+            self._response_requested or self._response_wanted)
+
+    @property
+    def generating(self) -> bool:
+        """A response is being generated and the caller has not interrupted it."""
+        return self.phase is Phase.RESPONDING and not self.is_cancelled(self.response_id)
+
     def is_cancelled(self, response_id: str | None) -> bool:
         return response_id is not None and response_id in self._cancelled
 
@@ -223,7 +234,7 @@ class Turns:
             if end_ms <= 0 or (audio.complete and end_ms >= received_ms):
                 continue
             truncate.append((item_id, end_ms))
-        generating = self.phase is Phase.RESPONDING and not self.is_cancelled(self.response_id)
+        generating = self.generating
         if generating:
             # The server cancels it itself (interrupt_response); we drop its late deltas.
             self._cancelled.append(self.response_id)

@@ -329,9 +329,9 @@ async def test_a_server_that_keeps_hearing_the_caller_but_never_answers_is_mute_
 
 async def test_what_a_hostile_server_can_make_a_call_hold_is_bounded():
     """Invented item ids, error floods and endless transcripts: each kept within a bound."""
-    from openai_flavor import conversation as conversation_module
-    from openai_flavor import events, stats
+    from openai_flavor import events, server_events, stats
     from openai_flavor.conversation import Conversation
+    from openai_flavor.idle import CallCap, Silence
     from openai_flavor.reconnect import Backoff
     from openai_flavor.welcome import WelcomeAndGoodbye
 
@@ -342,7 +342,7 @@ async def test_what_a_hostile_server_can_make_a_call_hold_is_bounded():
     conversation = Conversation(
         None, settings=settings, bridge=bridge, poller=None,  # type: ignore[arg-type]
         stats=stats.RealtimeStats(), manners=WelcomeAndGoodbye(welcome=False, guarded=False),
-        backoff=Backoff(1.0), untold_failures=[])
+        backoff=Backoff(1.0), untold_failures=[], silence=Silence(0, 0), cap=CallCap(0))
     dropped = 0
     for n in range(1000):
         try:
@@ -350,8 +350,8 @@ async def test_what_a_hostile_server_can_make_a_call_hold_is_bounded():
                                       "delta": ""}, 0.0)
         except events.MalformedEvent:
             dropped += 1
-    assert len(conversation.turns.items) == conversation_module.MAX_ASSISTANT_ITEMS
-    assert dropped == 1000 - conversation_module.MAX_ASSISTANT_ITEMS
+    assert len(conversation.turns.items) == server_events.MAX_ASSISTANT_ITEMS
+    assert dropped == 1000 - server_events.MAX_ASSISTANT_ITEMS
     for _ in range(1000):
         conversation.handle({"type": "error", "error": {"code": "x" * 10_000,
                                                            "message": "m" * 100_000}}, 0.0)

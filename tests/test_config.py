@@ -18,7 +18,7 @@ def test_defaults():
     assert config["ng"]["listen"] == ("127.0.0.1", 2223)
     assert config["openai"]["model"] == "gpt-realtime-2.1"
     assert config["openai"]["dialect"] == "ga"
-    assert config["openai"]["voice"] == "alloy"
+    assert config["openai"]["voice"] is None  # the provider's: alloy on OpenAI (test_providers)
     assert config["openai"]["temperature"] == 0.8
     assert math.isinf(config["openai"]["max_tokens"])
     assert config["openai"]["turn_detection_type"] == "server_vad"

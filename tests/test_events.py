@@ -4,7 +4,7 @@ import base64
 import json
 import math
 
-from openai_flavor import events
+from openai_flavor import events, session_update
 from openai_flavor.errors import redact
 from openai_flavor.settings import RealtimeSettings, ToolSpec
 
@@ -15,7 +15,7 @@ def settings(**overrides):
 
 
 def test_ga_session_update_for_pcmu():
-    update = events.session_update(
+    update = session_update.session_update(
         settings(instructions="Be brief.", max_tokens=512, end_call_tool=False), "PCMU"
     )
     assert update == {
@@ -45,26 +45,26 @@ def test_ga_session_update_for_pcmu():
 
 
 def test_ga_has_no_temperature_and_inf_tokens_is_a_string():
-    session = events.session_update(settings(temperature=1.1), "PCMA")["session"]
+    session = session_update.session_update(settings(temperature=1.1), "PCMA")["session"]
     assert "temperature" not in json.dumps(session)
     assert session["max_output_tokens"] == "inf"
     assert session["audio"]["output"]["format"] == {"type": "audio/pcma"}
 
 
 def test_semantic_vad_sends_eagerness_not_thresholds():
-    session = events.session_update(settings(turn_detection_type="semantic_vad"), "PCMU")["session"]
+    session = session_update.session_update(settings(turn_detection_type="semantic_vad"), "PCMU")["session"]
     detection = session["audio"]["input"]["turn_detection"]
     assert detection["type"] == "semantic_vad" and "eagerness" in detection
     assert not {"threshold", "prefix_padding_ms", "silence_duration_ms"} & detection.keys()
 
 
 def test_turn_detection_none_is_null():
-    session = events.session_update(settings(turn_detection_type="none"), "PCMU")["session"]
+    session = session_update.session_update(settings(turn_detection_type="none"), "PCMU")["session"]
     assert session["audio"]["input"]["turn_detection"] is None
 
 
 def test_beta_dialect_shape():
-    session = events.session_update(
+    session = session_update.session_update(
         settings(dialect="beta", temperature=0.7, max_tokens=math.inf, voice="ash"), "PCMA"
     )["session"]
     assert session["input_audio_format"] == session["output_audio_format"] == "g711_alaw"
@@ -112,7 +112,7 @@ def test_refusal_reasons_and_secret_redaction():
 
 def test_tools_end_call_transfer_and_custom():
     lookup = ToolSpec("lookup_order", "Find an order", {"type": "object", "properties": {}})
-    tools = events.tool_definitions(settings(
+    tools = session_update.tool_definitions(settings(
         transfer_target="sip:desk@example.com", transfer_allow=("sip:sales@example.com",),
         tools=(lookup,),
     ))
@@ -122,29 +122,29 @@ def test_tools_end_call_transfer_and_custom():
     # The allow-list is the enum the model chooses from; the default makes it optional.
     assert target["enum"] == ["sip:desk@example.com", "sip:sales@example.com"]
     assert tools[1]["parameters"]["required"] == []
-    assert events.tool_definitions(settings(end_call_tool=False)) == []
-    update = events.session_update(settings(tools=(lookup,)), "PCMU")["session"]
+    assert session_update.tool_definitions(settings(end_call_tool=False)) == []
+    update = session_update.session_update(settings(tools=(lookup,)), "PCMU")["session"]
     assert update["tool_choice"] == "auto" and len(update["tools"]) == 2
 
 
 def test_transcription_model_and_eagerness():
-    session = events.session_update(
+    session = session_update.session_update(
         settings(transcription_model=None, turn_detection_type="semantic_vad",
                  turn_detection_eagerness="low"), "PCMU")["session"]
     assert "transcription" not in session["audio"]["input"]
     assert session["audio"]["input"]["turn_detection"]["eagerness"] == "low"
-    beta = events.session_update(settings(dialect="beta", transcription_model="whisper-1"), "PCMU")
+    beta = session_update.session_update(settings(dialect="beta", transcription_model="whisper-1"), "PCMU")
     assert beta["session"]["input_audio_transcription"] == {"model": "whisper-1"}
 
 
 def test_interrupt_update_switches_only_barge_in():
-    ga = events.interrupt_update(settings(), False)
+    ga = session_update.interrupt_update(settings(), False)
     assert ga["session"]["type"] == "realtime"
     assert ga["session"]["audio"]["input"]["turn_detection"]["interrupt_response"] is False
     assert set(ga["session"]) == {"type", "audio"}
-    beta = events.interrupt_update(settings(dialect="beta"), True)
+    beta = session_update.interrupt_update(settings(dialect="beta"), True)
     assert beta["session"]["turn_detection"]["interrupt_response"] is True
-    first = events.session_update(settings(), "PCMU", interrupt=False)["session"]
+    first = session_update.session_update(settings(), "PCMU", interrupt=False)["session"]
     assert first["audio"]["input"]["turn_detection"]["interrupt_response"] is False
 
 

@@ -8,6 +8,7 @@ import pathlib
 import re
 
 from openai_flavor import events as realtime_events
+from openai_flavor import server_events, session_update
 from openai_flavor.live import events as live_events
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -17,7 +18,7 @@ EVENT_NAME = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 def provider_event_names() -> set[str]:
     """Every event name either protocol module spells, as constants or in its templates."""
     names: set[str] = set()
-    for module in (realtime_events, live_events):
+    for module in (realtime_events, session_update, server_events, live_events):
         for value in vars(module).values():
             values = value if isinstance(value, (set, frozenset, tuple)) else (value,)
             names |= {v for v in values if isinstance(v, str) and EVENT_NAME.match(v)}

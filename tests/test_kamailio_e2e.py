@@ -1,7 +1,5 @@
 """The whole path on real parts: sipp -> Kamailio 5.6 or OpenSIPS 3.6 (rtpengine module) ->
-rtpai -> the model. Each test runs once per proxy (the ``proxy_kind`` fixture); the first also
-once per speech API rtpai speaks: Realtime GA, Realtime beta and GPT-Live, each against its
-strict fake.
+rtpai -> Realtime. Each test runs once per proxy (the ``proxy_kind`` fixture).
 
 sipp places a call and plays the caller's RTP from a pcap; the proxy answers it with the SDP
 rtpai returns from ``offer``; rtpai streams the caller's audio to the fake Realtime server and
@@ -9,7 +7,11 @@ the server's reply back to sipp's RTP port (seen on lo, byte for byte); BYE -> `
 the call and frees its ports. Breaking rtpai's SDP, media or delete handling fails this test.
 
 The calls end on events, not on timers: the first waits for the whole reply to arrive and then
-has rtpai hang up through Kamailio (sipp expects that BYE); the second is sipp's own BYE.
+has rtpai hang up through Kamailio (sipp expects that BYE); the second is sipp's own BYE. The
+first runs again behind Kamailio against the fake in Azure's and in xAI's shape
+(``[openai] provider``): their endpoint, credentials and session shape, end to end; and on each
+speech API rtpai speaks (issue 15): Realtime GA, Realtime beta and GPT-Live (``[openai] api``),
+each against its strict fake.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.peers import (
     UAC_HOLD_SCENARIO,
     UAC_WAIT_BYE_SCENARIO,
     LoopbackCapture,
+    require_proxy,
     require_root,
     require_tool,
     run_sipp,
@@ -49,21 +52,53 @@ def caller_payloads() -> list[bytes]:
     return [bytes([(n * 13 + i) % 251 for i in range(160)]) for n in range(CALLER_FRAMES)]
 
 
-# Each speech API: its fake server (answering the caller's speech with ``reply``, all at once)
-# and the [openai] settings that make rtpai speak it.
-def model_server(api: str, reply: bytes) -> tuple[FakeRealtimeServer | FakeLiveServer, dict]:
-    if api == "live":
-        # GPT-Live's model yields when the caller talks over it (and rtpai then clears what
-        # it holds): it answers once the caller's whole utterance is in.
-        return FakeLiveServer(reply_audio=reply, respond_after_ms=CALLER_FRAMES * 20,
-                              speed=0), {"OPENAI_API": "live"}
-    server = FakeRealtimeServer(reply_audio=reply, respond_after_ms=300, speed=0,
-                                beta=api == "beta")
-    return server, {"OPENAI_API_DIALECT": api}
+# What each provider's shape, or protocol, must show on the fake's side of the call.
+PROVIDERS = {
+    "openai": ({}, {}, lambda s: s.headers["authorization"] == "Bearer test-key"),
+    "azure": ({"provider": "azure"},
+              {"OPENAI_PROVIDER": "azure", "OPENAI_API_MODEL": "rtpai-deployment"},
+              lambda s: (s.headers["api-key"] == "test-key" and s.model == "rtpai-deployment"
+                         and "authorization" not in s.headers)),
+    "xai": ({"provider": "xai"}, {"OPENAI_PROVIDER": "xai", "OPENAI_VOICE": "eve"},
+            lambda s: (s.headers["authorization"] == "Bearer test-key"
+                       and s.session["voice"] == "Eve"
+                       and s.session["audio"]["input"]["format"]["type"] == "audio/pcmu")),
+    "beta": ({"beta": True}, {"OPENAI_API_DIALECT": "beta"},
+             lambda s: (s.headers["openai-beta"] == "realtime=v1"
+                        and s.session["input_audio_format"] == "g711_ulaw")),
+    # GPT-Live: its own fake (tests/fakes/live.py). Its model yields when the caller talks
+    # over it (rtpai then clears what it holds), so it answers the caller's whole utterance.
+    "live": ({"respond_after_ms": CALLER_FRAMES * 20}, {"OPENAI_API": "live"},
+             lambda s: (s.headers["authorization"] == "Bearer test-key"
+                        and s.model == "gpt-live-1" and "openai-beta" not in s.headers
+                        and s.session["audio"]["input"]["format"] == {"type": "audio/pcmu",
+                                                                     "rate": 8000})),
+}
+# The message that configures each protocol's session.
+FIRST_EVENT = {"live": "session.start"}
 
 
-@pytest.mark.parametrize("api", ["ga", "beta", "live"])
-async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, proxy_kind, api):
+async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, proxy_kind):
+    await call_through_the_proxy(tmp_path, proxy_kind, "openai", rtp_ports=("42000", "42099"))
+
+
+@pytest.mark.parametrize("provider", ["azure", "xai"])
+async def test_provider_shapes_through_kamailio(tmp_path, provider):
+    """Azure's and xAI's shapes, end to end behind the real Kamailio, against the strict fake
+    in that shape: a wrong URL, header or session field fails the call's first steps."""
+    require_proxy("kamailio")
+    await call_through_the_proxy(tmp_path, "kamailio", provider, rtp_ports=("42200", "42299"))
+
+
+@pytest.mark.parametrize("api", ["beta", "live"])
+async def test_each_speech_api_through_the_proxy(tmp_path, proxy_kind, api):
+    """Realtime beta and GPT-Live beside the GA call above, behind each real proxy (issue 15:
+    a Kamailio call on each protocol rtpai speaks)."""
+    await call_through_the_proxy(tmp_path, proxy_kind, api, rtp_ports=("42300", "42399"))
+
+
+async def call_through_the_proxy(tmp_path, proxy_kind: str, provider: str, *,
+                                 rtp_ports: tuple[str, str]) -> None:
     require_tool("sipp")
     require_root()  # sipp's pcap player and LoopbackCapture use raw sockets
 
@@ -71,7 +106,10 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
     pcap = tmp_path / "caller.pcap"
     write_rtp_pcap(pcap, payloads)
     reply_audio = tone("pcmu", REPLY_MS, hz=440)
-    server, api_settings = model_server(api, reply_audio)
+    fake_shape, env, shape_ok = PROVIDERS[provider]
+    fake_server = FakeLiveServer if provider == "live" else FakeRealtimeServer
+    server = fake_server(**{"reply_audio": reply_audio, "respond_after_ms": 300, "speed": 0,
+                            **fake_shape})
     sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
     http_port = unused_port(socket.SOCK_STREAM)
 
@@ -79,10 +117,9 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve)
             path = "/RPC" if proxy_kind == "kamailio" else "/mi"
-            engine = engine_for_test(url, RTP_MIN_PORT="42000", RTP_MAX_PORT="42099",
+            engine = engine_for_test(url, RTP_MIN_PORT=rtp_ports[0], RTP_MAX_PORT=rtp_ports[1],
                                      PROXY_TYPE=proxy_kind,
-                                     PROXY_URL=f"http://127.0.0.1:{http_port}{path}",
-                                     **api_settings)
+                                     PROXY_URL=f"http://127.0.0.1:{http_port}{path}", **env)
             deletes = watch(engine, "delete")
             ng_address = await nursery.start(engine.run)  # the engine first: Kamailio pings it
             async with (
@@ -107,10 +144,10 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
 
                 # The session opened at offer time; the caller's audio reaches it unchanged.
                 session = await server.wait_for_session(1)
-                assert session.headers["authorization"] == "Bearer test-key"
+                await session.wait_for_client_event(FIRST_EVENT.get(provider, "session.update"))
+                assert shape_ok(session)
                 await session.wait_until(lambda s: len(s.audio_in) >= CALLER_FRAMES * 160)
                 assert bytes(session.audio_in) == b"".join(payloads)
-                assert session.model == ("gpt-live-1" if api == "live" else "gpt-realtime-2.1")
                 call = next(iter(engine.calls))
                 rtp_port = call.media.local_port
 
@@ -140,6 +177,7 @@ async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, 
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
                     probe.bind((LOOPBACK, port))
             await session.closed.wait()
+            assert [e for e in session.server_events if e["type"] == "error"] == []
             nursery.cancel_scope.cancel()
 
 

@@ -222,3 +222,23 @@ def _bridge():
     from media.playout import PlayoutQueue
     return CallBridge(call_id="c", codec="PCMU", ptime_ms=20, playout=PlayoutQueue(160, max_bytes=8000),
                       end_call=lambda kind, reason: None, transfer=lambda target: None)
+
+
+def test_azure_serves_gpt_live_at_its_resource_with_its_api_key_header():
+    url = "wss://acme.openai.azure.com/openai/v1/live/sessions"
+    main, _ = configure({"OPENAI_API": "live", "OPENAI_PROVIDER": "azure", "OPENAI_URL": url})
+    assert main.session_url() == url  # no query: the model goes in session.start
+    assert main.headers() == [("api-key", "k")]
+    openai, _ = configure({"OPENAI_API": "live", "OPENAI_API_DIALECT": "beta"})
+    assert openai.headers() == [("Authorization", "Bearer k")]  # never the beta header
+
+
+def test_xai_has_no_gpt_live():
+    with pytest.raises(ConfigError, match="provider = xai"):
+        load_config(None, environ={"OPENAI_API": "live", "OPENAI_PROVIDER": "xai"})
+
+
+def test_the_delegated_backend_reasons_as_configured():
+    main, _ = configure({"OPENAI_API": "live", "OPENAI_REASONING_EFFORT": "low"})
+    delegate = events.session_start(main, "PCMU", instructions=None)["session"]["delegation"]
+    assert delegate["responses"]["reasoning"] == {"effort": "low"}

@@ -267,3 +267,35 @@ async def _close_as(server: FakeLiveServer, fake, reason: str) -> None:
     await connection.send({"type": "session.closed", "reason": reason,
                            "session": fake.session, "usage": {"seconds": 0.0}})
 
+
+
+async def test_max_call_s_asks_the_live_model_for_a_goodbye_and_ends_after_it():
+    server = FakeLiveServer(reply_audio=tone("pcmu", 200), speed=0, respond_after_ms=None)
+    with trio.fail_after(15):
+        async with harness(server, max_call_s=0.5) as h:
+            fake = await server.wait_for_session()
+            await wait_until(h.session, lambda s: s.ready)
+            h.bridge.media_started.set()
+            goodbye = await fake.wait_for_client_event("session.instructions.append")
+            assert "time limit" in goodbye["content"]
+            # The fake's model does not speak on that instruction: the goodbye counts as said
+            # once the model has been quiet for a second, and the playout is empty.
+            await wait_until(h.session, lambda s: h.ended)
+            assert h.ended == ["the call reached its maximum length (0.5 s)"]
+            assert not sent_types(fake) & REALTIME_TURN_EVENTS
+
+
+async def test_a_silent_caller_is_reprompted_through_an_instruction():
+    server = FakeLiveServer(reply_audio=tone("pcmu", 200), speed=0, respond_after_ms=None)
+    with trio.fail_after(15):
+        async with harness(server, welcome_message="Hi.", idle_reprompt_s=0.3,
+                           idle_reprompts=1) as h:
+            fake = await server.wait_for_session()
+            await wait_until(h.session, lambda s: s.ready)
+            h.bridge.media_started.set()
+            await fake.wait_for_client_event("session.instructions.append")  # the welcome
+            await wait_until(h.session, lambda s: s.stats.audio_received_bytes == 1600)
+            assert h.play_all() == 10  # the greeting has been heard; the caller says nothing
+            reprompt = await fake.wait_for_client_event("session.instructions.append", 2)
+            assert "still there" in reprompt["content"]
+            assert errors(fake) == []

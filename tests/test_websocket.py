@@ -288,6 +288,11 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
+def held(ws: WebSocket) -> int:
+    """Bytes the client's decoder holds: the unparsed input and the message so far."""
+    return len(ws._decoder._buffer) + ws._decoder._fragment_size
+
+
 def client_frames(wire: bytes) -> list[tuple[int, bytes]]:
     """The client's output, frame by frame: each must be final and masked."""
     frames = []
@@ -327,10 +332,11 @@ def test_the_receive_path_yields_messages_or_a_clean_close_whatever_the_bytes(st
                 theirs.sendall(chunk)
             got, ended = ws.read_ready()
             messages += got
-            decoder = ws._decoder  # its private state: the bound is the point of the test
-            assert len(decoder._buffer) + decoder._fragment_size <= FUZZ_MAX_MESSAGE + 10
             if ended is not None:
                 break
+            # While open, the decoder holds at most one frame's header and the message's
+            # bytes so far (its private state: the bound is the point of the test).
+            assert held(ws) <= FUZZ_MAX_MESSAGE + 10
         for message in messages:
             assert isinstance(message, bytes)
             message.decode("utf-8")
@@ -340,8 +346,12 @@ def test_the_receive_path_yields_messages_or_a_clean_close_whatever_the_bytes(st
                 assert ended.code in PROTOCOL_ERROR_CODES
             else:
                 assert websocket.valid_close_code(ended.code) or ended.code == 1005
-            more, again = ws.read_ready()  # the end, again; nothing more
+            # Once ended, nothing more is read into the decoder: the end, again, and no more.
+            holding = held(ws)
+            theirs.sendall(server_frame(OP_TEXT, b"after the end"))
+            more, again = ws.read_ready()
             assert more == [] and again is not None and again.code == ended.code
+            assert held(ws) == holding
         theirs.setblocking(False)
         wire = b""
         with contextlib.suppress(BlockingIOError):

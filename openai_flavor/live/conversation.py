@@ -12,13 +12,16 @@ connection ending every task) with GPT-Live's events in place of Realtime's:
 * function calls arrive from the delegated Responses backend and are answered by the same
   tools (end_call, transfer_call, webhooks) through the same bridge actions;
 * ``session.closed`` ends the connection: ``expired`` (the duration limit) as a loss the
-  session reconnects from with a recap, ``content`` as a refusal that ends the call.
+  session reconnects from with a recap, ``content`` as a refusal that ends the call;
+* ``idle_reprompt_s`` and ``max_call_s`` run the Realtime conversation's own tasks on rtpai's
+  playout clock (openai_flavor/idle.py), with the model told through instructions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from typing import Any
 
 import trio
@@ -62,6 +65,12 @@ class LiveConversation(Conversation):
                     tasks.append(self._welcome)
                 if self.bridge.caller_events is not None:
                     tasks.append(self._forward_dtmf)
+                if self.settings.idle_reprompt_s:
+                    # The callbacks are the task's arguments: gone with it (no cycle).
+                    tasks.append(partial(self._silence.run, self._instruct,
+                                         self._caller_silent))
+                if self.settings.max_call_s:
+                    tasks.append(self._cap_length)  # the Realtime conversation's, unchanged
                 for task in tasks:
                     nursery.start_soon(self._until_lost, task, ended)
         finally:
@@ -91,6 +100,15 @@ class LiveConversation(Conversation):
             self.bridge.mark("first_audio_to_ai")
         return True
 
+    def _instruct(self, text: str) -> None:
+        """A re-prompt or the length cap's goodbye: the live model is told, and decides when
+        to say it (no response is asked for). The cap's goodbye counts as played once the
+        model has gone quiet and the playout has run dry (the floor's goodbye)."""
+        self.send(events.instructions_append(text))
+        if self._goodbye == "asked" and self.floor.goodbye_since is None:
+            self.floor.end_call("", trio.current_time(), cap=True)
+            self._floor_moved()
+
     def tell_failures(self) -> None:
         """Actions the model asked for that failed: told as instructions it acts on."""
         for text in self._untold_failures:
@@ -119,6 +137,7 @@ class LiveConversation(Conversation):
             sequence = keypad.KeySequence(terminator=self.settings.dtmf_terminator)
             text, more = await keypad.next_sequence(caller_events, sequence)
             if text:
+                self._silence.caller_active()
                 self.stats.dtmf_digits += len(text)
                 log.info("call %s: caller pressed %s", self.bridge.call_id, text)
                 self.send(events.instructions_append(realtime.dtmf_text(text)))
@@ -132,6 +151,7 @@ class LiveConversation(Conversation):
             now = trio.current_time()
             if floor.spurt_ended(now):
                 bridge.end_item()  # the talkspurt's last partial frame plays now
+                self._silence.model_done()  # the caller's turn, once it has been heard
             if floor.clear_due(now, playout_holds_audio=bridge.queued_bytes > 0):
                 # The model yielded to the caller: what it said before, still queued, must
                 # not play over them. Nothing is sent: the model already stopped.
@@ -139,10 +159,18 @@ class LiveConversation(Conversation):
                 self._spurt += 1
                 self.stats.barge_ins += 1
             reason = floor.goodbye_due(now)
-            if reason is not None:
+            if floor.cap_goodbye_said:
+                floor.cap_goodbye_said = False
+                assert self._nursery is not None
+                self._nursery.start_soon(self._cap_goodbye_played)
+            elif reason is not None:
                 bridge.hang_up_after_playout(reason)
             with trio.move_on_at(floor.wake_at()):
                 await self._floor_changed.wait()
+
+    async def _cap_goodbye_played(self) -> None:
+        await self.bridge.wait_playout_idle()
+        self._goodbye_played.set()  # the length cap (inherited _cap_length) hangs up now
 
     def _floor_moved(self) -> None:
         self._floor_changed.set()
@@ -156,12 +184,15 @@ class LiveConversation(Conversation):
         self._watchdog.heard(now)
         if kind == events.OUTPUT_AUDIO:
             audio = events.decode_audio(event)
+            if not self.floor.spurt_open:
+                self._silence.busy()  # the model speaks: no caller silence is counted
             self.floor.model_audio(now)
             self.stats.audio_received_bytes += len(audio)
             self.bridge.mark("first_ai_audio")
             self.bridge.play(audio, f"live {self._spurt}")
             self._floor_moved()
         elif kind == events.INPUT_TRANSCRIPT:
+            self._silence.caller_active()
             self.floor.caller_speech(now)
             self._keep_transcript(self.floor.transcript_delta(
                 "caller", events.transcript_delta(event)))

@@ -18,6 +18,7 @@ from typing import Any
 
 from openai_flavor import events as realtime
 from openai_flavor.live.settings import LiveSettings
+from openai_flavor.session_update import tool_definitions
 
 # Client events.
 SESSION_START = "session.start"
@@ -68,13 +69,18 @@ def session_start(settings: LiveSettings, codec: str, *,
         "model": settings.model,
         "audio": {
             "input": {"format": audio_format(codec)},
-            "output": {"format": audio_format(codec), "voice": settings.voice},
+            "output": {"format": audio_format(codec)},
         },
     }
+    voice = settings.voice_name
+    if voice:
+        session["audio"]["output"]["voice"] = voice
     if instructions:
         session["instructions"] = instructions
-    tools = realtime.tool_definitions(settings.base)
+    tools = tool_definitions(settings.base)
     delegate: dict[str, Any] = {"model": settings.delegate_model}
+    if settings.reasoning_effort:
+        delegate["reasoning"] = {"effort": settings.reasoning_effort}
     if tools:
         delegate["tools"] = tools
         delegate["tool_choice"] = "auto"

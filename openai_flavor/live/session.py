@@ -5,7 +5,8 @@ What outlives a connection is the same as for Realtime and handled by the same c
 (:class:`~openai_flavor.session.RealtimeSession`): the statistics, the welcome and the
 hang-up, failures to tell the model, the back-off, the reconnect cue; a loss (the duration
 limit, a dropped link, a watchdog bound) reconnects with a recap, a fatal one ends the call.
-Only the headers differ: a Bearer key and nothing else (no beta header, no query string).
+Only the credentials differ, and LiveSettings gives them: the provider's key header and no
+beta header, on a URL without a query.
 """
 
 from __future__ import annotations
@@ -16,6 +17,3 @@ from openai_flavor.session import RealtimeSession
 
 class LiveSession(RealtimeSession):
     conversation_class = LiveConversation
-
-    def _headers(self) -> list[tuple[str, str]]:
-        return [("Authorization", f"Bearer {self.settings.api_key}")]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from media.settings import Setting, text
+from openai_flavor.providers import auth_headers
 from openai_flavor.settings import RealtimeSettings
 
 LIVE_URL = "wss://api.openai.com/v1/live/sessions"
@@ -42,6 +43,16 @@ IGNORED = {
     "transcription_model": "GPT-Live transcribes the caller itself",
     "welcome_interruptible": "the caller can always interrupt: the live model decides",
     "response_timeout": "no response is ever asked for: the live model speaks when it decides",
+    "speed": "GPT-Live's session has no speed (not in its documented session object)",
+    "transcription_language": "GPT-Live transcribes the caller itself",
+    "noise_reduction": "not in GPT-Live's documented session object",
+    "truncation": "GPT-Live manages its own context (compaction)",
+    "prompt_id": "stored prompts are not in GPT-Live's documented session object",
+    "prompt_version": "stored prompts are not in GPT-Live's documented session object",
+    "prompt_variables": "stored prompts are not in GPT-Live's documented session object",
+    "mcp": "MCP tools are not offered to the delegated backend by rtpai",
+    "tool_choice": "the delegated backend always gets tool_choice auto",
+    "barge_in_min_ms": "the live model owns barge-in: rtpai never interrupts it",
 }
 
 
@@ -54,7 +65,10 @@ class LiveSettings:
     model: str = LIVE_MODEL
     delegate_model: str = DELEGATE_MODEL
     explicit: frozenset[str] = field(default=frozenset())
-    dialect: str = "live"  # the statistics' ``dialect``: which protocol the session speaks
+    # Which protocol the session speaks: the statistics' ``dialect`` (RealtimeSession reads
+    # ``shape``; ``dialect`` for readers of the settings).
+    dialect: str = "live"
+    shape: str = "live"
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any], base: RealtimeSettings,
@@ -80,6 +94,12 @@ class LiveSettings:
         """GPT-Live takes no query parameters: the model goes in ``session.start``."""
         return self.url
 
+    def headers(self) -> list[tuple[str, str]]:
+        """The provider's credentials (Bearer, or Azure's ``api-key``); never the Realtime
+        beta header: GPT-Live has one event shape."""
+        base = self.base
+        return auth_headers(base.endpoint, base.auth, base.api_key, "ga")
+
     def refusal_reason(self) -> str | None:
         return self.base.refusal_reason()
 
@@ -95,3 +115,10 @@ class LiveSettings:
     ) -> tuple[LiveSettings, dict[str, str]]:
         base, withheld = self.base.withhold(cannot)
         return replace(self, base=base), withheld
+
+
+def check_live(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
+    """Across rows: GPT-Live is OpenAI's (and Azure's); xAI speaks only the Realtime shape."""
+    if values["api"] == "live" and values["provider"] == "xai":
+        raise ValueError(f"{label('api')}: live is OpenAI's GPT-Live, which provider = xai "
+                         "does not offer (use api = realtime)")

@@ -45,6 +45,8 @@ class Floor:
     spurt_open: bool = False  # model audio came since the last talkspurt ended
     goodbye_since: float | None = None  # end_call was called at this time
     goodbye_reason: str | None = None
+    goodbye_for_cap: bool = False  # the length cap's goodbye, not the model's end_call
+    cap_goodbye_said: bool = False  # ... and it has been said (read and reset by the caller)
     _transcripts: dict[str, list[str]] = field(default_factory=lambda: {"caller": [],
                                                                         "assistant": []})
 
@@ -62,11 +64,13 @@ class Floor:
         if self.caller_speaking_since is None:
             self.caller_speaking_since = now
 
-    def end_call(self, reason: str, now: float) -> None:
-        """The model called ``end_call``: its goodbye is under way or about to be."""
+    def end_call(self, reason: str, now: float, *, cap: bool = False) -> None:
+        """The model called ``end_call`` (or, ``cap``, was asked for the length cap's
+        goodbye): its goodbye is under way or about to be."""
         if self.goodbye_since is None:
             self.goodbye_since = now
             self.goodbye_reason = reason
+            self.goodbye_for_cap = cap
 
     # --- what to do -----------------------------------------------------------------------
 
@@ -93,6 +97,9 @@ class Floor:
         if self.goodbye_since is None or now < self._goodbye_done_at():
             return None
         reason, self.goodbye_since, self.goodbye_reason = self.goodbye_reason, None, None
+        if self.goodbye_for_cap:
+            self.goodbye_for_cap, self.cap_goodbye_said = False, True
+            return None
         return reason
 
     def _goodbye_done_at(self) -> float:

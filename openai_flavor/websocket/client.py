@@ -22,6 +22,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -99,14 +100,18 @@ class WebSocket:
                  incoming: ssl.MemoryBIO | None, outgoing: ssl.MemoryBIO | None, *,
                  max_message: int = MAX_MESSAGE_BYTES, send_buffer: int = MAX_BUFFERED_BYTES,
                  send_timeout: float = math.inf) -> None:
+        self._link = Machine(WS_TRANSITIONS, _OPEN)
+        # The transport's first failure moves the link to FAILED. Its callback holds the
+        # machine, not this object: a transport pointing back at its WebSocket would make every
+        # connection a reference cycle that only the cycle collector frees (issue 18).
         self._transport = Transport(sock, tls, incoming, outgoing, send_buffer=send_buffer,
-                                    send_timeout=send_timeout, on_failure=self._transport_failed)
+                                    send_timeout=send_timeout,
+                                    on_failure=partial(self._link.to, _FAILED))
         self._decoder = FrameDecoder(max_message=max_message)
         self.frames_received = 0  # every frame, control frames too: for a flood policy
         self.pong: bytes | None = None  # the payload of the last pong (keepalive)
         self.binary_dropped = 0  # binary messages, which no Realtime event is
         self._inbox: deque[bytes] = deque()  # messages read but not yet returned by receive
-        self._link = Machine(WS_TRANSITIONS, _OPEN)
         # ``closed`` is an exception that is never raised itself (``_ended`` raises copies):
         # a raised exception keeps its traceback's frames, whose locals hold this connection,
         # so one stored here would make each call's objects a reference cycle that only the
@@ -116,9 +121,6 @@ class WebSocket:
     @property
     def state(self) -> Link:
         return self._link.state
-
-    def _transport_failed(self) -> None:
-        self._link.to(_FAILED)  # the transport calls this once, on its first failure
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a transport operation; its failure ends the connection abnormally (1006)."""

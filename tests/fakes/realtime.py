@@ -1,7 +1,9 @@
 """A strict fake of the OpenAI Realtime API WebSocket server.
 
 It speaks the GA interface by default (``beta=True`` switches to the retired beta shape that some
-OpenAI-compatible servers still speak) and follows /work/shared/reference/openai-realtime.md:
+OpenAI-compatible servers still speak; ``provider="azure"`` or ``"xai"`` to those providers'
+endpoints, credentials and session shapes, openai_flavor/providers.py) and follows
+/work/shared/reference/openai-realtime.md:
 
 * the handshake checks ``Authorization: Bearer <key>`` and the ``OpenAI-Beta`` header, answering
   a bad one with an ``error`` event and a close code (3000 bad key, 4000 wrong API shape);
@@ -52,6 +54,11 @@ from trio_websocket import (
 logger = logging.getLogger(__name__)
 
 REALTIME_PATH = "/v1/realtime"
+# Azure OpenAI: the GA endpoint (the model query names a deployment) and the preview one
+# (api-version and deployment in the query; it speaks the beta shape here).
+AZURE_PATH = "/openai/v1/realtime"
+AZURE_PREVIEW_PATH = "/openai/realtime"
+AZURE_PREVIEW_API_VERSION = "2025-04-01-preview"
 GA_DEFAULT_MODEL = "gpt-realtime"
 BETA_DEFAULT_MODEL = "gpt-4o-realtime-preview"
 
@@ -61,6 +68,10 @@ CLOSE_API_SHAPE = 4000
 CLOSE_MAXIMUM_DURATION = 1001
 
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+# xAI's Voice Agent voices as its docs spell them.
+XAI_VOICES = ("Ara", "Eve", "Leo", "Rex", "Sal")
+# The reasoning models (reference, 2026-12 update): gpt-realtime-2.x take reasoning.effort.
+REASONING_MODEL_PREFIX = "gpt-realtime-2"
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +336,14 @@ def _object(fields: dict[str, Check], required: Iterable[str] = ()) -> Check:
     return check
 
 
+def _string_map(value: Any, param: str) -> None:
+    """An object of any keys whose values are strings (MCP headers, prompt variables)."""
+    if not isinstance(value, dict):
+        raise _wrong_type(param, "an object", value)
+    for key, element in value.items():
+        _string(element, _join(param, key))
+
+
 def _tagged(variants: dict[str, dict[str, Check]], tag: str = "type") -> Check:
     """A union of objects told apart by ``tag``; each variant lists its fields besides the tag."""
     tag_check = _enum(*variants)
@@ -459,11 +478,39 @@ class _Dialect:
 _GA_FORMAT = _tagged({"audio/pcm": {"rate": _enum(24000)}, "audio/pcmu": {}, "audio/pcma": {}})
 # GA: one of ["audio"] or ["text"], not both (reference).
 _GA_MODALITIES = _one_of_lists(["audio"], ["text"])
-_MCP_TOOL_KEYS = (
-    "server_label", "server_url", "connector_id", "authorization", "headers", "allowed_tools",
-    "require_approval", "server_description",
-)
-_GA_TOOL = _tagged({"function": _FUNCTION_TOOL, "mcp": dict.fromkeys(_MCP_TOOL_KEYS, _anything)})
+# The MCP tool as openai-python's realtime types have it (RealtimeToolsConfigUnion's Mcp).
+_MCP_FILTER = _object({"tool_names": _array(_string), "read_only": _boolean})
+_MCP_TOOL = {
+    "server_label": _string,
+    "server_url": _string,
+    "connector_id": _string,
+    "authorization": _string,
+    "headers": _nullable(_string_map),
+    "allowed_tools": _nullable(_either(_array(_string), _MCP_FILTER)),
+    "require_approval": _nullable(_either(
+        _enum("always", "never"), _object({"always": _MCP_FILTER, "never": _MCP_FILTER}))),
+    "server_description": _string,
+}
+
+
+def _mcp_tool_complete(tool: dict, param: str) -> None:
+    """What the types cannot say: a label, and a server URL or a connector, not both."""
+    if "server_label" not in tool:
+        path = _join(param, "server_label")
+        raise _Invalid("missing_required_parameter", f"Missing required parameter: '{path}'.",
+                       path)
+    if ("server_url" in tool) == ("connector_id" in tool):
+        raise _Invalid("invalid_value", "An MCP tool needs exactly one of server_url and "
+                       "connector_id.", param)
+
+
+def _ga_tool(value: Any, param: str) -> None:
+    _tagged({"function": _FUNCTION_TOOL, "mcp": _MCP_TOOL})(value, param)
+    if value["type"] == "mcp":
+        _mcp_tool_complete(value, param)
+
+
+_GA_TOOL = _ga_tool
 _GA_TOOL_CHOICE = _either(
     _enum("none", "auto", "required"),
     _tagged({"function": {"name": _string}, "mcp": {"server_label": _string, "name": _string}}),
@@ -494,18 +541,21 @@ _GA_SESSION = _object(
         "tracing": _TRACING,
         "truncation": _either(
             _enum("auto", "disabled"),
-            _tagged(
+            _object(
                 {
-                    "retention_ratio": {
-                        "retention_ratio": _number(0.0, 1.0),
-                        "token_limits": _object({"post_instructions": _integer(0)}),
-                    }
-                }
+                    "type": _enum("retention_ratio"),
+                    "retention_ratio": _number(0.0, 1.0),
+                    "token_limits": _object({"post_instructions": _integer(0)}),
+                },
+                ["type", "retention_ratio"],
             ),
         ),
         "prompt": _nullable(
-            _object({"id": _string, "version": _string, "variables": _anything}, ["id"])
+            _object({"id": _string, "version": _string, "variables": _string_map}, ["id"])
         ),
+        # gpt-realtime-2.x only (checked against the session's model on update).
+        "reasoning": _object(
+            {"effort": _enum("minimal", "low", "medium", "high", "xhigh")}, ["effort"]),
         "include": _nullable(_array(_enum("item.input_audio_transcription.logprobs"))),
     },
     # GA requires the session type on every update; this fake only does "realtime" sessions.
@@ -759,10 +809,83 @@ class _Beta(_Dialect):
         }
 
 
+def _xai_format(value: Any, param: str) -> None:
+    _object({"type": _enum("audio/pcm", "audio/pcmu", "audio/pcma"),
+             "rate": _integer(8000, 48000)}, ["type"])(value, param)
+    if value["type"] != "audio/pcm" and value.get("rate", 8000) != 8000:
+        raise _Invalid("invalid_value", "G.711 formats are 8000 Hz only.", _join(param, "rate"))
+
+
+# xAI's Voice Agent session, as its docs list it: nothing else is accepted.
+_XAI_SESSION = _object(
+    {
+        "instructions": _string,
+        "voice": _enum(*XAI_VOICES),
+        "turn_detection": _nullable(_object({"type": _enum("server_vad")}, ["type"])),
+        "audio": _object({"input": _object({"format": _xai_format}),
+                          "output": _object({"format": _xai_format})}),
+        "tools": _array(_tagged({"function": _FUNCTION_TOOL})),
+    }
+)
+_XAI_FORMAT_KINDS = {"audio/pcm": "pcm", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
+
+
+class _XAI(_GA):
+    """xAI's Voice Agent API: OpenAI's GA event names, its own session shape; its first event
+    is conversation.created; no truncate, cancel or delete among its client events."""
+
+    name = "xai"
+    session_check = staticmethod(_XAI_SESSION)
+    response_check = staticmethod(_object({"modalities": _one_of_lists(
+        ["text"], ["audio"], ["text", "audio"], ["audio", "text"])}))
+    replace_keys = frozenset({"format", "turn_detection"})
+    client_events = ("session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
+                     "input_audio_buffer.clear", "conversation.item.create", "response.create")
+
+    def default_session(self, session_id: str, model: str) -> dict:
+        return {
+            "id": session_id,
+            "object": "realtime.session",
+            "model": model,
+            "instructions": "",
+            "voice": "Ara",
+            "turn_detection": {"type": "server_vad"},
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}},
+                      "output": {"format": {"type": "audio/pcm", "rate": 24000}}},
+            "tools": [],
+        }
+
+    def normalise(self, session: dict) -> dict:
+        return session
+
+    def input_kind(self, session: dict) -> str:
+        return _XAI_FORMAT_KINDS[session["audio"]["input"]["format"]["type"]]
+
+    def output_kind(self, session: dict) -> str:
+        return _XAI_FORMAT_KINDS[session["audio"]["output"]["format"]["type"]]
+
+    def voice(self, config: dict) -> str | None:
+        return config.get("voice")
+
+    def turn_detection(self, session: dict) -> dict | None:
+        # The server cancels its answer when the caller speaks, and answers the turn.
+        return _vad_with_defaults(session["turn_detection"])
+
+    def transcription(self, session: dict) -> dict | None:
+        return {"model": "xai"}  # the caller is always transcribed
+
+    def text_only(self, config: dict) -> bool | None:
+        modalities = config.get("modalities")
+        return None if modalities is None else "audio" not in modalities
+
+    def response_fields(self, session: dict) -> dict:
+        return {"output_modalities": ["audio"], "metadata": None}
+
+
 def _client_schemas(dialect: _Dialect) -> dict[str, Check]:
     """Every client event type this fake accepts, with its full top-level schema."""
     common = {"type": _string, "event_id": _string}
-    return {
+    schemas = {
         "session.update": _object({**common, "session": dialect.session_check}, ["session"]),
         "input_audio_buffer.append": _object({**common, "audio": _string}, ["audio"]),
         "input_audio_buffer.commit": _object(common),
@@ -784,6 +907,10 @@ def _client_schemas(dialect: _Dialect) -> dict[str, Check]:
         "response.create": _object({**common, "response": dialect.response_check}),
         "response.cancel": _object({**common, "response_id": _string}),
     }
+    accepted = getattr(dialect, "client_events", None)
+    if accepted is not None:
+        schemas = {kind: schema for kind, schema in schemas.items() if kind in accepted}
+    return schemas
 
 
 # --------------------------------------------------------------------------------------------
@@ -869,6 +996,11 @@ class FakeRealtimeServer:
 
     :param api_key: the key ``Authorization: Bearer`` must carry.
     :param beta: speak the beta interface (requires ``OpenAI-Beta: realtime=v1``) instead of GA.
+    :param provider: ``openai``; ``azure`` (the endpoint at /openai/v1/realtime?model=DEPLOYMENT,
+        the key in an ``api-key`` header or as a bearer token; with ``beta`` the preview one,
+        /openai/realtime?api-version=...&deployment=..., without the OpenAI-Beta header); or
+        ``xai`` (/v1/realtime, xAI's session shape and voices, conversation.created first, no
+        truncate/cancel/delete).
     :param reply_audio: audio each response streams, sent as is; by default 1 s of a 400 Hz tone
         in the session's output format.
     :param respond_after_ms: with server/semantic VAD on, this much caller audio since the last
@@ -895,6 +1027,7 @@ class FakeRealtimeServer:
         *,
         api_key: str = "test-key",
         beta: bool = False,
+        provider: str = "openai",
         reply_audio: bytes | None = None,
         respond_after_ms: int | None = 600,
         chunk_ms: int = 100,
@@ -911,6 +1044,8 @@ class FakeRealtimeServer:
     ) -> None:
         self.api_key = api_key
         self.beta = beta
+        assert provider in {"openai", "azure", "xai"} and not (beta and provider == "xai")
+        self.provider = provider
         self.reply_audio = reply_audio
         self.respond_after_ms = respond_after_ms
         self.chunk_ms = chunk_ms
@@ -926,7 +1061,7 @@ class FakeRealtimeServer:
         self.rejected = 0
         self.stall_after_ms = stall_after_ms
         self.scripted: list[ScriptedResponse] = []
-        self.dialect: _Dialect = _Beta() if beta else _GA()
+        self.dialect: _Dialect = _XAI() if provider == "xai" else _Beta() if beta else _GA()
         self.schemas = _client_schemas(self.dialect)
         self.sessions: list[FakeSession] = []
         self.crashes: list[BaseException] = []
@@ -936,6 +1071,13 @@ class FakeRealtimeServer:
         self._session_added = trio.Event()
         # Deterministic ids (item_000001, ...) keep test failures reproducible.
         self._ids = itertools.count(1)
+
+    @property
+    def path(self) -> str:
+        """The endpoint's path in this provider's shape."""
+        if self.provider == "azure":
+            return AZURE_PREVIEW_PATH if self.beta else AZURE_PATH
+        return REALTIME_PATH
 
     def new_id(self, prefix: str) -> str:
         """A fresh id such as ``item_000007``, unique within this server."""
@@ -961,7 +1103,7 @@ class FakeRealtimeServer:
                         handler_nursery=nursery)
             )
             scheme, name = ("wss", "localhost") if ssl_context else ("ws", host)
-            self.url = f"{scheme}://{name}:{ws_server.port}{REALTIME_PATH}"
+            self.url = f"{scheme}://{name}:{ws_server.port}{self.path}"
             task_status.started(self.url)
 
     async def wait_for_session(self, n: int = 1) -> FakeSession:
@@ -1005,14 +1147,24 @@ class FakeRealtimeServer:
             await request.reject(self.reject_status, body=b"rejected (fake)")
             return
         url = urlsplit(request.path)
-        if url.path != REALTIME_PATH:
+        if url.path != self.path:
             await request.reject(404, body=b"not found")
             return
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in request.headers
         }
-        model = parse_qs(url.query).get("model", [None])[0]
+        query = parse_qs(url.query)
+        model = query.get("model", [None])[0]
+        if self.provider == "azure" and self.beta:
+            # The preview endpoint: the deployment names the model; its api-version is required.
+            if query.get("api-version") != [AZURE_PREVIEW_API_VERSION] or "model" in query:
+                await request.reject(400, body=b"api-version missing or unsupported")
+                return
+            model = query.get("deployment", [None])[0]
+        if self.provider == "azure" and not model:
+            await request.reject(404, body=b"DeploymentNotFound")  # no deployment named
+            return
         ws = await request.accept()
         fake = FakeSession(path=request.path, model=model, headers=headers)
         self.sessions.append(fake)
@@ -1117,7 +1269,11 @@ class _Connection:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
-                await self.send({"type": "session.created", "session": self.fake.session})
+                if self.dialect.name == "xai":
+                    await self.send({"type": "conversation.created", "conversation": {
+                        "id": self.server.new_id("conv"), "object": "realtime.conversation"}})
+                else:
+                    await self.send({"type": "session.created", "session": self.fake.session})
                 if self.server.close_after_s is not None:
                     nursery.start_soon(self._expire, self.server.close_after_s)
                 while True:
@@ -1131,7 +1287,13 @@ class _Connection:
     async def _handshake_ok(self) -> bool:
         """The checks the real server makes before ``session.created``."""
         headers = self.fake.headers
-        if headers.get("authorization") != f"Bearer {self.server.api_key}":
+        if self.server.provider == "azure":
+            # Azure: an api-key header, or an Entra token as a bearer (the key stands in).
+            key_ok = (headers.get("api-key") == self.server.api_key) != (
+                headers.get("authorization") == f"Bearer {self.server.api_key}")
+        else:
+            key_ok = headers.get("authorization") == f"Bearer {self.server.api_key}"
+        if not key_ok:
             await self.send_error(
                 "invalid_api_key",
                 "Incorrect API key provided. You can find your API key at "
@@ -1152,7 +1314,7 @@ class _Connection:
             )
             await self.close(CLOSE_API_SHAPE, "beta_api_shape_disabled")
             return False
-        if self.server.beta and "realtime=v1" not in beta_header:
+        if self.server.beta and self.server.provider == "openai" and "realtime=v1" not in beta_header:
             # A beta-only server needs the header; the code name is this fake's.
             await self.send_error(
                 "missing_beta_header",
@@ -1227,6 +1389,11 @@ class _Connection:
 
     async def _on_session_update(self, event: dict) -> None:
         update = event["session"]
+        model = self.fake.session.get("model") or ""
+        if ("reasoning" in update and self.server.provider == "openai"
+                and not model.startswith(REASONING_MODEL_PREFIX)):
+            raise _Invalid("invalid_value", f"The model {model} does not support reasoning.",
+                           "session.reasoning")
         voice = self.dialect.voice(update)
         if voice is not None and self.audio_sent and voice != self.dialect.voice(self.fake.session):
             raise _Invalid(
@@ -1666,6 +1833,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="test-key")
     parser.add_argument("--beta", action="store_true", help="speak the beta interface")
+    parser.add_argument("--provider", choices=("openai", "azure", "xai"), default="openai",
+                        help="the endpoint, credentials and session shape to serve")
     parser.add_argument("--speed", type=float, default=1.0, help="delta pacing x real time")
     parser.add_argument("--chunk-ms", type=int, default=100)
     parser.add_argument("--respond-after-ms", type=int, default=600)
@@ -1676,6 +1845,7 @@ def main(argv: list[str] | None = None) -> None:
     server = FakeRealtimeServer(
         api_key=args.api_key,
         beta=args.beta,
+        provider=args.provider,
         speed=args.speed,
         chunk_ms=args.chunk_ms,
         respond_after_ms=args.respond_after_ms,
