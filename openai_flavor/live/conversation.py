@@ -44,7 +44,10 @@ class LiveConversation(Conversation):
         super().__init__(*args, **kwargs)
         self.floor = Floor()
         self._floor_changed = trio.Event()
-        self._spurt = 0  # playout item of the model's current talkspurt (after each clear)
+        # The playout item the model's audio goes to: a new one after each clear, so that
+        # nothing cleared is mistaken for what follows (built once, not per delta).
+        self._spurts = 0
+        self._item = "live 0"
         self._audio_seconds_before = float(self.stats.usage.get("audio_seconds", 0.0))
 
     async def run(self, *, reconnect: bool) -> None:
@@ -156,7 +159,8 @@ class LiveConversation(Conversation):
                 # The model yielded to the caller: what it said before, still queued, must
                 # not play over them. Nothing is sent: the model already stopped.
                 bridge.clear_playout()
-                self._spurt += 1
+                self._spurts += 1
+                self._item = f"live {self._spurts}"
                 self.stats.barge_ins += 1
             reason = floor.goodbye_due(now)
             if floor.cap_goodbye_said:
@@ -189,7 +193,7 @@ class LiveConversation(Conversation):
             self.floor.model_audio(now)
             self.stats.audio_received_bytes += len(audio)
             self.bridge.mark("first_ai_audio")
-            self.bridge.play(audio, f"live {self._spurt}")
+            self.bridge.play(audio, self._item)
             self._floor_moved()
         elif kind == events.INPUT_TRANSCRIPT:
             self._silence.caller_active()
