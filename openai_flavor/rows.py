@@ -202,6 +202,9 @@ OPENAI_SETTINGS: tuple[Setting, ...] = (
     Setting("openai", "model", "OPENAI_API_MODEL", "gpt-realtime-2.1", text,
             help="the model (Azure: the deployment's name)"),
     Setting("openai", "dialect", "OPENAI_API_DIALECT", "ga", one_of("ga", "beta")),
+    # Which of OpenAI's speech APIs: Realtime (this module) or GPT-Live (openai_flavor/live/).
+    Setting("openai", "api", "OPENAI_API", "realtime", one_of("realtime", "live"),
+            help="realtime: the Realtime API; live: GPT-Live (the model owns turn-taking)"),
     Setting("openai", "disable", "OPENAI_DISABLE", "false", parse_bool,
             help="refuse offers (OpenSIPS fails over on it with extra_failover_error)"),
     Setting("openai", "voice", "OPENAI_VOICE", None, optional(voice),

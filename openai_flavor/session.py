@@ -76,6 +76,9 @@ SESSION_TRANSITIONS = Transitions("AI session", {
 class RealtimeSession:
     """The AI side of one call. ``run`` is started in the call's nursery."""
 
+    # One connection's conversation; GPT-Live's session (openai_flavor/live/) swaps in its own.
+    conversation_class = Conversation
+
     def __init__(self, settings: RealtimeSettings, bridge: CallBridge,
                  poller: MediaPoller) -> None:
         self.settings = settings
@@ -202,7 +205,7 @@ class RealtimeSession:
             raise lost from None
 
     async def _converse(self, ws: WebSocket) -> None:
-        conversation = Conversation(
+        conversation = self.conversation_class(
             ws, settings=self.settings, bridge=self.bridge, poller=self._poller,
             stats=self.stats, manners=self._manners, backoff=self._backoff,
             untold_failures=self._untold_failures, silence=self._silence, cap=self._cap)

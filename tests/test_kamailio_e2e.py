@@ -9,7 +9,9 @@ the call and frees its ports. Breaking rtpai's SDP, media or delete handling fai
 The calls end on events, not on timers: the first waits for the whole reply to arrive and then
 has rtpai hang up through Kamailio (sipp expects that BYE); the second is sipp's own BYE. The
 first runs again behind Kamailio against the fake in Azure's and in xAI's shape
-(``[openai] provider``): their endpoint, credentials and session shape, end to end.
+(``[openai] provider``): their endpoint, credentials and session shape, end to end; and on each
+speech API rtpai speaks (issue 15): Realtime GA, Realtime beta and GPT-Live (``[openai] api``),
+each against its strict fake.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from media.bridge import EndReason
 from media.rtp import parse_rtp
 from media.sdp import parse_sdp
 from tests.fakes.engine import engine_for_test, watch
+from tests.fakes.live import FakeLiveServer
 from tests.fakes.realtime import FakeRealtimeServer, tone
 from tests.peers import (
     LOOPBACK,
@@ -49,7 +52,7 @@ def caller_payloads() -> list[bytes]:
     return [bytes([(n * 13 + i) % 251 for i in range(160)]) for n in range(CALLER_FRAMES)]
 
 
-# What each provider's shape must show on the fake's side of the call.
+# What each provider's shape, or protocol, must show on the fake's side of the call.
 PROVIDERS = {
     "openai": ({}, {}, lambda s: s.headers["authorization"] == "Bearer test-key"),
     "azure": ({"provider": "azure"},
@@ -60,7 +63,19 @@ PROVIDERS = {
             lambda s: (s.headers["authorization"] == "Bearer test-key"
                        and s.session["voice"] == "Eve"
                        and s.session["audio"]["input"]["format"]["type"] == "audio/pcmu")),
+    "beta": ({"beta": True}, {"OPENAI_API_DIALECT": "beta"},
+             lambda s: (s.headers["openai-beta"] == "realtime=v1"
+                        and s.session["input_audio_format"] == "g711_ulaw")),
+    # GPT-Live: its own fake (tests/fakes/live.py). Its model yields when the caller talks
+    # over it (rtpai then clears what it holds), so it answers the caller's whole utterance.
+    "live": ({"respond_after_ms": CALLER_FRAMES * 20}, {"OPENAI_API": "live"},
+             lambda s: (s.headers["authorization"] == "Bearer test-key"
+                        and s.model == "gpt-live-1" and "openai-beta" not in s.headers
+                        and s.session["audio"]["input"]["format"] == {"type": "audio/pcmu",
+                                                                     "rate": 8000})),
 }
+# The message that configures each protocol's session.
+FIRST_EVENT = {"live": "session.start"}
 
 
 async def test_sipp_call_through_the_proxy_reaches_the_model_and_back(tmp_path, proxy_kind):
@@ -75,6 +90,13 @@ async def test_provider_shapes_through_kamailio(tmp_path, provider):
     await call_through_the_proxy(tmp_path, "kamailio", provider, rtp_ports=("42200", "42299"))
 
 
+@pytest.mark.parametrize("api", ["beta", "live"])
+async def test_each_speech_api_through_the_proxy(tmp_path, proxy_kind, api):
+    """Realtime beta and GPT-Live beside the GA call above, behind each real proxy (issue 15:
+    a Kamailio call on each protocol rtpai speaks)."""
+    await call_through_the_proxy(tmp_path, proxy_kind, api, rtp_ports=("42300", "42399"))
+
+
 async def call_through_the_proxy(tmp_path, proxy_kind: str, provider: str, *,
                                  rtp_ports: tuple[str, str]) -> None:
     require_tool("sipp")
@@ -85,8 +107,9 @@ async def call_through_the_proxy(tmp_path, proxy_kind: str, provider: str, *,
     write_rtp_pcap(pcap, payloads)
     reply_audio = tone("pcmu", REPLY_MS, hz=440)
     fake_shape, env, shape_ok = PROVIDERS[provider]
-    server = FakeRealtimeServer(reply_audio=reply_audio, respond_after_ms=300, speed=0,
-                                **fake_shape)
+    fake_server = FakeLiveServer if provider == "live" else FakeRealtimeServer
+    server = fake_server(**{"reply_audio": reply_audio, "respond_after_ms": 300, "speed": 0,
+                            **fake_shape})
     sip_port, sipp_port, media_port = unused_port(), unused_port(), unused_media_port()
     http_port = unused_port(socket.SOCK_STREAM)
 
@@ -121,7 +144,7 @@ async def call_through_the_proxy(tmp_path, proxy_kind: str, provider: str, *,
 
                 # The session opened at offer time; the caller's audio reaches it unchanged.
                 session = await server.wait_for_session(1)
-                await session.wait_for_client_event("session.update")
+                await session.wait_for_client_event(FIRST_EVENT.get(provider, "session.update"))
                 assert shape_ok(session)
                 await session.wait_until(lambda s: len(s.audio_in) >= CALLER_FRAMES * 160)
                 assert bytes(session.audio_in) == b"".join(payloads)
@@ -146,6 +169,8 @@ async def call_through_the_proxy(tmp_path, proxy_kind: str, provider: str, *,
                 await deletes.wait_for(1)  # the proxy's BYE to its inner UAS -> rtpengine_delete
 
             assert engine.proxy.sent[0].reason == "test done"
+            assert server.crashes == []
+            assert not [e for e in session.server_events if e["type"] == "error"]
             assert len(engine.calls) == 0
             assert engine.ports.in_use == 0
             for port in (rtp_port, rtp_port + 1):
