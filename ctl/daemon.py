@@ -27,6 +27,7 @@ from ctl import gcstats
 from ctl.config import SETTINGS, Config, ConfigError, load_config
 from ctl.engine import Engine
 from ctl.logs import RedactSecrets, configure_logging
+from media import native
 
 log = logging.getLogger("rtpai")
 
@@ -146,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     redactor = configure_logging(config["log"]["level"], config.secrets())
     log.info("configuration: %r", config)
+    # The one start-up line about the per-packet path (media/native.py): compiled, or pure
+    # Python and why. A missing build is worth a warning (it costs CPU), a forced one is not.
+    compiled, path = native.describe()
+    log.log(logging.INFO if compiled or native.FORCED_PURE else logging.WARNING, "%s", path)
     before, after = raise_descriptor_limit()
     if after != before:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
