@@ -28,11 +28,10 @@ from tests.test_stream import CALLER, drain, make_stream
 
 FUZZ_EXAMPLES = int(os.environ.get("RTPAI_FUZZ_EXAMPLES", "150"))
 bounded = settings(max_examples=FUZZ_EXAMPLES, deadline=None,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                          HealthCheck.function_scoped_fixture])
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fast():
     require_compiled()
     return native.load("media._fast")

@@ -1,0 +1,85 @@
+"""The compiled WebSocket framing (openai_flavor/_fast.c) against the Python reference.
+
+``encode_frame`` of openai_flavor/websocket.py masks every client frame; the C twin must give
+the same bytes for the same key, for every payload size class (7-bit, 16-bit, 64-bit
+lengths), and ``audio_append_frame`` must equal the Python path's frame of
+``events.audio_append``. The frames are also read back by the independent decoder the fake
+Realtime server uses (wsproto, through trio-websocket) in tests/test_websocket.py's way: here,
+by unmasking and json-decoding them by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from media import native
+from openai_flavor import events, websocket
+from tests.native_paths import require_compiled
+
+EXAMPLES = int(os.environ.get("RTPAI_FUZZ_EXAMPLES", "150"))
+
+
+@pytest.fixture(scope="module")
+def fast():
+    require_compiled()
+    return native.load("openai_flavor._fast")
+
+
+def python_frame(opcode, payload, key, monkeypatch):
+    """The reference: websocket.py's Python encode_frame with its masking key fixed."""
+    with monkeypatch.context() as patch:
+        patch.setattr(websocket._mask_keys, "next", lambda: key)
+        return getattr(websocket, "py_encode_frame", websocket.encode_frame)(opcode, payload)
+
+
+def unmask(frame):
+    """(opcode, payload) of one masked frame."""
+    size, at = frame[1] & 0x7F, 2
+    if size == 126:
+        size, at = int.from_bytes(frame[2:4], "big"), 4
+    elif size == 127:
+        size, at = int.from_bytes(frame[2:10], "big"), 10
+    key, body = frame[at:at + 4], frame[at + 4:]
+    assert frame[1] & 0x80 and len(body) == size
+    return frame[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(body))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.sampled_from([0x1, 0x2, 0x8, 0x9, 0xA]), st.binary(min_size=4, max_size=4),
+       st.one_of(st.binary(max_size=300), st.sampled_from([b"x" * 125, b"x" * 126,
+                                                            b"y" * 65535, b"z" * 65536])))
+def test_encode_frame_matches_the_reference(fast, opcode, key, payload):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        expected = python_frame(opcode, payload, key, monkeypatch)
+    assert fast.encode_frame(opcode, payload, key) == expected
+    assert unmask(expected) == (opcode, payload)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.binary(max_size=1000), st.binary(min_size=4, max_size=4))
+def test_audio_append_frame_matches_the_reference(fast, audio, key):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        expected = python_frame(websocket.OP_TEXT, events.audio_append(audio), key, monkeypatch)
+    frame = fast.audio_append_frame(audio, key)
+    assert frame == expected
+    opcode, text = unmask(frame)
+    event = json.loads(text)
+    assert (opcode, event["type"]) == (websocket.OP_TEXT, "input_audio_buffer.append")
+    assert base64.b64decode(event["audio"]) == audio
+
+
+def test_bad_arguments_are_errors_not_frames(fast):
+    with pytest.raises(ValueError):
+        fast.encode_frame(1, b"x", b"abc")  # a key is 4 bytes
+    with pytest.raises(ValueError):
+        fast.encode_frame(16, b"x", b"abcd")
+    with pytest.raises(ValueError):
+        fast.audio_append_frame(b"x", b"abcde")
+    with pytest.raises(TypeError):
+        fast.audio_append_frame("text", b"abcd")
