@@ -1,12 +1,12 @@
 /* openai_flavor._fast: the compiled twin of the WebSocket client's per-message framing
  * (issue 14). openai_flavor/websocket.py's encode_frame is the reference; this does the same
  * byte for byte (tests/test_fast_ws.py), one pass instead of a big-integer XOR and three
- * concatenations: every caller packet becomes one input_audio_buffer.append frame.
+ * concatenations: every caller packet becomes one input_audio_buffer.append frame, and the
+ * masking was ~3/4 of its Python cost (the base64 and JSON around it are already one C call
+ * and two concatenations, events.audio_append: not worth a Realtime-specific API here).
  *
  *   encode_frame(opcode, payload, key) -> bytes   one final, masked client frame (RFC 6455
  *                                                  section 5.2); key: the 4-byte masking key
- *   audio_append_frame(audio, key) -> bytes       the text frame of
- *       {"type":"input_audio_buffer.append","audio":"<base64 of audio>"}  (events.py)
  *
  * Selected once at import by openai_flavor/websocket.py (media/native.py decides).
  */
@@ -15,14 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static const char APPEND_HEAD[] = "{\"type\":\"input_audio_buffer.append\",\"audio\":\"";
-static const char APPEND_TAIL[] = "\"}";
-#define APPEND_HEAD_LEN (sizeof APPEND_HEAD - 1)
-#define APPEND_TAIL_LEN (sizeof APPEND_TAIL - 1)
 #define MAX_HEADER 14 /* 2 + 8 (64-bit length) + 4 (key) */
-
-static const char B64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /* The frame header for a payload of `size` bytes, mask bit set, then the key; returns its
  * length. */
@@ -102,73 +95,9 @@ static PyObject *encode_frame(PyObject *module, PyObject *const *args, Py_ssize_
     return out;
 }
 
-static PyObject *audio_append_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "audio_append_frame(audio, key)");
-        return NULL;
-    }
-    Py_buffer audio, key;
-    if (PyObject_GetBuffer(args[0], &audio, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (get_key(args[1], &key) < 0) {
-        PyBuffer_Release(&audio);
-        return NULL;
-    }
-    PyObject *out = NULL;
-    if (audio.len > (PY_SSIZE_T_MAX - 64) / 4 * 3) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_ssize_t encoded = (audio.len + 2) / 3 * 4;
-    Py_ssize_t size = (Py_ssize_t)APPEND_HEAD_LEN + encoded + (Py_ssize_t)APPEND_TAIL_LEN;
-    uint8_t header[MAX_HEADER];
-    Py_ssize_t head = frame_header(header, 0x1, (uint64_t)size, key.buf);
-    out = PyBytes_FromStringAndSize(NULL, head + size);
-    if (out == NULL)
-        goto done;
-    uint8_t *start = (uint8_t *)PyBytes_AS_STRING(out);
-    memcpy(start, header, (size_t)head);
-    uint8_t *body = start + head, *p = body;
-    memcpy(p, APPEND_HEAD, APPEND_HEAD_LEN);
-    p += APPEND_HEAD_LEN;
-    const uint8_t *in = audio.buf;
-    Py_ssize_t i = 0;
-    for (; i + 3 <= audio.len; i += 3) {
-        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
-        *p++ = (uint8_t)B64[v >> 18];
-        *p++ = (uint8_t)B64[(v >> 12) & 63];
-        *p++ = (uint8_t)B64[(v >> 6) & 63];
-        *p++ = (uint8_t)B64[v & 63];
-    }
-    if (audio.len - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        *p++ = (uint8_t)B64[v >> 18];
-        *p++ = (uint8_t)B64[(v >> 12) & 63];
-        *p++ = '=';
-        *p++ = '=';
-    } else if (audio.len - i == 2) {
-        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
-        *p++ = (uint8_t)B64[v >> 18];
-        *p++ = (uint8_t)B64[(v >> 12) & 63];
-        *p++ = (uint8_t)B64[(v >> 6) & 63];
-        *p++ = '=';
-    }
-    memcpy(p, APPEND_TAIL, APPEND_TAIL_LEN);
-    const uint8_t *k = key.buf;
-    for (Py_ssize_t j = 0; j < size; j++)
-        body[j] ^= k[j & 3];
-done:
-    PyBuffer_Release(&audio);
-    PyBuffer_Release(&key);
-    return out;
-}
-
 static PyMethodDef module_methods[] = {
     {"encode_frame", (PyCFunction)(void (*)(void))encode_frame, METH_FASTCALL,
      "One final, masked client frame: encode_frame(opcode, payload, key)."},
-    {"audio_append_frame", (PyCFunction)(void (*)(void))audio_append_frame, METH_FASTCALL,
-     "The masked text frame of an input_audio_buffer.append carrying audio."},
     {NULL, NULL, 0, NULL},
 };
 

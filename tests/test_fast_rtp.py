@@ -239,3 +239,28 @@ async def test_timer_fires_once_when_due_and_not_when_disarmed(fast):
     finally:
         trio.lowlevel.notify_closing(timer)
         os.close(timer)
+
+
+def test_a_missing_build_falls_back_to_python_and_says_why():
+    """As on a machine without a compiler: the extensions do not import."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "class NoBuild:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.endswith('._fast'):\n"
+        "            raise ImportError('no compiled module here')\n"
+        "sys.meta_path.insert(0, NoBuild())\n"
+        "import media.rtp, media.clock\n"
+        "from media import native\n"
+        "assert media.rtp.parse_rtp is media.rtp.py_parse_rtp\n"
+        "assert media.clock._fast is None\n"
+        "print(native.describe()[1])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RTPAI_PURE_PYTHON"}
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("per-packet work in pure Python for media._fast, openai_flavor._fast")
+    assert "not built (no compiled module here)" in out
