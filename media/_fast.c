@@ -8,7 +8,11 @@
  *   parse_rtp(data) -> RtpPacket     RFC 3550 section 5.1, every length checked; raises the
  *                                    error class given to bind() (media.rtp.RtpError)
  *   RtpPacket(pt, marker, seq, ts, ssrc, payload)   the parsed packet, read-only fields
- *   RtpPacketizer(pt, *, ssrc=None, sequence=None, timestamp=None)   our outbound stream
+ *   RtpPacketizer(pt, *, ssrc=None, sequence=None, timestamp=None)   our outbound stream;
+ *       its send(fd, payload, samples, address) is packet() and socket.sendto() in one:
+ *       header and payload go out as one datagram from two buffers (sendmsg), no bytes built
+ *   pack_address(family, host, port) -> bytes | None   the sockaddr send() takes, made once
+ *       per destination (None: not a numeric address of that family; use socket.sendto)
  *   bind(error_class)                the exception parse_rtp raises (called by media/rtp.py)
  *   timer_open() -> fd               a one-shot CLOCK_MONOTONIC timerfd, non-blocking: what the
  *   timer_arm(fd, delay)             media clock waits on (media/clock.py) instead of a trio
@@ -27,8 +31,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define RTP_HEADER_SIZE 12
@@ -312,6 +320,27 @@ static int samples_value(PyObject *value, uint32_t *out) {
     return 0;
 }
 
+/* The header of the next packet into `p` (12 bytes), and the stream moves on. */
+static void next_header(PacketizerObject *self, uint8_t *p, uint32_t samples) {
+    uint16_t seq = self->sequence;
+    uint32_t ts = self->timestamp, ssrc = self->ssrc;
+    p[0] = 0x80;
+    p[1] = (uint8_t)((self->marker_pending ? 0x80 : 0) | self->payload_type);
+    p[2] = (uint8_t)(seq >> 8);
+    p[3] = (uint8_t)seq;
+    p[4] = (uint8_t)(ts >> 24);
+    p[5] = (uint8_t)(ts >> 16);
+    p[6] = (uint8_t)(ts >> 8);
+    p[7] = (uint8_t)ts;
+    p[8] = (uint8_t)(ssrc >> 24);
+    p[9] = (uint8_t)(ssrc >> 16);
+    p[10] = (uint8_t)(ssrc >> 8);
+    p[11] = (uint8_t)ssrc;
+    self->marker_pending = 0;
+    self->sequence = (uint16_t)(seq + 1);
+    self->timestamp = ts + samples; /* unsigned: wraps modulo 2**32 */
+}
+
 static PyObject *packetizer_packet(PacketizerObject *self, PyObject *const *args,
                                    Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -330,27 +359,61 @@ static PyObject *packetizer_packet(PacketizerObject *self, PyObject *const *args
         return NULL;
     }
     uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
-    uint16_t seq = self->sequence;
-    uint32_t ts = self->timestamp, ssrc = self->ssrc;
-    p[0] = 0x80;
-    p[1] = (uint8_t)((self->marker_pending ? 0x80 : 0) | self->payload_type);
-    p[2] = (uint8_t)(seq >> 8);
-    p[3] = (uint8_t)seq;
-    p[4] = (uint8_t)(ts >> 24);
-    p[5] = (uint8_t)(ts >> 16);
-    p[6] = (uint8_t)(ts >> 8);
-    p[7] = (uint8_t)ts;
-    p[8] = (uint8_t)(ssrc >> 24);
-    p[9] = (uint8_t)(ssrc >> 16);
-    p[10] = (uint8_t)(ssrc >> 8);
-    p[11] = (uint8_t)ssrc;
+    next_header(self, p, samples);
     if (view.len)
         memcpy(p + RTP_HEADER_SIZE, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
-    self->marker_pending = 0;
-    self->sequence = (uint16_t)(seq + 1);
-    self->timestamp = ts + samples; /* unsigned: wraps modulo 2**32 */
     return out;
+}
+
+/* send(fd, payload, samples, address): the next packet, as packet() builds it, sent to
+ * `address` (from pack_address) on socket `fd` without blocking. Returns the datagram's size;
+ * raises OSError as socket.sendto does (BlockingIOError when the buffer is full). The stream
+ * moves on whether or not the send succeeds, as packet() followed by a failed sendto. */
+static PyObject *packetizer_send(PacketizerObject *self, PyObject *const *args,
+                                 Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "send(fd, payload, samples, address)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return NULL;
+    }
+    uint32_t samples;
+    if (samples_value(args[2], &samples) < 0)
+        return NULL;
+    if (!PyBytes_Check(args[3]) ||
+        (PyBytes_GET_SIZE(args[3]) != sizeof(struct sockaddr_in) &&
+         PyBytes_GET_SIZE(args[3]) != sizeof(struct sockaddr_in6))) {
+        PyErr_SetString(PyExc_TypeError, "address: bytes from pack_address()");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t header[RTP_HEADER_SIZE];
+    next_header(self, header, samples);
+    struct iovec parts[2] = {{header, RTP_HEADER_SIZE}, {view.buf, (size_t)view.len}};
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_name = PyBytes_AS_STRING(args[3]);
+    message.msg_namelen = (socklen_t)PyBytes_GET_SIZE(args[3]);
+    message.msg_iov = parts;
+    message.msg_iovlen = view.len ? 2 : 1;
+    ssize_t sent;
+    /* No GIL release: a non-blocking send to loopback or a NIC's queue takes microseconds,
+     * less than giving the GIL away and taking it back. */
+    do {
+        sent = sendmsg((int)fd, &message, MSG_DONTWAIT);
+    } while (sent < 0 && errno == EINTR);
+    PyBuffer_Release(&view);
+    if (sent < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromSsize_t(sent);
 }
 
 static PyObject *packetizer_start_talkspurt(PacketizerObject *self, PyObject *unused) {
@@ -427,6 +490,8 @@ static PyGetSetDef packetizer_getset[] = {
 static PyMethodDef packetizer_methods[] = {
     {"packet", (PyCFunction)(void (*)(void))packetizer_packet, METH_FASTCALL,
      "The next RTP packet carrying payload (samples long at the codec's clock)."},
+    {"send", (PyCFunction)(void (*)(void))packetizer_send, METH_FASTCALL,
+     "packet() sent to a pack_address() destination on socket fd, in one call."},
     {"start_talkspurt", (PyCFunction)packetizer_start_talkspurt, METH_NOARGS,
      "The next packet begins a talkspurt and carries the marker bit."},
     {"silence_gap", (PyCFunction)packetizer_silence_gap, METH_O,
@@ -445,6 +510,41 @@ static PyTypeObject PacketizerType = {
     .tp_methods = packetizer_methods,
     .tp_getset = packetizer_getset,
 };
+
+/* --- destinations ------------------------------------------------------------------------ */
+
+/* The sockaddr for (host, port) of `family`, as bytes; None when `host` is not a numeric
+ * address of that family (a name, a scoped IPv6 address: socket.sendto resolves those). */
+static PyObject *pack_address(PyObject *module, PyObject *args) {
+    (void)module;
+    int family, port;
+    const char *host;
+    if (!PyArg_ParseTuple(args, "isi:pack_address", &family, &host, &port))
+        return NULL;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535.");
+        return NULL;
+    }
+    if (family == AF_INET) {
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
+            Py_RETURN_NONE;
+        return PyBytes_FromStringAndSize((const char *)&a, sizeof a);
+    }
+    if (family == AF_INET6) {
+        struct sockaddr_in6 a;
+        memset(&a, 0, sizeof a);
+        a.sin6_family = AF_INET6;
+        a.sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &a.sin6_addr) != 1)
+            Py_RETURN_NONE;
+        return PyBytes_FromStringAndSize((const char *)&a, sizeof a);
+    }
+    Py_RETURN_NONE;
+}
 
 /* --- the media clock's timer ------------------------------------------------------------ */
 
@@ -521,7 +621,7 @@ static PyObject *timer_clear(PyObject *module, PyObject *arg) {
 
 /* --- module ---------------------------------------------------------------------------- */
 
-static PyObject *bind(PyObject *module, PyObject *error_class) {
+static PyObject *bind_error(PyObject *module, PyObject *error_class) {
     (void)module;
     if (!PyType_Check(error_class) ||
         !PyType_IsSubtype((PyTypeObject *)error_class, (PyTypeObject *)PyExc_Exception)) {
@@ -536,7 +636,9 @@ static PyObject *bind(PyObject *module, PyObject *error_class) {
 static PyMethodDef module_methods[] = {
     {"parse_rtp", parse_rtp, METH_O,
      "Parse an RTP packet, checking every length the header claims."},
-    {"bind", bind, METH_O, "The exception class parse_rtp raises (media.rtp.RtpError)."},
+    {"bind", bind_error, METH_O, "The exception class parse_rtp raises (media.rtp.RtpError)."},
+    {"pack_address", pack_address, METH_VARARGS,
+     "The sockaddr RtpPacketizer.send takes for (host, port), or None."},
     {"timer_open", timer_open, METH_NOARGS, "A one-shot monotonic timerfd, non-blocking."},
     {"timer_arm", (PyCFunction)(void (*)(void))timer_arm, METH_FASTCALL,
      "Fire once, delay seconds from now (at once if not positive, never if infinite)."},

@@ -10,7 +10,9 @@ counter must be the same on both paths.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import struct
 
 import pytest
@@ -264,3 +266,47 @@ def test_a_missing_build_falls_back_to_python_and_says_why():
                          text=True, check=True).stdout
     assert out.startswith("per-packet work in pure Python for media._fast, openai_flavor._fast")
     assert "not built (no compiled module here)" in out
+
+
+# --- packet() and sendto() in one call ------------------------------------------------------
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_send_puts_on_the_wire_what_packet_and_sendto_would(fast, family, host):
+    with socket.socket(family, socket.SOCK_DGRAM) as phone, \
+            socket.socket(family, socket.SOCK_DGRAM) as ours:
+        phone.bind((host, 0))
+        ours.bind((host, 0))
+        phone.settimeout(5)
+        address = fast.pack_address(family, host, phone.getsockname()[1])
+        compiled = fast.RtpPacketizer(8, ssrc=7, sequence=0xFFFF, timestamp=0xFFFFFF00)
+        reference = media.rtp.PyRtpPacketizer(8, ssrc=7, sequence=0xFFFF, timestamp=0xFFFFFF00)
+        for payload, samples in ((b"\xd5" * 160, 160), (b"", 160), (bytes(range(80)), 80)):
+            sent = compiled.send(ours.fileno(), payload, samples, address)
+            expected = reference.packet(payload, samples)
+            assert sent == len(expected)
+            assert phone.recvfrom(2048) == (expected, ours.getsockname())
+            reference.silence_gap(320)
+            compiled.silence_gap(320)
+
+
+def test_send_errors_are_the_ones_sendto_raises(fast):
+    p = fast.RtpPacketizer(0, ssrc=1, sequence=1, timestamp=1)
+    address = fast.pack_address(socket.AF_INET, "127.0.0.1", 9)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ours:
+        fd = ours.fileno()
+    with pytest.raises(OSError) as closed:  # a closed descriptor, as sendto on a closed fd
+        p.send(fd, b"x", 160, address)
+    assert closed.value.errno == errno.EBADF
+    assert p.sequence == 2  # the stream moved on, as packet() then a failed sendto
+    with pytest.raises(TypeError):
+        p.send(0, b"x", 160, b"not a sockaddr")
+
+
+def test_pack_address_leaves_names_and_scoped_addresses_to_sendto(fast):
+    assert fast.pack_address(socket.AF_INET, "localhost", 5) is None
+    assert fast.pack_address(socket.AF_INET, "::1", 5) is None
+    assert fast.pack_address(socket.AF_INET6, "fe80::1%lo", 5) is None
+    assert fast.pack_address(socket.AF_UNIX, "x", 5) is None
+    with pytest.raises(OverflowError):
+        fast.pack_address(socket.AF_INET, "127.0.0.1", 65536)
