@@ -379,9 +379,9 @@ static PyObject *packetizer_send(PacketizerObject *self, PyObject *const *args,
     long fd = PyLong_AsLong(args[0]);
     if (fd == -1 && PyErr_Occurred())
         return NULL;
-    if (fd < 0 || fd > INT_MAX) {
-        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
-        return NULL;
+    if (fd < 0 || fd > INT_MAX) { /* a closed socket's fileno(): sendto's error */
+        errno = EBADF;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     uint32_t samples;
     if (samples_value(args[2], &samples) < 0)

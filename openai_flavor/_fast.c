@@ -1,5 +1,5 @@
 /* openai_flavor._fast: the compiled twin of the WebSocket client's per-message framing
- * (issue 14). openai_flavor/websocket.py's encode_frame is the reference; this does the same
+ * (issue 14). openai_flavor/websocket/framing.py's encode_frame is the reference; this does the same
  * byte for byte (tests/test_fast_ws.py), one pass instead of a big-integer XOR and three
  * concatenations: every caller packet becomes one input_audio_buffer.append frame, and the
  * masking was ~3/4 of its Python cost (the base64 and JSON around it are already one C call
@@ -8,7 +8,7 @@
  *   encode_frame(opcode, payload, key) -> bytes   one final, masked client frame (RFC 6455
  *                                                  section 5.2); key: the 4-byte masking key
  *
- * Selected once at import by openai_flavor/websocket.py (media/native.py decides).
+ * Selected once at import by openai_flavor/websocket/framing.py (media/native.py decides).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -103,7 +103,7 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "openai_flavor._fast",
-    "openai_flavor/websocket.py's per-message framing, compiled.", -1, module_methods,
+    "openai_flavor/websocket/framing.py's per-message framing, compiled.", -1, module_methods,
     NULL, NULL, NULL, NULL,
 };
 

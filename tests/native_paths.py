@@ -36,10 +36,9 @@ def twins() -> list[tuple[Any, Any]]:
         ]
     ws_fast = native.load("openai_flavor._fast")
     if ws_fast is not None:
-        from openai_flavor import websocket
+        from openai_flavor.websocket import framing
 
-        if hasattr(websocket, "py_encode_frame"):
-            pairs += [(websocket.py_encode_frame, websocket.fast_encode_frame)]
+        pairs += [(framing.py_encode_frame, framing.fast_encode_frame)]
     return pairs
 
 

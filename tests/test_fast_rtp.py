@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import media.rtp
 from media import native
+from media.clock import MediaClock
 from media.rfc4733 import build_event
 from tests.native_paths import require_compiled, select
 from tests.test_fuzz_media import mutations, rtp_packets
@@ -310,3 +311,74 @@ def test_pack_address_leaves_names_and_scoped_addresses_to_sendto(fast):
     assert fast.pack_address(socket.AF_UNIX, "x", 5) is None
     with pytest.raises(OverflowError):
         fast.pack_address(socket.AF_INET, "127.0.0.1", 65536)
+
+
+# --- a paced stream on real sockets: what the caller receives, on both paths --------------
+
+
+async def paced_on_loopback(ssrc, sequence, timestamp):
+    """A stream on real loopback sockets, latched to a phone socket, playing AI audio with
+    silence around it (talkspurts, marker bits) across the sequence and timestamp wraps, then
+    holding and resuming; returns every datagram the phone received (the ports differ from
+    run to run) and the counters."""
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.setblocking(False)
+    rtp_sock, rtcp_sock = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    for sock in (rtp_sock, rtcp_sock):
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+    try:
+        stream, _, _ = make_stream(rtp=rtp_sock, rtcp=rtcp_sock, remote=phone.getsockname())
+        stream.sender.packetizer = media.rtp.RtpPacketizer(
+            0, ssrc=ssrc, sequence=sequence, timestamp=timestamp)
+        stream.on_datagram(rtp_packet(1), phone.getsockname())  # latches: silence starts
+        clock = MediaClock()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(clock.run)
+            stream.start_pacing(clock)
+            # Every step between two frames' deadlines: trio runs tasks due at the same time
+            # in random order, and a step on a deadline would race the clock's tick.
+            await trio.sleep(0.105)
+            stream.bridge.play(bytes(range(256)) * 5, "item-1")  # 8 frames and a tail
+            stream.bridge.end_item()
+            await trio.sleep(0.3)
+            stream.update(remote=phone.getsockname(), rtcp_remote=None, sending=False,
+                          caller_sends=True)  # hold: nothing goes out, time runs on
+            await trio.sleep(0.1)
+            stream.update(remote=phone.getsockname(), rtcp_remote=None, sending=True,
+                          caller_sends=True)
+            await trio.sleep(0.1)
+            stream.stop_pacing()
+            nursery.cancel_scope.cancel()
+        received = []
+        while True:
+            try:
+                data, source = phone.recvfrom(2048)
+            except BlockingIOError:
+                break
+            assert source == rtp_sock.getsockname()  # from the call's RTP port
+            received.append(data)
+        return received, stream.stats.rtp_out.as_dict(), stream.stats.send_errors
+    finally:
+        for sock in (phone, rtp_sock, rtcp_sock):
+            sock.close()
+
+
+def rtp_packet(seq):
+    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0xCA11E7) + b"\xff" * 160
+
+
+@pytest.mark.parametrize("sequence, timestamp", [(0xFFF0, 0xFFFFF000), (5, 5)])
+def test_a_paced_stream_sends_the_same_datagrams_on_both_paths(sequence, timestamp):
+    require_compiled()
+    results = {}
+    for path in ("python", "compiled"):
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            select(path, monkeypatch)
+            results[path] = trio.run(paced_on_loopback, 0x5EED, sequence, timestamp,
+                                     clock=trio.testing.MockClock(autojump_threshold=0))
+    received, counters, errors = results["python"]
+    assert len(received) > 20 and errors == 0  # silence, the AI's frames, silence again
+    assert any(data[1] & 0x80 for data in received[1:])  # a talkspurt's marker
+    assert results["compiled"] == results["python"]

@@ -1,6 +1,6 @@
 """The compiled WebSocket framing (openai_flavor/_fast.c) against the Python reference.
 
-``encode_frame`` of openai_flavor/websocket.py masks every client frame; the C twin must give
+``encode_frame`` (openai_flavor/websocket/framing.py) masks every client frame; the C twin must give
 the same bytes for the same key, for every payload size class (7-bit, 16-bit, 64-bit
 lengths), and the frames must unmask to the payload. tests/test_websocket.py runs the client
 on both paths against an independent server (trio-websocket), which unmasks what it sends.
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from media import native
-from openai_flavor import websocket
+from openai_flavor.websocket import framing
 from tests.native_paths import require_compiled
 
 EXAMPLES = int(os.environ.get("RTPAI_FUZZ_EXAMPLES", "150"))
@@ -28,10 +28,10 @@ def fast():
 
 
 def python_frame(opcode, payload, key, monkeypatch):
-    """The reference: websocket.py's Python encode_frame with its masking key fixed."""
+    """The reference: framing.py's Python encode_frame with its masking key fixed."""
     with monkeypatch.context() as patch:
-        patch.setattr(websocket._mask_keys, "next", lambda: key)
-        return getattr(websocket, "py_encode_frame", websocket.encode_frame)(opcode, payload)
+        patch.setattr(framing._mask_keys, "next", lambda: key)
+        return framing.py_encode_frame(opcode, payload)
 
 
 def unmask(frame):
