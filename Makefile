@@ -21,7 +21,9 @@ FUZZ_SEED ?= 1
 
 .PHONY: demo test lint venv clean bench fuzz
 
-$(STAMP): pyproject.toml
+# setup.py and the C sources too: `pip install -e` builds the compiled fast path in place
+# (docs/performance.md, round 4), and an edited .c must be rebuilt.
+$(STAMP): pyproject.toml setup.py media/_fast.c openai_flavor/_fast.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
@@ -55,4 +57,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info bench/build
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info bench/build build media/*.so openai_flavor/*.so
