@@ -98,6 +98,9 @@ static int packet_init(RtpPacketObject *self, PyObject *args, PyObject *kwargs) 
 }
 
 static PyObject *packet_repr(RtpPacketObject *self) {
+    for (int i = 0; i < 6; i++)
+        if (*packet_slot(self, i) == NULL) /* RtpPacket.__new__ without __init__ */
+            return PyUnicode_FromString("RtpPacket(<uninitialized>)");
     return PyUnicode_FromFormat(
         "RtpPacket(payload_type=%R, marker=%R, sequence=%R, timestamp=%R, ssrc=%R, payload=%R)",
         self->payload_type, self->marker, self->sequence, self->timestamp, self->ssrc,
@@ -595,6 +598,8 @@ static PyObject *timer_arm(PyObject *module, PyObject *const *args, Py_ssize_t n
         } else {
             spec.it_value.tv_sec = (time_t)delay;
             spec.it_value.tv_nsec = (long)((delay - (double)spec.it_value.tv_sec) * 1e9);
+            if (spec.it_value.tv_nsec > 999999999L)
+                spec.it_value.tv_nsec = 999999999L; /* rounding: EINVAL otherwise */
             if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0)
                 spec.it_value.tv_nsec = 1;
         }

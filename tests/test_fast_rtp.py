@@ -90,6 +90,10 @@ def test_packet_type_behaves_as_the_dataclass(fast):
     with pytest.raises(TypeError):
         hash(c)
     assert fast.RtpPacket.__match_args__ == p.__match_args__
+    bare = fast.RtpPacket.__new__(fast.RtpPacket)  # never initialised: no crash
+    assert repr(bare) == "RtpPacket(<uninitialized>)" and bare != c
+    with pytest.raises(AttributeError):
+        bare.payload  # noqa: B018
 
 
 # --- the packetizer: operation sequences across the wraps ---------------------------------
