@@ -28,7 +28,7 @@ ASAN_EXAMPLES ?= 3000
 
 # setup.py and the C sources too: `pip install -e` builds the compiled fast path in place
 # (docs/performance.md, round 4), and an edited .c must be rebuilt.
-$(STAMP): pyproject.toml setup.py media/_fast.c openai_flavor/_fast.c
+$(STAMP): pyproject.toml setup.py $(wildcard media/_fast*.[ch]) openai_flavor/_fast.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
