@@ -20,7 +20,7 @@ order, entry) tuples, where the tied deadlines of calls sharing a lattice point 
 comparison go on to the tie-breaker, that took ~3 000 instructions off the ~19 000 a frame
 cost at 200 calls (``python -m bench.micro_media --callgrind``).
 
-How the clock sleeps: on a **timerfd** when the compiled fast path is built (media/_fast.c;
+How the clock sleeps: on a **timerfd** when the compiled fast path is built (media/_fast_timer.c;
 Python 3.11 has no ``os.timerfd_create``), else in a trio cancel scope. A wake-up through a
 cancel scope's deadline costs trio a deadline-heap entry, a ``Cancelled`` raised and caught
 and the scope's bookkeeping: ~80 us of CPU each on this project's VM, against ~55 us for a

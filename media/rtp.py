@@ -128,7 +128,7 @@ class RtpPacketizer:
         return header + payload
 
 
-# The Python classes and parser above are the reference; their compiled twins (media/_fast.c,
+# The Python classes and parser above are the reference; their compiled twins (media/_fast*.c,
 # issue 14) do the same byte for byte and run when built (media/native.py decides, once). The
 # references stay reachable under these names for the differential tests.
 PyRtpPacket, py_parse_rtp, PyRtpPacketizer = RtpPacket, parse_rtp, RtpPacketizer

@@ -24,7 +24,7 @@ from media.playout import Pacer
 from media.rtp import RtpPacketizer
 from media.stats import MediaStats
 
-# The compiled twin of packet() + sendto() in one call (media/_fast.c), when built.
+# The compiled twin of packet() + sendto() in one call (media/_fast_packetizer.c), when built.
 _fast = native.load("media._fast")
 
 log = logging.getLogger("rtpai.media")

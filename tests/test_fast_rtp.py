@@ -1,4 +1,4 @@
-"""The compiled RTP twins (media/_fast.c) against the Python reference (media/rtp.py).
+"""The compiled RTP twins (media/_fast*.c) against the Python reference (media/rtp.py).
 
 Byte for byte and error for error: the parser on random and mutated bytes (the C parser
 reads untrusted datagrams: this is its fuzz test, bounded for CI by RTPAI_FUZZ_EXAMPLES), the
