@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import baseline
 from bench.ngload import NgClient, answer_port, caller_sdp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -870,6 +871,24 @@ def section(run, args: argparse.Namespace) -> dict[str, Any]:
         return {"error": repr(exc)}
 
 
+def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """``--baseline REF`` (bench/baseline.py): the CPU per call-second beside REF's."""
+    global RTPAI_TREE
+    this_tree = RTPAI_TREE
+    tree = baseline.baseline_tree(ROOT, args.baseline)
+
+    def run_on(n: int, where: Path) -> dict[str, Any]:
+        global RTPAI_TREE
+        RTPAI_TREE = where
+        try:
+            return run_calls(n, args)
+        finally:
+            RTPAI_TREE = this_tree
+
+    return baseline.compare(args.baseline, tree, this_tree, args.baseline_calls,
+                            args.baseline_reps, run_on)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -888,6 +907,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of N@R: N concurrent calls while R a second come and go")
     parser.add_argument("--rtpai-tree", type=Path, default=ROOT,
                         help="run that checkout's rtpai (e.g. the code before a change)")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="also run a worktree of git REF (built, under the temporary "
+                             "directory) at --baseline-calls, alternating with this tree")
+    parser.add_argument("--baseline-calls", type=int, default=200)
+    parser.add_argument("--baseline-reps", type=int, default=2,
+                        help="runs per tree (A, B, A, B ...)")
     parser.add_argument("--gc-thresholds", default=None,
                         help="RTPAI_GC_THRESHOLDS for rtpai, e.g. 700,10,10 (CPython's)")
     parser.add_argument("--metrics", action="store_true",
@@ -933,6 +958,11 @@ def main(argv: list[str] | None = None) -> int:
         print_table(results)
         print(f"largest N with p99 gap error < 5 ms, no loss, every frame delivered: "
               f"{report['largest_healthy_n']}")
+    if args.baseline:
+        print(f"\n== {args.baseline_calls} calls, this tree beside {args.baseline}, "
+              f"{args.baseline_reps} runs each", flush=True)
+        report["baseline"] = section(run_baseline, args)
+        print(json.dumps({k: v for k, v in report["baseline"].items() if k != "runs"}))
     if "churn-media" not in skip:
         report["churn_media"] = []
         for spec in filter(None, args.churn_media.split(",")):

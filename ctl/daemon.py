@@ -29,6 +29,7 @@ from ctl import gcstats
 from ctl.config import SETTINGS, Config, ConfigError, load_config
 from ctl.engine import Engine
 from ctl.logs import RedactSecrets, apply_levels, configure_logging, set_format
+from media import native
 
 log = logging.getLogger("rtpai")
 
@@ -151,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     redactor = configure_logging(logs["level"], config.secrets(), format=logs["format"],
                                  levels=logs["levels"])
     log.info("configuration: %r", config)
+    # The one start-up line about the per-packet path (media/native.py): compiled, or pure
+    # Python and why. A missing build is worth a warning (it costs CPU), a forced one is not.
+    compiled, path = native.describe()
+    log.log(logging.INFO if compiled or native.FORCED_PURE else logging.WARNING, "%s", path)
     before, after = raise_descriptor_limit()
     if after != before:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,

@@ -6,6 +6,8 @@ import secrets
 import struct
 from dataclasses import dataclass
 
+from media import native
+
 RTP_VERSION = 2
 RTP_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
 RTP_HEADER_SIZE = RTP_HEADER.size  # 12
@@ -124,3 +126,14 @@ class RtpPacketizer:
         self.sequence = (self.sequence + 1) & 0xFFFF
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
         return header + payload
+
+
+# The Python classes and parser above are the reference; their compiled twins (media/_fast*.c,
+# issue 14) do the same byte for byte and run when built (media/native.py decides, once). The
+# references stay reachable under these names for the differential tests.
+PyRtpPacket, py_parse_rtp, PyRtpPacketizer = RtpPacket, parse_rtp, RtpPacketizer
+
+_fast = native.load("media._fast")
+if _fast is not None:
+    _fast.bind(RtpError)  # the C parser raises this module's RtpError
+    RtpPacket, parse_rtp, RtpPacketizer = _fast.RtpPacket, _fast.parse_rtp, _fast.RtpPacketizer

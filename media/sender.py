@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from media import native
 from media.bridge import CallBridge, EndReason
 from media.caller_feed import CallerAudioBatcher
 from media.clock import ClockEntry, MediaClock, align
@@ -26,6 +27,9 @@ from media.stats import MediaStats
 
 if TYPE_CHECKING:
     from media.recording import CallRecording
+
+# The compiled twin of packet() + sendto() in one call (media/_fast_packetizer.c), when built.
+_fast = native.load("media._fast")
 
 log = logging.getLogger("rtpai.media")
 
@@ -70,6 +74,12 @@ class PacedSender:
         # The call's recording (media/recording.py), given each frame of the AI's audio as it
         # is sent; silence is not handed over (a recording's gaps are silence anyway).
         self.recorder: CallRecording | None = None
+        # The compiled send writes to the socket's descriptor itself: real sockets only (the
+        # tests' recorders stand in for sendto). ``remote`` as it takes it (a packed
+        # sockaddr), and the tuple that was packed: re-packed when the latch moves ``remote``.
+        self._compiled = _fast is not None and isinstance(rtp_socket, socket.socket)
+        self._packed_for: Endpoint | None = None
+        self._packed: bytes | None = None
 
     def start(self, clock: MediaClock) -> None:
         """Register with the media clock; parked until there is something to send."""
@@ -133,7 +143,7 @@ class PacedSender:
                     # latency, once per turn (a talkspurt's start, never per frame).
                     bridge.figures.response_latency.observe(max(now - bridge.turn_ended_at, 0.0))
                     bridge.turn_ended_at = None
-            self._send(packetizer.packet(frame, samples))
+            self._send_frame(frame, samples)
             if self.recorder is not None:
                 self.recorder.played(frame, now)
         else:
@@ -141,7 +151,7 @@ class PacedSender:
                 self._talking = False
                 bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
             if self._idle_sends_silence:
-                self._send(packetizer.packet(self._silence, samples))
+                self._send_frame(self._silence, samples)
             else:
                 packetizer.silence_gap(samples)  # the timestamp still advances
                 park = True
@@ -158,6 +168,30 @@ class PacedSender:
         """The media clock dropped this call after ``tick`` raised (a bug): end the call."""
         self.bridge.end_call(EndReason.MEDIA_FAILURE, "media failure: internal error")
 
+    def _send_frame(self, payload: bytes, samples: int) -> None:
+        """The next RTP packet of ``payload``, sent if there is somewhere to send it; the
+        stream's sequence and timestamp move on either way."""
+        remote = self.remote
+        if self._compiled and remote is not None and self.sending:
+            assert _fast is not None
+            if remote is not self._packed_for:
+                self._packed_for = remote
+                # None for what only sendto resolves (an IPv4 address on an IPv6 socket from
+                # the SDP, a scoped address): those go the Python way below.
+                self._packed = _fast.pack_address(self.rtp_socket.family, remote[0], remote[1])
+            if self._packed is not None:
+                # fileno() per frame, never kept: a closed socket's -1 fails like sendto, where
+                # a kept number could by then be another call's socket.
+                try:
+                    size = self.packetizer.send(self.rtp_socket.fileno(), payload, samples,
+                                                self._packed)
+                except OSError as exc:
+                    self._send_failed(exc)
+                    return
+                self._sent(size)
+                return
+        self._send(self.packetizer.packet(payload, samples))
+
     def _send(self, packet: bytes) -> None:
         # Not connect()ed to the latched address and sent with send(), although that costs
         # ~950 instructions and ~0.5 us less per packet here (Python parses no address, the
@@ -165,22 +199,28 @@ class PacedSender:
         # its peer, so the kernel would drop anyone else's RTP (answering with an ICMP error)
         # where we count it as foreign_source, and the relatch policies would never see the
         # packet that should move the call (from the SDP's address after a NAT latch, or from a
-        # new source after RELATCH_SILENCE). docs/performance.md, recommendation 6.
+        # new source after RELATCH_SILENCE). docs/performance.md, recommendation 6. The
+        # compiled path (_send_frame) gets the same saving from a sockaddr packed once.
         if self.remote is None or not self.sending:
             return
         try:
             self.rtp_socket.sendto(packet, self.remote)
-        except BlockingIOError:
-            self.stats.send_errors += 1  # the kernel's buffer is full: drop, never block
-            return
         except OSError as exc:
-            if not self.stats.send_errors and exc.errno not in (
-                    errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                # Once per call: every failure is counted (send_errors), never logged per
-                # packet, or a broken route would write 50 lines a second per call.
-                log.debug("call %s: RTP send failed: %s", self.bridge.call_id, exc)
-            self.stats.send_errors += 1
+            self._send_failed(exc)
             return
+        self._sent(len(packet))
+
+    def _send_failed(self, exc: OSError) -> None:
+        # A full buffer (BlockingIOError): drop, never block; an ICMP error the caller's side
+        # sent back: expected while it moves or hangs up. Either way not worth a line.
+        # Once per call: every failure is counted (send_errors), never logged per packet, or a
+        # broken route would write 50 lines a second per call.
+        quiet = (errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+        if not self.stats.send_errors and exc.errno not in quiet:
+            log.debug("call %s: RTP send failed: %s", self.bridge.call_id, exc)
+        self.stats.send_errors += 1
+
+    def _sent(self, size: int) -> None:
         self.sent_since_report = True
         self.stats.rtp_out.packets += 1
-        self.stats.rtp_out.bytes += len(packet)
+        self.stats.rtp_out.bytes += size

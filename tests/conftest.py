@@ -16,3 +16,12 @@ def proxy_kind(request) -> str:
     """
     require_proxy(request.param)
     return request.param
+
+
+@pytest.fixture(params=["python", "compiled"])
+def native_path(request, monkeypatch) -> str:
+    """Each per-packet path (tests/native_paths.py): the Python reference, the C twins."""
+    from tests.native_paths import select
+
+    select(request.param, monkeypatch)
+    return request.param

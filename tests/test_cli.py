@@ -96,3 +96,23 @@ async def test_ctl_reports_a_silent_engine():
     port = free_udp_port()  # nothing listens: connected UDP gets "connection refused"
     result = await ctl(f"127.0.0.1:{port}", "ping")
     assert result.returncode == 2 and b"rtpai-ctl:" in result.stderr
+
+
+@pytest.mark.parametrize("pure", [True, False], ids=["RTPAI_PURE_PYTHON", "compiled"])
+async def test_the_daemon_says_once_at_start_up_which_per_packet_path_runs(pure):
+    """media/native.py: one line, compiled or pure Python and why (issue 14)."""
+    if not pure:
+        from tests.native_paths import require_compiled
+
+        require_compiled()
+    env = {**os.environ, "NG_LISTEN": f"127.0.0.1:{free_udp_port()}", "OPENAI_API_KEY": "k",
+           "RTPAI_PURE_PYTHON": "1" if pure else ""}
+    with trio.fail_after(30):
+        async with running_daemon(env) as (_, log):
+            text = log.decode()
+    lines = [line for line in text.splitlines() if "per-packet" in line]
+    assert len(lines) == 1, text
+    if pure:
+        assert "pure Python" in lines[0] and "RTPAI_PURE_PYTHON is set" in lines[0]
+    else:
+        assert "compiled (media._fast, openai_flavor._fast)" in lines[0]

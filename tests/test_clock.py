@@ -12,9 +12,12 @@ import itertools
 import math
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from media import clock as clock_module
 from media.clock import COALESCE, TICK, MediaClock, align, slot_of
 from media.playout import Pacer
 
@@ -220,3 +223,64 @@ def test_the_wheel_ticks_what_the_heap_did_when_woken_between_lattice_points(str
     catching up. (No re-anchors here: one on an off-lattice ``now`` leaves the lattice, where
     the wheel sends on the nearest lattice point, by design.)"""
     same_as_the_heap(streams, wake_ups, max_lag=math.inf)
+
+
+# --- on trio's real clock: the timerfd (compiled path) or the cancel scope (Python path) ---
+
+
+class LiveStream:
+    """Ticks until ``frames`` frames, then parks and sets ``done``."""
+
+    def __init__(self, frames, *, ptime=0.005):
+        self.frames = frames
+        self.pacer = None
+        self.ticks: list[tuple[float, float]] = []  # (deadline, when ticked)
+        self.done = trio.Event()
+        self.ptime = ptime
+
+    def tick(self, now):
+        self.ticks.append((self.pacer.next_deadline, now))
+        self.pacer.advance(now)
+        if len(self.ticks) >= self.frames:
+            self.done.set()
+            return None
+        return self.pacer.next_deadline
+
+    def pacing_failed(self):
+        raise AssertionError("tick failed")
+
+
+async def test_on_the_real_clock_frames_go_out_on_their_slots_and_parked_streams_wake(native_path):
+    """No asserts on speed: every frame ticked no earlier than its slot allows, in order, on
+    the path selected (the timerfd when compiled), and a stream scheduled while the clock
+    sleeps towards a later slot (or none) is woken for its own, earlier one."""
+    clock = MediaClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        assert (clock._timer is not None) == (native_path == "compiled")
+        late = LiveStream(2, ptime=0.2)
+        early = LiveStream(10)
+        for stream, start in ((late, 0.1), (early, 0.01)):  # the earlier one scheduled second
+            stream.pacer = Pacer(stream.ptime, align(trio.current_time() + start))
+            clock.schedule(clock.register(stream), stream.pacer.next_deadline)
+        with trio.fail_after(10):
+            await early.done.wait()
+            await late.done.wait()
+        # Parked: nothing scheduled, the clock sleeps (its timer disarmed) until woken again.
+        again = LiveStream(1)
+        again.pacer = Pacer(again.ptime, align(trio.current_time() + 0.01))
+        clock.schedule(clock.register(again), again.pacer.next_deadline)
+        with trio.fail_after(10):
+            await again.done.wait()
+        nursery.cancel_scope.cancel()
+    assert clock._timer is None  # closed with the clock
+    for stream in (early, late, again):
+        assert all(now >= due - COALESCE - 1e-6 for due, now in stream.ticks)
+        assert [due for due, _ in stream.ticks] == sorted(due for due, _ in stream.ticks)
+
+
+def test_the_timer_is_not_used_under_a_mock_clock():
+    async def main():
+        return clock_module._timer_usable()
+
+    assert trio.run(main, clock=trio.testing.MockClock()) is False

@@ -43,6 +43,10 @@ from tests.fakes.realtime import FakeRealtimeServer
 from tests.test_media_engine import config, offer, offer_sdp, request
 from tests.test_stream import CALLER, make_stream
 
+# The RTP tests run on both per-packet paths: the Python reference and the compiled twins
+# (media/native.py; tests/native_paths.py).
+both_paths = pytest.mark.usefixtures("native_path")
+
 FUZZ_EXAMPLES = int(os.environ.get("RTPAI_FUZZ_EXAMPLES", "150"))
 fuzz = settings(
     max_examples=FUZZ_EXAMPLES,
@@ -93,6 +97,7 @@ def rtp_packets(draw) -> bytes:
     return data
 
 
+@both_paths
 @fuzz
 @given(mutations(rtp_packets()))
 @example(b"\xb0" + bytes(11) + b"\x00\x00")  # extension flag, header cut inside it
@@ -108,6 +113,7 @@ def test_rtp_parser_raises_only_rtp_error(data):
     assert packet.payload in data
 
 
+@both_paths
 @fuzz
 @given(st.binary(max_size=400), st.integers(0, 127), st.integers(1, 400))
 def test_rtp_round_trip(payload, payload_type, samples):
@@ -340,6 +346,7 @@ def test_frame_decoder_raises_only_protocol_error_whatever_the_chunking(data, cu
 sources = st.sampled_from([CALLER, (CALLER[0], 65535), ("203.0.113.66", 5060)])
 
 
+@both_paths
 @fuzz
 @given(st.lists(st.tuples(st.one_of(
     mutations(rtp_packets()),
@@ -371,6 +378,7 @@ async def test_a_stream_counts_every_datagram_once_and_never_raises(datagrams):
     assert reorder.late + reorder.duplicates <= rtp_accepted
 
 
+@both_paths
 async def test_broken_rtp_to_a_live_call_is_dropped_and_counted_in_query():
     caller = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
     await caller.bind(("127.0.0.1", 0))

@@ -7,6 +7,10 @@ from hypothesis import strategies as st
 from media.reorder import JitterEstimator, ReorderBuffer
 from media.rtp import RtpPacket
 
+# Every test here runs on both per-packet paths: the Python reference and the compiled twins
+# (media/native.py; tests/native_paths.py).
+pytestmark = pytest.mark.usefixtures("native_path")
+
 
 def pkt(seq, *, ssrc=0xCAFE, ts=None):
     return RtpPacket(0, False, seq & 0xFFFF, (seq * 160 if ts is None else ts) & 0xFFFFFFFF, ssrc, b"")

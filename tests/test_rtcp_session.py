@@ -11,6 +11,10 @@ from media.rtcp import ReportBlock, RtcpError, build_report, ntp_middle, parse_c
 from media.rtcp_session import RtcpSession
 from media.rtp import RtpPacketizer, parse_rtp
 
+# Every test here runs on both per-packet paths: the Python reference and the compiled twins
+# (media/native.py; tests/native_paths.py).
+pytestmark = pytest.mark.usefixtures("native_path")
+
 CALLER = ("192.0.2.10", 40000)
 CALLER_RTCP = ("192.0.2.10", 40001)
 NAT = ("198.51.100.7", 61000)

@@ -9,6 +9,10 @@ from hypothesis import strategies as st
 
 from media.rtp import RtpError, RtpPacketizer, is_rtcp, parse_rtp, seq_gt
 
+# Every test here runs on both per-packet paths: the Python reference and the compiled twins
+# (media/native.py; tests/native_paths.py).
+pytestmark = pytest.mark.usefixtures("native_path")
+
 PCMU_20MS = bytes(range(160))
 
 

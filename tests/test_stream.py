@@ -28,6 +28,10 @@ from media.rtcp import ReportBlock, build_report, ntp_middle, ntp_timestamp, par
 from media.rtp import RtpPacketizer, parse_rtp
 from media.stream import MediaStream
 
+# Every test here runs on both per-packet paths: the Python reference and the compiled twins
+# (media/native.py; tests/native_paths.py).
+pytestmark = pytest.mark.usefixtures("native_path")
+
 CALLER = ("192.0.2.10", 40000)  # what the SDP says
 NAT = ("198.51.100.7", 61000)  # where the caller's packets really come from
 ATTACKER = ("203.0.113.66", 5060)

@@ -41,6 +41,10 @@ from openai_flavor.websocket import (
 )
 from openai_flavor.websocket.handshake import Upgrade
 
+# Every test here runs on both framing paths: the Python reference and the compiled twin
+# (media/native.py; tests/native_paths.py). The fake server unmasks with its own code.
+pytestmark = pytest.mark.usefixtures("native_path")
+
 TLS_DIR = pathlib.Path(__file__).parent / "fakes" / "tls"
 
 

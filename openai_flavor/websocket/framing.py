@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import struct
 
+from media import native
+
 # RFC 6455 opcodes.
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -106,6 +108,21 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", first, 0x80 | 127, size)
     return header + key + _masked(payload, key)
+
+
+# The Python encode_frame above is the reference. Its compiled twin (openai_flavor/_fast.c,
+# issue 14) frames byte for byte the same, ~10x faster (a frame per caller packet), and runs
+# when built: media/native.py decides, once. The reference stays reachable for the tests.
+py_encode_frame = encode_frame
+_fast = native.load("openai_flavor._fast")
+if _fast is not None:
+    _compiled_frame = _fast.encode_frame
+
+    def fast_encode_frame(opcode: int, payload: bytes) -> bytes:
+        """:func:`py_encode_frame`, compiled; the masking key still comes from the pool."""
+        return _compiled_frame(opcode, payload, _mask_keys.next())
+
+    encode_frame = fast_encode_frame
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
