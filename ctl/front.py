@@ -1,0 +1,465 @@
+"""The front (``[ng] workers`` > 1): one ng socket, many worker processes behind it.
+
+Why a front and not N processes on one SO_REUSEPORT socket: the kernel would spread a call's
+datagrams over the processes by the proxy's address and port, so an offer and its delete could
+reach different processes; and ``list``/``statistics`` must speak for the host. The front reads
+only the command and the call's identifiers of each datagram (ctl/routing.py peek), hands it to
+the worker that owns the call (a stable hash of the call-id) over that worker's channel
+(ctl/channel.py), and sends the worker's reply back from the ng socket, so the proxy sees one
+engine at one address, as with rtpengine.
+
+What the front does itself:
+
+- ``[ng] allow``: datagrams from other sources are dropped here, never reaching a worker.
+- ``ping`` answers ``pong`` as long as the front serves; ``list`` and ``statistics`` ask every
+  live worker (each answer waited for at most GATHER_TIMEOUT) and merge the parts.
+- ``load limit`` counts the host: an offer for a new call is refused when the workers' calls
+  (each reply and each STATUS carries its worker's count) plus the offers on their way reach
+  ``[ng] max_sessions``; the proxy then tries the next engine of its set.
+- A worker that dies: its calls (the offers it accepted without a delete since, as the front
+  saw them) are ended through the proxy (``[proxy]``: the proxy BYEs both legs), each with the
+  reason; it is restarted with a bounded backoff; meanwhile its new offers get ``load limit``
+  (the proxy moves them elsewhere) and its other requests an error. The other workers and
+  their calls are separate processes: they do not notice (test_workers measures their pacing).
+- SIGTERM: every worker drains as a single rtpai does (ctl/daemon.py), the front serving their
+  deletes meanwhile; every wait on a worker is bounded, then it is killed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import signal
+import socket
+from typing import Any
+
+import trio
+
+from ctl.acl import SourceFilter
+from ctl.channel import HEADER, ChannelClosed, Envelope, Kind, pack, unpack
+from ctl.config import Config, load_config
+from ctl.ng import (
+    REASON_SESSION_LIMIT,
+    NgError,
+    decode_reply,
+    decode_request,
+    encode_reply,
+)
+from ctl.ng_server import IP_PKTINFO, MAX_DATAGRAM, reply_from
+from ctl.proxy import ProxyEvent, ProxyNotifier
+from ctl.routing import HOST_WIDE, Route, Unroutable, merge_lists, merge_statistics, owner, peek
+from ctl.workers import (
+    RESTART_MAX,
+    RESTART_MIN,
+    STABLE_AFTER,
+    WORKER_START_TIMEOUT,
+    WorkerProcess,
+    describe_exit,
+)
+
+log = logging.getLogger("rtpai.front")
+
+# How long `list`/`statistics` wait for each worker's part (the proxy modules wait 1 s).
+GATHER_TIMEOUT = 0.5
+# Host-wide requests under way at once; more are dropped (the proxy asks again).
+MAX_GATHERS = 16
+# Hang-up requests to the proxy at once after a worker died.
+MAX_HANGUPS = 16
+# Datagrams taken per wake-up (as ctl/ng_server.py's RECEIVE_BATCH).
+RECEIVE_BATCH = 16
+REASON_WORKER_DOWN = "rtpai worker restarting"
+_PKTINFO_SPACE = socket.CMSG_SPACE(64)
+_OK = b"6:result2:ok"
+
+
+class Front:
+    """The parent process of ``[ng] workers`` > 1; ``run`` serves until cancelled."""
+
+    def __init__(self, config: Config, config_path: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        count = config["ng"]["workers"]
+        self.workers = [WorkerProcess(i, count, config_path) for i in range(count)]
+        self.acl = SourceFilter(config["ng"]["allow"])
+        proxy = config["proxy"]
+        self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
+                                   retries=proxy["retries"])
+        self.draining = False
+        self.stopping = False  # no more restarts
+        self.denied = 0
+        self.dropped = 0  # datagrams a full channel could not take (the proxy retransmits)
+        self.crash_hangups = 0
+        self._tags = itertools.count(1)
+        self._pending: dict[int, tuple[WorkerProcess, Route, bool]] = {}  # tag -> (w, r, new)
+        self._gathers: dict[int, tuple[list[bytes], int]] = {}  # tag -> (parts, expected)
+        self._gathered: dict[int, trio.Event] = {}
+        self._gather_slots = trio.CapacityLimiter(MAX_GATHERS)
+        self._sock: socket.socket | None = None
+        self._wildcard = False
+        self._writable = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    # --- the ng socket ---------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.config["ng"]["listen"]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._wildcard = ipaddress.ip_address(host).is_unspecified
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        with sock:
+            sock.setblocking(False)
+            if self._wildcard:
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            sock.bind((host, port))
+            self._sock = sock
+            bound = sock.getsockname()[:2]
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for worker in self.workers:
+                        nursery.start_soon(self._supervise, worker)
+                    with trio.move_on_after(WORKER_START_TIMEOUT):
+                        for worker in self.workers:
+                            await worker.ready.wait()
+                    log.info("ng: listening on %s:%s; %d workers ready of %d", bound[0],
+                             bound[1], sum(w.alive for w in self.workers), len(self.workers))
+                    task_status.started(bound)
+                    await self._receive(sock)
+            finally:
+                await self._stop_workers()
+
+    async def _receive(self, sock: socket.socket) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(RECEIVE_BATCH):
+                try:
+                    if self._wildcard:
+                        datagram, ancillary, _, source = sock.recvmsg(MAX_DATAGRAM,
+                                                                      _PKTINFO_SPACE)
+                        via = reply_from(ancillary)
+                        pktinfo = via[0][2] if via else b""
+                    else:
+                        datagram, source = sock.recvfrom(MAX_DATAGRAM)
+                        pktinfo = b""
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    log.debug("ng: receive failed: %s", exc)
+                    continue
+                self._route(datagram, source[:2], pktinfo)
+
+    def _route(self, datagram: bytes, source: tuple[str, int], pktinfo: bytes) -> None:
+        if self.acl and not self.acl.allows(source[0]):
+            self.denied += 1
+            return
+        cookie, space, body = datagram.partition(b" ")
+        if not space:
+            return  # no cookie: nothing to answer with (as a single rtpai)
+        try:
+            route: Route | None = peek(body)
+        except Unroutable:
+            route = None  # a worker decodes it and answers rtpengine's exact error
+        if route is not None and route.command in HOST_WIDE:
+            self._host_wide(cookie, body, source, pktinfo)
+            return
+        if route is None or route.call_id is None:
+            worker = next((w for w in self.workers if w.alive), None)
+            if worker is not None:
+                self._forward(worker, datagram, source, pktinfo, 0)
+            return
+        worker = self.workers[owner(route.call_id, len(self.workers))]
+        new_call = route.command == "offer" and route.call_id not in worker.book
+        if not worker.alive or (new_call and self._full()):
+            # Refused: an offer with load limit (the proxy goes on to the next engine).
+            reason = REASON_SESSION_LIMIT if worker.alive else REASON_WORKER_DOWN
+            self._refuse(cookie, body, source, pktinfo, reason,
+                         load_limit=route.command == "offer")
+            return
+        tag = 0
+        if route.command in ("offer", "delete"):
+            tag = next(self._tags)
+            self._pending[tag] = (worker, route, new_call)
+        self._forward(worker, datagram, source, pktinfo, tag)
+
+    def _full(self) -> bool:
+        limit = self.config["ng"]["max_sessions"]
+        if self.draining:
+            return True
+        if not limit:
+            return False
+        on_the_way = sum(1 for _, _, new in self._pending.values() if new)
+        return sum(w.calls for w in self.workers) + on_the_way >= limit
+
+    def _forward(self, worker: WorkerProcess, datagram: bytes, source: tuple[str, int],
+                 pktinfo: bytes, tag: int) -> None:
+        assert worker.channel is not None
+        try:
+            worker.channel.send(pack(Envelope(Kind.REQUEST, source, tag, pktinfo=pktinfo),
+                                     datagram))
+        except OSError:  # full (a burst) or gone: dropped, the proxy retransmits
+            self.dropped += 1
+            self._pending.pop(tag, None)
+
+    def _refuse(self, cookie: bytes, body: bytes, source: tuple[str, int], pktinfo: bytes,
+                reason: str, *, load_limit: bool) -> None:
+        try:
+            request = decode_request(body)
+        except NgError as exc:
+            reply = {"result": "error", "error-reason": exc.reason}
+            as_json = body.lstrip().startswith(b"{")
+        else:
+            as_json = request.is_json
+            if load_limit and request.supports("load limit"):
+                reply = {"result": "load limit", "message": reason}
+            else:
+                reply = {"result": "error", "error-reason": reason}
+        self._send_now(encode_reply(cookie, reply, as_json=as_json), source, pktinfo)
+
+    def _send_now(self, datagram: bytes, source: tuple[str, int], pktinfo: bytes) -> bool:
+        """Send without waiting; False when the socket's buffer is full."""
+        assert self._sock is not None
+        try:
+            if pktinfo:
+                self._sock.sendmsg([datagram], self._via(pktinfo), 0, source)
+            else:
+                self._sock.sendto(datagram, source)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            log.warning("ng: cannot reply to %s: %s", source, exc)
+        return True
+
+    def _via(self, pktinfo: bytes) -> list[tuple[int, int, bytes]]:
+        if len(pktinfo) == 12:
+            return [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)]
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)]
+
+    async def _send(self, datagram: bytes, source: tuple[str, int], pktinfo: bytes,
+                    copies: int = 1) -> None:
+        for _ in range(copies):
+            while not self._send_now(datagram, source, pktinfo):
+                async with self._writable:  # control-path back-pressure
+                    await trio.lowlevel.wait_writable(self._sock)
+
+    # --- replies from the workers ---------------------------------------------------------
+
+    async def _read_channel(self, worker: WorkerProcess, channel: socket.socket) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(channel)
+            while True:
+                try:
+                    message = channel.recv(HEADER.size + MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return
+                if not message:
+                    return  # the worker's end is closed: it is exiting
+                envelope, datagram = unpack(message)
+                worker.calls = envelope.calls
+                if envelope.kind == Kind.READY:
+                    worker.alive = True
+                    worker.ready.set()
+                elif envelope.kind == Kind.REPLY:
+                    await self._on_reply(worker, envelope, datagram)
+
+    async def _on_reply(self, worker: WorkerProcess, envelope: Envelope, datagram: bytes):
+        gather = self._gathers.get(envelope.tag)
+        if gather is not None:
+            parts, expected = gather
+            parts.append(datagram)
+            if len(parts) >= expected:
+                self._gathered[envelope.tag].set()
+            return
+        pending = self._pending.pop(envelope.tag, None) if envelope.tag else None
+        if datagram:
+            await self._send(datagram, envelope.source, envelope.pktinfo, envelope.copies)
+        if pending is None or not datagram:
+            return
+        _, route, _ = pending
+        ok = _OK in datagram or _json_ok(datagram)
+        if ok and route.command == "offer":
+            worker.remember(route.call_id, route.from_tag, route.to_tag)
+        elif ok and route.command == "delete" and route.via_branch is None:
+            worker.book.pop(route.call_id, None)
+
+    # --- host-wide commands ----------------------------------------------------------------
+
+    def _host_wide(self, cookie: bytes, body: bytes, source: tuple[str, int], pktinfo: bytes):
+        token = object()
+        try:
+            self._gather_slots.acquire_on_behalf_of_nowait(token)
+        except trio.WouldBlock:
+            self.dropped += 1  # a flood of them: the proxy asks again
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._answer_host_wide, cookie, body, source, pktinfo, token)
+
+    async def _answer_host_wide(self, cookie, body, source, pktinfo, token) -> None:
+        try:
+            try:
+                request = decode_request(body)
+            except NgError as exc:
+                as_json = body.lstrip().startswith(b"{")
+                reply: dict[str, Any] = {"result": "error", "error-reason": exc.reason}
+            else:
+                as_json = request.is_json
+                if request.command == "ping":
+                    reply = {"result": "pong"}
+                else:
+                    parts = await self._gather(source, body)
+                    if request.command == "list":
+                        reply = merge_lists(parts, request.integer("limit"))
+                    else:
+                        reply = merge_statistics(parts)
+                        reply.setdefault("statistics", {}).setdefault("rtpai", {})["front"] = (
+                            self.figures())
+                        control = reply["statistics"].setdefault("controlstatistics", {})
+                        control["denied"] = control.get("denied", 0) + self.denied
+            await self._send(encode_reply(cookie, reply, as_json=as_json), source, pktinfo)
+        finally:
+            self._gather_slots.release_on_behalf_of(token)
+
+    async def _gather(self, source: tuple[str, int], body: bytes) -> list[dict[str, Any]]:
+        """Every live worker's answer to ``body`` (those that answer within GATHER_TIMEOUT)."""
+        tag = next(self._tags)
+        parts: list[bytes] = []
+        live = [w for w in self.workers if w.alive and w.sender is not None]
+        self._gathers[tag], self._gathered[tag] = (parts, len(live)), trio.Event()
+        try:
+            for worker in live:
+                if worker.sender is not None:
+                    message = pack(Envelope(Kind.REQUEST, source, tag), b"g%d " % tag + body)
+                    try:
+                        await worker.sender.send(message)
+                    except ChannelClosed:
+                        continue
+            with trio.move_on_after(GATHER_TIMEOUT):
+                await self._gathered[tag].wait()
+        finally:
+            del self._gathers[tag], self._gathered[tag]
+        return [decode_reply(part)[1] for part in parts if part]
+
+    def figures(self) -> dict[str, int]:
+        """The front's own counts (in `statistics` under rtpai.front)."""
+        return {"workers": len(self.workers), "alive": sum(w.alive for w in self.workers),
+                "restarts": sum(w.restarts for w in self.workers), "dropped": self.dropped,
+                "crash hangups": self.crash_hangups}
+
+    # --- the workers' lives ----------------------------------------------------------------
+
+    async def _supervise(self, worker: WorkerProcess) -> None:
+        backoff = RESTART_MIN
+        while not self.stopping:
+            started = trio.current_time()
+            code = await self._run_once(worker)
+            if self.stopping:
+                return
+            log.error("worker %d stopped (%s): ending its %d calls through the proxy; "
+                      "restarting in %g s", worker.index, describe_exit(code),
+                      len(worker.book), backoff)
+            calls, worker.book = list(worker.book.values()), type(worker.book)()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._end_calls, worker.index, calls, describe_exit(code))
+            if trio.current_time() - started >= STABLE_AFTER:
+                backoff = RESTART_MIN
+            await trio.sleep(backoff)
+            backoff = min(2 * backoff, RESTART_MAX)
+            worker.restarts += 1
+
+    async def _run_once(self, worker: WorkerProcess) -> int | None:
+        channel = await worker.start()
+        assert worker.process is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_channel, worker, channel)
+
+                async def started_in_time() -> None:
+                    await trio.sleep(WORKER_START_TIMEOUT)
+                    if not worker.alive:
+                        log.error("worker %d not ready in %g s: killing it", worker.index,
+                                  WORKER_START_TIMEOUT)
+                        worker.signal(signal.SIGKILL)
+
+                nursery.start_soon(started_in_time)
+                await worker.process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            worker.stopped()
+            for tag in [t for t, (w, _, _) in self._pending.items() if w is worker]:
+                del self._pending[tag]
+        return worker.process.returncode
+
+    async def _end_calls(self, index: int, calls: list, why: str) -> None:
+        """The dead worker's calls, ended through the proxy (its BYE reaches both legs)."""
+        limiter = trio.CapacityLimiter(MAX_HANGUPS)
+
+        async def end(call_id: str, from_tag: str | None, to_tag: str | None) -> None:
+            async with limiter:
+                event = ProxyEvent("hangup", call_id, from_tag or "", to_tag,
+                                   f"rtpai worker {index} stopped ({why})")
+                if await self.proxy.notify(event):
+                    self.crash_hangups += 1
+
+        async with trio.open_nursery() as nursery:
+            for call in calls:
+                nursery.start_soon(end, *call)
+
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: every worker drains (its own grace, then the proxy hang-ups); bounded."""
+        self.draining = self.stopping = True
+        for worker in self.workers:
+            worker.signal(signal.SIGTERM)
+        bound = grace + self.proxy.timeout * (1 + self.proxy.retries) + 5
+        with trio.move_on_after(bound):
+            for worker in self.workers:
+                if worker.process is not None:
+                    await worker.process.wait()
+
+    async def _stop_workers(self) -> None:
+        """On the way out: whatever still runs is told to stop at once, then killed."""
+        self.stopping = True
+        with trio.CancelScope(shield=True):
+            for worker in self.workers:
+                worker.signal(signal.SIGTERM)
+                worker.signal(signal.SIGTERM)  # a second one: stop now, no drain
+            with trio.move_on_after(5):
+                for worker in self.workers:
+                    if worker.process is not None:
+                        await worker.process.wait()
+            for worker in self.workers:
+                worker.signal(signal.SIGKILL)
+                if worker.process is not None:
+                    await worker.process.wait()
+
+    # --- operator signals ------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """SIGUSR1: the front's line; each worker is sent SIGUSR1 and logs its own."""
+        for worker in self.workers:
+            worker.signal(signal.SIGUSR1)
+        calls = ", ".join(f"w{w.index}: {w.calls}" if w.alive else f"w{w.index}: down"
+                          for w in self.workers)
+        return f"front: calls {calls}; {self.figures()}"
+
+    def reload(self) -> None:
+        """SIGHUP: the front's ``[ng] allow``; each worker reloads its own settings."""
+        try:
+            self.acl = SourceFilter(load_config(self.config_path)["ng"]["allow"])
+        except Exception as exc:  # the workers log the error in full
+            log.error("front: configuration not reloaded: %s", exc)
+        for worker in self.workers:
+            worker.signal(signal.SIGHUP)
+
+
+def _json_ok(datagram: bytes) -> bool:
+    if b"{" not in datagram[:300]:
+        return False
+    try:
+        return decode_reply(datagram)[1].get("result") == "ok"
+    except Exception:
+        return False
