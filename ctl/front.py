@@ -280,10 +280,15 @@ class Front:
             await self._send(datagram, envelope.source, envelope.pktinfo, envelope.copies)
         if pending is None or not datagram:
             return
-        _, route, _ = pending
+        _, route, new_call = pending
         ok = _OK in datagram or _json_ok(datagram)
         if ok and route.command == "offer":
             worker.remember(route.call_id, route.from_tag, route.to_tag)
+            if new_call:
+                # The worker counted its calls as it sent the reply, before the new call
+                # existed (it is made once the reply is out: ReplyFirst): count it here until
+                # the worker's next reply or STATUS.
+                worker.calls = envelope.calls + 1
         elif ok and route.command == "delete" and route.via_branch is None:
             worker.book.pop(route.call_id, None)
 

@@ -353,6 +353,7 @@ async def supervised(
     log_path: Path,
     ready: Callable[[], Awaitable[None]],
     ready_timeout: float,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[trio.Process]:
     """Run ``command`` (its own session, output to ``log_path``) until the block ends.
 
@@ -362,7 +363,8 @@ async def supervised(
     """
     with open(log_path, "wb") as log:
         process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env=env,
         )
     try:
         if not await ready_or_exited(process, ready, ready_timeout):
@@ -390,6 +392,7 @@ async def start_kamailio(
     http_port: int | None = None,
     inner_port: int | None = None,
     ng_socks: str | None = None,
+    dialog_timeout: int | None = None,
     ready_timeout: float = 10.0,
 ) -> AsyncIterator[Kamailio]:
     """Run `kamailio.cfg` in the foreground until the block ends.
@@ -398,7 +401,9 @@ async def start_kamailio(
     start-up. Ready means both SIP sockets answer an OPTIONS. On exit: SIGTERM,
     then SIGKILL to the process group after 5 s. Kamailio's stderr log is
     `<tmpdir>/kamailio.log`; its tail is attached to any exception from the block.
-    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``).
+    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``);
+    ``dialog_timeout`` (seconds) ends every dialog with a BYE to both legs that long after
+    it was answered (the dialog module's default_timeout; the default is 12 hours).
     """
     kamailio = require_tool("kamailio")
     tmp = Path(tmpdir)
@@ -414,6 +419,8 @@ async def start_kamailio(
         "HTTP_PORT": http_port,
         "NG_SOCK": f'"{ng_socks or f"udp:{LOOPBACK}:{ng_port}"}"',
     }
+    if dialog_timeout is not None:
+        defines["DLG_TIMEOUT"] = dialog_timeout
     command = [kamailio, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(rundir), "-w", str(rundir)]
     for name, value in defines.items():
         command += ["-A", f"{name}={value}"]
