@@ -1,9 +1,10 @@
-"""The front's channel to one worker: a SOCK_DGRAM socketpair, one ng datagram per message.
+"""The front's channel to one worker: a SOCK_SEQPACKET socketpair, one ng datagram a message.
 
-Why a socketpair of datagrams: it keeps the ng datagram's boundaries (no framing to parse),
-costs one ``send`` and one ``recv`` per hop with no pickling, and the kernel bounds it (its
-buffer) and tells each end when the other has gone (``recv`` returns b"" once the peer's end
-is closed: a worker whose front died stops, rather than serve calls no proxy can reach).
+Why a socketpair of sequenced packets: it keeps the ng datagram's boundaries (no framing to
+parse), costs one ``send`` and one ``recv`` per hop with no pickling, and the kernel bounds it
+(its buffer) and tells each end when the other has gone (``recv`` returns b"" once the peer's
+end is closed, which a SOCK_DGRAM pair never says: a worker whose front was killed stops,
+rather than serve calls no proxy can reach).
 
 Every message is a fixed :data:`HEADER` and the datagram. The header carries the proxy's
 address (and, on a wildcard ng address, the destination its request reached, IP_PKTINFO's
@@ -21,9 +22,12 @@ p50 through the front).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import struct
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +95,7 @@ def unpack(message: bytes) -> tuple[Envelope, bytes]:
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
     """(the front's end, the worker's end), non-blocking, with room for bursts."""
-    front, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    front, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for end in (front, worker):
         end.setblocking(False)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -143,6 +147,8 @@ async def serve_channel(
                           answer.copies if answer else 0, calls(), envelope.pktinfo)
         try:
             await sender.send(pack(echoed, answer.datagram if answer else b""))
+        except ChannelClosed:
+            pass  # the front is gone: the receive loop sees it next
         finally:
             if answer is not None:
                 dispatcher.follow_up(answer)  # even if cancelled: it cleans up after itself
@@ -177,9 +183,10 @@ async def serve_channel(
         await reply(envelope, outcome)
 
     async def report() -> None:
-        while True:
-            await sender.send(pack(Envelope(Kind.STATUS, calls=calls())))
-            await trio.sleep(STATUS_INTERVAL)
+        with suppress(ChannelClosed):
+            while True:
+                await sender.send(pack(Envelope(Kind.STATUS, calls=calls())))
+                await trio.sleep(STATUS_INTERVAL)
 
     async with trio.open_nursery() as nursery:
         await sender.send(pack(Envelope(Kind.READY, calls=calls())))
@@ -193,8 +200,13 @@ async def serve_channel(
                 except BlockingIOError:
                     break
                 if not message:
-                    log.warning("the front closed the channel: stopping")
+                    # The front is gone (killed: it would have stopped us itself otherwise),
+                    # and with it the proxies' way to us. Treated as SIGTERM: the calls get
+                    # [ng] shutdown_grace, then are hung up through the proxy; a new front's
+                    # workers skip the ports still held meanwhile.
+                    log.error("the front closed the channel: draining, then stopping")
+                    os.kill(os.getpid(), signal.SIGTERM)
                     nursery.cancel_scope.cancel()
-                    raise ChannelClosed("front gone")
+                    return
                 envelope, datagram = unpack(message)
                 await take(envelope, datagram, nursery)

@@ -25,7 +25,7 @@ from functools import partial
 
 import trio
 
-from ctl.channel import ChannelClosed, Sender, channel_pair, serve_channel
+from ctl.channel import Sender, channel_pair, serve_channel
 from ctl.config import Config, ConfigError, load_config
 from ctl.routing import port_slice
 
@@ -163,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(partial(serve, engine, reload, run=run,
                          ready=f"worker {args.index} ready: ports {config['rtp']['min_port']}.."
                                f"{config['rtp']['max_port']} (%s %s)"))
-    except ChannelClosed:
-        return 3  # the front is gone; its proxies reach nobody through us
     except Exception:
         log.critical("rtpai worker stopped by an internal error", exc_info=True)
         return 1

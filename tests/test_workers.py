@@ -274,3 +274,28 @@ async def test_sigterm_drains_every_worker():
                 assert b"rtpai[w%d]: received SIGTERM: draining" % index in log
                 assert b"[w%d]: draining: 1 calls" % index in log
             nursery.cancel_scope.cancel()
+
+
+async def test_workers_whose_front_is_killed_end_their_calls_and_exit():
+    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
+    management = FakeHttpServer()
+    calls = [call_ids_of(0, 1, "orphan")[0], call_ids_of(1, 1, "orphan")[0]]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            rpc = await nursery.start(management.serve)
+            env = workers_env(url, (43900, 43999), PROXY_TYPE="kamailio", PROXY_URL=rpc + "/RPC")
+            async with running_daemon(env) as (daemon, log):
+                address = ng_address(log)
+                for call_id in calls:
+                    reply = await ng(address, "offer", **{"call-id": call_id, "from-tag": "f",
+                                                          "to-tag": "t", "sdp": OFFER})
+                    assert reply["result"] == "ok"
+                workers = [worker_pid(log, 0), worker_pid(log, 1)]
+                daemon.kill()  # no drain, no goodbye: the workers see their channel close
+                await management.wait_for(2)
+                asked = sorted(json.loads(r.body)["params"][0] for r in management.requests)
+                assert asked == sorted(calls)
+                while any(os.path.exists(f"/proc/{pid}") for pid in workers):
+                    await trio.sleep(0.05)  # (other processes: polled, bounded above)
+            nursery.cancel_scope.cancel()
