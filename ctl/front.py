@@ -47,16 +47,8 @@ from ctl.ng import (
     encode_reply,
 )
 from ctl.ng_server import IP_PKTINFO, MAX_DATAGRAM, reply_from
-from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.routing import HOST_WIDE, Route, Unroutable, merge_lists, merge_statistics, owner, peek
-from ctl.workers import (
-    RESTART_MAX,
-    RESTART_MIN,
-    STABLE_AFTER,
-    WORKER_START_TIMEOUT,
-    WorkerProcess,
-    describe_exit,
-)
+from ctl.workers import WORKER_START_TIMEOUT, WorkerPool, WorkerProcess
 
 log = logging.getLogger("rtpai.front")
 
@@ -64,8 +56,6 @@ log = logging.getLogger("rtpai.front")
 GATHER_TIMEOUT = 0.5
 # Host-wide requests under way at once; more are dropped (the proxy asks again).
 MAX_GATHERS = 16
-# Hang-up requests to the proxy at once after a worker died.
-MAX_HANGUPS = 16
 # Datagrams taken per wake-up (as ctl/ng_server.py's RECEIVE_BATCH).
 RECEIVE_BATCH = 16
 REASON_WORKER_DOWN = "rtpai worker restarting"
@@ -79,17 +69,12 @@ class Front:
     def __init__(self, config: Config, config_path: str | None) -> None:
         self.config = config
         self.config_path = config_path
-        count = config["ng"]["workers"]
-        self.workers = [WorkerProcess(i, count, config_path) for i in range(count)]
+        self.pool = WorkerPool(config, config_path, self._read_channel)
+        self.workers = self.pool.workers
         self.acl = SourceFilter(config["ng"]["allow"])
-        proxy = config["proxy"]
-        self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
-                                   retries=proxy["retries"])
         self.draining = False
-        self.stopping = False  # no more restarts
         self.denied = 0
         self.dropped = 0  # datagrams a full channel could not take (the proxy retransmits)
-        self.crash_hangups = 0
         self._tags = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, Route, bool]] = {}  # tag -> (w, r, new)
         self._gathers: dict[int, tuple[list[bytes], int]] = {}  # tag -> (parts, expected)
@@ -121,7 +106,7 @@ class Front:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     for worker in self.workers:
-                        nursery.start_soon(self._supervise, worker)
+                        nursery.start_soon(self.pool.supervise, worker, nursery)
                     with trio.move_on_after(WORKER_START_TIMEOUT):
                         for worker in self.workers:
                             await worker.ready.wait()
@@ -130,7 +115,7 @@ class Front:
                     task_status.started(bound)
                     await self._receive(sock)
             finally:
-                await self._stop_workers()
+                await self.pool.stop()
 
     async def _receive(self, sock: socket.socket) -> None:
         while True:
@@ -248,6 +233,14 @@ class Front:
     # --- replies from the workers ---------------------------------------------------------
 
     async def _read_channel(self, worker: WorkerProcess, channel: socket.socket) -> None:
+        """A worker's messages until its end closes; the pool runs it for each start."""
+        try:
+            await self._read_messages(worker, channel)
+        finally:
+            for tag in [t for t, (w, _, _) in self._pending.items() if w is worker]:
+                del self._pending[tag]
+
+    async def _read_messages(self, worker: WorkerProcess, channel: socket.socket) -> None:
         while True:
             await trio.lowlevel.wait_readable(channel)
             while True:
@@ -353,93 +346,12 @@ class Front:
         """The front's own counts (in `statistics` under rtpai.front)."""
         return {"workers": len(self.workers), "alive": sum(w.alive for w in self.workers),
                 "restarts": sum(w.restarts for w in self.workers), "dropped": self.dropped,
-                "crash hangups": self.crash_hangups}
-
-    # --- the workers' lives ----------------------------------------------------------------
-
-    async def _supervise(self, worker: WorkerProcess) -> None:
-        backoff = RESTART_MIN
-        while not self.stopping:
-            started = trio.current_time()
-            code = await self._run_once(worker)
-            if self.stopping:
-                return
-            log.error("worker %d stopped (%s): ending its %d calls through the proxy; "
-                      "restarting in %g s", worker.index, describe_exit(code),
-                      len(worker.book), backoff)
-            calls, worker.book = list(worker.book.values()), type(worker.book)()
-            assert self._nursery is not None
-            self._nursery.start_soon(self._end_calls, worker.index, calls, describe_exit(code))
-            if trio.current_time() - started >= STABLE_AFTER:
-                backoff = RESTART_MIN
-            await trio.sleep(backoff)
-            backoff = min(2 * backoff, RESTART_MAX)
-            worker.restarts += 1
-
-    async def _run_once(self, worker: WorkerProcess) -> int | None:
-        channel = await worker.start()
-        assert worker.process is not None
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_channel, worker, channel)
-
-                async def started_in_time() -> None:
-                    await trio.sleep(WORKER_START_TIMEOUT)
-                    if not worker.alive:
-                        log.error("worker %d not ready in %g s: killing it", worker.index,
-                                  WORKER_START_TIMEOUT)
-                        worker.signal(signal.SIGKILL)
-
-                nursery.start_soon(started_in_time)
-                await worker.process.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            worker.stopped()
-            for tag in [t for t, (w, _, _) in self._pending.items() if w is worker]:
-                del self._pending[tag]
-        return worker.process.returncode
-
-    async def _end_calls(self, index: int, calls: list, why: str) -> None:
-        """The dead worker's calls, ended through the proxy (its BYE reaches both legs)."""
-        limiter = trio.CapacityLimiter(MAX_HANGUPS)
-
-        async def end(call_id: str, from_tag: str | None, to_tag: str | None) -> None:
-            async with limiter:
-                event = ProxyEvent("hangup", call_id, from_tag or "", to_tag,
-                                   f"rtpai worker {index} stopped ({why})")
-                if await self.proxy.notify(event):
-                    self.crash_hangups += 1
-
-        async with trio.open_nursery() as nursery:
-            for call in calls:
-                nursery.start_soon(end, *call)
+                "crash hangups": self.pool.crash_hangups}
 
     async def drain(self, grace: float) -> None:
-        """SIGTERM: every worker drains (its own grace, then the proxy hang-ups); bounded."""
-        self.draining = self.stopping = True
-        for worker in self.workers:
-            worker.signal(signal.SIGTERM)
-        bound = grace + self.proxy.timeout * (1 + self.proxy.retries) + 5
-        with trio.move_on_after(bound):
-            for worker in self.workers:
-                if worker.process is not None:
-                    await worker.process.wait()
-
-    async def _stop_workers(self) -> None:
-        """On the way out: whatever still runs is told to stop at once, then killed."""
-        self.stopping = True
-        with trio.CancelScope(shield=True):
-            for worker in self.workers:
-                worker.signal(signal.SIGTERM)
-                worker.signal(signal.SIGTERM)  # a second one: stop now, no drain
-            with trio.move_on_after(5):
-                for worker in self.workers:
-                    if worker.process is not None:
-                        await worker.process.wait()
-            for worker in self.workers:
-                worker.signal(signal.SIGKILL)
-                if worker.process is not None:
-                    await worker.process.wait()
+        """SIGTERM: new calls refused here; every worker drains (bounded: WorkerPool.drain)."""
+        self.draining = True
+        await self.pool.drain(grace)
 
     # --- operator signals ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 
@@ -27,6 +28,7 @@ import trio
 
 from ctl.channel import Sender, channel_pair, serve_channel
 from ctl.config import Config, ConfigError, load_config
+from ctl.proxy import ProxyEvent, ProxyNotifier
 from ctl.routing import port_slice
 
 log = logging.getLogger("rtpai.front")
@@ -111,6 +113,110 @@ class WorkerProcess:
         if self.channel is not None:
             self.channel.close()
         self.channel = self.sender = None
+
+
+# Hang-up requests to the proxy at once after a worker died.
+MAX_HANGUPS = 16
+
+
+class WorkerPool:
+    """The front's workers: their lives (start, restart with backoff, drain, stop) and the
+    hang-ups of a dead one's calls. ``read_channel(worker, channel)`` is the front's reader
+    of a worker's messages, run for each start until the channel closes."""
+
+    def __init__(self, config: Config, config_path: str | None,
+                 read_channel: Callable[[WorkerProcess, socket.socket], Awaitable[None]]):
+        count = config["ng"]["workers"]
+        self.workers = [WorkerProcess(i, count, config_path) for i in range(count)]
+        proxy = config["proxy"]
+        self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
+                                   retries=proxy["retries"])
+        self._read_channel = read_channel
+        self.stopping = False  # no more restarts
+        self.crash_hangups = 0
+
+    async def supervise(self, worker: WorkerProcess, nursery: trio.Nursery) -> None:
+        """Run ``worker`` until the pool stops: started, read, and after a death its calls
+        ended (a task of ``nursery``) and started again after a backoff."""
+        backoff = RESTART_MIN
+        while not self.stopping:
+            started = trio.current_time()
+            code = await self._run_once(worker)
+            if self.stopping:
+                return
+            log.error("worker %d stopped (%s): ending its %d calls through the proxy; "
+                      "restarting in %g s", worker.index, describe_exit(code),
+                      len(worker.book), backoff)
+            calls, worker.book = list(worker.book.values()), type(worker.book)()
+            nursery.start_soon(self._end_calls, worker.index, calls, describe_exit(code))
+            if trio.current_time() - started >= STABLE_AFTER:
+                backoff = RESTART_MIN
+            await trio.sleep(backoff)
+            backoff = min(2 * backoff, RESTART_MAX)
+            worker.restarts += 1
+
+    async def _run_once(self, worker: WorkerProcess) -> int | None:
+        channel = await worker.start()
+        assert worker.process is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_channel, worker, channel)
+
+                async def started_in_time() -> None:
+                    await trio.sleep(WORKER_START_TIMEOUT)
+                    if not worker.alive:
+                        log.error("worker %d not ready in %g s: killing it", worker.index,
+                                  WORKER_START_TIMEOUT)
+                        worker.signal(signal.SIGKILL)
+
+                nursery.start_soon(started_in_time)
+                await worker.process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            worker.stopped()
+        return worker.process.returncode
+
+    async def _end_calls(self, index: int, calls: list, why: str) -> None:
+        """The dead worker's calls, ended through the proxy (its BYE reaches both legs)."""
+        limiter = trio.CapacityLimiter(MAX_HANGUPS)
+
+        async def end(call_id: str, from_tag: str | None, to_tag: str | None) -> None:
+            async with limiter:
+                event = ProxyEvent("hangup", call_id, from_tag or "", to_tag,
+                                   f"rtpai worker {index} stopped ({why})")
+                if await self.proxy.notify(event):
+                    self.crash_hangups += 1
+
+        async with trio.open_nursery() as nursery:
+            for call in calls:
+                nursery.start_soon(end, *call)
+
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: every worker drains (its own grace, then the proxy hang-ups); bounded."""
+        self.stopping = True
+        for worker in self.workers:
+            worker.signal(signal.SIGTERM)
+        bound = grace + self.proxy.timeout * (1 + self.proxy.retries) + 5
+        with trio.move_on_after(bound):
+            for worker in self.workers:
+                if worker.process is not None:
+                    await worker.process.wait()
+
+    async def stop(self) -> None:
+        """On the way out: whatever still runs is told to stop at once, then killed."""
+        self.stopping = True
+        with trio.CancelScope(shield=True):
+            for worker in self.workers:
+                worker.signal(signal.SIGTERM)
+                worker.signal(signal.SIGTERM)  # a second one: stop now, no drain
+            with trio.move_on_after(5):
+                for worker in self.workers:
+                    if worker.process is not None:
+                        await worker.process.wait()
+            for worker in self.workers:
+                worker.signal(signal.SIGKILL)
+                if worker.process is not None:
+                    await worker.process.wait()
 
 
 def describe_exit(code: int | None) -> str:
