@@ -14,6 +14,7 @@ warning names why): the proxy's engine set is the same, only the hosts share a k
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 SUBNET = "10.213"
+_uses = itertools.count(1)  # names differ per use: a deleted namespace goes away asynchronously
 
 
 @dataclass(frozen=True)
@@ -62,16 +64,20 @@ def _namespaces_unavailable() -> str:
 def hosts(count: int) -> Iterator[Hosts]:
     why_not = _namespaces_unavailable()
     made: list[str] = []
+    links: list[str] = []
+    use = next(_uses)
     try:
         if not why_not:
             try:
                 for index in range(1, count + 1):
-                    namespace = f"rtpai{os.getpid()}h{index}"
-                    outside, inside = f"ra{os.getpid() % 100000}h{index}", f"rb{index}"
+                    namespace = f"rtpai{os.getpid()}u{use}h{index}"
+                    # (interface names: at most 15 characters)
+                    outside, inside = f"ra{os.getpid() % 100000}u{use % 100}h{index}", "rb"
                     _ip("netns", "add", namespace)
                     made.append(namespace)
                     _ip("link", "add", outside, "type", "veth", "peer", "name", inside,
                         "netns", namespace)
+                    links.append(outside)
                     _ip("addr", "add", f"{SUBNET}.{index}.1/24", "dev", outside)
                     _ip("link", "set", outside, "up")
                     _ip("-n", namespace, "addr", "add", f"{SUBNET}.{index}.2/24", "dev", inside)
@@ -89,6 +95,11 @@ def hosts(count: int) -> Iterator[Hosts]:
             yield Hosts([Host(i, f"{SUBNET}.{i}.2", f"{SUBNET}.{i}.1", made[i - 1])
                          for i in range(1, count + 1)], True)
     finally:
+        # The root ends first: deleting one removes its pair at once, with its address;
+        # a namespace's deletion is finished by the kernel later.
+        for link in links:
+            subprocess.run(["ip", "link", "delete", link], capture_output=True, timeout=10,
+                           check=False)
         for namespace in made:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True,
                            timeout=10, check=False)
