@@ -3,10 +3,11 @@
 Why a front and not N processes on one SO_REUSEPORT socket: the kernel would spread a call's
 datagrams over the processes by the proxy's address and port, so an offer and its delete could
 reach different processes; and ``list``/``statistics`` must speak for the host. The front reads
-only the command and the call's identifiers of each datagram (ctl/routing.py peek), hands it to
-the worker that owns the call (a stable hash of the call-id) over that worker's channel
-(ctl/channel.py), and sends the worker's reply back from the ng socket, so the proxy sees one
-engine at one address, as with rtpengine.
+only the command and the call's identifiers of each datagram (ctl/routing.py peek) and hands it
+to the worker that owns the call (a stable hash of the call-id) over that worker's channel
+(ctl/channel.py); the worker replies from the same ng socket (inherited), so the proxy sees one
+engine at one address, as with rtpengine, and the reply does not wait for the front. For
+offers and deletes the worker then tells the front the outcome.
 
 What the front does itself:
 
@@ -37,7 +38,15 @@ from typing import Any
 import trio
 
 from ctl.acl import SourceFilter
-from ctl.channel import HEADER, ChannelClosed, Envelope, Kind, pack, unpack
+from ctl.channel import (
+    HEADER,
+    ChannelClosed,
+    Envelope,
+    Kind,
+    pack,
+    pktinfo_ancillary,
+    unpack,
+)
 from ctl.config import Config, load_config
 from ctl.ng import (
     REASON_SESSION_LIMIT,
@@ -60,7 +69,6 @@ MAX_GATHERS = 16
 RECEIVE_BATCH = 16
 REASON_WORKER_DOWN = "rtpai worker restarting"
 _PKTINFO_SPACE = socket.CMSG_SPACE(64)
-_OK = b"6:result2:ok"
 
 
 class Front:
@@ -101,6 +109,7 @@ class Front:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
             sock.bind((host, port))
             self._sock = sock
+            self.pool.ng_fd = sock.fileno()  # the workers reply from it (ctl/channel.py)
             bound = sock.getsockname()[:2]
             try:
                 async with trio.open_nursery() as nursery:
@@ -209,7 +218,7 @@ class Front:
         assert self._sock is not None
         try:
             if pktinfo:
-                self._sock.sendmsg([datagram], self._via(pktinfo), 0, source)
+                self._sock.sendmsg([datagram], pktinfo_ancillary(pktinfo), 0, source)
             else:
                 self._sock.sendto(datagram, source)
         except BlockingIOError:
@@ -217,11 +226,6 @@ class Front:
         except OSError as exc:
             log.warning("ng: cannot reply to %s: %s", source, exc)
         return True
-
-    def _via(self, pktinfo: bytes) -> list[tuple[int, int, bytes]]:
-        if len(pktinfo) == 12:
-            return [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)]
-        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)]
 
     async def _send(self, datagram: bytes, source: tuple[str, int], pktinfo: bytes,
                     copies: int = 1) -> None:
@@ -257,10 +261,14 @@ class Front:
                 if envelope.kind == Kind.READY:
                     worker.alive = True
                     worker.ready.set()
+                elif envelope.kind == Kind.ANSWERED:
+                    self._on_answered(worker, envelope)
                 elif envelope.kind == Kind.REPLY:
-                    await self._on_reply(worker, envelope, datagram)
+                    await self._on_reply(envelope, datagram)
 
-    async def _on_reply(self, worker: WorkerProcess, envelope: Envelope, datagram: bytes):
+    async def _on_reply(self, envelope: Envelope, datagram: bytes) -> None:
+        """A worker's part of a host-wide command (or, from a worker without the ng socket,
+        a reply to send on)."""
         gather = self._gathers.get(envelope.tag)
         if gather is not None:
             parts, expected = gather
@@ -268,21 +276,23 @@ class Front:
             if len(parts) >= expected:
                 self._gathered[envelope.tag].set()
             return
-        pending = self._pending.pop(envelope.tag, None) if envelope.tag else None
         if datagram:
             await self._send(datagram, envelope.source, envelope.pktinfo, envelope.copies)
-        if pending is None or not datagram:
+
+    def _on_answered(self, worker: WorkerProcess, envelope: Envelope) -> None:
+        """The outcome of an offer or delete the worker has answered: its book of calls."""
+        pending = self._pending.pop(envelope.tag, None)
+        if pending is None or not envelope.ok:
             return
         _, route, new_call = pending
-        ok = _OK in datagram or _json_ok(datagram)
-        if ok and route.command == "offer":
+        if route.command == "offer":
             worker.remember(route.call_id, route.from_tag, route.to_tag)
             if new_call:
                 # The worker counted its calls as it sent the reply, before the new call
                 # existed (it is made once the reply is out: ReplyFirst): count it here until
                 # the worker's next reply or STATUS.
                 worker.calls = envelope.calls + 1
-        elif ok and route.command == "delete" and route.via_branch is None:
+        elif route.command == "delete" and route.via_branch is None:
             worker.book.pop(route.call_id, None)
 
     # --- host-wide commands ----------------------------------------------------------------
@@ -331,7 +341,7 @@ class Front:
         try:
             for worker in live:
                 if worker.sender is not None:
-                    message = pack(Envelope(Kind.REQUEST, source, tag), b"g%d " % tag + body)
+                    message = pack(Envelope(Kind.GATHER, source, tag), b"g%d " % tag + body)
                     try:
                         await worker.sender.send(message)
                     except ChannelClosed:
@@ -371,12 +381,3 @@ class Front:
             log.error("front: configuration not reloaded: %s", exc)
         for worker in self.workers:
             worker.signal(signal.SIGHUP)
-
-
-def _json_ok(datagram: bytes) -> bool:
-    if b"{" not in datagram[:300]:
-        return False
-    try:
-        return decode_reply(datagram)[1].get("result") == "ok"
-    except Exception:
-        return False

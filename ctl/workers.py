@@ -75,21 +75,25 @@ class WorkerProcess:
         self.restarts = 0
         self.book: OrderedDict[bytes, tuple[str, str | None, str | None]] = OrderedDict()
 
-    def command(self, fd: int) -> list[str]:
+    def command(self, fd: int, ng_fd: int | None) -> list[str]:
         command = [sys.executable, "-m", "ctl.workers", "--index", str(self.index),
                    "--count", str(self.count), "--channel-fd", str(fd)]
+        if ng_fd is not None:
+            command += ["--ng-fd", str(ng_fd)]
         if self.config_path:
             command += ["--config", self.config_path]
         return command
 
-    async def start(self) -> socket.socket:
-        """Start the process; returns the front's end of its channel."""
+    async def start(self, ng_fd: int | None = None) -> socket.socket:
+        """Start the process (given the front's ng socket to reply from); returns the
+        front's end of its channel."""
         front_end, worker_end = channel_pair()
+        fds = (worker_end.fileno(),) + ((ng_fd,) if ng_fd is not None else ())
         with worker_end:
             # Its own session: a terminal's Ctrl-C reaches the front only, which drains the
             # workers itself (a worker hit twice would stop at once instead of draining).
             self.process = await trio.lowlevel.open_process(
-                self.command(worker_end.fileno()), pass_fds=(worker_end.fileno(),),
+                self.command(worker_end.fileno(), ng_fd), pass_fds=fds,
                 start_new_session=True, stdin=subprocess.DEVNULL,
             )
         self.channel = front_end
@@ -132,6 +136,7 @@ class WorkerPool:
         self.proxy = ProxyNotifier(proxy["type"], proxy["url"], timeout=proxy["timeout"],
                                    retries=proxy["retries"])
         self._read_channel = read_channel
+        self.ng_fd: int | None = None  # the front's ng socket, which workers reply from
         self.stopping = False  # no more restarts
         self.crash_hangups = 0
 
@@ -156,7 +161,7 @@ class WorkerPool:
             worker.restarts += 1
 
     async def _run_once(self, worker: WorkerProcess) -> int | None:
-        channel = await worker.start()
+        channel = await worker.start(self.ng_fd)
         assert worker.process is not None
         try:
             async with trio.open_nursery() as nursery:
@@ -241,10 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--ng-fd", type=int, help="the front's ng socket, to reply from")
     parser.add_argument("--config")
     args = parser.parse_args(argv)
     channel = socket.socket(fileno=args.channel_fd)
     channel.setblocking(False)
+    ng = None
+    if args.ng_fd is not None:
+        ng = socket.socket(fileno=args.ng_fd)  # inherited from the front; never read here
+        ng.setblocking(False)
     try:
         config = worker_config(load_config(args.config), args.index, args.count)
     except (ConfigError, ValueError) as exc:
@@ -257,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(config)
     gcstats.tune_for_server()
     run = partial(engine.run, control=partial(serve_channel, channel, engine.dispatcher,
-                                              engine.active_calls))
+                                              engine.active_calls, ng))
 
     def reload() -> None:
         # As the single process does (the front sends SIGHUP on): [openai], [log] and
