@@ -6,7 +6,7 @@ talking, the AI answering ~2 s every 3 s in 100 ms deltas). Time is virtual and 
 the media clock's 1 ms lattice; each millisecond:
 
 * **rx**: the phones socket sends one RTP packet to each call whose 20 ms slot it is, then the
-  engine's ``MediaPoller.dispatch`` runs (``_rtp_readable`` -> ``parse_rtp`` ->
+  engine's ``SocketPoller.dispatch`` runs (``_rtp_readable`` -> ``parse_rtp`` ->
   ``ReorderBuffer`` -> ``JitterEstimator`` -> ``_deliver``, which hands the payload to the
   AI session's consumer on the call's bridge, here a stub: the WebSocket send is not
   measured);
@@ -53,7 +53,7 @@ from media.bridge import CallBridge
 from media.clock import TICK, MediaClock
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.stream import MediaStream, bind_pair
 
 BUILD = Path(__file__).resolve().parent / "build"
@@ -150,7 +150,7 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
     phones.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     phones.setblocking(False)
     clock = MediaClock()
-    poller = MediaPoller()
+    poller = SocketPoller()
     mock: trio.testing.MockClock = trio.lowlevel.current_clock()  # type: ignore[assignment]
     shim = _toggle_collect() if collect else None
     counters = Counters()

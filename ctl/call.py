@@ -18,7 +18,7 @@ from media.clock import MediaClock
 from media.flavor import AiSettings, Flavor
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.state import Machine, Transitions
 from media.stream import MediaStream, close_socket
 
@@ -87,7 +87,7 @@ class Call:
         on_hang_up: Callable[[Call, EndReason, str, bool], Awaitable[None]] | None = None,
         sockets: tuple[socket.socket, socket.socket],
         clock: MediaClock,
-        poller: MediaPoller,
+        poller: SocketPoller,
         settings: AiSettings,
         flavor: Flavor,
         release_ports: Callable[[], None],
@@ -108,7 +108,7 @@ class Call:
         # Why it ended: the kind (counted by the engine) and the detail (the replies' text).
         self.end_kind: EndReason | None = None
         self.end_reason: str | None = None
-        self.transfers: list[dict[str, Any]] = []  # requested by the AI; the engine REFERs
+        self.transfers: list[dict[str, Any]] = []  # requested by the AI; CallControl REFERs
         # rtpai's latest request to the proxy to end the call: reason, status, error.
         self.hangup: dict[str, Any] | None = None
         # Why the proxy's delete is expected (a hang-up or transfer it accepted): the end
@@ -123,6 +123,10 @@ class Call:
         # Asks the proxy to end the call, as a task of this call (the engine: the proxy).
         self._on_hang_up = on_hang_up
         self._nursery: trio.Nursery | None = None  # open while the call's tasks run
+        # Open for as long as ``run`` runs, outside the call's scope: work the call still owes
+        # once it has ended (the hang-up request to the proxy), see ``after_end``.
+        self._after_end: trio.Nursery | None = None
+        self._owed: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = []
         self._sockets = sockets
         self._clock = clock  # the engine's: it paces our RTP along with every other call's
         self._poller = poller  # the engine's: it receives for every call
@@ -196,7 +200,7 @@ class Call:
         """rtpai ends the call (media timeout, AI failure, the model's ``end_call``).
 
         With a proxy that can end calls the call stays up while the proxy is asked, and ends
-        with its ``delete`` (the engine bounds the wait); ``by_ai``: a refusal is told to
+        with its ``delete`` (ctl/call_control.py bounds the wait); ``by_ai``: a refusal is told to
         the model, and the call goes on. Without one (or before the call's tasks run), the
         call ends here at once.
         """
@@ -228,6 +232,17 @@ class Call:
         self._nursery.start_soon(async_fn, *args)
         return True
 
+    def after_end(self, async_fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Start work the call owes once it has ended (asking the proxy to hang the caller up)
+        as a task of ``run``, outside the call's scope: ending the call does not cancel it,
+        and ``run`` returns once it is done. A call ended before ``run`` first ran (a drain
+        right after its offer) starts it when ``run`` does; should the engine stop first, it
+        is cancelled there with the rest of the call."""
+        if self._after_end is not None:
+            self._after_end.start_soon(async_fn, *args)
+        else:
+            self._owed.append((async_fn, args))
+
     def end_after(self, delay: float, reason: str) -> None:
         """End the call in ``delay`` seconds (a delete with ``delete-delay``): a deadline on
         the call's own scope, so the wait is the call's and dies with it; no task of its own."""
@@ -238,7 +253,7 @@ class Call:
 
     def transfer(self, target: str) -> None:
         """The AI asks for the caller to be transferred: recorded in the statistics, and
-        handed to ``on_transfer`` (the engine tells the proxy, which sends the REFER)."""
+        handed to ``on_transfer`` (CallControl tells the proxy, which sends the REFER)."""
         record = {"target": target, "at": int(time.time()), "status": "requested"}
         self.transfers.append(record)
         log.info("call %s: transfer to %s requested", self.call_id, target)
@@ -246,12 +261,26 @@ class Call:
             self._on_transfer(self, record)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the call's tasks until it ends; always release its sockets and ports.
+        """The whole call: its media and AI tasks until it ends (``_run_until_ended``), then
+        the work it still owes (``after_end``: the hang-up request to the proxy).
 
         The engine starts it with ``start_soon``, after the offer's reply has gone: the call
         may have been deleted, or the engine stopped (its clock and poller with it), before
-        this first runs. Then nothing is started, and only the ``finally`` runs.
+        this first runs. Then no media or AI task is started.
         """
+        async with trio.open_nursery() as after_end:
+            self._after_end = after_end
+            for async_fn, args in self._owed:
+                after_end.start_soon(async_fn, *args)
+            self._owed.clear()
+            try:
+                await self._run_until_ended(task_status)
+            finally:
+                self._after_end = None  # (what is under way goes on until done)
+
+    async def _run_until_ended(self, task_status: trio.TaskStatus[None]) -> None:
+        """Hold the call's tasks, in its scope, until it ends; always release its sockets and
+        ports, and mark it ended (``ended`` is set before the owed work is done)."""
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self.stream.start_pacing(self._clock)

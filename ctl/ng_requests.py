@@ -4,7 +4,7 @@ As rtpengine's ``call_ng_process_flags`` fills one ``sdp_ng_flags`` before a com
 command family's parser reads the keys and flags its handler uses, with rtpengine's error
 reasons, into a frozen dataclass; the handlers (ctl/engine.py) never read an
 :class:`~ctl.ng.NgRequest` themselves. The dispatcher's table (``Command(parse, handle)`` in
-ctl/ng_server.py) pairs each parser with its handler.
+ctl/dispatcher.py) pairs each parser with its handler.
 
 Keys are read in the order the handlers used to read them, so that a request missing several
 gets the same error as before (e.g. an ``answer`` without from-tag and call-id: the from-tag's).

@@ -8,11 +8,13 @@ with Debian's rtpengine; docs/ng-protocol.md documents it), plus rtpai's own ``r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ctl.call import Call
-    from ctl.engine import Engine
+    from ctl.dispatcher import Dispatcher
+    from media.ports import PortPairAllocator
 
 _EMPTY_TOTALS = {"packets": 0, "bytes": 0, "errors": 0}
 
@@ -174,29 +176,38 @@ def rtpai_statistics(call: Call) -> dict[str, Any]:
     }
 
 
-def engine_statistics(engine: Engine, *, wall: float, gc: dict[str, Any]) -> dict[str, Any]:
+def engine_statistics(
+    *,
+    wall: float,
+    gc: dict[str, Any],
+    started: float,
+    sessions_own: int,
+    sessions_total: int,
+    ports: PortPairAllocator,
+    rtp: Mapping[str, Any],
+    totals: dict[str, int],
+    dispatcher: Dispatcher,
+) -> dict[str, Any]:
     """The ``statistics`` reply: rtpengine's sections, rtpai's counters in their terms.
 
-    ``wall`` is the wall-clock time (for the uptime); ``gc`` the cycle collector's figures
-    (ctl/gcstats.py), empty when it is not monitored.
+    ``wall`` is the wall-clock time (for the uptime since ``started``); ``gc`` the cycle
+    collector's figures (ctl/gcstats.py), empty when it is not monitored; ``sessions_own`` the
+    calls not yet ended, ``sessions_total`` every call the registry holds; ``rtp`` the [rtp]
+    section; ``totals`` the engine's counters; ``dispatcher`` counts the commands.
     """
-    ports = engine.ports
-    rtp = engine.config["rtp"]
-    totals = engine.totals
-    dispatcher = engine.dispatcher
     return {
         "statistics": {
             # rtpai's own keys under a key of their own, as in the query reply: the cycle
             # collector's collections and pauses (ctl/gcstats.py).
             "rtpai": {"gc": gc},
             "currentstatistics": {
-                "sessionsown": engine.active_calls(),
-                "sessionstotal": len(engine.calls),
+                "sessionsown": sessions_own,
+                "sessionstotal": sessions_total,
                 "portsinuse": ports.in_use,
                 "portscapacity": ports.capacity,
             },
             "totalstatistics": {
-                "uptime": int(wall - engine.started),
+                "uptime": int(wall - started),
                 "managedsessions": totals["calls"],
                 "endedsessions": totals["ended"],
                 "timeoutsessions": totals["timeouts"],
@@ -205,6 +216,7 @@ def engine_statistics(engine: Engine, *, wall: float, gc: dict[str, Any]) -> dic
                 # accepted but no delete came within [proxy] hangup_timeout.
                 "hangupfailures": totals["hangup failures"],
                 "hanguptimeouts": totals["hangup timeouts"],
+                "hangupretries": totals["hangup retries"],  # refusals asked again
             },
             "controlstatistics": {
                 "proxies": [],

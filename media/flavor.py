@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from media.bridge import AiSession, CallBridge
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.settings import Setting
 
 
@@ -43,7 +43,7 @@ class Flavor:
     # where it is written ("[openai:sales] tools"); raises ValueError with the whole message.
     check: Callable[[Mapping[str, Any], Callable[[str], str]], None]
     # The call's AI session: started in the call's nursery, cancelled with it.
-    new_session: Callable[[Any, CallBridge, MediaPoller], AiSession]
+    new_session: Callable[[Any, CallBridge, SocketPoller], AiSession]
 
 
 _FLAVORS: dict[str, Flavor] = {}

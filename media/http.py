@@ -3,8 +3,8 @@
 lowest layer, so that both planes can use it without the AI flavor importing ctl/.
 
 h11 does the wire format (sans-IO: framing, chunked bodies, Content-Length), as for the
-WebSocket upgrade (openai_flavor/websocket.py); this module only moves bytes. Each request says
-``Connection: close``: these calls are rare and small, so there is no connection reuse.
+WebSocket upgrade (openai_flavor/websocket/handshake.py); this module only moves bytes. Each
+request says ``Connection: close``: these calls are rare and small, so there is no connection reuse.
 """
 
 from __future__ import annotations

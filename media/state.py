@@ -2,9 +2,9 @@
 of machine, and a holder that moves along it and raises on anything else.
 
 Shared by the call (ctl/call.py), the AI session (openai_flavor/session.py) and the WebSocket
-(openai_flavor/websocket.py). The table is built once per kind of machine, a module constant;
-``to`` is one dict lookup and one set test, and reading ``state`` is an attribute load, so a
-machine may sit on a hot path (as h11's ``_state.py`` does).
+(openai_flavor/websocket/client.py). The table is built once per kind of machine, a module
+constant; ``to`` is one dict lookup and one set test, and reading ``state`` is an attribute
+load, so a machine may sit on a hot path (as h11's ``_state.py`` does).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from typing import Any
 
 import trio
 
+from ctl.dispatcher import Handle, Resend
 from ctl.ng import (
     MAX_COOKIE_LENGTH,
     NgFramingError,
@@ -315,13 +316,14 @@ def engine_tables(engine) -> dict[str, int]:
 
 async def answer_in_process(dispatcher, datagram: bytes, source, now: float) -> list[bytes]:
     """What the ng server does with one datagram, without the socket: the replies it sends."""
-    action, value = dispatcher.begin(datagram, source, now)
-    if action == "resend":
-        return [value]
-    if action != "handle":
-        return []
-    reply, copies = await handle(dispatcher, *value, source, lambda: now)
-    return [reply] * copies
+    match dispatcher.begin(datagram, source, now):
+        case Resend(reply):
+            return [reply]
+        case Handle(cookie, body):
+            reply, copies = await handle(dispatcher, cookie, body, source, lambda: now)
+            return [reply] * copies
+        case _:
+            return []
 
 
 async def fuzz_dispatcher(count: int, seconds: float, seed: int, *, quiet: bool = False,

@@ -1,5 +1,6 @@
-"""media/sdp.py's parser as it was at 173649a, before it was made faster, kept as the
-reference the faster one is tested against (tests/test_sdp.py): same results, same errors."""
+"""The SDP parser (media/sdp.py, now media/sdp_parse.py) as it was at 173649a, before it was
+made faster, kept as the reference the faster one is tested against (tests/test_sdp.py): same
+results, same errors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from media.sdp import (
+from media.sdp_model import (
     STATIC_PAYLOAD_TYPES,
     Codec,
     MediaDescription,

@@ -19,7 +19,7 @@ from ctl.config import load_config
 from ctl.engine import Engine
 from media.bridge import CallBridge
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.sdp import parse_sdp
 from media.tones import reconnect_cue
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
@@ -44,7 +44,7 @@ async def hostile(fault: str, *, times: int | None = None, tls: bool = False, **
         if tls:
             base = base.replace("ws://", "wss://")
         url = f"{base}?fault={fault}&call=c1" + (f"&times={times}" if times else "")
-        poller = MediaPoller()
+        poller = SocketPoller()
         await nursery.start(poller.run)
         ended: list[str] = []
         bridge = CallBridge(
@@ -69,7 +69,7 @@ async def hostile(fault: str, *, times: int | None = None, tls: bool = False, **
 
 def recovered(s: RealtimeSession) -> bool:
     """A new connection after a loss has its session configured."""
-    return s.stats.reconnects >= 1 and s.state == "open" and s._ready.is_set()
+    return s.stats.reconnects >= 1 and s.state == "open" and s.ready
 
 
 # --- each phase's bound: recover when the next connection is healthy ----------------------
@@ -131,7 +131,7 @@ async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(
             while True:
                 await wait_until(h.session,
                     lambda s, n=opened: (s.stats.connections > n and s.state == "open"
-                                         and s._ready.is_set()) or s.stats.failure)
+                                         and s.ready) or s.stats.failure)
                 if h.session.stats.failure:
                     break
                 opened = h.session.stats.connections
@@ -163,7 +163,7 @@ async def test_a_quiet_server_is_fine_when_nothing_is_expected(autojump_clock):
     """No false alarm: a configured session with the caller silent for ten minutes."""
     with trio.fail_after(1000):
         async with hostile("none") as h:
-            await wait_until(h.session, lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s.ready)
             await trio.sleep(600)
             assert h.session.stats.reconnects == 0 and h.session.stats.last_loss is None
             # And a turn is answered as before.
@@ -211,7 +211,7 @@ async def test_a_server_that_stops_reading_is_bounded_by_back_pressure(autojump_
     with trio.fail_after(100):
         async with hostile("not-reading", times=1, ping_interval=0,
                            send_buffer_bytes=16 * 1024) as h:
-            await wait_until(h.session, lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s.ready)
             while h.session.stats.reconnects == 0:
                 for _ in range(500):  # as the media plane hands it over, 10 s at a time
                     h.bridge.caller_audio(b"\x55" * FRAME)
@@ -316,7 +316,7 @@ async def test_a_server_that_keeps_hearing_the_caller_but_never_answers_is_mute_
     """VAD events every 2 s (the caller keeps talking) are not progress towards a response."""
     with trio.fail_after(100):
         async with hostile("mute-response", times=1) as h:
-            await wait_until(h.session, lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s.ready)
             start = trio.current_time()
             while not recovered(h.session):
                 for _ in range(30):
@@ -329,30 +329,37 @@ async def test_a_server_that_keeps_hearing_the_caller_but_never_answers_is_mute_
 
 async def test_what_a_hostile_server_can_make_a_call_hold_is_bounded():
     """Invented item ids, error floods and endless transcripts: each kept within a bound."""
-    from openai_flavor import events
-    from openai_flavor import session as session_module
+    from openai_flavor import conversation as conversation_module
+    from openai_flavor import events, stats
+    from openai_flavor.conversation import Conversation
+    from openai_flavor.reconnect import Backoff
+    from openai_flavor.welcome import WelcomeAndGoodbye
 
     bridge = CallBridge(call_id="c", codec="PCMU", ptime_ms=20,
                         playout=PlayoutQueue(FRAME, max_bytes=8000), end_call=lambda kind, reason: None,
                         transfer=lambda t: None)
-    session = RealtimeSession(make_settings("ws://127.0.0.1:9/"), bridge, None)  # type: ignore[arg-type]
+    settings = make_settings("ws://127.0.0.1:9/")
+    conversation = Conversation(
+        None, settings=settings, bridge=bridge, poller=None,  # type: ignore[arg-type]
+        stats=stats.RealtimeStats(), manners=WelcomeAndGoodbye(welcome=False, guarded=False),
+        backoff=Backoff(1.0), untold_failures=[])
     dropped = 0
     for n in range(1000):
         try:
-            session._on_event({"type": "response.output_audio.delta", "item_id": f"i{n}",
-                               "delta": ""}, 0.0)
+            conversation.handle({"type": "response.output_audio.delta", "item_id": f"i{n}",
+                                      "delta": ""}, 0.0)
         except events.MalformedEvent:
             dropped += 1
-    assert len(session._turns.items) == session_module.MAX_ASSISTANT_ITEMS
-    assert dropped == 1000 - session_module.MAX_ASSISTANT_ITEMS
+    assert len(conversation.turns.items) == conversation_module.MAX_ASSISTANT_ITEMS
+    assert dropped == 1000 - conversation_module.MAX_ASSISTANT_ITEMS
     for _ in range(1000):
-        session._on_event({"type": "error", "error": {"code": "x" * 10_000,
-                                                      "message": "m" * 100_000}}, 0.0)
-        session._on_event({"type": "response.output_audio_transcript.done",
-                           "transcript": "t" * 100_000}, 0.0)
-    snapshot = session.stats
-    assert len(snapshot.errors) == session_module.KEPT_ERRORS
+        conversation.handle({"type": "error", "error": {"code": "x" * 10_000,
+                                                           "message": "m" * 100_000}}, 0.0)
+        conversation.handle({"type": "response.output_audio_transcript.done",
+                                  "transcript": "t" * 100_000}, 0.0)
+    snapshot = conversation.stats
+    assert len(snapshot.errors) == stats.KEPT_ERRORS
     assert all(len(e["code"]) <= 64 and len(e["message"]) <= 500 for e in snapshot.errors)
     assert len(snapshot.transcript) == 1000
-    assert all(len(e["text"]) == session_module.MAX_TRANSCRIPT_ENTRY_CHARS
+    assert all(len(e["text"]) == stats.MAX_TRANSCRIPT_ENTRY_CHARS
                for e in snapshot.transcript)

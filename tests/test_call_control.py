@@ -15,8 +15,10 @@ import trio
 import trio.testing
 
 from ctl import replies
+from ctl.call import CallState
+from ctl.call_control import TRANSFER_PLAYOUT_WAIT
 from ctl.config import load_config
-from ctl.engine import TRANSFER_PLAYOUT_WAIT, Engine
+from ctl.engine import Engine
 from ctl.ng import NgRequest
 from ctl.proxy import ProxyEvent, ProxyOutcome
 from media.bridge import EndReason
@@ -86,7 +88,7 @@ async def test_a_hangup_the_proxy_accepts_but_never_completes_ends_at_the_bound(
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai, PROXY_HANGUP_TIMEOUT="7")
-            proxy = engine.proxy = FakeProxyControl()
+            proxy = engine.control.proxy = FakeProxyControl()
             await nursery.start(engine.run)
             call = await start_call(engine)
             await trio.sleep(1)
@@ -111,7 +113,7 @@ async def test_the_proxys_delete_within_the_bound_ends_the_call_for_the_reason_a
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai)
-            engine.proxy = FakeProxyControl()
+            engine.control.proxy = FakeProxyControl()
             await nursery.start(engine.run)
             call = await start_call(engine)
             call.hang_up(EndReason.MEDIA_TIMEOUT, "media timeout (60 s without RTP)")
@@ -132,7 +134,7 @@ async def test_no_refer_after_the_call_has_ended(autojump_clock):
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai)
-            proxy = engine.proxy = FakeProxyControl()
+            proxy = engine.control.proxy = FakeProxyControl()
             await nursery.start(engine.run)
             # 20 s of words to play before the REFER (held: paced, but nothing leaves).
             call = await start_call(engine, direction="sendonly")
@@ -149,7 +151,7 @@ async def test_a_refused_transfer_is_told_to_the_model_and_recorded(autojump_clo
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai, PROXY_TYPE="opensips", PROXY_URL="http://127.0.0.1:9/mi")
-            engine.proxy = FakeProxyControl(ProxyOutcome(False, "the caller answered 603"))
+            engine.control.proxy = FakeProxyControl(ProxyOutcome(False, "the caller answered 603"))
             await nursery.start(engine.run)
             call = await start_call(engine)
             told: list[tuple[str, str]] = []
@@ -167,7 +169,7 @@ async def test_an_accepted_opensips_transfer_is_followed_by_a_hangup(autojump_cl
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai, PROXY_TYPE="opensips", PROXY_URL="http://127.0.0.1:9/mi")
-            proxy = engine.proxy = FakeProxyControl()
+            proxy = engine.control.proxy = FakeProxyControl()
             engine.proxy.transfer_ends_dialog = False  # as ProxyNotifier says for OpenSIPS
             await nursery.start(engine.run)
             call = await start_call(engine)
@@ -184,7 +186,7 @@ async def test_a_refused_hangup_the_model_asked_for_is_told_to_it(autojump_clock
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai)
-            engine.proxy = FakeProxyControl(ProxyOutcome(False, "JSON-RPC error: 500"))
+            engine.control.proxy = FakeProxyControl(ProxyOutcome(False, "JSON-RPC error: 500"))
             await nursery.start(engine.run)
             call = await start_call(engine)
             told: list[tuple[str, str]] = []
@@ -203,13 +205,71 @@ async def test_a_refused_hangup_rtpai_asked_for_ends_the_call_here(autojump_cloc
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai)
-            engine.proxy = FakeProxyControl(ProxyOutcome(False, "timed out"))
+            engine.control.proxy = FakeProxyControl(ProxyOutcome(False, "timed out"))
             await nursery.start(engine.run)
             call = await start_call(engine)
             call.hang_up(EndReason.MEDIA_TIMEOUT, "media timeout (60 s without RTP)")
             await call.ended.wait()
             await trio.testing.wait_all_tasks_blocked()
             assert call.end_reason.startswith("media timeout")
+            assert engine.ports.in_use == 0 and len(engine.calls) == 0
+            nursery.cancel_scope.cancel()
+
+
+class RefusingUntilConfirmed(FakeProxyControl):
+    """Kamailio before the caller's ACK: it refuses to end the dialog for ``refusals`` tries."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+        self.accepted = trio.Event()
+
+    async def carry_out(self, event: ProxyEvent) -> ProxyOutcome:
+        outcome = await super().carry_out(event)
+        if len(self.requests) <= self.refusals:
+            return ProxyOutcome(False, "terminating non-confirmed dialogs not supported")
+        self.accepted.set()
+        return outcome
+
+
+async def test_a_refused_hangup_rtpai_asked_for_is_asked_again_until_accepted(autojump_clock):
+    """A media timeout before the dialog is confirmed: the proxy refuses, rtpai asks again
+    (bounded) instead of leaving the caller's dialog up with no media behind it."""
+    with silent_ai() as ai:
+        async with trio.open_nursery() as nursery:
+            engine = make_engine(ai)
+            engine.control.proxy = proxy = RefusingUntilConfirmed(refusals=2)
+            await nursery.start(engine.run)
+            call = await start_call(engine)
+            call.hang_up(EndReason.MEDIA_TIMEOUT, "media timeout (1 s without RTP)")
+            await proxy.accepted.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            times = [at for at, _ in proxy.requests]
+            assert len(times) == 3 and call.hangup["status"] == "sent"
+            assert times[1] - times[0] == pytest.approx(0.25)
+            assert times[2] - times[1] == pytest.approx(0.5)
+            assert not call.ended.is_set()  # up until the proxy's delete
+            reply = handle(engine, NgRequest("delete", {"call-id": "c1", "from-tag": "ft"}))
+            assert reply["rtpai"]["end reason"].startswith("media timeout")
+            totals = engine.statistics(NgRequest("statistics", {}))["statistics"]
+            assert totals["totalstatistics"]["hangupretries"] == 2
+            assert totals["totalstatistics"]["hangupfailures"] == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_hangup_is_asked_again_only_within_hangup_timeout(autojump_clock):
+    with silent_ai() as ai:
+        async with trio.open_nursery() as nursery:
+            engine = make_engine(ai, PROXY_HANGUP_TIMEOUT="3")
+            engine.control.proxy = proxy = RefusingUntilConfirmed(refusals=100)
+            await nursery.start(engine.run)
+            call = await start_call(engine)
+            start = trio.current_time()
+            call.hang_up(EndReason.AI_FAILED, "AI session failed")
+            await call.ended.wait()
+            # 0, 0.25, 0.75, 1.75: the next try (3.75) would be past the 3 s bound.
+            assert [round(at - start, 2) for at, _ in proxy.requests] == [0, 0.25, 0.75, 1.75]
+            assert call.hangup["status"] == "failed"
             assert engine.ports.in_use == 0 and len(engine.calls) == 0
             nursery.cancel_scope.cancel()
 
@@ -241,7 +301,7 @@ async def test_an_accepted_hangup_is_not_asked_again_when_the_engine_stops(autoj
     with silent_ai() as ai:
         async with trio.open_nursery() as nursery:
             engine = make_engine(ai)
-            proxy = engine.proxy = FakeProxyControl()
+            proxy = engine.control.proxy = FakeProxyControl()
             await nursery.start(engine.run)
             call = await start_call(engine)
             call.hang_up(EndReason.MEDIA_TIMEOUT, "media timeout (60 s without RTP)")
@@ -249,4 +309,37 @@ async def test_an_accepted_hangup_is_not_asked_again_when_the_engine_stops(autoj
             await engine.drain(grace=0)  # ends what is left: the proxy's BYE is on its way
             assert [event.event for _, event in proxy.requests] == ["hangup"]
             assert call.end_reason == "engine shutdown"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("tasks_started", [True, False])
+async def test_the_shutdown_hang_up_is_the_ended_calls_own_task(autojump_clock, tasks_started):
+    """Issue 16: a call's work is its own, also the request that follows its end. Drained
+    after its tasks ran, or before they first ran (offered just as the drain began), the
+    hang-up request runs under the call's ``run``, never in the engine's nursery."""
+
+    class RecordingProxy(FakeProxyControl):
+        owners: list[str] = []
+
+        async def notify(self, event: ProxyEvent) -> bool:
+            owner = trio.lowlevel.current_task().parent_nursery.parent_task
+            self.owners.append(owner.name)
+            return await super().notify(event)
+
+    with silent_ai() as ai:
+        async with trio.open_nursery() as nursery:
+            engine = make_engine(ai)
+            proxy = engine.control.proxy = RecordingProxy()
+            await nursery.start(engine.run)
+            if tasks_started:
+                call = await start_call(engine)
+            else:
+                reply_of(handle(engine, NgRequest("offer", {
+                    "call-id": "c1", "from-tag": "ft", "to-tag": "tt", "sdp": offer_sdp()})))
+                (call,) = engine.calls.select("c1")
+            await engine.drain(grace=0)
+            assert call.state is CallState.ENDED
+            assert [event.event for _, event in proxy.requests] == ["hangup"]
+            assert proxy.owners == ["ctl.call.Call.run"]
+            assert not engine.control.under_way  # the drain waited for it
             nursery.cancel_scope.cancel()

@@ -62,7 +62,7 @@ def per_call_state(engine: Engine) -> dict[str, Any]:
         "ports in use": engine.ports.in_use,
         "poller sockets": len(engine.poller),
         "clock entries": len(engine.clock),
-        "proxy notifications": len(engine._notifications),
+        "proxy notifications": len(engine.control.under_way),
         "engine tasks": len(engine._calls_nursery.child_tasks),
         "rtp sockets": rtp_sockets(),
         **{kind.__name__: live(kind) for kind in PER_CALL_TYPES},

@@ -5,7 +5,7 @@ import json
 import math
 
 from openai_flavor import events
-from openai_flavor.session import redact
+from openai_flavor.errors import redact
 from openai_flavor.settings import RealtimeSettings, ToolSpec
 
 

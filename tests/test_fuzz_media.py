@@ -3,7 +3,7 @@
 Each parser has one documented error type and nothing else may escape it: no IndexError,
 struct.error, UnicodeError or RecursionError from hostile bytes. RTP (media/rtp.py), RTCP
 compound packets (media/rtcp.py), RFC 4733 events (media/rfc4733.py), SDP parse + negotiate +
-answer (media/sdp.py) and the WebSocket frame decoder (openai_flavor/websocket.py). Then a
+answer (media/sdp.py) and the WebSocket frame decoder (openai_flavor/websocket/framing.py). Then a
 live MediaStream: every datagram is counted in exactly one bucket, never raised.
 
 Bounded for CI: each property runs FUZZ_EXAMPLES (150) examples, ~4 s in all; set

@@ -8,15 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ctl.bencode import BencodeError, bdecode
+from ctl.dispatcher import MAX_ERROR_REASONS, Dispatcher, Handle, Ignored, Resend
 from ctl.ng import (
-    REPLY_CACHE_ENTRY_OVERHEAD,
-    REPLY_CACHE_MAX_BYTES,
-    BencodeError,
     NgError,
     NgFramingError,
     NgLoadLimit,
-    ReplyCache,
-    bdecode,
     canonical_name,
     decode_reply,
     decode_request,
@@ -25,7 +22,7 @@ from ctl.ng import (
     split_cookie,
 )
 from ctl.ng import bencode as bencode_value
-from ctl.ng_server import MAX_ERROR_REASONS, Dispatcher
+from ctl.reply_cache import REPLY_CACHE_ENTRY_OVERHEAD, REPLY_CACHE_MAX_BYTES, ReplyCache
 from tests.fakes.ng import handle
 
 # What Kamailio 5.6's rtpengine module sends for rtpengine_offer("... to-tag=$ltt(t)"): note the
@@ -144,9 +141,10 @@ async def test_dispatcher_routes_and_reports_errors():
     dispatcher = Dispatcher({"ping": ping, "offer": full, "delete": broken})
 
     async def ask(datagram, source=("127.0.0.1", 9)):
-        action, value = dispatcher.begin(datagram, source, 0.0)
-        assert action == "handle"
-        reply, copies = await handle(dispatcher, *value, source, lambda: 0.0)
+        arrival = dispatcher.begin(datagram, source, 0.0)
+        assert isinstance(arrival, Handle)
+        reply, copies = await handle(dispatcher, arrival.cookie, arrival.body, source,
+                                     lambda: 0.0)
         return decode_reply(reply)[1]
 
     assert await ask(b"a d7:command4:pinge") == {"result": "pong"}
@@ -160,9 +158,10 @@ async def test_dispatcher_routes_and_reports_errors():
     assert await ask(b"f not bencode") == {
         "result": "error", "error-reason": "Could not decode bencode dictionary"}
     # A retransmit is answered from the cache, not handled again.
-    assert dispatcher.begin(b"a d7:command4:pinge", ("127.0.0.1", 9), 1.0)[0] == "resend"
+    resent = dispatcher.begin(b"a d7:command4:pinge", ("127.0.0.1", 9), 1.0)
+    assert isinstance(resent, Resend) and decode_reply(resent.datagram)[1] == {"result": "pong"}
     assert calls == ["ping"]
-    assert dispatcher.begin(b"nocookie", ("127.0.0.1", 9), 1.0) == ("drop", None)
+    assert dispatcher.begin(b"nocookie", ("127.0.0.1", 9), 1.0) is Ignored.NO_COOKIE
 
 
 def test_encode_request_is_what_a_proxy_sends():
@@ -238,7 +237,7 @@ def test_bdecode_reads_what_bencode_py_read(message):
     """Also where folded keys collide ("a b" and "a-b"): the key sorting last wins."""
     data = bencode.bencode(message)
     for fold in (True, False):
-        assert bdecode(data, fold_keys=fold) == _old_text(bencode.bdecode(data), fold)
+        assert bdecode(data, fold_keys=canonical_name if fold else None) == _old_text(bencode.bdecode(data), fold)
 
 
 @pytest.mark.parametrize("data", [
@@ -255,7 +254,7 @@ def test_bdecode_golden():
     assert bdecode(b"d3:bar4:spam3:fooi42e4:listli-3e0:ee") == {
         "bar": "spam", "foo": 42, "list": [-3, ""]}
     assert bdecode(b"d3:sdp2:\xe9\xe9e") == {"sdp": "\xe9\xe9"}  # not UTF-8: latin-1
-    assert bdecode(b"d12:delete delayi0e12:delete_delay1:5e", fold_keys=True) == {
+    assert bdecode(b"d12:delete delayi0e12:delete_delay1:5e", fold_keys=canonical_name) == {
         "delete-delay": "5"}
 
 

@@ -15,8 +15,9 @@ import trio
 
 from ctl.acl import ACL_MEMO_SIZE, SourceFilter, parse_networks
 from ctl.config import ConfigError, load_config
+from ctl.dispatcher import Dispatcher, Ignored
 from ctl.ng import decode_reply, encode_request
-from ctl.ng_server import Dispatcher, serve_ng
+from ctl.ng_server import serve_ng
 
 
 class Client:
@@ -160,7 +161,7 @@ async def test_statistics_count_the_denied(tmp_path):
 
     engine = engine_for_test("ws://127.0.0.1:9", NG_ALLOW="127.0.0.2")
     dispatcher = engine.dispatcher
-    assert dispatcher.begin(b"x " + encode_request(b"", "ping")[1:], ("127.0.0.1", 5), 0.0) == (
-        "deny", None)
+    assert dispatcher.begin(b"x " + encode_request(b"", "ping")[1:], ("127.0.0.1", 5), 0.0) is (
+        Ignored.DENIED)
     stats = engine.statistics(None)["statistics"]["controlstatistics"]
     assert stats["denied"] == 1

@@ -13,9 +13,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctl.dispatcher import MAX_ERROR_REASONS
 from ctl.engine import UNSUPPORTED_COMMANDS
-from ctl.ng import REPLY_CACHE_MAX_BYTES, bencode
-from ctl.ng_server import MAX_ERROR_REASONS
+from ctl.ng import bencode
+from ctl.reply_cache import REPLY_CACHE_MAX_BYTES
 from tests.fuzz_ng import Datagram, fuzz_dispatcher, make_datagram
 
 # Values as a peer could send them, bencode's and JSON's (texts with surrogates are JSON's).

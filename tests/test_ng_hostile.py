@@ -17,6 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctl.config import load_config
+from ctl.dispatcher import (
+    MAX_REASON_LENGTH,
+    MAX_REPLY,
+    Dispatcher,
+    Handle,
+    Ignored,
+)
 from ctl.engine import Engine
 from ctl.ng import (
     MAX_COOKIE_LENGTH,
@@ -28,11 +35,6 @@ from ctl.ng import (
     decode_request,
     encode_reply,
     encode_request,
-)
-from ctl.ng_server import (
-    MAX_REASON_LENGTH,
-    MAX_REPLY,
-    Dispatcher,
 )
 from tests.fakes.ng import handle
 from tests.fakes.proxy import FakeProxy
@@ -181,9 +183,9 @@ def test_limits_on_flags_sdp_and_numbers():
 async def test_a_cookie_too_long_is_not_a_cookie():
     dispatcher = Dispatcher({"ping": lambda request: {"result": "pong"}})
     datagram = b"c" * (MAX_COOKIE_LENGTH + 1) + b" " + encode_request(b"", "ping")[1:]
-    assert dispatcher.begin(datagram, ("h", 1), 0.0) == ("drop", None)
+    assert dispatcher.begin(datagram, ("h", 1), 0.0) is Ignored.NO_COOKIE
     datagram = b"c" * MAX_COOKIE_LENGTH + b" " + encode_request(b"", "ping")[1:]
-    assert dispatcher.begin(datagram, ("h", 1), 0.0)[0] == "handle"
+    assert isinstance(dispatcher.begin(datagram, ("h", 1), 0.0), Handle)
 
 
 async def test_statistics_stay_answerable_after_hostile_datagrams():

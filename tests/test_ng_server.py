@@ -15,9 +15,10 @@ import trio
 import trio.testing
 
 from ctl.config import load_config
+from ctl.dispatcher import Dispatcher, ReplyFirst
 from ctl.engine import Engine
 from ctl.ng import NgRequest, decode_reply, encode_request
-from ctl.ng_server import Dispatcher, ReplyFirst, serve_ng
+from ctl.ng_server import serve_ng
 from tests.fakes.realtime import FakeRealtimeServer
 
 pytestmark = pytest.mark.trio

@@ -19,7 +19,7 @@ import trio
 
 from media.bridge import CallBridge, EndReason
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from openai_flavor import events
 from openai_flavor.session import RealtimeSession, RealtimeSessionError
 from openai_flavor.settings import RealtimeSettings, ToolSpec
@@ -82,7 +82,7 @@ def make_settings(url: str, **overrides) -> RealtimeSettings:
 async def harness(server: FakeRealtimeServer, *, tls: ssl.SSLContext | None = None, **settings):
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(server.serve, ssl_context=tls))
-        poller = MediaPoller()  # the engine's, in production: it reads the WebSocket
+        poller = SocketPoller()  # the engine's, in production: it reads the WebSocket
         await nursery.start(poller.run)
         keys_send, keys_receive = trio.open_memory_channel[Digit](8)
         h_ended: list[str] = []
@@ -491,7 +491,7 @@ async def test_a_failed_transfer_is_told_to_the_model_which_answers_the_caller()
         async with harness(server) as h:
             fake = await server.wait_for_session()
             await fake.wait_for_client_event("session.update")
-            await wait_until(h.session, lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s.ready)
             h.bridge.action_failed("transfer", "the caller answered 603 Declined")
             item = (await fake.wait_for_client_event("conversation.item.create"))["item"]
             assert item["role"] == "system"
@@ -557,7 +557,7 @@ async def test_server_error_events_are_logged_and_the_session_goes_on():
     with trio.fail_after(10):
         async with harness(server) as h:
             fake = await server.wait_for_session()
-            await wait_until(h.session, lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s.ready)
             await server.send_error_all("rate_limit_exceeded", "Rate limit reached.", "rate_limit_error")
             await wait_until(h.session, lambda s: s.stats.errors)
             assert h.session.stats.errors == [{"code": "rate_limit_exceeded", "message": "Rate limit reached."}]
@@ -570,7 +570,7 @@ async def test_a_fatal_error_event_ends_the_call_at_once():
     server = FakeRealtimeServer()
     with trio.fail_after(10):
         async with harness(server) as h:
-            await wait_until(h.session, lambda s: s._ready.is_set())
+            await wait_until(h.session, lambda s: s.ready)
             await server.send_error_all("insufficient_quota", "You exceeded your quota.", "insufficient_quota")
             await h.call_ended.wait()
             assert "insufficient_quota" in str(h.failure[0])
@@ -656,3 +656,31 @@ async def test_a_bug_while_handling_an_event_ends_that_connection_and_not_the_ca
             assert raised and h.failure == [] and h.ended == []
             await h.speak()
             await wait_until(h.session, lambda s: s.stats.audio_received_bytes > 0)
+
+
+async def test_a_failure_handling_server_events_is_the_ai_sessions_not_the_media_pollers(
+        monkeypatch, caplog):
+    """A bug met while handling a Realtime event is logged as this call's AI session's and
+    ends that connection only (the session reconnects); the media poller, which serves every
+    call's RTP, neither logs it nor drops anything of its own."""
+    server = FakeRealtimeServer(reply_audio=tone("pcmu", 200), speed=0)
+    with trio.fail_after(10):
+        async with harness(server) as h:
+            await wait_until(h.session, lambda s: s.ready)
+
+            def broken(total, usage):
+                raise RuntimeError("a bug in usage accounting")
+
+            monkeypatch.setattr(events, "add_usage", broken)
+            await h.speak()
+            await wait_until(h.session, lambda s: s.stats.reconnects == 1)
+            monkeypatch.undo()
+            await server.wait_for_session(2)
+            await wait_until(h.session, lambda s: s.ready)
+    assert h.session.stats.last_loss == "internal error while handling Realtime events"
+    assert h.ended == [] and h.failure == []
+    assert not [r for r in caplog.records if r.name == "rtpai.media"]
+    logged = [r for r in caplog.records if r.name == "rtpai.openai" and r.exc_info]
+    assert [r.getMessage() for r in logged] == [
+        "call call-1@test: AI session: failed to handle Realtime events; this connection ends"]
+    assert "a bug in usage accounting" in str(logged[0].exc_info[1])

@@ -7,7 +7,7 @@ import socket
 import pytest
 import trio
 
-from media.poller import MAX_ROUNDS, MediaPoller
+from media.poller import MAX_ROUNDS, SocketPoller
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def clock():
 
 
 def test_every_waiting_datagram_is_taken_in_one_wake_up_round_robin(sockets):
-    poller = MediaPoller()
+    poller = SocketPoller()
     caller = sockets()
     log = []
     receivers = [sockets() for _ in range(3)]
@@ -59,7 +59,7 @@ def test_every_waiting_datagram_is_taken_in_one_wake_up_round_robin(sockets):
 
 
 def test_the_clock_is_read_once_per_round_and_handed_to_each_handler(sockets):
-    poller = MediaPoller()
+    poller = SocketPoller()
     caller = sockets()
     times = iter([1.0, 2.0, 3.0])
     seen = []
@@ -76,7 +76,7 @@ def test_the_clock_is_read_once_per_round_and_handed_to_each_handler(sockets):
 
 
 def test_a_flooded_socket_yields_after_max_rounds_and_others_are_served(sockets):
-    poller = MediaPoller()
+    poller = SocketPoller()
     caller = sockets()
     flooded, quiet = sockets(), sockets()
     log = []
@@ -93,7 +93,7 @@ def test_a_flooded_socket_yields_after_max_rounds_and_others_are_served(sockets)
 
 
 def test_a_handler_that_raises_is_dropped_and_its_owner_told(sockets):
-    poller = MediaPoller()
+    poller = SocketPoller()
     caller = sockets()
     good, bad = sockets(), sockets()
     log, failed = [], []
@@ -112,7 +112,7 @@ def test_a_handler_that_raises_is_dropped_and_its_owner_told(sockets):
 
 async def test_registering_with_a_stopped_poller_is_harmless():
     """At shutdown a call's AI session may connect after the engine's poller has stopped."""
-    poller = MediaPoller()
+    poller = SocketPoller()
     async with trio.open_nursery() as nursery:
         await nursery.start(poller.run)
         nursery.cancel_scope.cancel()

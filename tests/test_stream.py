@@ -22,7 +22,7 @@ from media.clock import MediaClock
 from media.latch import Relatch
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
-from media.poller import MediaPoller
+from media.poller import SocketPoller
 from media.rfc4733 import Dtmf, build_event
 from media.rtcp import ReportBlock, build_report, ntp_middle, ntp_timestamp, parse_compound
 from media.rtp import RtpPacketizer, parse_rtp
@@ -197,7 +197,7 @@ async def test_send_silence_off_sends_nothing_but_time_advances(autojump_clock):
 
 async def test_sequence_and_timestamp_wrap_on_the_wire(autojump_clock):
     stream, _, _ = make_stream()
-    stream.packetizer = RtpPacketizer(0, ssrc=7, sequence=65534, timestamp=2**32 - 320)
+    stream.sender.packetizer = RtpPacketizer(0, ssrc=7, sequence=65534, timestamp=2**32 - 320)
     caller_speaks(stream)
     await run_paced(0.1 - 1e-6, stream)
     packets = [p for _, p in stream.rtp_socket.packets()]
@@ -459,7 +459,7 @@ async def test_rtcp_reports_round_trip_and_quality_both_ways():
     stream, _, _ = make_stream()
     for seq in range(10):
         stream.on_datagram(rtp(seq), CALLER)
-    stream._sent_since_report = True
+    stream.sender.sent_since_report = True
     stream.stats.rtp_out.packets = 10
     stream._now = 100.0
     stream.send_report()  # our SR, with a block about the caller's stream
@@ -522,7 +522,7 @@ async def test_rtcp_sent_about_every_five_seconds(autojump_clock):
 
 async def receive(stream, poller=None):
     """Receive on a poller of the stream's own (the engine's, in production)."""
-    poller = poller or MediaPoller()
+    poller = poller or SocketPoller()
     async with trio.open_nursery() as nursery:
         await nursery.start(poller.run)
         await stream.run(poller)
@@ -612,7 +612,7 @@ async def test_open_reorder_gap_is_given_up_without_further_packets(autojump_clo
 
 
 async def test_one_poller_receives_for_every_call_and_forgets_ended_ones():
-    poller = MediaPoller()
+    poller = SocketPoller()
     caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     calls = [await loopback_stream() for _ in range(3)]
     try:

@@ -3,6 +3,9 @@ an independent implementation (trio-websocket's server), over plain TCP and TLS.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
 import pathlib
 import socket
 import ssl
@@ -11,7 +14,9 @@ from functools import partial
 
 import pytest
 import trio
-from hypothesis import given
+import wsproto
+import wsproto.events
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed as ServerConnectionClosed
 from trio_websocket import serve_websocket
@@ -22,6 +27,7 @@ from openai_flavor.websocket import (
     OP_CLOSE,
     OP_CONTINUATION,
     OP_PING,
+    OP_PONG,
     OP_TEXT,
     ConnectionClosed,
     FrameDecoder,
@@ -29,16 +35,18 @@ from openai_flavor.websocket import (
     ProtocolError,
     WebSocket,
     accept_key,
+    close_payload,
     encode_frame,
     parse_close,
 )
+from openai_flavor.websocket.handshake import Upgrade
 
 TLS_DIR = pathlib.Path(__file__).parent / "fakes" / "tls"
 
 
 def buffered(ws: websocket.WebSocket) -> int:
     """Bytes the client holds for the kernel: how far the connection is backed up."""
-    return len(ws._pending)
+    return ws._transport.backlog
 
 
 def server_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
@@ -78,6 +86,39 @@ def unmask_client_frame(frame: bytes) -> tuple[int, bytes]:
 
 def test_accept_key_matches_rfc_6455_example():
     assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def answer_101(upgrade: Upgrade) -> bytes:
+    """The server's 101 to ``upgrade``'s request (its key read back from the request)."""
+    key = next(line.split(b": ", 1)[1] for line in upgrade.request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key"))
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(key.decode()).encode() + b"\r\n\r\n")
+
+
+def test_the_upgrade_completes_on_a_101_and_returns_the_frames_after_it_at_any_split():
+    frame = server_frame(OP_TEXT, b'{"type":"session.created"}')
+    for split in range(1, 60):
+        upgrade = Upgrade("api.example", "/v1/realtime?model=m", [("Authorization", "k")])
+        assert upgrade.request.startswith(b"GET /v1/realtime?model=m HTTP/1.1\r\n")
+        answer = answer_101(upgrade) + frame
+        assert upgrade.receive_data(answer[:split]) is None
+        assert upgrade.receive_data(answer[split:]) == frame
+
+
+def test_the_upgrade_refused_or_answered_wrongly_raises():
+    upgrade = Upgrade("h", "/", [])
+    assert upgrade.receive_data(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n") is None
+    with pytest.raises(HandshakeRejected) as refused:
+        upgrade.receive_data(b"no")
+    assert refused.value.status == 401
+    upgrade = Upgrade("h", "/", [])
+    wrong = answer_101(upgrade).replace(b"Accept: ", b"Accept: x")
+    with pytest.raises(websocket.WebSocketError, match="Sec-WebSocket-Accept"):
+        upgrade.receive_data(wrong)
+    with pytest.raises(websocket.WebSocketError, match="closed the connection"):
+        Upgrade("h", "/", []).receive_data(b"")
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 125, 126, 127, 65535, 65536, 70000])
@@ -177,6 +218,235 @@ def test_close_payloads():
         parse_close(b"\x03")
     with pytest.raises(ProtocolError):
         parse_close(struct.pack("!H", 1000) + b"\xff")
+
+
+def test_close_codes_no_peer_may_send_never_reach_the_wire():
+    for code in (1005, 1006, 1015, 0, 1004, 5000):
+        assert close_payload(code, "x")[:2] == struct.pack("!H", 1000)
+    for code in (1000, 1002, 1007, 1008, 1009, 3000, 4999):
+        assert close_payload(code)[:2] == struct.pack("!H", code)
+    # The reason is cut to fit a control frame, on a character boundary (never broken UTF-8).
+    payload = close_payload(1002, "é" * 100)
+    assert len(payload) == 124 and payload[2:].decode("utf-8") == "é" * 61
+
+
+# --- fuzzing the receive path, and round trips against wsproto ------------------------------
+#
+# Bounded for CI as tests/test_fuzz_media.py: FUZZ_EXAMPLES examples per property (the same
+# RTPAI_FUZZ_EXAMPLES variable asks for a longer run).
+
+FUZZ_EXAMPLES = int(os.environ.get("RTPAI_FUZZ_EXAMPLES", "150"))
+fuzz = settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ_MAX_MESSAGE = 1024
+# What the protocol errors a server can provoke close with (RFC 6455 s7.4.1): 1002 protocol,
+# 1007 not UTF-8, 1008 policy (a flood of frames in one read), 1009 too big.
+PROTOCOL_ERROR_CODES = {1002, 1007, 1008, 1009}
+
+
+@st.composite
+def any_frame(draw) -> bytes:
+    """One server frame, each header field valid or not: opcode (reserved ones too), FIN,
+    RSV bits, the mask bit, and the length in its minimal or a longer encoding."""
+    opcode = draw(st.sampled_from([OP_TEXT, OP_BINARY, OP_CONTINUATION, OP_PING, OP_PONG,
+                                   OP_CLOSE]) | st.integers(0, 15))
+    payload = draw(st.binary(max_size=300)
+                   | st.text(max_size=100).map(str.encode)
+                   | st.builds(websocket.close_payload, st.integers(0, 65535), st.text(max_size=10))
+                   | st.binary(max_size=3))
+    first = (0x80 if draw(st.booleans()) else 0) | opcode
+    first |= draw(st.sampled_from([0, 0, 0, 0, 0x10, 0x20, 0x40]))
+    mask = 0x80 if draw(st.integers(0, 9)) == 0 else 0
+    size = len(payload)
+    form = draw(st.sampled_from(["minimal"] * 4 + ["16", "64"]))
+    if form == "16" or (form == "minimal" and 126 <= size < 65536):
+        header = struct.pack("!BBH", first, mask | 126, size)
+    elif form == "64":
+        header = struct.pack("!BBQ", first, mask | 127, size)
+    else:
+        header = struct.pack("!BB", first, mask | size)
+    return header + (b"\0\0\0\0" if mask else b"") + payload
+
+
+@st.composite
+def mutated_streams(draw) -> bytes:
+    """Frames, valid or not, then broken as networks and attackers break bytes."""
+    data = bytearray(b"".join(draw(st.lists(any_frame(), max_size=8))))
+    for _ in range(draw(st.integers(0, 3))):
+        action = draw(st.sampled_from(["truncate", "flip", "append"]))
+        if action == "truncate" and data:
+            del data[draw(st.integers(0, len(data) - 1)):]
+        elif action == "flip" and data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        else:
+            data += draw(st.binary(max_size=16))
+    return bytes(data)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+def client_frames(wire: bytes) -> list[tuple[int, bytes]]:
+    """The client's output, frame by frame: each must be final and masked."""
+    frames = []
+    while wire:
+        size, at = wire[1] & 0x7F, 2
+        if size == 126:
+            (size,), at = struct.unpack_from("!H", wire, 2), 4
+        elif size == 127:
+            (size,), at = struct.unpack_from("!Q", wire, 2), 10
+        frames.append(unmask_client_frame(wire[: at + 4 + size]))
+        wire = wire[at + 4 + size :]
+    return frames
+
+
+@fuzz
+@given(mutated_streams() | st.binary(max_size=400), st.lists(st.integers(0, 5000), max_size=8))
+@example(server_frame(OP_PING, b"") * (websocket.MAX_FRAMES_PER_READ + 1), [])
+@example(struct.pack("!BBQ", 0x81, 127, 2**62), [])
+@example(server_frame(OP_CLOSE, b""), [])
+@example(server_frame(OP_TEXT, b"{" * 300, fin=False)
+         + server_frame(OP_CONTINUATION, b"x" * 300, fin=False) * 4, [700, 1300])
+@example(server_frame(OP_CLOSE, struct.pack("!H", 1006)), [1])
+def test_the_receive_path_yields_messages_or_a_clean_close_whatever_the_bytes(stream, cuts):
+    """Bytes off the socket, split anywhere, through the client's own receive path
+    (``read_ready``: the read, the decoder, pongs, the close handshake): only text messages
+    (valid UTF-8) or an end with a close code come out, never another exception; what the
+    decoder holds stays bounded; and what the client writes back is masked frames whose
+    close code (if any) is one a peer may send."""
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        ws = WebSocket(ours, None, None, None, max_message=FUZZ_MAX_MESSAGE)
+        messages: list[bytes] = []
+        ended = None
+        for chunk in split(stream, cuts):
+            if chunk:
+                theirs.sendall(chunk)
+            got, ended = ws.read_ready()
+            messages += got
+            decoder = ws._decoder  # its private state: the bound is the point of the test
+            assert len(decoder._buffer) + decoder._fragment_size <= FUZZ_MAX_MESSAGE + 10
+            if ended is not None:
+                break
+        for message in messages:
+            assert isinstance(message, bytes)
+            message.decode("utf-8")
+        if ended is not None:
+            assert isinstance(ended, ConnectionClosed)
+            if ended.local:
+                assert ended.code in PROTOCOL_ERROR_CODES
+            else:
+                assert websocket.valid_close_code(ended.code) or ended.code == 1005
+            more, again = ws.read_ready()  # the end, again; nothing more
+            assert more == [] and again is not None and again.code == ended.code
+        theirs.setblocking(False)
+        wire = b""
+        with contextlib.suppress(BlockingIOError):
+            while data := theirs.recv(65536):
+                wire += data
+        written = client_frames(wire)
+        assert all(opcode in (OP_PONG, OP_CLOSE) for opcode, _ in written)
+        closes = [payload for opcode, payload in written if opcode == OP_CLOSE]
+        assert len(closes) <= 1 and (not closes or written[-1][0] == OP_CLOSE)
+        if closes:
+            (code,) = struct.unpack_from("!H", closes[0])
+            assert websocket.valid_close_code(code)  # never 1005, 1006 or 1015
+            closes[0][2:].decode("utf-8")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+# One message as the tests send it: (opcode, payload, its fragments' payload sizes).
+data_messages = st.tuples(
+    st.sampled_from([OP_TEXT, OP_BINARY]), st.text(max_size=200), st.binary(max_size=200),
+    st.lists(st.integers(0, 60), max_size=4))
+control_frames = st.tuples(st.sampled_from([OP_PING, OP_PONG]), st.binary(max_size=125))
+
+
+@fuzz
+@given(st.lists(st.one_of(data_messages, control_frames), max_size=8),
+       st.lists(st.integers(0, 5000), max_size=8))
+def test_what_wsproto_sends_our_decoder_reads_back_at_any_split(items, cuts):
+    """Round trip with an independent implementation: messages framed by wsproto's server
+    (fragmented anywhere, pings and pongs between the fragments) come out of our decoder
+    whole and in order, wherever the stream is cut."""
+    server = wsproto.Connection(wsproto.ConnectionType.SERVER)
+    wire, expected = b"", []
+    for item in items:
+        if len(item) == 2:
+            opcode, payload = item
+            event = wsproto.events.Ping(payload) if opcode == OP_PING else wsproto.events.Pong(
+                payload)
+            wire += server.send(event)
+            expected.append((opcode, payload))
+            continue
+        opcode, text, binary, sizes = item
+        data: str | bytes = text if opcode == OP_TEXT else binary
+        fragments, at = [], 0
+        for size in sizes:
+            fragments.append(data[at : at + size])
+            at += size
+        fragments.append(data[at:])
+        for index, fragment in enumerate(fragments):
+            last = index == len(fragments) - 1
+            kind = wsproto.events.TextMessage if opcode == OP_TEXT else wsproto.events.BytesMessage
+            wire += server.send(kind(data=fragment, message_finished=last))
+            if not last and (control := sizes[index] % 3) and index < 2:
+                # A control frame may come between a message's fragments (RFC 6455 s5.4).
+                wire += server.send(wsproto.events.Ping(b"c" * control))
+                expected.append((OP_PING, b"c" * control))
+        expected.append((opcode, text.encode() if opcode == OP_TEXT else binary))
+    decoder = FrameDecoder()
+    seen = []
+    for chunk in split(wire, cuts):
+        decoder.feed(chunk)
+        seen += decoder.events()
+    assert seen == expected
+
+
+@fuzz
+@given(st.lists(st.one_of(
+    st.tuples(st.just(OP_TEXT), st.text(max_size=300).map(str.encode)),
+    st.tuples(st.just(OP_BINARY), st.binary(max_size=70000) | st.binary(max_size=300)),
+    control_frames), max_size=6),
+    st.one_of(st.none(), st.tuples(st.sampled_from([1000, 1002, 1006, 3000, 4999]),
+                                   st.text(max_size=60))),
+    st.lists(st.integers(0, 80000), max_size=8))
+def test_what_we_send_wsproto_reads_back_at_any_split(items, close, cuts):
+    """The other direction: our masked frames (any length encoding), cut anywhere, are
+    exactly what wsproto's server reads; the close frame's code is one a peer may send."""
+    wire = b"".join(encode_frame(opcode, payload) for opcode, payload in items)
+    if close is not None:
+        wire += encode_frame(OP_CLOSE, websocket.close_payload(*close))
+    server = wsproto.Connection(wsproto.ConnectionType.SERVER)
+    seen: list[tuple[int, bytes]] = []
+    parts: list[bytes] = []
+    for chunk in split(wire, cuts):
+        server.receive_data(chunk)
+        for event in server.events():
+            if isinstance(event, wsproto.events.Message):
+                data = event.data
+                parts.append(data.encode() if isinstance(data, str) else bytes(data))
+                if event.message_finished:
+                    kind = OP_TEXT if isinstance(event, wsproto.events.TextMessage) else OP_BINARY
+                    seen.append((kind, b"".join(parts)))
+                    parts = []
+            elif isinstance(event, wsproto.events.Ping | wsproto.events.Pong):
+                kind = OP_PING if isinstance(event, wsproto.events.Ping) else OP_PONG
+                seen.append((kind, bytes(event.payload)))
+            else:
+                assert isinstance(event, wsproto.events.CloseConnection)
+                seen.append((OP_CLOSE, (event.code, event.reason)))
+    expected = list(items)
+    if close is not None:
+        code, reason = close
+        cut = reason.encode()[:123].decode("utf-8", "ignore")
+        expected.append((OP_CLOSE, (1000 if code == 1006 else code, cut)))
+    assert seen == expected
 
 
 # --- against trio-websocket's server -----------------------------------------------------------
@@ -323,7 +593,7 @@ async def test_a_stalled_server_backs_output_up_boundedly_and_it_drains_in_order
         url = await start_server(nursery, handler)
         ws = await WebSocket.connect(url, [], send_buffer=bound)
         # Shrink the kernel's buffers so that back-pressure comes quickly.
-        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         nursery.start_soon(ws.flush)
         taken = 0
         message = "a" * 1000
@@ -428,7 +698,7 @@ async def test_a_server_that_never_reads_fails_the_connection_past_the_hard_cap(
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, handler)
         ws = await WebSocket.connect(url, [], send_buffer=bound)
-        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sent = 0
         while ws.send_text("c" * 1000):
             sent += 1
@@ -453,7 +723,7 @@ async def test_the_flusher_gives_up_when_the_socket_takes_nothing_for_send_timeo
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, handler)
         ws = await WebSocket.connect(url, [], send_timeout=3)
-        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         # The server's reader takes one message and stops (nobody asks for it): the kernel's
         # buffers fill, then ours.
         while buffered(ws) < 32 * 1024:

@@ -9,9 +9,9 @@ from typing import Any
 import trio
 
 from ctl.config import load_config
+from ctl.dispatcher import Command, ReplyFirst
 from ctl.engine import Engine
 from ctl.ng import NgRequest
-from ctl.ng_server import Command, ReplyFirst
 
 
 def engine_for_test(url: str, **env: str) -> Engine:
@@ -50,7 +50,7 @@ def watch(engine: Engine, command: str) -> CommandLog:
         return result
 
     # The wrapper keeps the handler's kind: plain ones are answered inline, async ones in a
-    # task of their own (ctl/ng_server.py), and the tests should see the same scheduling.
+    # task of their own (ctl/dispatcher.py), and the tests should see the same scheduling.
     if inspect.iscoroutinefunction(route.handle):
         async def recording(request: NgRequest) -> dict[str, Any]:
             return record(request, await route.handle(parse(request)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ctl.ng_server import Deferred, Dispatcher
+from ctl.dispatcher import Deferred, Dispatcher
 
 
 async def handle(

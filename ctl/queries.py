@@ -1,0 +1,74 @@
+"""The read-only ng commands -- ``query``, ``list``, ``statistics`` -- and the statistics a
+``delete`` answers with: replies read from the registry and the counters, changing nothing.
+
+The wire shapes are ctl/replies.py's; this module picks the call a request names and the
+instant the figures are taken at.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ctl import gcstats, replies
+from ctl.call import Call, CallState
+from ctl.ng import REASON_UNKNOWN_CALL, NgError
+from ctl.ng_requests import CallSelector, ListRequest
+from ctl.registry import CallRegistry
+
+if TYPE_CHECKING:
+    from ctl.dispatcher import Dispatcher
+    from media.ports import PortPairAllocator
+
+
+def call_statistics(call: Call, *, parties: bool = True) -> dict[str, Any]:
+    """The query/delete reply for ``call``, as of now."""
+    return replies.call_statistics(call, wall=time.time(), now=trio.current_time(),
+                                   parties=parties)
+
+
+def select(calls: CallRegistry[Call], select: CallSelector) -> list[Call]:
+    """The calls a request's call-id, via-branch and tags name."""
+    return calls.select(
+        select.call_id, branch=select.branch, from_tag=select.from_tag, to_tag=select.to_tag
+    )
+
+
+def query(calls: CallRegistry[Call], request: CallSelector) -> dict[str, Any]:
+    selected = select(calls, request)
+    if selected:
+        return call_statistics(selected[0])
+    # As rtpengine: a known call-id with tags naming nobody lists no party.
+    others = calls.select(request.call_id)
+    if not others:
+        raise NgError(REASON_UNKNOWN_CALL)
+    return call_statistics(others[0], parties=False)
+
+
+def list_calls(calls: CallRegistry[Call], request: ListRequest) -> dict[str, Any]:
+    return {"calls": calls.call_ids()[: request.limit]}
+
+
+def active_calls(calls: CallRegistry[Call]) -> int:
+    """The calls not yet ended (``sessionsown``; ``[ng] max_sessions`` counts these)."""
+    return sum(1 for call in calls if call.state is not CallState.ENDED)
+
+
+def statistics(
+    calls: CallRegistry[Call],
+    *,
+    started: float,
+    ports: PortPairAllocator,
+    rtp: Mapping[str, Any],
+    totals: dict[str, int],
+    dispatcher: Dispatcher,
+) -> dict[str, Any]:
+    """The engine's counters, and the cycle collector's when it is monitored."""
+    gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
+    return replies.engine_statistics(
+        wall=time.time(), gc=gc_figures, started=started, sessions_own=active_calls(calls),
+        sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, dispatcher=dispatcher,
+    )

@@ -1,0 +1,257 @@
+"""SDP parsing (RFC 4566), sans-IO: an offer's text to a SessionDescription (media/sdp_model.py).
+
+Tolerant, as RFC 4566 s5 asks: unknown line types and malformed attributes are ignored; text
+that is not SDP raises SdpError. Its work is bounded (media/sdp_limits.py) before it is done.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from media import sdp_limits
+from media.sdp_model import (
+    DIRECTIONS,
+    STATIC_PAYLOAD_TYPES,
+    Codec,
+    MediaDescription,
+    Origin,
+    SessionDescription,
+    unparseable,
+)
+
+__all__ = ["parse_sdp"]
+
+_RTPMAP = re.compile(r"([0-9]{1,3})\s+([^/\s]+)/([0-9]{1,10})(?:/([0-9]{1,3}))?(?:\s.*)?")
+_FMTP = re.compile(r"([0-9]{1,3})\s+(\S.*)")
+_PTIME = re.compile(r"([0-9]{1,6})(?:\.[0-9]*)?")  # RFC 4566 allows a decimal; we keep whole ms
+
+
+def _uint(text: str) -> int | None:
+    # ASCII only: int() would also take other scripts' digits (and isdigit() superscripts).
+    if text.isascii() and text.isdigit() and len(text) <= 10:
+        return int(text)
+    return None
+
+
+def _parse_connection(value: str) -> tuple[str, str]:
+    """``c=IN IP4 192.0.2.1[/ttl[/n]]`` -> (addr type, address); RFC 4566 s5.7."""
+    tokens = value.split()
+    if len(tokens) != 3 or tokens[0].upper() != "IN" or tokens[1].upper() not in ("IP4", "IP6"):
+        raise unparseable(f"bad connection line c={value[:60]!r}")
+    address = tokens[2].split("/", 1)[0]
+    if not address:
+        raise unparseable(f"bad connection line c={value[:60]!r}")
+    return tokens[1].upper(), address
+
+
+def _parse_origin(value: str) -> Origin:
+    # RFC 4566 s5.2 forbids spaces in the username, but a call is not worth rejecting over one:
+    # the last five fields are fixed, so anything before them is the username.
+    tokens = value.split()
+    if len(tokens) < 6:
+        raise unparseable(f"bad origin line o={value[:60]!r}")
+    return Origin(" ".join(tokens[:-5]), *tokens[-5:])
+
+
+def _parse_attribute(value: str) -> tuple[str, str | None]:
+    name, colon, rest = value.partition(":")
+    return name.strip(), (rest.strip() if colon else None)
+
+
+def _last_direction(attributes: Sequence[tuple[str, str | None]]) -> str | None:
+    found = [name for name, _ in attributes if name in DIRECTIONS]
+    return found[-1] if found else None
+
+
+def _parse_ptime(attributes: Sequence[tuple[str, str | None]], name: str) -> int | None:
+    # Attributes are read tolerantly: a malformed one is ignored, not worth failing a call over.
+    for attr, value in attributes:
+        if attr == name and value is not None and (m := _PTIME.fullmatch(value)):
+            return int(m.group(1)) or None
+    return None
+
+
+# Codecs are immutable and few distinct ones are ever offered: share them instead of building
+# the same ones for every offer.
+_codec = functools.lru_cache(maxsize=256)(Codec)
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionDefaults:
+    """What an m= section inherits from the session level when it does not say itself."""
+
+    family: str | None
+    address: str | None
+    direction: str | None
+    ptime: int | None
+
+
+def _parse_media(
+    m_value: str, lines: Sequence[tuple[str, str]], session: _SessionDefaults
+) -> MediaDescription:
+    sdp_limits.check_m_line(m_value)
+    tokens = m_value.split()
+    # RFC 4566 s5.14 wants at least one format; a format-less rejected line is tolerated.
+    if len(tokens) < 3:
+        raise unparseable(f"bad media line m={m_value[:60]!r}")
+    kind, port_field, protocol, *formats = tokens
+    if len(formats) > sdp_limits.MAX_MEDIA_FORMATS:
+        raise sdp_limits.too_many_formats()
+    port_text, slash, count_text = port_field.partition("/")
+    port = _uint(port_text)
+    port_count = _uint(count_text) if slash else 1
+    if port is None or port > 65535 or not port_count:
+        raise unparseable(f"bad media port m={m_value[:60]!r}")
+
+    # One pass over the section (this is on the offer's path to its reply): the attributes
+    # as (name, value), and on the way what the answer needs of them. Attributes are read
+    # tolerantly: a malformed one is ignored, not worth failing a call over.
+    connection: tuple[str, str] | None = None
+    attributes: list[tuple[str, str | None]] = []
+    rtpmaps: dict[int, tuple[str, int, int]] = {}
+    fmtps: dict[int, str] = {}
+    direction = None  # the last direction attribute wins
+    rtcp_mux = False
+    for letter, value in lines:
+        if letter == "a":
+            name, colon, rest = value.partition(":")
+            name = name.strip()
+            if colon:
+                rest = rest.strip()
+                if name == "rtpmap":
+                    if m := _RTPMAP.fullmatch(rest):
+                        pt, encoding, clock_rate, channels = m.groups()
+                        rtpmaps.setdefault(
+                            int(pt),
+                            (encoding.upper(), int(clock_rate), int(channels) if channels else 1),
+                        )
+                elif name == "fmtp" and (m := _FMTP.fullmatch(rest)):
+                    pt, parameters = m.groups()
+                    fmtps.setdefault(int(pt), parameters.strip())
+                attributes.append((name, rest))
+            else:
+                attributes.append((name, None))
+            if name in DIRECTIONS:
+                direction = name
+            elif name == "rtcp-mux":
+                rtcp_mux = True
+        elif letter == "c":
+            parsed = _parse_connection(value)
+            connection = connection or parsed  # several c= only for multicast layers; first wins
+
+    if connection is not None:
+        family, address = connection
+    else:
+        family, address = session.family or "IP4", session.address
+
+    rtcp_port = None
+    for name, value in attributes:
+        if name == "rtcp" and value:
+            rtcp_port = _uint(value.split()[0])
+            if rtcp_port is not None and not 0 < rtcp_port <= 65535:
+                rtcp_port = None
+            break
+
+    codecs = []
+    if "RTP/" in protocol.upper():  # else (udptl, TCP/MSRP...) formats are not payload types
+        for fmt in formats:
+            pt = _uint(fmt)
+            if pt is None or pt > 127:  # RTP payload types are 7 bits (RFC 3550 s5.1)
+                continue
+            known = rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
+            if known is not None:
+                encoding, clock_rate, channels = known
+                codecs.append(_codec(pt, encoding, clock_rate, channels, fmtps.get(pt)))
+
+    # RFC 4566 puts ptime at media level; some phones write it at session level, so inherit.
+    ptime = _parse_ptime(attributes, "ptime") or session.ptime
+    return MediaDescription(
+        kind=kind,
+        port=port,
+        protocol=protocol,
+        formats=tuple(formats),
+        codecs=tuple(codecs),
+        connection_address=address,
+        address_family=family,
+        direction=direction or session.direction or "sendrecv",
+        ptime=ptime,
+        maxptime=_parse_ptime(attributes, "maxptime"),
+        rtcp_mux=rtcp_mux,
+        rtcp_port=rtcp_port,
+        attributes=tuple(attributes),
+        port_count=port_count,
+    )
+
+
+def parse_sdp(text: str | bytes) -> SessionDescription:
+    """Parse an SDP body (RFC 4566). Accepts CRLF or bare LF and stray whitespace.
+
+    Raises SdpError (reason 'Unparseable SDP: ...') on anything that is not SDP; unknown line
+    types and malformed attributes are ignored, as RFC 4566 s5 asks of a tolerant parser.
+    """
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")  # RFC 4566 s5: the default charset is UTF-8
+        except UnicodeDecodeError:
+            raise unparseable("not UTF-8") from None
+    if not isinstance(text, str):
+        raise unparseable(f"expected text, got {type(text).__name__}")
+
+    sdp_limits.check_body(text)
+    lines = [
+        stripped
+        for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if (stripped := line.strip())
+    ]
+    if not lines:
+        raise unparseable("empty body")
+    if lines[0] != "v=0":
+        raise unparseable(f"does not start with v=0: {lines[0][:40]!r}")
+
+    session_lines: list[tuple[str, str]] = []
+    media_sections: list[tuple[str, list[tuple[str, str]]]] = []
+    current = session_lines
+    for number, line in enumerate(lines, 1):
+        # RFC 4566 s5: <type>=<value>, the type one lower-case letter.
+        letter = line[0]
+        if line[1:2] != "=" or not "a" <= letter <= "z":
+            raise unparseable(f"line {number}: {line[:40]!r}")
+        value = line[2:]
+        if letter == "m":
+            sdp_limits.check_media_sections(len(media_sections))
+            current = []
+            media_sections.append((value, current))
+        else:
+            current.append((letter, value))
+
+    # The first o=, s= and c= count; parsed in this order, so errors are reported in it.
+    first: dict[str, str] = {}
+    session_attributes = []
+    for letter, value in session_lines:
+        if letter == "a":
+            session_attributes.append(_parse_attribute(value))
+        elif letter not in first:
+            first[letter] = value
+    if "o" not in first:
+        raise unparseable("no o= line")
+    origin = _parse_origin(first["o"])
+    session_name = first.get("s", "")
+    connection = _parse_connection(first["c"]) if "c" in first else None
+    attributes = tuple(session_attributes)
+    direction = _last_direction(attributes)
+    family, address = connection if connection is not None else (None, None)
+
+    inherited = _SessionDefaults(family, address, direction, _parse_ptime(attributes, "ptime"))
+    return SessionDescription(
+        origin=origin,
+        session_name=session_name,
+        connection_address=address,
+        address_family=family,
+        direction=direction,
+        attributes=attributes,
+        media=tuple([_parse_media(m, section, inherited) for m, section in media_sections]),
+    )
+

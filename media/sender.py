@@ -1,0 +1,169 @@
+"""One call's paced RTP to the caller: a frame per ptime on the engine's media clock.
+
+The engine's clock (media/clock.py) calls :meth:`PacedSender.tick` when this call's next frame
+is due: no timer and no task per call and packet. Each tick sends the AI's next frame
+(media/playout.py's queue), else a frame of silence once the caller's media has flowed, else
+nothing, and then the sender *parks* (the clock forgets it) until :meth:`PacedSender.wake`.
+The grid is a ``Pacer`` (media/playout.py), the packets an ``RtpPacketizer`` (media/rtp.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import trio
+
+from media.bridge import CallBridge, EndReason
+from media.caller_feed import CallerAudioBatcher
+from media.clock import ClockEntry, MediaClock, align
+from media.latch import Endpoint
+from media.playout import Pacer
+from media.rtp import RtpPacketizer
+from media.stats import MediaStats
+
+log = logging.getLogger("rtpai.media")
+
+
+class PacedSender:
+    """Our RTP for one call, on the clock's grid; ``remote`` is where it goes (None: nowhere
+    yet), ``sending`` False while the caller holds the call (sendonly/inactive)."""
+
+    def __init__(
+        self,
+        bridge: CallBridge,
+        rtp_socket: socket.socket,
+        stats: MediaStats,
+        ai_audio: CallerAudioBatcher,
+        *,
+        payload_type: int,
+        remote: Endpoint | None,
+        sending: bool,
+        send_silence: bool,
+    ) -> None:
+        self.bridge = bridge
+        self.rtp_socket = rtp_socket
+        self.stats = stats
+        self.packetizer = RtpPacketizer(payload_type)
+        self.remote = remote
+        self.sending = sending
+        self.sent_since_report = False  # set per RTP packet sent: the next report is an SR
+        self.pacer: Pacer | None = None  # the grid, once the first frame is due
+        self._ai_audio = ai_audio  # its unfinished batch is flushed by our ticks
+        self._clock: MediaClock | None = None
+        self._pacing: ClockEntry | None = None
+        self._talking = False
+        self._send_silence = send_silence
+        # Idle silence only once the caller's media has flowed (``bridge.media_started``), as
+        # rtpengine: while the phone rings nobody listens, the SDP address is often a NATed
+        # private one, and a thousand ringing calls would otherwise cost as much as a thousand
+        # answered ones. A plain attribute, set at the first latch, rather than a property over
+        # the event: ``tick`` reads it for every silence frame.
+        self._idle_sends_silence = send_silence and bridge.media_started.is_set()
+        self._samples = bridge.ptime_ms * 8  # 8000 Hz
+        self._silence = bytes((bridge.silence_byte,)) * self._samples
+
+    def start(self, clock: MediaClock) -> None:
+        """Register with the media clock; parked until there is something to send."""
+        self._clock = clock
+        self._pacing = self._ai_audio.pacing = clock.register(self)
+        self.bridge.playout.on_audio = self.wake
+        self.wake()
+
+    def stop(self) -> None:
+        """Unregister from the media clock (the call's ``finally``)."""
+        if self._pacing is not None and self._clock is not None:
+            self._clock.unregister(self._pacing)
+        self._pacing = self._ai_audio.pacing = None
+        self._clock = None
+        self.bridge.playout.on_audio = None
+
+    def caller_media_started(self) -> None:
+        """The caller's first packet latched: from now on we send silence between answers."""
+        self._idle_sends_silence = self._send_silence
+        self.wake()
+
+    def wake(self) -> None:
+        """Audio was queued or the caller's media started: unpark if there is a frame to send."""
+        entry = self._pacing
+        if entry is None or entry.due is not None:
+            return
+        if not self._idle_sends_silence and self.bridge.playout.queued_frames == 0:
+            return
+        now = trio.current_time()
+        pacer = self.pacer
+        if pacer is None:
+            # The stream's first packet: it goes at once (on the clock's next 1 ms lattice
+            # point, which the grid is anchored on so that calls share wake-ups).
+            pacer = self.pacer = Pacer(self.bridge.ptime_ms / 1000, align(now))
+        else:
+            # Back on the grid; the slots we were parked through still advance the timestamp,
+            # so the caller's jitter buffer sees the true timing (the marker says it resumed).
+            skipped = pacer.skip_to(now)
+            if skipped:
+                self.packetizer.silence_gap(skipped * self._samples)
+        assert self._clock is not None
+        self._clock.schedule(entry, pacer.next_deadline)
+
+    def tick(self, now: float) -> float | None:
+        """Send the frame due now: AI audio, else silence (or nothing).
+
+        Returns the next deadline, or None to park: nothing to play and no silence to send.
+        """
+        bridge = self.bridge
+        packetizer = self.packetizer
+        samples = self._samples
+        park = False
+        frame = bridge.playout.pop_frame()
+        if frame is not None:
+            if not self._talking:
+                packetizer.start_talkspurt()  # RFC 3551 4.1: marker on a talkspurt's start
+                self._talking = True
+                bridge.mark("first_rtp_to_caller")
+            self._send(packetizer.packet(frame, samples))
+        else:
+            if self._talking:
+                self._talking = False
+                bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
+            if self._idle_sends_silence:
+                self._send(packetizer.packet(self._silence, samples))
+            else:
+                packetizer.silence_gap(samples)  # the timestamp still advances
+                park = True
+        ai_audio = self._ai_audio
+        if ai_audio.batch and (park or now - ai_audio.since >= ai_audio.max_age):
+            ai_audio.flush()  # the caller stopped mid-batch, or no tick will follow
+        pacer = self.pacer
+        assert pacer is not None
+        if pacer.advance(now):
+            self.stats.pacer_reanchors += 1
+        return None if park else pacer.next_deadline
+
+    def pacing_failed(self) -> None:
+        """The media clock dropped this call after ``tick`` raised (a bug): end the call."""
+        self.bridge.end_call(EndReason.MEDIA_FAILURE, "media failure: internal error")
+
+    def _send(self, packet: bytes) -> None:
+        # Not connect()ed to the latched address and sent with send(), although that costs
+        # ~950 instructions and ~0.5 us less per packet here (Python parses no address, the
+        # kernel keeps the route; bench/micro_media): a connected UDP socket only receives from
+        # its peer, so the kernel would drop anyone else's RTP (answering with an ICMP error)
+        # where we count it as foreign_source, and the relatch policies would never see the
+        # packet that should move the call (from the SDP's address after a NAT latch, or from a
+        # new source after RELATCH_SILENCE). docs/performance.md, recommendation 6.
+        if self.remote is None or not self.sending:
+            return
+        try:
+            self.rtp_socket.sendto(packet, self.remote)
+        except BlockingIOError:
+            self.stats.send_errors += 1  # the kernel's buffer is full: drop, never block
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                log.debug("call %s: RTP send failed: %s", self.bridge.call_id, exc)
+            self.stats.send_errors += 1
+            return
+        self.sent_since_report = True
+        self.stats.rtp_out.packets += 1
+        self.stats.rtp_out.bytes += len(packet)
