@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from functools import partial
 from typing import Any
 
 import trio
@@ -115,8 +116,9 @@ class Engine:
         # One epoll set receives every call's RTP and RTCP (media/poller.py), likewise.
         self.poller = SocketPoller()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; ``task_status.started`` gets the ng address."""
+    async def run(self, *, control=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started`` gets the ng address. ``control``
+        replaces ``serve_ng``: a worker serves its front's channel (ctl/workers.py)."""
         refusal = self.settings.refusal_reason()
         if refusal:
             log.error("offers will be refused: %s", refusal)
@@ -129,7 +131,9 @@ class Engine:
             await nursery.start(self.clock.run)
             await nursery.start(self.poller.run)
             nursery.start_soon(self._housekeeping)
-            address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
+            if control is None:
+                control = partial(serve_ng, self.config["ng"]["listen"], self.dispatcher)
+            address = await nursery.start(control)
             task_status.started(address)
 
     @property
