@@ -157,6 +157,12 @@ class Front:
             route: Route | None = peek(body)
         except Unroutable:
             route = None  # a worker decodes it and answers rtpengine's exact error
+        if route is not None and route.command == "ping":
+            # Answered here and now: the proxies' liveness probe, as cheap as it can be.
+            as_json = body.lstrip().startswith(b"{")
+            self._send_now(encode_reply(cookie, {"result": "pong"}, as_json=as_json), source,
+                           pktinfo)
+            return
         if route is not None and route.command in HOST_WIDE:
             self._host_wide(cookie, body, source, pktinfo)
             return
@@ -316,18 +322,15 @@ class Front:
                 reply: dict[str, Any] = {"result": "error", "error-reason": exc.reason}
             else:
                 as_json = request.is_json
-                if request.command == "ping":
-                    reply = {"result": "pong"}
+                parts = await self._gather(source, body)
+                if request.command == "list":
+                    reply = merge_lists(parts, request.integer("limit"))
                 else:
-                    parts = await self._gather(source, body)
-                    if request.command == "list":
-                        reply = merge_lists(parts, request.integer("limit"))
-                    else:
-                        reply = merge_statistics(parts)
-                        reply.setdefault("statistics", {}).setdefault("rtpai", {})["front"] = (
-                            self.figures())
-                        control = reply["statistics"].setdefault("controlstatistics", {})
-                        control["denied"] = control.get("denied", 0) + self.denied
+                    reply = merge_statistics(parts)
+                    reply.setdefault("statistics", {}).setdefault("rtpai", {})["front"] = (
+                        self.figures())
+                    control = reply["statistics"].setdefault("controlstatistics", {})
+                    control["denied"] = control.get("denied", 0) + self.denied
             await self._send(encode_reply(cookie, reply, as_json=as_json), source, pktinfo)
         finally:
             self._gather_slots.release_on_behalf_of(token)
