@@ -113,14 +113,11 @@ def test_host_answers_merge_the_workers_parts():
 
 
 def call_ids_of(worker: int, count: int, prefix: str, workers: int = 2) -> list[str]:
-    found = []
-    n = 0
-    while len(found) < count:
-        call_id = f"{prefix}-{n}@192.0.2.1"
-        if owner(call_id.encode(), workers) == worker:
-            found.append(call_id)
-        n += 1
-    return found
+    """``count`` call-ids that the front gives to ``worker``."""
+    found = [call_id for call_id in (f"{prefix}-{n}@192.0.2.1" for n in range(1000))
+             if owner(call_id.encode(), workers) == worker]
+    assert len(found) >= count, f"no {count} call-ids of worker {worker}"
+    return found[:count]
 
 
 def workers_env(url: str, ports: tuple[int, int], **extra: str) -> dict[str, str]:
