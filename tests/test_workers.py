@@ -16,8 +16,8 @@ import signal
 
 import pytest
 import trio
-from ctl.bencode import bencode
 
+from ctl.bencode import bencode
 from ctl.channel import Envelope, Kind, pack, unpack
 from ctl.config import ConfigError, load_config
 from ctl.routing import Route, Unroutable, merge_lists, merge_statistics, owner, peek, port_slice
