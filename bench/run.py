@@ -863,6 +863,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run that checkout's rtpai (e.g. the code before a change)")
     parser.add_argument("--gc-thresholds", default=None,
                         help="RTPAI_GC_THRESHOLDS for rtpai, e.g. 700,10,10 (CPython's)")
+    parser.add_argument("--rtp-ports", default=None, metavar="MIN-MAX",
+                        help=f"rtpai's RTP port range (default {RTPAI_PORTS[0]}-"
+                             f"{RTPAI_PORTS[1]}); another on a machine where a second "
+                             "benchmark runs")
     parser.add_argument("--workers", type=int, default=1,
                         help="[ng] workers for rtpai (NG_WORKERS): N > 1 is a front and N "
                              "worker processes, their CPU and memory counted together")
@@ -874,9 +878,12 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
         args.offers, args.churn, args.churn_media = 300, 2000, "200@20"
     skip = set(filter(None, args.skip.split(",")))
-    global RTPAI_TREE, GC_THRESHOLDS, WORKERS
+    global RTPAI_TREE, GC_THRESHOLDS, WORKERS, RTPAI_PORTS
     RTPAI_TREE, GC_THRESHOLDS = args.rtpai_tree.resolve(), args.gc_thresholds
     WORKERS = args.workers
+    if args.rtp_ports:
+        low, _, high = args.rtp_ports.partition("-")
+        RTPAI_PORTS = (int(low), int(high))
     if not LOADGEN.exists():
         print(f"{LOADGEN} is missing: run `make bench` (or `make bench/build/loadgen`)",
               file=sys.stderr)
