@@ -844,6 +844,7 @@ def section(run, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RTPAI_TREE, GC_THRESHOLDS, WORKERS, RTPAI_PORTS
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", default="50,100,200,300,500,700,1000",
@@ -878,7 +879,6 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
         args.offers, args.churn, args.churn_media = 300, 2000, "200@20"
     skip = set(filter(None, args.skip.split(",")))
-    global RTPAI_TREE, GC_THRESHOLDS, WORKERS, RTPAI_PORTS
     RTPAI_TREE, GC_THRESHOLDS = args.rtpai_tree.resolve(), args.gc_thresholds
     WORKERS = args.workers
     if args.rtp_ports:
