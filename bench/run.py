@@ -127,8 +127,27 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: with ``--workers`` N > 1, rtpai is a front and N workers,
+    and its CPU and memory are theirs together."""
+    pids = [pid]
+    for parent in pids:  # (grows as it goes: children, then theirs)
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pids += [int(child) for child in task.read_text().split()]
+    return pids
+
+
+def tree_cpu_times(pid: int) -> tuple[float, float]:
+    times = [(0.0, 0.0)]
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            times.append(cpu_times(member))
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 def cpu_seconds(pid: int) -> float:
-    return sum(cpu_times(pid))
+    return sum(tree_cpu_times(pid))
 
 
 def machine_cpu() -> dict[str, float]:
@@ -149,8 +168,12 @@ def run_queue_wait_s(pid: int) -> float:
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as handle:
-        return int(handle.read().split()[1]) * PAGE_KIB
+    """Resident memory of ``pid`` and its descendants (the workers behind a front)."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/statm") as handle:
+            total += int(handle.read().split()[1]) * PAGE_KIB
+    return total
 
 
 def start_server(interval: float = 3.0) -> tuple[Child, str]:
@@ -217,6 +240,11 @@ class Scraper:
                 "ms_max": round(1000 * max(self.seconds, default=0), 2)}
 
 
+# NG_WORKERS for the daemon (``--workers``): 1 is the single process, N > 1 a front and N
+# worker processes (ctl/front.py), measured together.
+WORKERS = 1
+
+
 def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
     ng_port = free_udp_port()
     env = {
@@ -231,6 +259,7 @@ def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
         # Per-call info lines (offer, ending) would be in the figures; production may keep
         # them, at a cost the churn figure bounds.
         "LOG_LEVEL": "warning",
+        "NG_WORKERS": str(WORKERS),
     }
     for name in ("OPENAI_WELCOME_MSG", "OPENAI_INSTRUCTIONS", "OPENAI_DISABLE"):
         env.pop(name, None)
@@ -324,7 +353,7 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         loadgen.expect("WINDOW_START", args.warmup + 10)
         server.write("WINDOW_START")
         cpu0 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
-        split0 = cpu_times(rtpai.pid)
+        split0 = tree_cpu_times(rtpai.pid)
         machine0 = machine_cpu()
         t0 = time.monotonic()
         if profile:
@@ -337,7 +366,7 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         loadgen.expect("WINDOW_END", args.duration + 10)
         window = time.monotonic() - t0
         cpu1 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
-        split1 = cpu_times(rtpai.pid)
+        split1 = tree_cpu_times(rtpai.pid)
         machine1 = machine_cpu()
         rss_loaded = rss_kib(rtpai.pid)
         server.write("WINDOW_END")
@@ -371,6 +400,7 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
     result = {
         "calls": n,
         "metrics": scrapes,  # None: [metrics] off; else the scraper's figures
+        "workers": WORKERS,
         "window_s": round(window, 2),
         "rtpai_cpu_ms_per_call_s": round(1000 * cpu["rtpai"] / call_seconds, 3),
         "rtpai_cpu_percent": round(100 * cpu["rtpai"] / window, 1),
@@ -890,6 +920,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RTPAI_TREE, GC_THRESHOLDS, WORKERS, RTPAI_PORTS, METRICS
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", default="50,100,200,300,500,700,1000",
@@ -917,6 +948,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="RTPAI_GC_THRESHOLDS for rtpai, e.g. 700,10,10 (CPython's)")
     parser.add_argument("--metrics", action="store_true",
                         help="rtpai serves /metrics and is scraped once a second")
+    parser.add_argument("--rtp-ports", default=None, metavar="MIN-MAX",
+                        help=f"rtpai's RTP port range (default {RTPAI_PORTS[0]}-"
+                             f"{RTPAI_PORTS[1]}); another on a machine where a second "
+                             "benchmark runs")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="[ng] workers for rtpai (NG_WORKERS): N > 1 is a front and N "
+                             "worker processes, their CPU and memory counted together")
     parser.add_argument("--gen-wake", action="store_true",
                         help="the generator sleeps in epoll on its socket (each RTP packet "
                              "then costs rtpai a cross-CPU wake-up); default: 1 ms polling")
@@ -925,9 +963,12 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
         args.offers, args.churn, args.churn_media = 300, 2000, "200@20"
     skip = set(filter(None, args.skip.split(",")))
-    global RTPAI_TREE, GC_THRESHOLDS, METRICS
     RTPAI_TREE, GC_THRESHOLDS = args.rtpai_tree.resolve(), args.gc_thresholds
     METRICS = args.metrics
+    WORKERS = args.workers
+    if args.rtp_ports:
+        low, _, high = args.rtp_ports.partition("-")
+        RTPAI_PORTS = (int(low), int(high))
     if not LOADGEN.exists():
         print(f"{LOADGEN} is missing: run `make bench` (or `make bench/build/loadgen`)",
               file=sys.stderr)
@@ -939,6 +980,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
+                     "workers": args.workers,
                      "talk_spurt": "1 s speech / 2 s silence (DTX), 50 pps while talking",
                      "ai": "2 s reply every ~3 s as 100 ms deltas at 4x real time"},
     }

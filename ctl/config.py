@@ -63,6 +63,21 @@ def optional_host_port(text: str) -> tuple[str, int] | None:
     return host_port(text) if text.strip() else None
 
 
+MAX_WORKERS = 256
+
+
+def worker_count(text: str) -> int:
+    """``[ng] workers``: 1..MAX_WORKERS, or ``auto``: the CPUs this process may run on
+    (``sched_getaffinity``: a container's or taskset's limit, not the machine's count)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    try:
+        return int_range(1, MAX_WORKERS)(value)
+    except ValueError:
+        raise ValueError(f"expected 'auto' or an integer from 1 to {MAX_WORKERS}") from None
+
+
 _NG_SETTINGS: tuple[Setting, ...] = (
     Setting("ng", "listen", "NG_LISTEN", "127.0.0.1:2223", host_port,
             help="UDP address of the ng control socket (on a wildcard address each reply "
@@ -71,7 +86,11 @@ _NG_SETTINGS: tuple[Setting, ...] = (
             help="addresses/CIDRs allowed to send ng commands, comma- or space-separated "
                  "(empty: anyone who reaches the socket; others are dropped and counted)"),
     Setting("ng", "max_sessions", "NG_MAX_SESSIONS", "0", int_range(0, 1_000_000),
-            help="concurrent calls before offers get 'load limit' (0 = unlimited)"),
+            help="concurrent calls before offers get 'load limit' (0 = unlimited); with "
+                 "workers, the host's calls"),
+    Setting("ng", "workers", "NG_WORKERS", "1", worker_count,
+            help="processes serving calls behind the one ng address: a number, or 'auto' "
+                 "(the CPUs rtpai may run on); 1 = one process, no front (ctl/front.py)"),
 )
 _CONTROL_SETTINGS: tuple[Setting, ...] = (
     Setting("ng", "shutdown_grace", "NG_SHUTDOWN_GRACE", "30", int_range(0, 3600),
@@ -330,6 +349,12 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
         raise ConfigError(
             "[rtp] min_port / RTP_MIN_PORT must be below [rtp] max_port / RTP_MAX_PORT "
             "(a call needs an even RTP port and the odd RTCP port above it)"
+        )
+    pairs = (rtp["max_port"] - rtp["min_port"] - (rtp["min_port"] & 1) + 1) // 2
+    if values["ng"]["workers"] > pairs:
+        raise ConfigError(
+            f"[ng] workers / NG_WORKERS: {values['ng']['workers']} workers need at least as "
+            f"many RTP port pairs; [rtp] min_port..max_port has {pairs}"
         )
     if rtp["ip"] is None:
         if ipaddress.ip_address(rtp["bind_ip"]).is_unspecified:

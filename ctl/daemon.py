@@ -21,7 +21,7 @@ import logging
 import resource
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -47,15 +47,20 @@ RELOADABLE_SECTIONS = frozenset({"openai", "log", "pricing"})
 RELOADABLE_SETTINGS = frozenset({("ng", "allow")})
 
 
-async def serve(engine: Engine, reload: Callable[[], None] | None = None) -> None:
+async def serve(engine: Engine, reload: Callable[[], None] | None = None, *,
+                run: Callable[..., Awaitable[object]] | None = None,
+                ready: str = "rtpai ready: ng on %s:%s") -> None:
     """Run the engine until a termination signal arrives, then drain it; see the module doc.
 
-    ``reload`` is what SIGHUP does (None: the signal is logged and ignored).
+    ``reload`` is what SIGHUP does (None: the signal is logged and ignored). ``run`` replaces
+    ``engine.run`` (a worker serves its front's channel, ctl/workers.py), and ``ready`` is the
+    line logged once it has started (formatted with the address it started with). ``engine``
+    may be the front (ctl/front.py), which has the same ``run``, ``drain``, ``summary``.
     """
     with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(engine.run)
-            log.info("rtpai ready: ng on %s:%s", *address)
+            address = await nursery.start(run or engine.run)
+            log.info(ready, *address)
             draining = False
             async for signum in signals:
                 name = signal.Signals(signum).name
@@ -161,10 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         log.info("open-file limit raised from %d to %d (~%d calls)", before, after,
                  after // FDS_PER_CALL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    engine = Engine(config)
+    if config["ng"]["workers"] > 1:
+        # One front process owns the ng socket; the calls live in the workers (ctl/front.py).
+        from ctl.front import Front
+
+        front = Front(config, args.config)
+        log.info("[ng] workers = %d: this process is the front", len(front.workers))
+        runs: tuple = (serve, front, front.reload)
+    else:
+        engine = Engine(config)
+        runs = (serve, engine, lambda: reload_config(engine, args.config, redactor))
     gcstats.tune_for_server()  # everything built so far lives as long as the process
     try:
-        trio.run(serve, engine, lambda: reload_config(engine, args.config, redactor))
+        trio.run(*runs)
     except OSError as exc:
         print(f"rtpai: {exc}", file=sys.stderr)
         return 1

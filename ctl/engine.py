@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from functools import partial
 from typing import Any
 
 import trio
@@ -123,8 +124,9 @@ class Engine:
         self.poller = SocketPoller(self.metrics.figures)
         self.metrics.bind(self)
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; ``task_status.started`` gets the ng address."""
+    async def run(self, *, control=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started`` gets the ng address. ``control``
+        replaces ``serve_ng``: a worker serves its front's channel (ctl/workers.py)."""
         refusal = self.settings.refusal_reason()
         if refusal:
             log.error("offers will be refused: %s", refusal)
@@ -140,7 +142,9 @@ class Engine:
             nursery.start_soon(self._housekeeping)
             if self.config["metrics"]["listen"] is not None:  # ([metrics] listen; not a thread)
                 await nursery.start(self.metrics.serve, self.config["metrics"]["listen"])
-            address = await nursery.start(serve_ng, self.config["ng"]["listen"], self.dispatcher)
+            if control is None:
+                control = partial(serve_ng, self.config["ng"]["listen"], self.dispatcher)
+            address = await nursery.start(control)
             task_status.started(address)
 
     @property

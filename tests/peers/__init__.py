@@ -353,6 +353,7 @@ async def supervised(
     log_path: Path,
     ready: Callable[[], Awaitable[None]],
     ready_timeout: float,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[trio.Process]:
     """Run ``command`` (its own session, output to ``log_path``) until the block ends.
 
@@ -362,7 +363,8 @@ async def supervised(
     """
     with open(log_path, "wb") as log:
         process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env=env,
         )
     try:
         if not await ready_or_exited(process, ready, ready_timeout):
@@ -390,6 +392,7 @@ async def start_kamailio(
     http_port: int | None = None,
     inner_port: int | None = None,
     ng_socks: str | None = None,
+    dialog_timeout: int | None = None,
     ready_timeout: float = 10.0,
 ) -> AsyncIterator[Kamailio]:
     """Run `kamailio.cfg` in the foreground until the block ends.
@@ -398,7 +401,9 @@ async def start_kamailio(
     start-up. Ready means both SIP sockets answer an OPTIONS. On exit: SIGTERM,
     then SIGKILL to the process group after 5 s. Kamailio's stderr log is
     `<tmpdir>/kamailio.log`; its tail is attached to any exception from the block.
-    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``).
+    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``);
+    ``dialog_timeout`` (seconds) ends every dialog with a BYE to both legs that long after
+    it was answered (the dialog module's default_timeout; the default is 12 hours).
     """
     kamailio = require_tool("kamailio")
     tmp = Path(tmpdir)
@@ -414,6 +419,8 @@ async def start_kamailio(
         "HTTP_PORT": http_port,
         "NG_SOCK": f'"{ng_socks or f"udp:{LOOPBACK}:{ng_port}"}"',
     }
+    if dialog_timeout is not None:
+        defines["DLG_TIMEOUT"] = dialog_timeout
     command = [kamailio, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(rundir), "-w", str(rundir)]
     for name, value in defines.items():
         command += ["-A", f"{name}={value}"]
@@ -489,6 +496,7 @@ _OPENSIPS_INNER_CHECK = "$socket_in(port) == 5062"
 _OPENSIPS_HTTP = 'modparam("httpd", "port", 8888)'
 _OPENSIPS_NG = "udp:127.0.0.1:2223"
 _OPENSIPS_MPATH = 'mpath="/opt/opensips/lib64/opensips/modules/"'
+_OPENSIPS_DLG_TIMEOUT = 'modparam("dialog", "default_timeout", 43200)'
 
 
 def opensips_modules_dir(binary: str) -> Path:
@@ -507,9 +515,11 @@ def opensips_modules_dir(binary: str) -> Path:
 
 
 def opensips_config(text: str, *, sip_port: int, inner_port: int, http_port: int,
-                    ng_port: int, modules: Path, ng_socks: str | None = None) -> str:
+                    ng_port: int, modules: Path, ng_socks: str | None = None,
+                    dialog_timeout: int | None = None) -> str:
     """opensips.cfg with the test's ports and module directory in place of its own;
-    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``)."""
+    ``ng_socks`` replaces the one engine with a set (``udp:h:p1 udp:h:p2=2``),
+    ``dialog_timeout`` the dialogs' lifetime (seconds)."""
     for written, wanted in (
         (_OPENSIPS_SIP, f"127.0.0.1:{sip_port}"),
         (_OPENSIPS_INNER, f"127.0.0.1:{inner_port}"),
@@ -517,6 +527,8 @@ def opensips_config(text: str, *, sip_port: int, inner_port: int, http_port: int
         (_OPENSIPS_HTTP, f'modparam("httpd", "port", {http_port})'),
         (_OPENSIPS_NG, ng_socks or f"udp:127.0.0.1:{ng_port}"),
         (_OPENSIPS_MPATH, f'mpath="{modules}/"'),
+        (_OPENSIPS_DLG_TIMEOUT,
+         f'modparam("dialog", "default_timeout", {dialog_timeout or 43200})'),
     ):
         assert written in text, f"opensips.cfg no longer has {written!r}: update tests/peers"
         text = text.replace(written, wanted)
@@ -532,6 +544,7 @@ async def start_opensips(
     http_port: int | None = None,
     inner_port: int | None = None,
     ng_socks: str | None = None,
+    dialog_timeout: int | None = None,
     ready_timeout: float = 10.0,
 ) -> AsyncIterator[Opensips]:
     """Run `opensips.cfg` (main process in the foreground) until the block ends.
@@ -550,7 +563,7 @@ async def start_opensips(
     config.write_text(opensips_config(
         OPENSIPS_CFG.read_text(), sip_port=sip_port, inner_port=inner_port,
         http_port=http_port, ng_port=ng_port, modules=opensips_modules_dir(opensips),
-        ng_socks=ng_socks))
+        ng_socks=ng_socks, dialog_timeout=dialog_timeout))
     log_path = tmp / "opensips.log"
     command = [opensips, "-F", "-f", str(config), "-w", str(rundir), "-m", "64", "-M", "8"]
 
