@@ -21,6 +21,7 @@ from ctl.bencode import bencode
 from ctl.channel import Envelope, Kind, pack, unpack
 from ctl.config import ConfigError, load_config
 from ctl.routing import Route, Unroutable, merge_lists, merge_statistics, owner, peek, port_slice
+from ctl.workers import worker_config
 from tests.fakes.caller import FakeCaller
 from tests.fakes.daemon import running_daemon
 from tests.fakes.http import FakeHttpServer
@@ -77,6 +78,18 @@ def test_workers_setting(monkeypatch):
         load_config(None, {"NG_WORKERS": "many"})
     with pytest.raises(ConfigError, match="port pairs"):
         load_config(None, {"NG_WORKERS": "4", "RTP_MIN_PORT": "30000", "RTP_MAX_PORT": "30005"})
+
+
+def test_each_worker_has_its_ports_and_its_own_metrics_port():
+    config = load_config(None, {"OPENAI_API_KEY": "k", "NG_WORKERS": "2", "RTP_MIN_PORT": "30000",
+                                "RTP_MAX_PORT": "30099", "METRICS_LISTEN": "127.0.0.1:9105"})
+    first, second = (worker_config(config, i, 2) for i in range(2))
+    assert first["ng"]["workers"] == second["ng"]["workers"] == 1
+    assert (first["rtp"]["min_port"], second["rtp"]["max_port"]) == (30000, 30099)
+    assert first["rtp"]["max_port"] < second["rtp"]["min_port"]
+    # One port would refuse the second worker's bind: each serves its own calls' metrics.
+    assert [first["metrics"]["listen"], second["metrics"]["listen"]] == [
+        ("127.0.0.1", 9105), ("127.0.0.1", 9106)]
 
 
 @pytest.mark.parametrize("source, pktinfo", [
