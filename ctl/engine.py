@@ -392,21 +392,8 @@ class Engine:
 
     def summary(self) -> str:
         """One line of state for an operator (SIGUSR1): calls, ports, AI sessions."""
-        states: dict[str, int] = {}
-        ai: dict[str, int] = {}
-        for call in self.calls:
-            states[call.state.value] = states.get(call.state.value, 0) + 1
-            if call.state is not CallState.ENDED:
-                ai[call.ai.state] = ai.get(call.ai.state, 0) + 1
-
-        def counts(table: dict[str, int]) -> str:
-            return ", ".join(f"{n} {name}" for name, n in sorted(table.items())) or "none"
-
-        return (
-            f"calls: {counts(states)}; ports in use: {self.ports.in_use}/{self.ports.capacity} "
-            f"pairs; AI sessions: {counts(ai)}; proxy requests under way: "
-            f"{len(self.control.under_way)}{'; draining' if self.draining else ''}"
-        )
+        return queries.state_line(self.calls, self.ports, len(self.control.under_way),
+                                  self.draining)
 
     def active_calls(self) -> int:
         return queries.active_calls(self.calls)

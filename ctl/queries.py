@@ -75,3 +75,24 @@ def statistics(
         sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, dispatcher=dispatcher,
         recording=recording or {}, cdr=cdr or {},
     )
+
+
+def state_line(calls: CallRegistry[Call], ports: PortPairAllocator, requests_under_way: int,
+               draining: bool) -> str:
+    """The SIGUSR1 line: calls by state, ports in use, AI sessions by state, requests to the
+    proxy under way."""
+    states: dict[str, int] = {}
+    ai: dict[str, int] = {}
+    for call in calls:
+        states[call.state.value] = states.get(call.state.value, 0) + 1
+        if call.state is not CallState.ENDED:
+            ai[call.ai.state] = ai.get(call.ai.state, 0) + 1
+
+    def counts(table: dict[str, int]) -> str:
+        return ", ".join(f"{n} {name}" for name, n in sorted(table.items())) or "none"
+
+    return (
+        f"calls: {counts(states)}; ports in use: {ports.in_use}/{ports.capacity} "
+        f"pairs; AI sessions: {counts(ai)}; proxy requests under way: "
+        f"{requests_under_way}{'; draining' if draining else ''}"
+    )

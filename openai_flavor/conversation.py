@@ -52,6 +52,23 @@ log = logging.getLogger("rtpai.openai")
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
 
 
+def raise_first(ended: list[BaseException]) -> None:
+    """Raise what ended a conversation, if anything did: bare (not in an ExceptionGroup) so
+    that its close code is classified.
+
+    The list is emptied as it goes: it is a local of the frames in the exception's traceback,
+    and holding the exception would make a reference cycle of them (and of the conversation
+    they hold) for the cycle collector (issue 18)."""
+    if not ended:
+        return
+    lost = ended[0]
+    ended.clear()
+    try:
+        raise lost
+    finally:
+        del lost
+
+
 class Conversation(ServerEvents):
     def __init__(self, ws: WebSocket, *, settings: RealtimeSettings, bridge: CallBridge,
                  poller: MediaPoller, stats: RealtimeStats, manners: WelcomeAndGoodbye,
@@ -122,17 +139,7 @@ class Conversation(ServerEvents):
                 tasks.append(self._judge_timer)
             for task in tasks:
                 nursery.start_soon(self._until_lost, task, ended)
-        if ended:
-            # Re-raised bare (not in an ExceptionGroup) so that the close code is classified.
-            # The list is emptied as it goes: it is a local of the frames in the exception's
-            # traceback, and holding the exception would make a reference cycle of them (and
-            # of the conversation they hold) for the cycle collector (issue 18).
-            lost = ended[0]
-            ended.clear()
-            try:
-                raise lost
-            finally:
-                del lost
+        raise_first(ended)
 
     async def _until_lost(self, task, ended: list[BaseException]) -> None:
         """Run one side of the conversation; a lost connection ends every side."""

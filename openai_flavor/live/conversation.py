@@ -28,7 +28,7 @@ import trio
 
 from openai_flavor import events as realtime
 from openai_flavor import keypad
-from openai_flavor.conversation import MAX_FRAMES_PER_APPEND, Conversation
+from openai_flavor.conversation import MAX_FRAMES_PER_APPEND, Conversation, raise_first
 from openai_flavor.errors import ConnectionLost
 from openai_flavor.live import events
 from openai_flavor.live.turns import Floor
@@ -78,15 +78,7 @@ class LiveConversation(Conversation):
                     nursery.start_soon(self._until_lost, task, ended)
         finally:
             self._keep_transcript(self.floor.flush())
-        if ended:
-            # Bare, as the Realtime conversation raises it (its comment says why the list is
-            # emptied on the way: no reference cycle through the traceback).
-            lost = ended[0]
-            ended.clear()
-            try:
-                raise lost
-            finally:
-                del lost
+        raise_first(ended)
 
     def send(self, event: dict[str, Any]) -> None:
         """Send a client event now (a broken connection surfaces in the reader)."""
