@@ -117,6 +117,8 @@ class CallBridge:
     # When the caller's last turn ended (the AI's voice activity detection, trio's clock),
     # until the answer's first frame is sent: the response latency is measured between them.
     turn_ended_at: float | None = None
+    # The last such latency, seconds (the ``ai`` statistics: rtpai-ctl top, query).
+    last_response_latency: float | None = None
     _audio_consumer: Callable[[bytes], bool] | None = field(default=None, init=False, repr=False)
     _audio_backlog: list[bytes] = field(default_factory=list, init=False, repr=False)
     _audio_closed: bool = field(default=False, init=False, repr=False)

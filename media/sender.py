@@ -141,7 +141,9 @@ class PacedSender:
                 if bridge.turn_ended_at is not None:
                     # The answer to the caller's last turn starts to play: the response
                     # latency, once per turn (a talkspurt's start, never per frame).
-                    bridge.figures.response_latency.observe(max(now - bridge.turn_ended_at, 0.0))
+                    latency = max(now - bridge.turn_ended_at, 0.0)
+                    bridge.figures.response_latency.observe(latency)
+                    bridge.last_response_latency = latency
                     bridge.turn_ended_at = None
             self._send_frame(frame, samples)
             if self.recorder is not None:

@@ -116,6 +116,10 @@ class RealtimeSession:
         its tokens cost by the ``[pricing]`` table (None for a model without a price)."""
         snapshot = self.stats.snapshot(self._state.state.value)
         snapshot["cost"] = self.settings.prices.cost(self.stats.model, self.stats.usage)
+        latency = self.bridge.last_response_latency
+        if latency is not None:
+            # The caller's last wait: speech stopped -> the answer's first frame (media/sender.py).
+            snapshot["response latency ms"] = {"last": round(latency * 1000)}
         return snapshot
 
     def record(self) -> dict[str, Any]:

@@ -97,6 +97,9 @@ async def test_a_call_in_the_metrics_from_offer_to_delete():
 
                 (call,) = engine.calls.select(CALL_ID)
                 usage = call.ai.snapshot()["usage"]
+                # The same wait, per call, for rtpai-ctl top and query.
+                last_ms = call.ai.snapshot()["response latency ms"]["last"]
+                assert last_ms == round(latency * 1000)
                 # The pricing helper's field (ctl/ops-record's branch); tolerated when absent.
                 priced = call.ai.snapshot
                 call.ai.snapshot = lambda: {**priced(), "cost": {
