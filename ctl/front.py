@@ -82,6 +82,7 @@ class Front:
         self.acl = SourceFilter(config["ng"]["allow"])
         self.draining = False
         self.denied = 0
+        self.route_failures = 0  # datagrams a bug in routing dropped (logged each)
         self.dropped = 0  # datagrams a full channel could not take (the proxy retransmits)
         self._tags = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, Route, bool]] = {}  # tag -> (w, r, new)
@@ -144,7 +145,13 @@ class Front:
                 except OSError as exc:
                     log.debug("ng: receive failed: %s", exc)
                     continue
-                self._route(datagram, source[:2], pktinfo)
+                try:
+                    self._route(datagram, source[:2], pktinfo)
+                except Exception:
+                    # A bug routing one datagram costs that datagram (the proxy retransmits),
+                    # never the front and with it every call of the host.
+                    self.route_failures += 1
+                    log.exception("ng: routing a datagram from %s failed", source[0])
 
     def _route(self, datagram: bytes, source: tuple[str, int], pktinfo: bytes) -> None:
         if self.acl and not self.acl.allows(source[0]):

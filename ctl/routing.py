@@ -71,16 +71,28 @@ def _skip(data: bytes, pos: int) -> int:
         elif kind == 0x69:  # i<digits>e
             pos = data.index(b"e", pos) + 1
         else:  # <length>:<bytes>
-            colon = data.index(b":", pos)
-            pos = colon + 1 + int(data[pos:colon])
+            start, length = _length(data, pos)
+            pos = start + length
         if depth <= 0:
             return pos
 
 
-def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+def _length(data: bytes, pos: int) -> tuple[int, int]:
+    """A string's ``<length>:`` at ``pos``: where its bytes start, and how many.
+
+    Digits only: ``int`` would also take a sign, spaces or underscores, and a negative length
+    moves ``pos`` backwards — one datagram (``d1:xl-3:ee``) then loops the front for ever,
+    and with it every call of the host. So every step here moves forwards."""
     colon = data.index(b":", pos)
-    start = colon + 1
-    end = start + int(data[pos:colon])
+    digits = data[pos:colon]
+    if not digits.isdigit() or len(digits) > 9:  # bytes.isdigit: ASCII 0-9 only
+        raise Unroutable("a string length that is not a decimal number under 10**9")
+    return colon + 1, int(digits)
+
+
+def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+    start, length = _length(data, pos)
+    end = start + length
     if end > len(data):
         raise Unroutable("a string runs past the end")
     return data[start:end], end

@@ -9,6 +9,7 @@ goes on untouched, and SIGTERM drains every worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,8 @@ import signal
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctl.bencode import bencode
 from ctl.channel import Envelope, Kind, pack, unpack
@@ -46,11 +49,55 @@ def test_peek_folds_key_spellings_and_reads_json():
     assert route == Route("query", b"j@x", "f", None, None)
 
 
-@pytest.mark.parametrize("body", [b"", b"l4:spame", b"d7:command", b"d3:fooi1ee",
-                                  b"d7:call-id99:shorte", b"{", b"[1]", b'{"command": 1}'])
+@contextlib.contextmanager
+def bounded(seconds: int):
+    """Fail instead of hanging: the front's peek must end on every datagram."""
+
+    def expire(signum, frame):
+        raise AssertionError(f"still parsing after {seconds} s: the front would hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"l4:spame", b"d7:command", b"d3:fooi1ee", b"d7:call-id99:shorte", b"{", b"[1]",
+    b'{"command": 1}',
+    # Lengths int() takes but bencode has not: a negative one moved the parser backwards and
+    # looped the front for ever (d1:xl-3:ee), and with it every call of the host.
+    b"d1:xl-3:ee", b"d1:a-2:e", b"d7:command4:ping1:a-10:e", b"d1:x+1:ae", b"d1:x 1:ae",
+    b"d1:x1_0:aaaaaaaaaae", b"d1:x99999999999:ae",
+])
 def test_peek_refuses_what_it_cannot_route(body):
-    with pytest.raises(Unroutable):
+    with bounded(5), pytest.raises(Unroutable):
         peek(body)
+
+
+VALID = (b"d7:command5:offer7:call-id6:c1@x.y8:from-tag2:ft3:sdp10:v=0\r\no=-\r\n"
+         b"5:flagsl9:trust-sdpee")
+
+
+def spliced(cuts: list[int], junk: bytes) -> bytes:
+    """VALID with the bytes between two cut points replaced by ``junk``."""
+    return VALID[:min(cuts)] + junk + VALID[max(cuts):]
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True)
+@given(st.binary(max_size=120)
+       | st.builds(spliced, st.lists(st.integers(0, len(VALID)), min_size=2, max_size=2),
+                   st.binary(max_size=12)))
+def test_peek_ends_on_any_bytes_with_a_route_or_unroutable(body):
+    with bounded(5):
+        try:
+            route = peek(body)
+        except Unroutable:
+            return
+    assert isinstance(route.command, str) and route.command
 
 
 def test_ownership_is_stable_and_spreads():
