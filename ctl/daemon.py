@@ -87,15 +87,20 @@ async def _drain_then_stop(engine: Engine, scope: trio.CancelScope) -> None:
 
 
 def reload_config(
-    engine: Engine, path: str | None, redactor: RedactSecrets, *, environ=None
+    engine: Engine, path: str | None, redactor: RedactSecrets, *, environ=None,
+    adapt: Callable[[Config], Config] | None = None,
 ) -> Config | None:
     """SIGHUP's work: re-read the file and the environment; apply what can change live.
 
+    ``adapt`` turns the file's configuration into this process's (a worker's port slice,
+    ctl/workers.py), so that only what the user changed is named as needing a restart.
     Returns the new configuration, or None when it is invalid (then nothing changes).
     """
     try:
         new = load_config(path, environ)
-    except ConfigError as exc:
+        if adapt is not None:
+            new = adapt(new)
+    except (ConfigError, ValueError) as exc:  # ValueError: a range too small to slice
         log.error("configuration not reloaded, nothing changed: %s", exc)
         return None
     # First: a new key must be redacted before anything can log it.

@@ -290,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def reload() -> None:
         # As the single process does (the front sends SIGHUP on): [openai], [log] and
-        # [ng] allow apply live. (It names the port range as changed: the slice is not
-        # the file's range; that is the one false line.)
-        reload_config(engine, args.config, redactor)
+        # [ng] allow apply live; the file's ranges are sliced as at start-up, so a reload
+        # that changed nothing says nothing needs a restart.
+        reload_config(engine, args.config, redactor,
+                      adapt=lambda new: worker_config(new, args.index, args.count))
 
     try:
         trio.run(partial(serve, engine, reload, run=run,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -23,6 +24,9 @@ from hypothesis import strategies as st
 from ctl.bencode import bencode
 from ctl.channel import Envelope, Kind, pack, unpack
 from ctl.config import ConfigError, load_config
+from ctl.daemon import reload_config
+from ctl.engine import Engine
+from ctl.logs import RedactSecrets
 from ctl.routing import Route, Unroutable, merge_lists, merge_statistics, owner, peek, port_slice
 from ctl.workers import worker_config
 from tests.fakes.caller import FakeCaller
@@ -137,6 +141,22 @@ def test_each_worker_has_its_ports_and_its_own_metrics_port():
     # One port would refuse the second worker's bind: each serves its own calls' metrics.
     assert [first["metrics"]["listen"], second["metrics"]["listen"]] == [
         ("127.0.0.1", 9105), ("127.0.0.1", 9106)]
+
+
+def test_a_workers_reload_names_no_setting_the_user_did_not_change(tmp_path, caplog):
+    """A worker's config is the file's with its port slice: a reload compares like with like."""
+    path = tmp_path / "rtpai.conf"
+    path.write_text("[openai]\nkey = k\n[rtp]\nmin_port = 30000\nmax_port = 30099\n"
+                    "[ng]\nlisten = 127.0.0.1:0\nworkers = 2\n")
+    engine = Engine(worker_config(load_config(str(path), {}), 1, 2))
+    redactor = RedactSecrets([])
+    caplog.set_level(logging.WARNING)
+    assert reload_config(engine, str(path), redactor, environ={},
+                         adapt=lambda new: worker_config(new, 1, 2)) is not None
+    assert "need a restart" not in caplog.text
+    # Without it, the slice and workers = 1 read as changed (what every worker's SIGHUP said).
+    reload_config(engine, str(path), redactor, environ={})
+    assert "need a restart (not applied)" in caplog.text and "[rtp] min_port" in caplog.text
 
 
 @pytest.mark.parametrize("source, pktinfo", [
