@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -122,21 +123,25 @@ class Conversation(ServerEvents):
         backlog = self.bridge.attach_caller_audio(self.append_caller_audio)
         for start in range(0, len(backlog), MAX_FRAMES_PER_APPEND):
             self.append_caller_audio(b"".join(backlog[start : start + MAX_FRAMES_PER_APPEND]))
+        await self._converse(self._judge_timer if self._judge is not None else None)
+
+    async def _converse(self, *own: Callable[[], Awaitable[None]] | None) -> None:
+        """Every side of one connection in one nursery, until the connection is lost; then
+        raise what ended it. The sides both protocols have, plus the protocol's ``own``."""
+        tasks = [self._read_events, self._ws.flush, self._watch]
+        if self._manners.welcome_due:
+            tasks.append(self._welcome)
+        if self.bridge.caller_events is not None:
+            tasks.append(self._forward_dtmf)
+        if self.settings.idle_reprompt_s:
+            # The callbacks are the task's arguments: gone with it (no reference cycle).
+            tasks.append(partial(self._silence.run, self._instruct, self._caller_silent))
+        if self.settings.max_call_s:
+            tasks.append(self._cap_length)
+        tasks += [task for task in own if task is not None]
         ended: list[BaseException] = []
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            tasks = [self._read_events, self._ws.flush, self._watch]
-            if self._manners.welcome_due:
-                tasks.append(self._welcome)
-            if self.bridge.caller_events is not None:
-                tasks.append(self._forward_dtmf)
-            if self.settings.idle_reprompt_s:
-                # The callbacks are the task's arguments: gone with it (no reference cycle).
-                tasks.append(partial(self._silence.run, self._instruct, self._caller_silent))
-            if self.settings.max_call_s:
-                tasks.append(self._cap_length)
-            if self._judge is not None:
-                tasks.append(self._judge_timer)
             for task in tasks:
                 nursery.start_soon(self._until_lost, task, ended)
         raise_first(ended)

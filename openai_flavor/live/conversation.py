@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from typing import Any
 
 import trio
 
 from openai_flavor import events as realtime
 from openai_flavor import keypad
-from openai_flavor.conversation import MAX_FRAMES_PER_APPEND, Conversation, raise_first
+from openai_flavor.conversation import MAX_FRAMES_PER_APPEND, Conversation
 from openai_flavor.errors import ConnectionLost
 from openai_flavor.live import events
 from openai_flavor.live.turns import Floor
@@ -59,26 +58,10 @@ class LiveConversation(Conversation):
             self.bridge.drop_caller_backlog()
         self.send(events.session_start(self.settings, self.bridge.codec,
                                        instructions=instructions))
-        ended: list[BaseException] = []
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                tasks = [self._read_events, self._ws.flush, self._watch, self._follow_floor]
-                if self._manners.welcome_due:
-                    tasks.append(self._welcome)
-                if self.bridge.caller_events is not None:
-                    tasks.append(self._forward_dtmf)
-                if self.settings.idle_reprompt_s:
-                    # The callbacks are the task's arguments: gone with it (no cycle).
-                    tasks.append(partial(self._silence.run, self._instruct,
-                                         self._caller_silent))
-                if self.settings.max_call_s:
-                    tasks.append(self._cap_length)  # the Realtime conversation's, unchanged
-                for task in tasks:
-                    nursery.start_soon(self._until_lost, task, ended)
+            await self._converse(self._follow_floor)
         finally:
             self._keep_transcript(self.floor.flush())
-        raise_first(ended)
 
     def send(self, event: dict[str, Any]) -> None:
         """Send a client event now (a broken connection surfaces in the reader)."""
