@@ -325,54 +325,53 @@ async def test_a_killed_worker_has_its_calls_ended_and_restarts_while_the_other_
           f"(whole call {max_gap_ms([p.at for p in received]):.1f} ms)")
 
 
-async def test_sigterm_drains_every_worker():
+@contextlib.asynccontextmanager
+async def a_call_on_each_worker(prefix: str, ports: tuple[int, int]):
+    """A two-worker daemon whose hang-ups go to a fake Kamailio management interface, with
+    one call on each worker: yields (daemon, its log, the management fake, the call-ids)."""
     server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
     management = FakeHttpServer()
-    calls = [call_ids_of(0, 1, "drain")[0], call_ids_of(1, 1, "drain")[0]]
+    calls = [call_ids_of(0, 1, prefix)[0], call_ids_of(1, 1, prefix)[0]]
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        rpc = await nursery.start(management.serve)
+        env = workers_env(url, ports, PROXY_TYPE="kamailio", PROXY_URL=rpc + "/RPC")
+        async with running_daemon(env) as (daemon, log):
+            address = ng_address(log)
+            for call_id in calls:
+                reply = await ng(address, "offer", **{"call-id": call_id, "from-tag": "f",
+                                                      "to-tag": "t", "sdp": OFFER})
+                assert reply["result"] == "ok"
+            yield daemon, log, management, calls
+        nursery.cancel_scope.cancel()
+
+
+def hang_ups_asked(management: FakeHttpServer) -> list[str]:
+    return sorted(json.loads(r.body)["params"][0] for r in management.requests)
+
+
+async def test_sigterm_drains_every_worker():
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve)
-            rpc = await nursery.start(management.serve)
-            env = workers_env(url, (43800, 43899), PROXY_TYPE="kamailio", PROXY_URL=rpc + "/RPC")
-            async with running_daemon(env) as (daemon, log):
-                address = ng_address(log)
-                for call_id in calls:
-                    reply = await ng(address, "offer", **{"call-id": call_id, "from-tag": "f",
-                                                          "to-tag": "t", "sdp": OFFER})
-                    assert reply["result"] == "ok"
-                daemon.send_signal(signal.SIGTERM)
-                # Each worker drains its own call: grace 0, then a hang-up through the proxy.
-                await management.wait_for(2)
-                await daemon.wait()
-            assert daemon.returncode == 0
-            asked = sorted(json.loads(r.body)["params"][0] for r in management.requests)
-            assert asked == sorted(calls)
-            for index in (0, 1):
-                assert b"rtpai[w%d]: received SIGTERM: draining" % index in log
-                assert b"[w%d]: draining: 1 calls" % index in log
-            nursery.cancel_scope.cancel()
+        async with a_call_on_each_worker("drain", (43800, 43899)) as (daemon, log, management,
+                                                                      calls):
+            daemon.send_signal(signal.SIGTERM)
+            # Each worker drains its own call: grace 0, then a hang-up through the proxy.
+            await management.wait_for(2)
+            await daemon.wait()
+        assert daemon.returncode == 0
+        assert hang_ups_asked(management) == sorted(calls)
+        for index in (0, 1):
+            assert b"rtpai[w%d]: received SIGTERM: draining" % index in log
+            assert b"[w%d]: draining: 1 calls" % index in log
 
 
 async def test_workers_whose_front_is_killed_end_their_calls_and_exit():
-    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
-    management = FakeHttpServer()
-    calls = [call_ids_of(0, 1, "orphan")[0], call_ids_of(1, 1, "orphan")[0]]
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve)
-            rpc = await nursery.start(management.serve)
-            env = workers_env(url, (43900, 43999), PROXY_TYPE="kamailio", PROXY_URL=rpc + "/RPC")
-            async with running_daemon(env) as (daemon, log):
-                address = ng_address(log)
-                for call_id in calls:
-                    reply = await ng(address, "offer", **{"call-id": call_id, "from-tag": "f",
-                                                          "to-tag": "t", "sdp": OFFER})
-                    assert reply["result"] == "ok"
-                workers = [worker_pid(log, 0), worker_pid(log, 1)]
-                daemon.kill()  # no drain, no goodbye: the workers see their channel close
-                await management.wait_for(2)
-                asked = sorted(json.loads(r.body)["params"][0] for r in management.requests)
-                assert asked == sorted(calls)
-                while any(os.path.exists(f"/proc/{pid}") for pid in workers):
-                    await trio.sleep(0.05)  # (other processes: polled, bounded above)
-            nursery.cancel_scope.cancel()
+        async with a_call_on_each_worker("orphan", (43900, 43999)) as (daemon, log, management,
+                                                                       calls):
+            workers = [worker_pid(log, 0), worker_pid(log, 1)]
+            daemon.kill()  # no drain, no goodbye: the workers see their channel close
+            await management.wait_for(2)
+            assert hang_ups_asked(management) == sorted(calls)
+            while any(os.path.exists(f"/proc/{pid}") for pid in workers):
+                await trio.sleep(0.05)  # (other processes: polled, bounded above)
