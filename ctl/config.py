@@ -356,6 +356,12 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
             f"[ng] workers / NG_WORKERS: {values['ng']['workers']} workers need at least as "
             f"many RTP port pairs; [rtp] min_port..max_port has {pairs}"
         )
+    metrics_listen = values["metrics"]["listen"]
+    if metrics_listen is not None and metrics_listen[1] + values["ng"]["workers"] - 1 > 65535:
+        # Worker i serves its metrics on port + i (ctl/workers.py): all of them must exist.
+        raise ConfigError(
+            f"[metrics] listen / METRICS_LISTEN: {values['ng']['workers']} workers serve "
+            f"metrics on port {metrics_listen[1]} and the ports above it, past 65535")
     if rtp["ip"] is None:
         if ipaddress.ip_address(rtp["bind_ip"]).is_unspecified:
             raise ConfigError(

@@ -127,6 +127,9 @@ def test_workers_setting(monkeypatch):
     assert auto == len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError, match=r"\[ng\] workers / NG_WORKERS: expected 'auto'"):
         load_config(None, {"NG_WORKERS": "many"})
+    with pytest.raises(ConfigError, match=r"\[metrics\] listen .* past 65535"):
+        load_config(None, {"NG_WORKERS": "2", "METRICS_LISTEN": "127.0.0.1:65535"})
+    assert load_config(None, {"NG_WORKERS": "2", "METRICS_LISTEN": "127.0.0.1:65534"})
     with pytest.raises(ConfigError, match="port pairs"):
         load_config(None, {"NG_WORKERS": "4", "RTP_MIN_PORT": "30000", "RTP_MAX_PORT": "30005"})
 
