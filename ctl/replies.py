@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ctl.call import Call
     from ctl.dispatcher import Dispatcher
-    from media.ports import PortPairAllocator
+    from ctl.rtp_ports import PortBinder
 
 _EMPTY_TOTALS = {"packets": 0, "bytes": 0, "errors": 0}
 
@@ -186,7 +186,7 @@ def engine_statistics(
     started: float,
     sessions_own: int,
     sessions_total: int,
-    ports: PortPairAllocator,
+    ports: PortBinder,
     rtp: Mapping[str, Any],
     totals: dict[str, int],
     dispatcher: Dispatcher,
