@@ -33,8 +33,6 @@ from collections import defaultdict
 from functools import wraps
 from pathlib import Path
 
-from bench.ngload import answer_port, caller_sdp
-
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@ll")
 
@@ -185,6 +183,7 @@ def serve(out: Path, profile: Path | None) -> int:
 
 def drive(args: argparse.Namespace) -> dict:
     from bench import run as bench_run
+    from bench.ngload import answer_port, caller_sdp
 
     out = bench_run.BUILD / "offer-phases.json"
     bench_run.BUILD.mkdir(parents=True, exist_ok=True)
@@ -194,11 +193,13 @@ def drive(args: argparse.Namespace) -> dict:
     argv_tail = ["--serve", str(out)]
     if args.profile:
         argv_tail += ["--profile", str(Path(args.profile).resolve())]
-    # bench.run's daemon environment, with this module as the entry point.
+    # bench.run's daemon environment, with this file as the entry point, run in the tree
+    # measured (``--rtpai-tree``: its ctl/ and media/, these probes).
     real_child = bench_run.Child
+    bench_run.RTPAI_TREE = Path(args.rtpai_tree).resolve()
 
     def child(name, argv, **kwargs):
-        return real_child(name, [sys.executable, "-m", "bench.offer_phases", *argv_tail],
+        return real_child(name, [sys.executable, str(Path(__file__).resolve()), *argv_tail],
                           **kwargs)
 
     bench_run.Child = child
@@ -243,12 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--rtp-ports", default="8000-11999", metavar="MIN-MAX",
                         help="rtpai's RTP port range (away from bench.run's, which may be busy)")
+    parser.add_argument("--rtpai-tree", default=str(Path(__file__).resolve().parent.parent),
+                        help="the checkout whose daemon is probed (default: this one)")
     parser.add_argument("--ping", action="store_true",
                         help="a ping after each cycle (bench.run's offers phase has none)")
     parser.add_argument("--profile", default=None, help="cProfile the daemon into this file")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     if args.serve:
+        sys.path.insert(0, os.getcwd())  # the measured tree's packages, not this file's dir
         signal.signal(signal.SIGINT, signal.default_int_handler)
         return serve(Path(args.serve), Path(args.profile) if args.profile else None)
     print(json.dumps(drive(args), indent=1))
