@@ -7,7 +7,8 @@ the p50/p90 of each phase of an offer:
 
 * ``wake``: the kernel's receive timestamp (SO_TIMESTAMPNS) to the moment ``recvfrom`` returns
   (epoll, trio's scheduler, and whatever else was runnable: the previous call's work);
-* ``decode``, ``request``, ``sdp`` (``parse_sdp`` + ``negotiate``), ``bind`` (ports + sockets),
+* ``decode``, ``request``, ``sdp`` (``parse_sdp`` + ``negotiate``; ``sdp_parse`` the parse
+  alone), ``bind`` (ports + sockets),
   ``build`` (the answer SDP), ``encode`` (the bencoded reply), ``cache`` (the reply cache);
 * ``answer``: all of ``Dispatcher.answer`` (the above from ``decode`` and the handler's rest);
 * ``sendto``: the syscall; ``inside``: arrival to the reply's ``sendto`` returning;
@@ -91,6 +92,7 @@ def install_probes(samples: dict[str, list[float]]) -> None:
     ctl.offers.negotiate = timed("sdp", ctl.offers.negotiate)
     ctl.rtp_ports.PortBinder.bind = timed("bind", ctl.rtp_ports.PortBinder.bind)
     media.sdp.build_answer = timed("build", media.sdp.build_answer)
+    media.sdp.parse_sdp = timed("sdp_parse", media.sdp.parse_sdp)
     ctl.dispatcher.Dispatcher.answer = timed("answer", ctl.dispatcher.Dispatcher.answer)
     follow_up = ctl.dispatcher.Dispatcher.follow_up
 

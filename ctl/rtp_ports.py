@@ -103,29 +103,34 @@ class PortBinder:
         stops) close the pooled pairs and give their ports back."""
         self._running = True
         try:
-            self._fill()
+            while len(self._pool) < self.pool_size and self._bind_one():
+                pass  # at start-up, before the first offer can come
             task_status.started()
             while True:
                 await self._wanted.wait()
                 self._wanted = trio.Event()
-                self._fill()
+                # One pair per scheduler pass: after a burst of offers emptied the pool, the
+                # media clock's ticks and the next replies go between the binds.
+                while len(self._pool) < self.pool_size and self._bind_one():
+                    await trio.lowlevel.checkpoint()
         finally:
             self._running = False
             while self._pool:
                 self.unbind(*self._pool.pop())
 
-    def _fill(self) -> None:
-        while len(self._pool) < self.pool_size:
-            try:
-                self._pool.append(self._bind_new())
-            except NgError as exc:
-                if exc.reason != REASON_NO_PORTS and exc.reason != self._failing:
-                    # Not the range being full: said once (an offer's inline bind then
-                    # reports it to the proxy, as without a pool).
-                    log.warning("RTP port pool: %s", exc.reason)
-                self._failing = exc.reason
-                return  # a release sets _wanted again
-            self._failing = None
+    def _bind_one(self) -> bool:
+        """Bind a pair into the pool; False when none can be (a release wakes the task)."""
+        try:
+            self._pool.append(self._bind_new())
+        except NgError as exc:
+            if exc.reason != REASON_NO_PORTS and exc.reason != self._failing:
+                # Not the range being full: said once (an offer's inline bind then reports
+                # it to the proxy, as without a pool).
+                log.warning("RTP port pool: %s", exc.reason)
+            self._failing = exc.reason
+            return False
+        self._failing = None
+        return True
 
 
 def _drop_strays(sockets: Pair) -> None:
