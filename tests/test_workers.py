@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import socket
 
 import pytest
 import trio
@@ -27,12 +28,24 @@ from ctl.config import ConfigError, load_config
 from ctl.daemon import reload_config
 from ctl.engine import Engine
 from ctl.logs import RedactSecrets
+from ctl.ng import decode_reply
 from ctl.routing import Route, Unroutable, merge_lists, merge_statistics, owner, peek, port_slice
 from ctl.workers import worker_config
 from tests.fakes.caller import FakeCaller
 from tests.fakes.daemon import running_daemon
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.realtime import FakeRealtimeServer
+from tests.peers import (
+    LOOPBACK,
+    UAC_SCENARIO,
+    require_tool,
+    run_sipp,
+    start_kamailio,
+    unused_media_port,
+    unused_port,
+    write_rtp_pcap,
+)
+from tests.test_scale_out import call_id_for
 from tests.test_signals import OFFER, ng, ng_address
 
 # --------------------------------------------------------------------------- sans-IO
@@ -378,3 +391,172 @@ async def test_workers_whose_front_is_killed_end_their_calls_and_exit():
             assert hang_ups_asked(management) == sorted(calls)
             while any(os.path.exists(f"/proc/{pid}") for pid in workers):
                 await trio.sleep(0.05)  # (other processes: polled, bounded above)
+
+
+# --------------------------------------------------------------------------- no worker up
+
+
+@contextlib.contextmanager
+def ports_taken(count: int):
+    """``count`` consecutive TCP ports on 127.0.0.1, listened on until the block ends (a
+    worker whose ``[metrics] listen`` port is taken cannot start: it exits, is restarted
+    with a backoff, and exits again, as long as the port is taken)."""
+    for _ in range(50):
+        holders = []
+        try:
+            first = socket.socket()
+            holders.append(first)
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            for n in range(1, count):
+                holders.append(socket.socket())
+                holders[-1].bind(("127.0.0.1", port + n))
+        except OSError:
+            for holder in holders:
+                holder.close()
+            continue
+        for holder in holders:
+            holder.listen()
+        try:
+            yield port
+        finally:
+            for holder in holders:
+                holder.close()
+        return
+    raise RuntimeError("no free TCP port run on 127.0.0.1")
+
+
+async def ng_twice(address, datagram: bytes) -> tuple[bytes, bytes]:
+    """One raw request sent twice from one socket, as a proxy retransmits it (the same
+    source address and port, the same cookie); the reply to each."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sock, trio.fail_after(5):
+        await sock.connect(address)
+        await sock.send(datagram)
+        first = await sock.recv(65535)
+        await sock.send(datagram)
+        return first, await sock.recv(65535)
+
+
+async def test_a_front_without_a_live_worker_says_so_at_once_and_serves_once_one_is_back():
+    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
+    held = ports_taken(2)
+    metrics_port = held.__enter__()
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(server.serve)
+                env = workers_env(url, (44100, 44199),
+                                  METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
+                async with running_daemon(env) as (daemon, log):
+                    address = ng_address(log)
+                    assert b"no worker is up" in log
+                    # The proxies' liveness probe: an error, not pong (both modules then
+                    # disable this engine and use the rest of the set).
+                    ping = await ng(address, "ping")
+                    assert ping == {"result": "error",
+                                    "error-reason": "no rtpai worker is running"}
+                    # A new call: at once, load limit (the next engine) or the reason.
+                    offer = {"call-id": "nobody@192.0.2.1", "from-tag": "f", "sdp": OFFER}
+                    assert await ng(address, "offer", **offer, supports=["load limit"]) == {
+                        "result": "load limit", "message": "no rtpai worker is running"}
+                    refused = await ng(address, "offer", **offer)
+                    assert refused["error-reason"] == "no rtpai worker is running"
+                    # Without a call-id (nothing to route by) and host-wide: errors too.
+                    assert (await ng(address, "query"))["result"] == "error"
+                    for command in ("statistics", "list"):
+                        reply = await ng(address, command)
+                        assert reply["error-reason"] == "no rtpai worker is running"
+                    held.__exit__(None, None, None)  # the port is free: a worker starts
+                    while (await ng(address, "ping"))["result"] != "pong":
+                        await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
+                    while (await ng(address, "statistics")).get("statistics", {}).get(
+                            "rtpai", {}).get("front", {}).get("alive") != 2:
+                        await trio.sleep(0.1)  # the other worker too (bounded as above)
+                    assert (await ng(address, "offer", **offer))["result"] == "ok"
+                    assert b"rtpai[w0]" in log  # a worker, not the front, took the call
+                nursery.cancel_scope.cancel()
+    finally:
+        held.__exit__(None, None, None)
+
+
+async def test_a_retransmitted_host_wide_command_gets_the_reply_it_missed():
+    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            async with running_daemon(workers_env(url, (44200, 44299))) as (daemon, log):
+                address = ng_address(log)
+                for command in (b"statistics", b"list"):
+                    request = b"re%s d7:command%d:%se" % (command, len(command), command)
+                    first, again = await ng_twice(address, request)
+                    # A fresh gathering would differ (the workers count every statistics);
+                    # the cache sends the reply the proxy missed, byte for byte.
+                    assert again == first
+                    assert decode_reply(first)[1]["result"] == "ok"
+                stats = (await ng(address, "statistics"))["statistics"]
+                assert stats["controlstatistics"]["commands"]["statistics"] == 2 * 2
+                assert stats["rtpai"]["front"]["retransmits"] == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tmp_path):
+    """Real Kamailio 5.6, two engines in its set: a front whose workers cannot start (their
+    metrics port is taken) and a single rtpai. Kamailio's own probe of the front fails (its
+    rtpengine module disables an engine whose ping gets anything but pong), a call that
+    hashes to the front goes to the other engine, and once a worker is up the front is used
+    again."""
+    require_tool("kamailio")
+    require_tool("sipp")
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, [b"\xff" * 160])
+    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
+    sip_port, front_port, other_port = unused_port(), unused_port(), unused_port()
+    both = (True, True)
+
+    async def call(call_id: str) -> None:
+        await run_sipp(UAC_SCENARIO, target=(LOOPBACK, sip_port), local_port=unused_port(),
+                       media_port=unused_media_port(), pcap=pcap, logdir=tmp_path,
+                       pause_ms=100, extra=("-cid_str", call_id))
+
+    async def managed(address) -> int:
+        return (await ng(address, "statistics"))["statistics"]["totalstatistics"][
+            "managedsessions"]
+
+    held = ports_taken(2)
+    metrics_port = held.__enter__()
+    try:
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
+                url = await nursery.start(server.serve)
+                front, front_log = await stack.enter_async_context(running_daemon(
+                    workers_env(url, (44300, 44399), NG_LISTEN=f"{LOOPBACK}:{front_port}",
+                                METRICS_LISTEN=f"{LOOPBACK}:{metrics_port}")))
+                assert b"no worker is up" in front_log
+                await stack.enter_async_context(running_daemon(
+                    workers_env(url, (44400, 44499), NG_WORKERS="1",
+                                NG_LISTEN=f"{LOOPBACK}:{other_port}")))
+                kamailio = await stack.enter_async_context(start_kamailio(
+                    tmp_path, sip_port=sip_port, ng_port=front_port,
+                    ng_socks=f"udp:{LOOPBACK}:{front_port}=1 udp:{LOOPBACK}:{other_port}=1"))
+                probe = await kamailio.rpc("rtpengine.ping", f"udp:{LOOPBACK}:{front_port}")
+                probe = probe[0] if isinstance(probe, list) else probe
+                assert probe["status"] == "fail", probe  # with pong: "success"
+                # A call that would go to the front (by its Call-ID) is on the other engine.
+                await call(call_id_for(0, "away", both, (1, 1)))
+                assert await managed((LOOPBACK, other_port)) == 1
+
+                held.__exit__(None, None, None)  # a worker can start now
+                while (await ng((LOOPBACK, front_port), "statistics")).get("statistics", {}).get(
+                        "rtpai", {}).get("front", {}).get("alive") != 2:
+                    await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
+                # Kamailio pings a disabled engine again when a call would go to it (past
+                # rtpengine_disable_tout, 1 s in tests/peers/kamailio.cfg): back in use.
+                for attempt in range(20):
+                    await call(call_id_for(0, f"back{attempt}", both, (1, 1)))
+                    if await managed((LOOPBACK, front_port)):
+                        break
+                assert await managed((LOOPBACK, front_port)) == 1
+                nursery.cancel_scope.cancel()
+    finally:
+        held.__exit__(None, None, None)
