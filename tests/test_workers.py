@@ -560,3 +560,25 @@ async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tm
                 nursery.cancel_scope.cancel()
     finally:
         held.__exit__(None, None, None)
+
+
+async def test_a_statistics_no_worker_answers_in_time_is_an_error_not_the_fronts_end():
+    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve)
+            async with running_daemon(workers_env(url, (44500, 44599))) as (daemon, log):
+                address = ng_address(log)
+                stopped = [worker_pid(log, 0), worker_pid(log, 1)]
+                for pid in stopped:  # alive to the front, answering nothing
+                    os.kill(pid, signal.SIGSTOP)
+                try:
+                    reply = await ng(address, "statistics")
+                    assert reply == {"result": "error",
+                                     "error-reason": "no rtpai worker answered in time"}
+                finally:
+                    for pid in stopped:
+                        os.kill(pid, signal.SIGCONT)
+                assert (await ng(address, "statistics"))["result"] == "ok"
+                assert daemon.returncode is None
+            nursery.cancel_scope.cancel()
