@@ -396,34 +396,53 @@ async def test_workers_whose_front_is_killed_end_their_calls_and_exit():
 # --------------------------------------------------------------------------- no worker up
 
 
-@contextlib.contextmanager
-def ports_taken(count: int):
-    """``count`` consecutive TCP ports on 127.0.0.1, listened on until the block ends (a
-    worker whose ``[metrics] listen`` port is taken cannot start: it exits, is restarted
-    with a backoff, and exits again, as long as the port is taken)."""
-    for _ in range(50):
-        holders = []
-        try:
-            first = socket.socket()
-            holders.append(first)
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            for n in range(1, count):
-                holders.append(socket.socket())
-                holders[-1].bind(("127.0.0.1", port + n))
-        except OSError:
-            for holder in holders:
-                holder.close()
-            continue
-        for holder in holders:
-            holder.listen()
-        try:
-            yield port
-        finally:
-            for holder in holders:
-                holder.close()
-        return
-    raise RuntimeError("no free TCP port run on 127.0.0.1")
+class TakenPorts:
+    """``count`` consecutive TCP ports on 127.0.0.1, listened on until released (a worker
+    whose ``[metrics] listen`` port is taken cannot start: it exits, is restarted with a
+    backoff, and exits again, as long as the port is taken)."""
+
+    def __init__(self, count: int) -> None:
+        for _ in range(50):
+            self._holders = [socket.socket() for _ in range(count)]
+            try:
+                self._holders[0].bind((LOOPBACK, 0))
+                self.port = self._holders[0].getsockname()[1]
+                for n, holder in enumerate(self._holders[1:], 1):
+                    holder.bind((LOOPBACK, self.port + n))
+            except OSError:
+                self.release()
+                continue
+            for holder in self._holders:
+                holder.listen()
+            return
+        raise RuntimeError("no free run of TCP ports on 127.0.0.1")
+
+    def release(self) -> None:
+        for holder in self._holders:
+            holder.close()
+
+    def __enter__(self) -> TakenPorts:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+@contextlib.asynccontextmanager
+async def daemon_with_workers(ports: tuple[int, int], **extra: str):
+    """rtpai with ``[ng] workers = 2`` (or ``NG_WORKERS`` in ``extra``), its AI a fake
+    Realtime server: yields (process, log, ng address)."""
+    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        async with running_daemon(workers_env(url, ports, **extra)) as (daemon, log):
+            yield daemon, log, ng_address(log)
+        nursery.cancel_scope.cancel()
+
+
+async def workers_alive(address) -> int:
+    reply = await ng(address, "statistics")
+    return reply.get("statistics", {}).get("rtpai", {}).get("front", {}).get("alive", 0)
 
 
 async def ng_twice(address, datagram: bytes) -> tuple[bytes, bytes]:
@@ -439,65 +458,63 @@ async def ng_twice(address, datagram: bytes) -> tuple[bytes, bytes]:
 
 
 async def test_a_front_without_a_live_worker_says_so_at_once_and_serves_once_one_is_back():
-    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
-    held = ports_taken(2)
-    metrics_port = held.__enter__()
-    try:
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                url = await nursery.start(server.serve)
-                env = workers_env(url, (44100, 44199),
-                                  METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
-                async with running_daemon(env) as (daemon, log):
-                    address = ng_address(log)
-                    assert b"no worker is up" in log
-                    # The proxies' liveness probe: an error, not pong (both modules then
-                    # disable this engine and use the rest of the set).
-                    ping = await ng(address, "ping")
-                    assert ping == {"result": "error",
-                                    "error-reason": "no rtpai worker is running"}
-                    # A new call: at once, load limit (the next engine) or the reason.
-                    offer = {"call-id": "nobody@192.0.2.1", "from-tag": "f", "sdp": OFFER}
-                    assert await ng(address, "offer", **offer, supports=["load limit"]) == {
-                        "result": "load limit", "message": "no rtpai worker is running"}
-                    refused = await ng(address, "offer", **offer)
-                    assert refused["error-reason"] == "no rtpai worker is running"
-                    # Without a call-id (nothing to route by) and host-wide: errors too.
-                    assert (await ng(address, "query"))["result"] == "error"
-                    for command in ("statistics", "list"):
-                        reply = await ng(address, command)
-                        assert reply["error-reason"] == "no rtpai worker is running"
-                    held.__exit__(None, None, None)  # the port is free: a worker starts
-                    while (await ng(address, "ping"))["result"] != "pong":
-                        await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
-                    while (await ng(address, "statistics")).get("statistics", {}).get(
-                            "rtpai", {}).get("front", {}).get("alive") != 2:
-                        await trio.sleep(0.1)  # the other worker too (bounded as above)
-                    assert (await ng(address, "offer", **offer))["result"] == "ok"
-                    assert b"rtpai[w0]" in log  # a worker, not the front, took the call
-                nursery.cancel_scope.cancel()
-    finally:
-        held.__exit__(None, None, None)
+    with TakenPorts(2) as metrics, trio.fail_after(60):
+        async with daemon_with_workers((44100, 44199),
+                                       METRICS_LISTEN=f"{LOOPBACK}:{metrics.port}") as (
+                daemon, log, address):
+            assert b"no worker is up" in log
+            # The proxies' liveness probe: an error, not pong (both modules then disable
+            # this engine and use the rest of the set).
+            assert await ng(address, "ping") == {"result": "error",
+                                                 "error-reason": "no rtpai worker is running"}
+            # A new call: at once, load limit (the next engine) or the reason.
+            offer = {"call-id": "nobody@192.0.2.1", "from-tag": "f", "sdp": OFFER}
+            assert await ng(address, "offer", **offer, supports=["load limit"]) == {
+                "result": "load limit", "message": "no rtpai worker is running"}
+            refused = await ng(address, "offer", **offer)
+            assert refused["error-reason"] == "no rtpai worker is running"
+            # Without a call-id (nothing to route by) and host-wide: errors too.
+            assert (await ng(address, "query"))["result"] == "error"
+            for command in ("statistics", "list"):
+                reply = await ng(address, command)
+                assert reply["error-reason"] == "no rtpai worker is running"
+            metrics.release()  # the port is free: the workers start
+            while (await ng(address, "ping"))["result"] != "pong":
+                await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
+            while await workers_alive(address) != 2:
+                await trio.sleep(0.1)  # the other worker too (bounded as above)
+            assert (await ng(address, "offer", **offer))["result"] == "ok"
 
 
 async def test_a_retransmitted_host_wide_command_gets_the_reply_it_missed():
-    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve)
-            async with running_daemon(workers_env(url, (44200, 44299))) as (daemon, log):
-                address = ng_address(log)
-                for command in (b"statistics", b"list"):
-                    request = b"re%s d7:command%d:%se" % (command, len(command), command)
-                    first, again = await ng_twice(address, request)
-                    # A fresh gathering would differ (the workers count every statistics);
-                    # the cache sends the reply the proxy missed, byte for byte.
-                    assert again == first
-                    assert decode_reply(first)[1]["result"] == "ok"
-                stats = (await ng(address, "statistics"))["statistics"]
-                assert stats["controlstatistics"]["commands"]["statistics"] == 2 * 2
-                assert stats["rtpai"]["front"]["retransmits"] == 2
-            nursery.cancel_scope.cancel()
+        async with daemon_with_workers((44200, 44299)) as (daemon, log, address):
+            for command in (b"statistics", b"list"):
+                request = b"re%s d7:command%d:%se" % (command, len(command), command)
+                first, again = await ng_twice(address, request)
+                # A fresh gathering would differ (the workers count every statistics); the
+                # cache sends the reply the proxy missed, byte for byte.
+                assert again == first
+                assert decode_reply(first)[1]["result"] == "ok"
+            stats = (await ng(address, "statistics"))["statistics"]
+            assert stats["controlstatistics"]["commands"]["statistics"] == 2 * 2
+            assert stats["rtpai"]["front"]["retransmits"] == 2
+
+
+async def test_a_statistics_no_worker_answers_in_time_is_an_error_not_the_fronts_end():
+    with trio.fail_after(60):
+        async with daemon_with_workers((44500, 44599)) as (daemon, log, address):
+            stopped = [worker_pid(log, 0), worker_pid(log, 1)]
+            for pid in stopped:  # alive to the front, answering nothing
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                assert await ng(address, "statistics") == {
+                    "result": "error", "error-reason": "no rtpai worker answered in time"}
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            assert (await ng(address, "statistics"))["result"] == "ok"
+            assert daemon.returncode is None
 
 
 async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tmp_path):
@@ -510,7 +527,6 @@ async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tm
     require_tool("sipp")
     pcap = tmp_path / "caller.pcap"
     write_rtp_pcap(pcap, [b"\xff" * 160])
-    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
     sip_port, front_port, other_port = unused_port(), unused_port(), unused_port()
     both = (True, True)
 
@@ -523,62 +539,31 @@ async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tm
         return (await ng(address, "statistics"))["statistics"]["totalstatistics"][
             "managedsessions"]
 
-    held = ports_taken(2)
-    metrics_port = held.__enter__()
-    try:
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
-                url = await nursery.start(server.serve)
-                front, front_log = await stack.enter_async_context(running_daemon(
-                    workers_env(url, (44300, 44399), NG_LISTEN=f"{LOOPBACK}:{front_port}",
-                                METRICS_LISTEN=f"{LOOPBACK}:{metrics_port}")))
-                assert b"no worker is up" in front_log
-                await stack.enter_async_context(running_daemon(
-                    workers_env(url, (44400, 44499), NG_WORKERS="1",
-                                NG_LISTEN=f"{LOOPBACK}:{other_port}")))
-                kamailio = await stack.enter_async_context(start_kamailio(
-                    tmp_path, sip_port=sip_port, ng_port=front_port,
-                    ng_socks=f"udp:{LOOPBACK}:{front_port}=1 udp:{LOOPBACK}:{other_port}=1"))
-                probe = await kamailio.rpc("rtpengine.ping", f"udp:{LOOPBACK}:{front_port}")
-                probe = probe[0] if isinstance(probe, list) else probe
-                assert probe["status"] == "fail", probe  # with pong: "success"
-                # A call that would go to the front (by its Call-ID) is on the other engine.
-                await call(call_id_for(0, "away", both, (1, 1)))
-                assert await managed((LOOPBACK, other_port)) == 1
+    with TakenPorts(2) as metrics, trio.fail_after(120):
+        async with (
+            daemon_with_workers((44300, 44399), NG_LISTEN=f"{LOOPBACK}:{front_port}",
+                                METRICS_LISTEN=f"{LOOPBACK}:{metrics.port}") as (_, log, front),
+            daemon_with_workers((44400, 44499), NG_WORKERS="1",
+                                NG_LISTEN=f"{LOOPBACK}:{other_port}") as (_, _, other),
+            start_kamailio(tmp_path, sip_port=sip_port, ng_port=front_port,
+                           ng_socks=f"udp:{LOOPBACK}:{front_port}=1 "
+                                    f"udp:{LOOPBACK}:{other_port}=1") as kamailio,
+        ):
+            assert b"no worker is up" in log
+            probe = await kamailio.rpc("rtpengine.ping", f"udp:{LOOPBACK}:{front_port}")
+            probe = probe[0] if isinstance(probe, list) else probe
+            assert probe["status"] == "fail", probe  # with pong: "success"
+            # A call that would go to the front (by its Call-ID) is on the other engine.
+            await call(call_id_for(0, "away", both, (1, 1)))
+            assert await managed(other) == 1
 
-                held.__exit__(None, None, None)  # a worker can start now
-                while (await ng((LOOPBACK, front_port), "statistics")).get("statistics", {}).get(
-                        "rtpai", {}).get("front", {}).get("alive") != 2:
-                    await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
-                # Kamailio pings a disabled engine again when a call would go to it (past
-                # rtpengine_disable_tout, 1 s in tests/peers/kamailio.cfg): back in use.
-                for attempt in range(20):
-                    await call(call_id_for(0, f"back{attempt}", both, (1, 1)))
-                    if await managed((LOOPBACK, front_port)):
-                        break
-                assert await managed((LOOPBACK, front_port)) == 1
-                nursery.cancel_scope.cancel()
-    finally:
-        held.__exit__(None, None, None)
-
-
-async def test_a_statistics_no_worker_answers_in_time_is_an_error_not_the_fronts_end():
-    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve)
-            async with running_daemon(workers_env(url, (44500, 44599))) as (daemon, log):
-                address = ng_address(log)
-                stopped = [worker_pid(log, 0), worker_pid(log, 1)]
-                for pid in stopped:  # alive to the front, answering nothing
-                    os.kill(pid, signal.SIGSTOP)
-                try:
-                    reply = await ng(address, "statistics")
-                    assert reply == {"result": "error",
-                                     "error-reason": "no rtpai worker answered in time"}
-                finally:
-                    for pid in stopped:
-                        os.kill(pid, signal.SIGCONT)
-                assert (await ng(address, "statistics"))["result"] == "ok"
-                assert daemon.returncode is None
-            nursery.cancel_scope.cancel()
+            metrics.release()  # the workers can start now
+            while await workers_alive(front) != 2:
+                await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
+            # Kamailio pings a disabled engine again when a call would go to it (past
+            # rtpengine_disable_tout, 1 s in tests/peers/kamailio.cfg): back in use.
+            for attempt in range(20):
+                await call(call_id_for(0, f"back{attempt}", both, (1, 1)))
+                if await managed(front):
+                    break
+            assert await managed(front) == 1
