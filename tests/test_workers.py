@@ -40,7 +40,7 @@ from tests.peers import (
     UAC_SCENARIO,
     require_tool,
     run_sipp,
-    start_kamailio,
+    start_proxy,
     unused_media_port,
     unused_port,
     write_rtp_pcap,
@@ -517,13 +517,25 @@ async def test_a_statistics_no_worker_answers_in_time_is_an_error_not_the_fronts
             assert daemon.returncode is None
 
 
-async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tmp_path):
-    """Real Kamailio 5.6, two engines in its set: a front whose workers cannot start (their
-    metrics port is taken) and a single rtpai. Kamailio's own probe of the front fails (its
-    rtpengine module disables an engine whose ping gets anything but pong), a call that
-    hashes to the front goes to the other engine, and once a worker is up the front is used
-    again."""
-    require_tool("kamailio")
+def engines_shown(shown):
+    """(url, disabled) of each engine in OpenSIPS's ``rtpengine_show`` answer."""
+    if isinstance(shown, dict):
+        if "url" in shown:
+            yield shown["url"], shown.get("disabled")
+        for value in shown.values():
+            yield from engines_shown(value)
+    elif isinstance(shown, list):
+        for value in shown:
+            yield from engines_shown(value)
+
+
+async def test_the_proxy_uses_the_other_engines_while_a_front_has_no_worker_up(tmp_path,
+                                                                              proxy_kind):
+    """A real proxy (Kamailio 5.6, OpenSIPS 3.6), two engines in its set: a front whose
+    workers cannot start (their metrics port is taken) and a single rtpai. The proxy's probe
+    of the front fails (both rtpengine modules disable an engine whose ping gets anything but
+    pong; Kamailio's `rtpengine.ping` says so), a call that hashes to the front goes to the
+    other engine, and once a worker is up the front is used again."""
     require_tool("sipp")
     pcap = tmp_path / "caller.pcap"
     write_rtp_pcap(pcap, [b"\xff" * 160])
@@ -545,14 +557,18 @@ async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tm
                                 METRICS_LISTEN=f"{LOOPBACK}:{metrics.port}") as (_, log, front),
             daemon_with_workers((44400, 44499), NG_WORKERS="1",
                                 NG_LISTEN=f"{LOOPBACK}:{other_port}") as (_, _, other),
-            start_kamailio(tmp_path, sip_port=sip_port, ng_port=front_port,
-                           ng_socks=f"udp:{LOOPBACK}:{front_port}=1 "
-                                    f"udp:{LOOPBACK}:{other_port}=1") as kamailio,
+            start_proxy(proxy_kind, tmp_path, sip_port=sip_port, ng_port=front_port,
+                        ng_socks=f"udp:{LOOPBACK}:{front_port}=1 "
+                                 f"udp:{LOOPBACK}:{other_port}=1") as proxy,
         ):
             assert b"no worker is up" in log
-            probe = await kamailio.rpc("rtpengine.ping", f"udp:{LOOPBACK}:{front_port}")
-            probe = probe[0] if isinstance(probe, list) else probe
-            assert probe["status"] == "fail", probe  # with pong: "success"
+            if proxy_kind == "kamailio":
+                probe = await proxy.rpc("rtpengine.ping", f"udp:{LOOPBACK}:{front_port}")
+                probe = probe[0] if isinstance(probe, list) else probe
+                assert probe["status"] == "fail", probe  # with pong: "success"
+            else:  # OpenSIPS pinged it at start-up: disabled
+                nodes = list(engines_shown(await proxy.mi("rtpengine_show")))
+                assert (f"udp:{LOOPBACK}:{front_port}", 1) in nodes, nodes
             # A call that would go to the front (by its Call-ID) is on the other engine.
             await call(call_id_for(0, "away", both, (1, 1)))
             assert await managed(other) == 1
@@ -561,8 +577,9 @@ async def test_kamailio_uses_the_other_engines_while_a_front_has_no_worker_up(tm
             while await workers_alive(front) != 2:
                 await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
             # Kamailio pings a disabled engine again when a call would go to it (past
-            # rtpengine_disable_tout, 1 s in tests/peers/kamailio.cfg): back in use.
-            for attempt in range(20):
+            # rtpengine_disable_tout, 1 s in tests/peers/kamailio.cfg), OpenSIPS from a timer
+            # (1 s in tests/peers/opensips.cfg): back in use.
+            for attempt in range(30):
                 await call(call_id_for(0, f"back{attempt}", both, (1, 1)))
                 if await managed(front):
                     break
