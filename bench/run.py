@@ -11,8 +11,13 @@ collector's pauses), offer -> reply latency and throughput against rtpai and Deb
 ``rtpengine`` (userspace only, 127.0.0.1, a private port range), a 10,000-cycle offer/delete
 churn for memory, and (``--profile N``) a py-spy profile of rtpai under N calls.
 
+After the ``--calls`` list, up to ``--search-runs`` more N search for the largest healthy N
+(bench/targets.py). rtpai runs on one core (``--rtpai-cpus``, taskset: every thread and child
+it starts), the load side on the others.
+
 Everything runs on 127.0.0.1 and every child is stopped at the end. Results are printed and
-written as JSON to bench/build/.
+written as JSON to bench/build/; the output ends with issue 14's targets, one table read from
+that JSON (``python -m bench.targets FILE`` prints it again).
 """
 
 from __future__ import annotations

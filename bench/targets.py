@@ -153,7 +153,10 @@ def _verdict(met: bool, note: str = "") -> str:
 
 
 def _ms(us: float | None) -> str:
-    return "-" if us is None else f"{us / 1000:.3g} ms"
+    if us is None:
+        return "-"
+    ms = us / 1000
+    return f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
 def cpu_row(report: Mapping[str, Any]) -> dict[str, str]:
