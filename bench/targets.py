@@ -28,6 +28,10 @@ LATENCY_CALLS = 500
 LATENCY_BAR_US = 1000
 GAP_P99_BAR_US = 5000
 OFFER_RATIO_BAR = 1.0
+# The load side (AI server + generator, % of one core) from which a failure may be its own.
+LOAD_SIDE_BUSY_PERCENT = 90
+# rtpai's run-queue wait (% of the window) from which others on its core may be the cause.
+CONTENDED_PERCENT = 5
 
 
 # --- healthy -----------------------------------------------------------------------------------
@@ -180,16 +184,14 @@ def cpu_row(report: Mapping[str, Any]) -> dict[str, str]:
               f"({base['ref']}) = {base['ratio']:.2f}x, median of {reps} each"
               f"{' (at ' + str(base['calls']) + ' calls)' if base['calls'] != CPU_CALLS else ''}")
     note = "(some runs unhealthy: starved?)" if starved else ""
+    waited = max((r.get("rtpai_run_queue_wait_percent", 0) for results in runs.values()
+                  for r in results), default=0)
+    if waited >= CONTENDED_PERCENT:
+        figure += f"; rtpai waited for its core up to {waited:.0f} % of a run"
     if base["calls"] != CPU_CALLS:
         note = f"(at {base['calls']}, not {CPU_CALLS}) {note}".strip()
     return {"target": target, "figure": figure, "bar": bar,
             "verdict": _verdict(base["ratio"] <= CPU_RATIO_BAR, note)}
-
-
-# The load side (AI server + generator, % of one core) from which a failure may be its own.
-LOAD_SIDE_BUSY_PERCENT = 90
-# rtpai's run-queue wait (% of the window) from which others on its core may be the cause.
-CONTENDED_PERCENT = 5
 
 
 def healthy_n_row(report: Mapping[str, Any]) -> dict[str, str]:
@@ -221,8 +223,16 @@ def healthy_n_row(report: Mapping[str, Any]) -> dict[str, str]:
         parts.append(f"unhealthy below it: {odd}")
     # A top-out that is the largest N tried proves "at least", which meets a "≥" bar.
     met = low is not None and low >= HEALTHY_N_BAR
-    return {"target": target, "figure": "; ".join(parts), "bar": bar,
-            "verdict": _verdict(met, "(a lower bound)" if met and high is None else "")}
+    verdict = _verdict(met, "(a lower bound)" if met and high is None else "")
+    # taskset's affinity is inherited, but a thread may widen its own: then it was not one core.
+    pinned_to = (report.get("pinning") or {}).get("rtpai_cpus")
+    escaped = sorted({r["rtpai_cpus_allowed"] for r in all_runs(report)
+                      if pinned_to and r.get("rtpai_cpus_allowed") not in (None, pinned_to)})
+    if escaped:
+        parts.append(f"rtpai's threads were allowed CPUs {' / '.join(escaped)}, "
+                     f"not {pinned_to}")
+        verdict = "not measured (not held to one core)"
+    return {"target": target, "figure": "; ".join(parts), "bar": bar, "verdict": verdict}
 
 
 def _latency_run(report: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str]:

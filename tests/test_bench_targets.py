@@ -21,7 +21,7 @@ def run(calls: int, **changes) -> dict:
         "calls": calls,
         "rtpai_cpu_ms_per_call_s": 1.5,
         "server_cpu_percent": 20.0, "loadgen_cpu_percent": 5.0,
-        "rtpai_run_queue_wait_percent": 0.5,
+        "rtpai_run_queue_wait_percent": 0.5, "rtpai_cpus_allowed": "0",
         "gap_err_us": {"n": 1000, "p50_us": 40, "p99_us": 900, "max_us": 3000},
         "lost_out": 0, "lost_in": 0,
         "caller_packets_sent": 5000, "caller_speech_frames_sent": 5000,
@@ -241,3 +241,21 @@ def test_the_table_is_printed_again_from_the_saved_json(tmp_path, capsys):
     assert "5 of 5 met." in printed
     for row in targets.rows(rep):
         assert row["figure"] in printed
+
+
+def test_a_thread_that_left_the_pinned_core_voids_the_one_core_figure():
+    rep = report()
+    assert targets.rows(rep)[1]["verdict"] == "met"
+    rep["search"]["runs"][-1] = run(1050, rtpai_cpus_allowed="0,1")
+    row = targets.rows(rep)[1]
+    assert row["verdict"] == "not measured (not held to one core)"
+    assert "allowed CPUs 0,1, not 0" in row["figure"]
+
+
+def test_contention_on_rtpai_core_is_shown_beside_the_figures():
+    rep = report()
+    rep["baseline"]["runs"]["this"] = [run(200, rtpai_run_queue_wait_percent=12.0)]
+    rep["search"]["runs"][2] = run(1100, lost_out=2, rtpai_run_queue_wait_percent=30.0)
+    rows = targets.rows(rep)
+    assert "rtpai waited for its core up to 12 % of a run" in rows[0]["figure"]
+    assert "rtpai waited for its core 30 % of the time at 1100" in rows[1]["figure"]
