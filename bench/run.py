@@ -519,7 +519,8 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         "caller_frames_at_server": srv["caller_frames"],
         "caller_frames_at_server_pct": round(
             100 * srv["caller_frames"] / max(1, gen["sent_speech"]), 3),
-        "rtp_to_ws_us": srv["rtp_to_ws_us"],
+        "rtp_to_ws_us": srv["rtp_to_ws_us"],  # to the AI server's read of the append
+        "rtp_to_ws_arrival_us": srv.get("rtp_to_ws_arrival_us"),  # to its arrival there
         "delta_to_first_rtp_us": gen["delta_first"],
         "delta_to_first_rtp_excess_us": gen["delta_excess"],
         "delta_missed_slot": gen["missed_slot"],
