@@ -1,6 +1,6 @@
 # rtpai: `make demo` runs a whole local call, `make test` runs the tests,
 # `make bench` measures the media path and judges issue 14's targets (docs/performance.md;
-# BENCH_ARGS=--quick for ~3 minutes, the same table smaller).
+# BENCH_ARGS='--quick --baseline a38b145' for ~4 minutes, the same table smaller).
 # `make fuzz` sends 1,000,000 mutated ng datagrams through the dispatcher, then 100,000 to a real
 # daemon over UDP (docs/security.md); each run is bounded by FUZZ_SECONDS.
 # Both create or refresh .venv themselves (it is rebuilt when pyproject.toml changes).
