@@ -503,7 +503,7 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
                                            - sum(cpu.values())) / window, 1),
         "others_before_start_percent": load_before,
         # Ready to run but not running: time other processes held rtpai's core.
-        "rtpai_run_queue_wait_percent": round(100 * (waited1 - waited0) / window, 1),
+        "rtpai_run_queue_wait_percent": round(max(0.0, 100 * (waited1 - waited0) / window), 1),
         "irq_softirq_percent": round(100 * (machine1["irq"] - machine0["irq"]) / window, 1),
         "steal_percent": round(100 * (machine1["steal"] - machine0["steal"]) / window, 1),
         "rss_idle_kib": rss_idle,

@@ -97,3 +97,34 @@ def test_a_cpu_this_process_may_not_use_is_refused(monkeypatch):
     monkeypatch.setattr(run.os, "sched_getaffinity", lambda pid: {0, 1})
     with pytest.raises(SystemExit, match="--rtpai-cpus 5"):
         run.choose_pinning("5", 1)
+
+
+def test_the_search_after_the_list_stays_within_its_budget(monkeypatch):
+    """bench/run.py's loop around targets.next_search_n, on a machine that holds 860 calls."""
+    from argparse import Namespace
+
+    from tests.test_bench_targets import run as result
+
+    ran = []
+
+    def fake_run(n, args):
+        ran.append(n)
+        return result(n) if n <= 860 else result(n, lost_out=1)
+
+    monkeypatch.setattr(run, "calls_or_failure", fake_run)
+    listed = [result(n) if n <= 860 else result(n, lost_out=1) for n in (50, 200, 500, 1000)]
+    found = run.search_top_out(Namespace(search_runs=2, search_cap=2000), listed)
+    assert ran == [750, 875]  # bisecting 500..1000, then 750..1000
+    assert found["closed"] is False  # 750..875 is wider than 5 % of 750: the budget ended it
+    assert (found["largest_healthy_n"], found["first_unhealthy_above"]) == (750, 875)
+
+    ran.clear()
+    found = run.search_top_out(Namespace(search_runs=10, search_cap=2000), listed)
+    assert ran == [750, 875, 800, 850]
+    assert found["closed"] is True
+    assert (found["largest_healthy_n"], found["first_unhealthy_above"]) == (850, 875)
+    assert [r["calls"] for r in found["runs"]] == ran
+
+    ran.clear()
+    assert run.search_top_out(Namespace(search_runs=0, search_cap=2000), listed)["runs"] == []
+    assert ran == []
