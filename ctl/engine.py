@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from functools import partial
 from typing import Any
 
@@ -88,6 +89,9 @@ class Engine:
         self.started = time.time()
         self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0,
                        "hangup failures": 0, "hangup timeouts": 0, "hangup retries": 0}
+        # Ended calls by every EndReason (statistics: totalstatistics.endreasons), as the
+        # metrics count them, so a new reason is in the ng totals the day it is added.
+        self.ended_by: Counter[EndReason] = Counter()
         self.dispatcher = Dispatcher(
             {
                 "ping": self.ping,
@@ -366,7 +370,9 @@ class Engine:
 
     def _count_end(self, call: Call) -> None:
         self.totals["ended"] += 1
-        total = TOTALS_BY_END.get(call.end_kind) if call.end_kind else None
+        kind = call.end_kind or EndReason.SHUTDOWN  # (as ctl/metrics.py counts it)
+        self.ended_by[kind] += 1
+        total = TOTALS_BY_END.get(kind)
         if total is not None:
             self.totals[total] += 1
 
@@ -403,6 +409,6 @@ class Engine:
     def statistics(self, request: NgRequest | None) -> dict[str, Any]:
         return queries.statistics(
             self.calls, started=self.started, ports=self.ports, rtp=self.config["rtp"],
-            totals=self.totals, dispatcher=self.dispatcher,
+            totals=self.totals, ended_by=self.ended_by, dispatcher=self.dispatcher,
             **self.archive.statistics(),
         )

@@ -22,6 +22,7 @@ from ctl.registry import CallRegistry
 if TYPE_CHECKING:
     from ctl.dispatcher import Dispatcher
     from ctl.rtp_ports import PortBinder
+    from media.bridge import EndReason
 
 
 def call_statistics(call: Call, *, parties: bool = True) -> dict[str, Any]:
@@ -64,6 +65,7 @@ def statistics(
     ports: PortBinder,
     rtp: Mapping[str, Any],
     totals: dict[str, int],
+    ended_by: Mapping[EndReason, int],
     dispatcher: Dispatcher,
     recording: dict[str, int] | None = None,
     cdr: dict[str, dict[str, int]] | None = None,
@@ -72,7 +74,8 @@ def statistics(
     gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
     return replies.engine_statistics(
         wall=time.time(), gc=gc_figures, started=started, sessions_own=active_calls(calls),
-        sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, dispatcher=dispatcher,
+        sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, ended_by=ended_by,
+        dispatcher=dispatcher,
         recording=recording or {}, cdr=cdr or {},
     )
 
