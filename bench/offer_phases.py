@@ -132,28 +132,7 @@ def install_probes(samples: dict[str, list[float]]) -> None:
                 suffix = "" if state["offer"] else "_" + state.get("command", "?")
                 samples["sendto" + suffix].append((clock() - started) / 1000)
                 samples["wake" + suffix].append((state["woken"] - state["arrival"]) / 1000)
-                samples["epoll" + suffix].append((state["polled"] - state["arrival"]) / 1000)
                 samples["inside" + suffix].append((time.time_ns() - state["arrival"]) / 1000)
-
-    import select
-
-    real_epoll = select.epoll
-
-    class TimedEpoll:
-        """trio's epoll: when each wait returned (the kernel's wake-up, before trio's work)."""
-
-        def __init__(self, *args):
-            self._epoll = real_epoll(*args)
-
-        def poll(self, *args):
-            events = self._epoll.poll(*args)
-            state["polled"] = time.time_ns()
-            return events
-
-        def __getattr__(self, name):
-            return getattr(self._epoll, name)
-
-    select.epoll = TimedEpoll
 
     shim = types.ModuleType("socket")
     shim.__dict__.update(socket.__dict__)
