@@ -76,8 +76,9 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         rtp = config["rtp"]
-        self.ports = PortPairAllocator(rtp["min_port"], rtp["max_port"])
-        self.binder = PortBinder(self.ports, rtp["bind_ip"])
+        # The range's pairs, up to [rtp] port_pool of them bound ahead (ctl/rtp_ports.py).
+        self.ports = PortBinder(PortPairAllocator(rtp["min_port"], rtp["max_port"]),
+                                rtp["bind_ip"], pool=rtp["port_pool"])
         self.media_options = MediaOptions.from_config(rtp)  # every call's [rtp] behaviour
         # The AI flavor, through the registry (media/flavor.py): ctl/ names none of its classes.
         self.flavor = flavors.get(FLAVOR)
@@ -143,6 +144,7 @@ class Engine:
             await nursery.start(self.clock.run)
             await nursery.start(self.poller.run)
             await nursery.start(self.archive.run)
+            await nursery.start(self.ports.run)  # the pool, filled before the first offer
             nursery.start_soon(self._housekeeping)
             if self.config["metrics"]["listen"] is not None:  # ([metrics] listen; not a thread)
                 await nursery.start(self.metrics.serve, self.config["metrics"]["listen"])
@@ -214,7 +216,7 @@ class Engine:
             raise NgLoadLimit()
         offer, negotiated = offers.negotiate(request, self.config["rtp"]["codecs"])
 
-        rtp_port, sockets = self.binder.bind()
+        rtp_port, sockets = self.ports.bind()
         rtp_config = self.config["rtp"]
         advertised = rtp_config["ip"]
         # RFC 4566 s5.2 asks only that o= be unique; it is no secret (the answer carries it),
@@ -226,7 +228,7 @@ class Engine:
                 session_id=session_id, session_version=1,
             )
         except BaseException:
-            self.binder.unbind(rtp_port, sockets)
+            self.ports.unbind(rtp_port, sockets)
             raise
 
         def start_call() -> None:
@@ -261,7 +263,7 @@ class Engine:
                 # scheduler passes for nothing the proxy needs.
                 self._calls_nursery.start_soon(call.run)
             except BaseException:
-                self.binder.unbind(rtp_port, sockets)
+                self.ports.unbind(rtp_port, sockets)
                 raise
             # From here the call's own task closes its sockets and releases its ports, also
             # when it is deleted (or the engine stops) before that task has run at all.

@@ -21,8 +21,8 @@ from ctl.registry import CallRegistry
 
 if TYPE_CHECKING:
     from ctl.dispatcher import Dispatcher
+    from ctl.rtp_ports import PortBinder
     from media.bridge import EndReason
-    from media.ports import PortPairAllocator
 
 
 def call_statistics(call: Call, *, parties: bool = True) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def statistics(
     calls: CallRegistry[Call],
     *,
     started: float,
-    ports: PortPairAllocator,
+    ports: PortBinder,
     rtp: Mapping[str, Any],
     totals: dict[str, int],
     ended_by: Mapping[EndReason, int],
@@ -80,7 +80,7 @@ def statistics(
     )
 
 
-def state_line(calls: CallRegistry[Call], ports: PortPairAllocator, requests_under_way: int,
+def state_line(calls: CallRegistry[Call], ports: PortBinder, requests_under_way: int,
                draining: bool) -> str:
     """The SIGUSR1 line: calls by state, ports in use, AI sessions by state, requests to the
     proxy under way."""

@@ -16,7 +16,7 @@ from media.bridge import EndReason
 if TYPE_CHECKING:
     from ctl.call import Call
     from ctl.dispatcher import Dispatcher
-    from media.ports import PortPairAllocator
+    from ctl.rtp_ports import PortBinder
 
 _EMPTY_TOTALS = {"packets": 0, "bytes": 0, "errors": 0}
 
@@ -188,7 +188,7 @@ def engine_statistics(
     started: float,
     sessions_own: int,
     sessions_total: int,
-    ports: PortPairAllocator,
+    ports: PortBinder,
     rtp: Mapping[str, Any],
     totals: dict[str, int],
     ended_by: Mapping[EndReason, int],
