@@ -39,6 +39,12 @@ def twins() -> list[tuple[Any, Any]]:
         from openai_flavor.websocket import framing
 
         pairs += [(framing.py_encode_frame, framing.fast_encode_frame)]
+    ng_fast = native.load("ctl._fast")
+    if ng_fast is not None:
+        import ctl.bencode
+
+        pairs += [(ctl.bencode.py_bdecode, ng_fast.bdecode),
+                  (ctl.bencode.py_bencode, ng_fast.bencode)]
     return pairs
 
 
