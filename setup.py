@@ -30,5 +30,7 @@ setup(
         Extension("ctl._fast", ["ctl/_fast_bencode.c", "ctl/_fast_bdecode.c"],
                   depends=["ctl/_fast.h"], extra_compile_args=FLAGS, extra_link_args=LINK,
                   optional=True),
+        Extension("media._fast_sdp", ["media/_fast_sdp.c"], extra_compile_args=FLAGS,
+                  extra_link_args=LINK, optional=True),
     ],
 )
