@@ -133,6 +133,10 @@ static PyObject *split_sdp(PyObject *module, PyObject *text) {
         PyErr_SetString(PyExc_RuntimeError, "media._fast_sdp: bind() first");
         return NULL;
     }
+#if PY_VERSION_HEX < 0x030C0000 /* strings are always ready from 3.12, which deprecates this */
+    if (PyUnicode_Check(text) && PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
     if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) {
         PyErr_SetString(PyExc_ValueError, "split_sdp() takes ASCII text");
         return NULL;
