@@ -315,7 +315,7 @@ async def test_a_recording_moves_the_call_to_the_python_sender_without_a_seam():
         first = sequences(wire)[0]
         assert sequences(wire) == [(first + i) & 0xFFFF for i in range(30)]  # no seam
         stamps = [struct.unpack_from("!I", data, 4)[0] for data in wire]
-        assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:]))
+        assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:], strict=False))
         assert [bool(data[1] & 0x80) for data in wire] == [True] + [False] * 29
         assert 0 < len(recording.frames) < 30  # the frames sent after the move
     finally:
@@ -343,7 +343,7 @@ async def test_many_calls_come_and_go_while_the_thread_sends():
                 stream.on_datagram(caller_packet(1), phone.getsockname())  # silence flows
                 calls.append((stream, phone, rtp_sock, rtcp_sock))
             await trio.sleep(0.03)
-            for stream, phone, rtp_sock, rtcp_sock in calls[round_ * 12::3]:
+            for stream, _, rtp_sock, _ in calls[round_ * 12::3]:
                 if stream.sender._native is not None:
                     stream.stop_pacing()
                     rtp_sock.close()  # its number is free for the next call's socket
