@@ -201,6 +201,7 @@ class MediaClock:
             async with trio.open_nursery() as nursery:
                 thread = send_thread.SendThread(self.figures, offset=offset)
                 await nursery.start(thread.run)
+                log.info("media send thread: on (every call it can take is paced in C)")
                 self.send_thread = thread
                 try:
                     await self._run_on_timer(task_status)
