@@ -295,17 +295,15 @@ class PacedSender:
         """``remote`` as the compiled send takes it (None: nowhere, or not packable)."""
         if remote is None:
             return None
-        if remote is not self._packed_for:
-            assert _fast is not None
+        if remote is not self._packed_for:  # (only called with the extension loaded)
             self._packed_for = remote
             self._packed = _fast.pack_address(self.rtp_socket.family, remote[0], remote[1])
         return self._packed
 
     def _thread_can_pace(self) -> bool:
-        """Whether the send thread can do all this sender does for the call. Not: a socket
-        stand-in (tests), a recording (handed frames as they are sent), caller audio in
-        batches (``[rtp] ai_batch_ms``: flushed by our ticks), an address only ``sendto``
-        resolves."""
+        """The send thread can do all we do, unless: a socket stand-in (tests), a recording
+        (handed frames as sent), ``ai_batch_ms`` (batches flushed by our ticks), an address
+        only ``sendto`` resolves."""
         return (self._compiled and self._recorder is None and self._ai_audio.frames == 1
                 and (self._remote is None or self._pack(self._remote) is not None))
 
@@ -339,7 +337,12 @@ class PacedSender:
         packetizer.marker_pending = marker
         if final:
             return
-        self._talking = bool(talking)
+        # An event posted but not yet drained is gone with the stream's id: done here (a
+        # hang-up waiting for playout to run dry must not wait for ever).
+        if self._talking and not talking:
+            self.ran_dry()
+        elif talking and not self._talking:
+            self.talkspurt_started(trio.current_time())
         self.pacer = Pacer(self.bridge.ptime_ms / 1000, deadline) if anchored else None
         self.bridge.playout.on_audio = self.wake
         if scheduled and self._clock is not None and self._pacing is not None:
@@ -354,29 +357,27 @@ class PacedSender:
         native = self._native
         if native is None:
             return
-        (packets, size, errors, reanchors, sent, sequence, timestamp, _anchored,
-         first_errno) = native.counters(report)
-        if errors and not self.stats.send_errors and first_errno not in _QUIET:
+        *counters, sequence, timestamp, _anchored, first_errno = native.counters(report)
+        if counters[2] and not self.stats.send_errors and first_errno not in _QUIET:
             log.debug("call %s: RTP send failed: %s", self.bridge.call_id,
                       errno.errorcode.get(first_errno, first_errno))
-        self._add_counters((packets, size, errors, reanchors, sent))
+        self._add_counters(counters)
         self.packetizer.sequence, self.packetizer.timestamp = sequence, timestamp
 
     def _add_counters(self, counters: Any) -> None:
+        """The thread's counters (totals since it took the stream) into ``stats``, as deltas:
+        the Python side counts into the same fields (RTCP send errors, a later Python sender)."""
         packets, size, errors, reanchors, sent = counters
-        old = self._synced
-        stats = self.stats
+        old, stats = self._synced, self.stats
         stats.rtp_out.packets += packets - old[0]
         stats.rtp_out.bytes += size - old[1]
         stats.send_errors += errors - old[2]
         stats.pacer_reanchors += reanchors - old[3]
         self._synced = (packets, size, errors, reanchors)
-        if sent:
-            self.sent_since_report = True
+        self.sent_since_report = self.sent_since_report or bool(sent)
 
     def talkspurt_started(self, at: float) -> None:
-        """The send thread sent a talkspurt's first frame at ``at`` (trio time): what
-        ``tick`` does then, with the send time in place of the drain's."""
+        """The thread sent a talkspurt's first frame at ``at`` (trio time): ``tick``'s."""
         self._talking = True
         bridge = self.bridge
         if self.pacer is None:  # the grid exists (in C): RTCP reports may start
