@@ -7,11 +7,9 @@ nothing, and then the sender *parks* (the clock forgets it) until :meth:`PacedSe
 The grid is a ``Pacer`` (media/playout.py), the packets an ``RtpPacketizer`` (media/rtp.py).
 
 With the media send thread (media/send_thread.py) the same work runs in C, off trio: the
-sender registers its stream there instead of ticking (``_native``), its playout queue feeds
-the thread's ring, and it keeps only what happens per talkspurt (``talkspurt_started``,
-``ran_dry``), where its stream goes (``remote``, ``sending``) and the counters, synced into
-``stats`` where they are read (``sync_stats``). This class stays the reference the thread is
-held to (tests/test_send_thread.py).
+sender registers there instead (``_native``), its playout queue feeds the thread's ring, and
+it keeps what happens per talkspurt (``talkspurt_started``, ``ran_dry``), where the stream goes
+(``remote``, ``sending``) and the counters (``sync_stats``). This class is the reference.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import trio
 from media import native
 from media.bridge import CallBridge, EndReason
 from media.caller_feed import CallerAudioBatcher
-from media.clock import ClockEntry, MediaClock, align
+from media.clock import COALESCE, ClockEntry, MediaClock, align
 from media.latch import Endpoint
 from media.playout import Pacer
 from media.rtp import RtpPacketizer
@@ -384,9 +382,10 @@ class PacedSender:
             self.pacer = Pacer(bridge.ptime_ms / 1000, at)
         bridge.timeline.setdefault("first_rtp_to_caller", at)
         ended = bridge.turn_ended_at
-        # A turn that ended after this frame went out is the next talkspurt's to measure.
-        if ended is not None and ended <= at:
-            latency = at - ended
+        # A turn that ended after this frame went out is the next talkspurt's to measure (a
+        # frame goes up to COALESCE before its slot: a turn ending then is still its own).
+        if ended is not None and ended <= at + COALESCE:
+            latency = max(at - ended, 0.0)
             bridge.figures.response_latency.observe(latency)
             bridge.last_response_latency = latency
             bridge.turn_ended_at = None

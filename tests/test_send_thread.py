@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import media.rtp
 from media import send_thread
 from media.clock import MediaClock
+from media.figures import EngineFigures
 from media.playout import PlayoutQueue
 from tests.native_paths import require_compiled
 from tests.test_stream import make_stream
@@ -265,11 +266,13 @@ async def test_a_call_ending_mid_burst_counts_exactly_what_went_and_sends_nothin
     try:
         stream, _, _ = make_stream(rtp=rtp_sock, rtcp=rtcp_sock, remote=phone.getsockname(),
                                    send_silence=False)
-        clock = MediaClock()
+        figures = stream.bridge.figures = EngineFigures()
+        clock = MediaClock(figures)
         async with trio.open_nursery() as nursery:
             await nursery.start(clock.run)
             stream.start_pacing(clock)
             assert stream.sender._native is not None
+            stream.bridge.turn_ended_at = trio.current_time()
             stream.bridge.play(b"\x11" * 160 * 100, "item")  # 2 s of audio
             await trio.sleep(0.2)  # real time: the thread sends on the real clock
             playout = stream.bridge.playout
@@ -284,6 +287,10 @@ async def test_a_call_ending_mid_burst_counts_exactly_what_went_and_sends_nothin
             await trio.sleep(0.1)
             assert received([phone]) == []  # never sent on again
             nursery.cancel_scope.cancel()
+        # The talkspurt's event reached the call, with the wake-ups' lateness beside it.
+        assert "first_rtp_to_caller" in stream.bridge.timeline
+        assert figures.response_latency.count == 1 and stream.bridge.turn_ended_at is None
+        assert figures.pacing_lateness.count > 0
     finally:
         for sock in (phone, rtp_sock, rtcp_sock):
             sock.close()
