@@ -368,3 +368,29 @@ async def test_many_calls_come_and_go_while_the_thread_sends():
         for sock in (phone, rtp_sock, rtcp_sock):
             sock.close()
     assert open_descriptors() == descriptors  # every dup() closed
+
+
+async def test_calls_the_thread_cannot_serve_stay_on_the_python_sender():
+    """Caller audio in batches (flushed by the sender's ticks), a recording (handed each frame
+    as it is sent), a socket stand-in: the media clock's wheel paces them, beside the thread."""
+    require_compiled()
+    clock = MediaClock()
+    sockets = [udp() for _ in range(6)]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(clock.run)
+            batched, _, _ = make_stream(rtp=sockets[0], rtcp=sockets[1], ai_batch_ms=40)
+            recorded, _, _ = make_stream(rtp=sockets[2], rtcp=sockets[3])
+            recorded.recorder = PlayedFrames()
+            stand_in, _, _ = make_stream()  # tests/test_stream.py's Recorder for a socket
+            plain, _, _ = make_stream(rtp=sockets[4], rtcp=sockets[5])
+            for stream in (batched, recorded, stand_in, plain):
+                stream.start_pacing(clock)
+            assert [s.sender._native is not None for s in (batched, recorded, stand_in, plain)] \
+                == [False, False, False, True]
+            for stream in (batched, recorded, stand_in, plain):
+                stream.stop_pacing()
+            nursery.cancel_scope.cancel()
+    finally:
+        for sock in sockets:
+            sock.close()
