@@ -12,9 +12,9 @@
 #define TICK 0.001
 #define COALESCE (TICK / 2)
 /* The largest frame: 40 ms of G.711 is 320 bytes (media/sdp_answer.py's SUPPORTED_PTIMES);
- * 240 ms leaves room and keeps a batch entry small. register() refuses more (ValueError: the
+ * 60 ms leaves room and keeps a batch entry small. register() refuses more (ValueError: the
  * call keeps the Python sender). */
-#define MAX_FRAME 1920
+#define MAX_FRAME 480
 /* Frames sent per send phase: the mutex is released for each batch of this many sendmsg(). */
 #define BATCH_CAPACITY 128
 /* Events between two drains: a talkspurt's start and end per call, i.e. ~1 a second per call;
