@@ -394,3 +394,44 @@ async def test_calls_the_thread_cannot_serve_stay_on_the_python_sender():
     finally:
         for sock in sockets:
             sock.close()
+
+
+async def test_barge_in_against_the_running_thread_counts_every_frame_once():
+    """clear() and take() while the thread sends (the real one, on the real clock): every
+    frame pushed is sent (counted for its item, on the wire once), dropped by clear, or still
+    queued; never two of those, never none."""
+    require_compiled()
+    phone, rtp_sock, rtcp_sock = udp(), udp(), udp()
+    try:
+        stream, _, _ = make_stream(rtp=rtp_sock, rtcp=rtcp_sock, remote=phone.getsockname(),
+                                   send_silence=False)
+        bridge, clock = stream.bridge, MediaClock()
+        pushed = dropped = 0
+        async with trio.open_nursery() as nursery:
+            await nursery.start(clock.run)
+            stream.start_pacing(clock)
+            assert stream.sender._native is not None
+            for round_ in range(12):
+                for item in ITEMS:  # whole frames per item: the wire tells the items apart
+                    frames = 3 + round_ % 4
+                    bridge.play(bytes((ITEMS.index(item) + 1,)) * 160 * frames, item)
+                    pushed += frames
+                await trio.sleep(0.01 * (round_ % 5))
+                if round_ % 3 == 1:
+                    for item, audio in bridge.hold_playout():  # taken, and put back
+                        bridge.play(audio, item)
+                elif round_ % 3 == 2:
+                    dropped += bridge.clear_playout() // 160
+            await trio.sleep(0.1)
+            stream.stop_pacing()
+            nursery.cancel_scope.cancel()
+        wire = [data for _, data in received([phone])]
+        sent = {item: bridge.playout.frames_sent_of(item) for item in ITEMS}
+        on_wire = {item: sum(1 for data in wire if data[12] == ITEMS.index(item) + 1)
+                   for item in ITEMS}
+        assert sent == on_wire and len(wire) == sum(sent.values()) > 0
+        assert sum(sent.values()) + dropped + bridge.playout.queued_frames == pushed
+        assert dropped > 0
+    finally:
+        for sock in (phone, rtp_sock, rtcp_sock):
+            sock.close()
