@@ -200,9 +200,14 @@ class MediaClock:
             # with the engine's, and the thread is joined on the way out.
             async with trio.open_nursery() as nursery:
                 thread = send_thread.SendThread(self.figures, offset=offset)
-                await nursery.start(thread.run)
-                log.info("media send thread: on (every call it can take is paced in C)")
-                self.send_thread = thread
+                try:
+                    await nursery.start(thread.run)
+                except OSError as exc:  # no thread to be had (a process at its limit)
+                    log.warning("media send thread: not started (%s): calls paced in Python",
+                                exc)
+                else:
+                    log.info("media send thread: on (every call it can take is paced in C)")
+                    self.send_thread = thread
                 try:
                     await self._run_on_timer(task_status)
                 finally:
