@@ -435,3 +435,17 @@ async def test_barge_in_against_the_running_thread_counts_every_frame_once():
     finally:
         for sock in (phone, rtp_sock, rtcp_sock):
             sock.close()
+
+
+async def test_a_thread_that_cannot_start_leaves_every_call_on_the_python_sender(monkeypatch):
+    require_compiled()
+
+    async def cannot_start(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        raise OSError(11, "Resource temporarily unavailable")  # pthread_create's EAGAIN
+
+    monkeypatch.setattr(send_thread.SendThread, "run", cannot_start)
+    clock = MediaClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)  # the engine goes on
+        assert clock.send_thread is None
+        nursery.cancel_scope.cancel()
