@@ -449,3 +449,31 @@ async def test_a_thread_that_cannot_start_leaves_every_call_on_the_python_sender
         await nursery.start(clock.run)  # the engine goes on
         assert clock.send_thread is None
         nursery.cancel_scope.cancel()
+
+
+async def test_an_address_only_sendto_resolves_moves_the_call_to_the_python_sender():
+    require_compiled()
+    phone, rtp_sock, rtcp_sock = udp(), udp(), udp()
+    try:
+        stream, _, _ = make_stream(rtp=rtp_sock, rtcp=rtcp_sock, remote=phone.getsockname())
+        clock = MediaClock()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(clock.run)
+            stream.start_pacing(clock)
+            stream.on_datagram(caller_packet(1), phone.getsockname())  # silence flows
+            assert stream.sender._native is not None
+            await trio.sleep(0.1)
+            # A re-offer naming the phone by a name (pack_address takes numbers only).
+            stream.update(remote=("localhost", phone.getsockname()[1]), rtcp_remote=None,
+                          sending=True, caller_sends=True)
+            assert stream.sender._native is None
+            await trio.sleep(0.1)
+            stream.stop_pacing()
+            nursery.cancel_scope.cancel()
+        wire = [data for _, data in received([phone])]
+        assert len(wire) == stream.stats.rtp_out.packets > 6
+        first = sequences(wire)[0]
+        assert sequences(wire) == [(first + i) & 0xFFFF for i in range(len(wire))]
+    finally:
+        for sock in (phone, rtp_sock, rtcp_sock):
+            sock.close()
