@@ -71,7 +71,8 @@ asan: $(STAMP)
 		RTPAI_LDFLAGS="-fsanitize=address,undefined" $(abspath $(PY)) setup.py -q build_ext --inplace
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 RTPAI_FUZZ_EXAMPLES=$(ASAN_EXAMPLES) $(abspath $(PY)) -m pytest -q \
-		-p no:cacheprovider tests/test_fast_rtp.py tests/test_fast_ws.py tests/test_rtp.py tests/test_stream.py
+		-p no:cacheprovider tests/test_fast_rtp.py tests/test_fast_ws.py tests/test_rtp.py tests/test_stream.py \
+		tests/test_send_thread.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -197,7 +197,7 @@ class CallBridge:
 
     def frames_sent_of(self, item: Hashable) -> int:
         """Frames of ``item`` the caller was sent: what was heard of it (for truncation)."""
-        return self.playout.frames_sent.get(item, 0)
+        return self.playout.frames_sent_of(item)
 
     @property
     def queued_bytes(self) -> int:

@@ -355,6 +355,7 @@ class MediaStream:
         """Build and send one compound RTCP report now; also samples the caller's quality."""
         sent = None
         rtp = self.sender
+        rtp.sync_stats(report=True)  # the send thread's counters, when it sends for us
         if rtp.sent_since_report:
             out = self.stats.rtp_out
             sent = (rtp.packetizer.timestamp, out.packets, out.bytes)
