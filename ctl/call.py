@@ -77,6 +77,18 @@ class CallMedia:
 class Call:
     """One caller, one AI session. Owned by the engine's nursery; ``run`` holds its tasks."""
 
+    # Slots (issue 16's per-call cost): ~40 attributes made the instance dict grow past a
+    # resize, 1.6 KB per call; nothing assigns others. __weakref__: the log handler's call map
+    # (ctl/logs.py) and the bridge's weak callbacks hold it weakly.
+    __slots__ = (
+        "call_id", "branch", "from_tag", "to_tag", "profile", "media", "answer_sdp",
+        "sdp_origin", "settings", "_lifecycle", "created", "last_signal", "end_kind",
+        "end_reason", "transfers", "hangup", "pending_reason", "ended", "_release_ports",
+        "_metrics", "_on_end", "_on_transfer", "_on_hang_up", "_on_ended", "recording",
+        "recording_files", "_nursery", "_after_end", "_owed", "_sockets", "_clock", "_poller",
+        "_scope", "_reason_at_deadline", "bridge", "stream", "ai", "__weakref__",
+    )
+
     def __init__(
         self,
         *,

@@ -35,7 +35,15 @@ from media.poller import MediaPoller
 from openai_flavor import events, keypad, session_update
 from openai_flavor.barge_in import BargeInJudge, Plan
 from openai_flavor.errors import ConnectionLost
-from openai_flavor.idle import GOODBYE_BOUND, GOODBYE_TEXT, CallCap, Silence, SilenceWatch
+from openai_flavor.idle import (
+    GOODBYE_BOUND,
+    GOODBYE_TEXT,
+    UNWATCHED,
+    CallCap,
+    Silence,
+    SilenceWatch,
+    Unwatched,
+)
 from openai_flavor.reader import EventReader
 from openai_flavor.reconnect import Backoff
 from openai_flavor.server_events import ServerEvents
@@ -51,6 +59,18 @@ log = logging.getLogger("rtpai.openai")
 
 # Audio held while the connection opened goes out as appends of at most this many frames.
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
+
+
+class _NeverWaited:
+    """The length cap's "goodbye played" when there is no cap: nobody waits for it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NEVER_WAITED = _NeverWaited()
 
 
 def raise_first(ended: list[BaseException]) -> None:
@@ -92,20 +112,25 @@ class Conversation(ServerEvents):
                                          response=settings.response_timeout,
                                          ping_interval=settings.ping_interval),
                                   trio.current_time())
-        self._watch_scope = trio.CancelScope()
+        # The watch task's sleep, once it runs (issue 16: no placeholder scope per connection).
+        self._watch_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._tools = ToolCalls(settings, bridge, stats)
-        self._silence = SilenceWatch(silence, bridge)
+        # Only when re-prompts are on: otherwise a shared no-op (issue 16's per-call cost).
+        self._silence: SilenceWatch | Unwatched = (
+            SilenceWatch(silence, bridge) if settings.idle_reprompt_s else UNWATCHED)
         self._cap = cap
         self._goodbye: str | None = None
-        self._goodbye_played = trio.Event()
+        # Waited for by the length cap's task only; set by ServerEvents (or GPT-Live's floor).
+        self._goodbye_played = trio.Event() if settings.max_call_s else _NEVER_WAITED
         self._judge = (BargeInJudge(settings.barge_in_min_ms,
                                     transcribed=bool(settings.transcription_model))
                        if session_update.rtpai_decides_barge_in(settings) else None)
         self._held: list[tuple[Any, bytes | None]] | None = None
         self._held_bytes = 0
         self._judge_wake = math.inf
-        self._judge_scope = trio.CancelScope()
+        # The judge timer's sleep, once it runs; None without a judge (issue 16).
+        self._judge_scope: trio.CancelScope | None = None
         # The server's audio_end_ms counts from this connection's first byte of caller audio.
         self._audio_bytes_at_connect = stats.audio_sent_bytes
 
@@ -135,6 +160,7 @@ class Conversation(ServerEvents):
             tasks.append(self._forward_dtmf)
         if self.settings.idle_reprompt_s:
             # The callbacks are the task's arguments: gone with it (no reference cycle).
+            assert isinstance(self._silence, SilenceWatch)
             tasks.append(partial(self._silence.run, self._instruct, self._caller_silent))
         if self.settings.max_call_s:
             tasks.append(self._cap_length)
@@ -188,8 +214,14 @@ class Conversation(ServerEvents):
 
     def _expect_response(self) -> None:
         """A response is due: the server's silence is bounded from now on."""
-        if self._watchdog.expect_response(trio.current_time()):
-            self._watch_scope.deadline = -math.inf  # poll now: the deadline moved earlier
+        now = trio.current_time()
+        if self._watchdog.expect_response(now) and self._watch_scope is not None:
+            # The response bound now runs: wake then (or earlier, as already set), not now.
+            # Polling at once cost a wake-up of the watch task per response (0.3 per call-
+            # second at the bench's pace, issue 16); the bound can end no earlier than this
+            # (the poll at the wake-up takes later server events into account and re-arms).
+            scope = self._watch_scope
+            scope.deadline = min(scope.deadline, now + self._watchdog.bounds.response)
 
     # --- what the caller side sends -------------------------------------------------------------
 
@@ -292,7 +324,9 @@ class Conversation(ServerEvents):
         elif plan.resume and self.turns.settled:
             self._silence.model_done()
         if plan.wake_at is not None:
-            self._judge_wake = self._judge_scope.deadline = plan.wake_at
+            self._judge_wake = plan.wake_at  # the timer's next sleep starts with it
+            if self._judge_scope is not None:
+                self._judge_scope.deadline = plan.wake_at
 
     async def _judge_timer(self) -> None:
         assert self._judge is not None
