@@ -320,10 +320,13 @@ class Call:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._receive_media)
                     nursery.start_soon(self._send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
+                    # The media side runs as the nursery's body, in this task: one task per
+                    # call fewer (issue 16's per-call cost); it ends (a media timeout) as the
+                    # task did, the nursery then waiting for the AI side.
+                    await self._receive_media()
         finally:
             self._nursery = None
             if self._scope.cancelled_caught and self.state in (CallState.OFFERED,

@@ -153,7 +153,8 @@ class Conversation(ServerEvents):
     async def _converse(self, *own: Callable[[], Awaitable[None]] | None) -> None:
         """Every side of one connection in one nursery, until the connection is lost; then
         raise what ended it. The sides both protocols have, plus the protocol's ``own``."""
-        tasks = [self._read_events, self._ws.flush, self._watch]
+        # The reader and the watchdog are one task (EventReader.run's ``watch``).
+        tasks = [self._read_events, self._ws.flush]
         if self._manners.welcome_due:
             tasks.append(self._welcome)
         if self.bridge.caller_events is not None:
@@ -168,8 +169,11 @@ class Conversation(ServerEvents):
         ended: list[BaseException] = []
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for task in tasks:
+            for task in tasks[1:]:
                 nursery.start_soon(self._until_lost, task, ended)
+            # The first side runs as the nursery's body, in this task: one task per
+            # connection fewer (issue 16's per-call cost), the same scope and end.
+            await self._until_lost(tasks[0], ended)
         raise_first(ended)
 
     async def _until_lost(self, task, ended: list[BaseException]) -> None:
@@ -183,7 +187,7 @@ class Conversation(ServerEvents):
 
     async def _read_events(self) -> None:
         await EventReader(self._ws, self._poller, self._watchdog, self.stats, self.handle,
-                          self.bridge.call_id).run()
+                          self.bridge.call_id).run(self._watch)
 
     def send(self, event: dict[str, Any]) -> None:
         """Send a client event now. A broken connection surfaces in the reader and flusher
@@ -200,17 +204,18 @@ class Conversation(ServerEvents):
 
     # --- the watchdog ---------------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        """Poll the connection's watchdog when it asks to be; raise :class:`ConnectionLost`
-        when a bound expires. Keepalive pings go out from here."""
-        while True:
+    async def _watch(self, reading_ended: trio.Event) -> None:
+        """Poll the connection's watchdog when it asks to be, until the reader has ended
+        (the reader's task: EventReader.run); raise :class:`ConnectionLost` when a bound
+        expires. Keepalive pings go out from here."""
+        while not reading_ended.is_set():
             verdict = self._watchdog.poll(trio.current_time())
             if verdict.expired is not None:
                 raise ConnectionLost(verdict.expired, since=verdict.since)
             if verdict.ping is not None:
                 self._ws.send_ping(verdict.ping)
             with trio.CancelScope(deadline=verdict.wake_at) as self._watch_scope:
-                await trio.sleep_forever()
+                await reading_ended.wait()
 
     def _expect_response(self) -> None:
         """A response is due: the server's silence is bounded from now on."""

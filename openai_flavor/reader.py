@@ -15,7 +15,7 @@ session reopens, so that the poller, which serves every call's media, never sees
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import trio
@@ -48,14 +48,23 @@ class EventReader:
         self._ended = trio.Event()
         self._stop: Exception | None = None
 
-    async def run(self) -> NoReturn:
+    async def run(self, watch: Callable[[trio.Event], Awaitable[None]] | None = None,
+                  ) -> NoReturn:
         """Read until the connection ends; raise what ended it (ConnectionClosed or
-        :class:`ConnectionLost`)."""
+        :class:`ConnectionLost`).
+
+        The task only waits for the end (the poller reads): ``watch(ended)``, if given, is
+        that wait, done by the connection's watchdog (conversation.py ``_watch``), which
+        returns once ``ended`` is set or raises ConnectionLost when a bound expires. One
+        task for both instead of two (issue 16's per-call cost)."""
         ws = self._ws
         self._poller.register(ws.socket, self._readable, self._poller_dropped)
         try:
             self._readable(trio.current_time())  # events that came with the 101
-            await self._ended.wait()
+            if watch is None:
+                await self._ended.wait()
+            else:
+                await watch(self._ended)
         finally:
             self._poller.unregister(ws.socket)
         # Taken off the reader before it is raised: a raised exception's traceback holds
