@@ -153,6 +153,19 @@ class Probe:
                          for (path, line, name), (primitive, *_rest) in stats.items()}
                 out["calls"] = dict(sorted(calls.items(), key=lambda kv: -kv[1])[:400])
             return out
+        if words[0] == "attrs":
+            # Instance attributes per type of the tree's own classes (materialises their
+            # dicts: ask last). Past 30, CPython 3.11 gives up the shared keys: a whole dict.
+            most: dict = {}
+            for obj in gc.get_objects():
+                kind = type(obj)
+                if kind.__module__.split(".")[0] not in ("ctl", "media", "openai_flavor"):
+                    continue
+                if isinstance(obj, type) or not hasattr(obj, "__dict__"):
+                    continue
+                name = f"{kind.__module__}.{kind.__qualname__}"
+                most[name] = max(most.get(name, 0), len(obj.__dict__))
+            return most
         if words[0] == "sample":
             import random
             found = [obj for obj in gc.get_objects() if type(obj).__qualname__ == words[1]]
