@@ -320,7 +320,6 @@ class Call:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
                     # The media side runs as the nursery's body, in this task: one task per
@@ -385,15 +384,6 @@ class Call:
         if self.stream.timed_out:
             self.hang_up(EndReason.MEDIA_TIMEOUT,
                          f"media timeout ({self.stream.options.timeout:g} s without RTP)")
-
-    async def _send_rtcp(self) -> None:
-        # A bug in a report must end this call, never escape into the engine's nursery and
-        # take every call with it (an RTCP port of 65536 once did).
-        try:
-            await self.stream.send_rtcp()
-        except Exception:
-            log.exception("call %s: RTCP failed", self.call_id)
-            self.end(EndReason.MEDIA_FAILURE, "media failure: internal error")
 
     def _media_started(self) -> None:
         """The caller's first RTP latched (a callback: no task per call waits for it)."""
