@@ -102,7 +102,8 @@ class _WeakMethod:
             self._function(bound, *args)
 
 
-@dataclass
+# Slotted (issue 16's per-call cost): one or more per call.
+@dataclass(slots=True)
 class CallBridge:
     """Shared by a call's media tasks and its AI session (same trio thread: no locks)."""
 

@@ -67,6 +67,14 @@ class MediaStream:
     of that packet, which is what gets through the caller's NAT.
     """
 
+    # Slots (issue 16's per-call cost): one per call, nothing assigns others.
+    __slots__ = (
+        "bridge", "rtp_socket", "rtcp_socket", "payload_type", "telephone_event", "options",
+        "latch", "stats", "events", "ai_audio", "sender", "reorder", "jitter", "dtmf", "rtcp",
+        "_wall", "_on_media_started", "_now", "_timer_scope", "_next_report", "timeout",
+        "_timed_out", "_recorder",
+    )
+
     def __init__(
         self,
         bridge: CallBridge,

@@ -91,6 +91,15 @@ def raise_first(ended: list[BaseException]) -> None:
 
 
 class Conversation(ServerEvents):
+    # Slots (issue 16's per-call cost): one per connection, nothing assigns others (GPT-Live's
+    # subclass has a dict for its own).
+    __slots__ = (
+        "_audio_bytes_at_connect", "_backoff", "_cap", "_goodbye", "_goodbye_played", "_held",
+        "_held_bytes", "_judge", "_judge_scope", "_judge_wake", "_manners", "_nursery", "_poller",
+        "_silence", "_tools", "_untold_failures", "_watch_scope", "_watchdog", "_ws", "bridge",
+        "ready", "settings", "stats", "turns",
+    )
+
     def __init__(self, ws: WebSocket, *, settings: RealtimeSettings, bridge: CallBridge,
                  poller: MediaPoller, stats: RealtimeStats, manners: WelcomeAndGoodbye,
                  backoff: Backoff, untold_failures: list[str], silence: Silence,

@@ -36,6 +36,9 @@ INTERNAL_ERROR = "internal error while handling Realtime events"
 class EventReader:
     """Hands each decoded server event to ``handle(event, now)``, synchronously."""
 
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = ("_call_id", "_ended", "_handle", "_poller", "_stats", "_stop", "_watchdog", "_ws")
+
     def __init__(self, ws: WebSocket, poller: MediaPoller, watchdog: Watchdog,
                  stats: RealtimeStats, handle: Callable[[dict[str, Any], float], None],
                  call_id: str) -> None:

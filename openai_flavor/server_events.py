@@ -38,6 +38,8 @@ MAX_ASSISTANT_ITEMS = 64
 
 
 class ServerEvents:
+    __slots__ = ()  # the conversation's slots hold its state (issue 16's per-call cost)
+
     # What the conversation provides (openai_flavor/conversation.py).
     settings: RealtimeSettings
     bridge: CallBridge
