@@ -160,7 +160,9 @@ def summary(label: str, mem: dict, cpu: dict) -> None:
         return
     print(f"  CPU {cpu['cpu_ms_per_call_s']:.3f} ms/call-s (noisy), I/O waits "
           f"{cpu['io_waits_per_s']:.0f}/s, task steps "
-          f"{sum(cpu['steps_per_call_s'].values()):.2f}/call-s")
+          f"{sum(cpu['steps_per_call_s'].values()):.2f}/call-s; cycle collector "
+          f"{cpu['gc_collections']} collections, {1000 * cpu['gc_cpu_s'] / cpu['seconds']:.2f} "
+          f"ms CPU/s")
     for name, rate in sorted(cpu["steps_per_call_s"].items(), key=lambda kv: -kv[1])[:8]:
         print(f"    {rate:8.3f}  {name}")
 

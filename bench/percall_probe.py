@@ -63,6 +63,21 @@ class Steps(trio.abc.Instrument):
     def __init__(self) -> None:
         self.steps: collections.Counter = collections.Counter()
         self.io_waits = 0
+        # The cycle collector's share: collections per generation and CPU in them.
+        self.collections = [0, 0, 0]
+        self.gc_cpu = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self.collecting)
+
+    def collecting(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.process_time()
+        else:
+            self.collections[info["generation"]] += 1
+            self.gc_cpu += time.process_time() - self._gc_started
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self.collecting)
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.steps[task.name] += 1
@@ -143,7 +158,9 @@ class Probe:
             cpu, seconds = time.process_time() - self.cpu0, time.monotonic() - self.t0
             assert self.steps is not None
             trio.lowlevel.remove_instrument(self.steps)
+            self.steps.stop()
             out = {"seconds": seconds, "cpu_s": cpu, "io_waits": self.steps.io_waits,
+                   "gc_collections": self.steps.collections, "gc_cpu_s": self.steps.gc_cpu,
                    "steps": dict(self.steps.steps.most_common())}
             if self.profile is not None:
                 if os.environ.get("PERCALL_PROFILE_OUT"):
