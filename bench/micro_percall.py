@@ -124,6 +124,9 @@ def one_run(tree: Path, label: str, args: argparse.Namespace, *, trace: bool) ->
             result["queued_audio_kib_per_call"] = queued / 1024
             result["heap_kib_per_call_without_audio"] = result["heap_kib_per_call"] - queued / 1024
         else:
+            # Untraced, RSS means something (under tracemalloc its own traces dominate).
+            grown = probe.ask(f"diff {n}")
+            result_rss = grown["rss_kib_per_call"]
             probe.ask("steps start" + (" profile" if args.profile else ""))
             time.sleep(window)
             result = probe.ask("steps stop")
@@ -131,6 +134,7 @@ def one_run(tree: Path, label: str, args: argparse.Namespace, *, trace: bool) ->
             result["cpu_ms_per_call_s"] = 1000 * result["cpu_s"] / call_s
             result["steps_per_call_s"] = {k: v / call_s for k, v in result["steps"].items()}
             result["io_waits_per_s"] = result["io_waits"] / result["seconds"]
+            result["rss_kib_per_call"] = result_rss
             if "calls" in result:
                 result["calls_per_call_s"] = {k: v / call_s for k, v in result["calls"].items()}
                 del result["calls"]
@@ -147,17 +151,27 @@ def one_run(tree: Path, label: str, args: argparse.Namespace, *, trace: bool) ->
         ng.close()
 
 
-def summary(label: str, mem: dict, cpu: dict) -> None:
+def summary(label: str, mem: dict | None, cpu: dict | None) -> None:
     print(f"== {label}")
+    if mem is not None:
+        summary_mem(mem)
+    if cpu is not None:
+        summary_cpu(cpu)
+
+
+def summary_mem(mem: dict) -> None:
     print(f"  heap {mem['heap_kib_per_call_without_audio']:.1f} KiB/call without the queued "
           f"audio ({mem['queued_audio_kib_per_call']:.1f}), gc objects "
           f"{mem['objects_per_call']:.1f}/call, trio tasks {mem['tasks_per_call']:.2f}/call")
+    print(f"  heap's high-water mark {mem['heap_peak_kib_per_call']:.1f} KiB/call")
     print(f"  tasks: {mem['task_names']}")
     print("  heap by file (B/call):")
     for where, size, _count in mem["by_filename"][:15]:
         print(f"    {size:7d}  {where}")
-    if cpu is None:
-        return
+
+
+def summary_cpu(cpu: dict) -> None:
+    print(f"  RSS {cpu['rss_kib_per_call']:.1f} KiB/call (untraced, queued audio included)")
     print(f"  CPU {cpu['cpu_ms_per_call_s']:.3f} ms/call-s (noisy), I/O waits "
           f"{cpu['io_waits_per_s']:.0f}/s, task steps "
           f"{sum(cpu['steps_per_call_s'].values()):.2f}/call-s; cycle collector "
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="count function calls too")
     parser.add_argument("--sample", action="append", default=[],
                         help="also list 30 live objects of this type (e.g. tuple)")
+    parser.add_argument("--mem", action=argparse.BooleanOptionalAction, default=True,
+                        help="the traced run (--no-mem: the wake-up run only)")
     parser.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True,
                         help="the wake-up run (--no-cpu: memory only)")
     parser.add_argument("--compiled", action="store_true", help="the compiled fast path")
@@ -184,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     for tree in args.tree:
         label = tree.resolve().name
-        mem = one_run(tree.resolve(), label, args, trace=True)
+        mem = one_run(tree.resolve(), label, args, trace=True) if args.mem else None
         cpu = one_run(tree.resolve(), label, args, trace=False) if args.cpu else None
         (BUILD / f"percall-{label}.json").write_text(json.dumps({"mem": mem, "cpu": cpu},
                                                                 indent=1))

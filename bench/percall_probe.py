@@ -97,13 +97,21 @@ class Probe:
     def state(self, name: str) -> dict:
         gc.collect()
         counts, sizes = objects()
-        state = {"counts": counts, "sizes": sizes,
+        if os.environ.get("PERCALL_TRIM"):
+            # Free memory glibc keeps in its heaps (fragmentation) back to the kernel first:
+            # what is left is what is in use.
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/statm") as statm:
+            resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        state = {"counts": counts, "sizes": sizes, "rss": resident,
                  "tasks": collections.Counter(task.name for task in tasks())}
         if TRACE:
             # To a file, not kept: a snapshot's traces are objects too, that the next count
             # would see as the calls'.
             path = f"/tmp/percall-{os.getpid()}-{name}.heap"
-            state["heap_total"] = tracemalloc.get_traced_memory()[0]
+            state["heap_total"], state["heap_peak"] = tracemalloc.get_traced_memory()
             tracemalloc.take_snapshot().filter_traces(
                 [tracemalloc.Filter(False, __file__),
                  tracemalloc.Filter(False, tracemalloc.__file__)]).dump(path)
@@ -114,12 +122,17 @@ class Probe:
         words = line.split()
         if words[0] == "mark":
             self.marked = self.state("mark")
+            if TRACE:
+                tracemalloc.reset_peak()
             return {"ok": True}
         if words[0] == "diff":
             calls = int(words[1])
             now, then = self.state("now"), self.marked
             assert then is not None
             out: dict = {}
+            # RSS grown (tracemalloc's own bookkeeping included when tracing: compare
+            # trees, not this with the heap).
+            out["rss_kib_per_call"] = (now["rss"] - then["rss"]) / 1024 / calls
             out["objects_per_call"] = sum((now["counts"] - then["counts"]).values()) / calls
             out["object_types"] = {
                 name: [round((now["counts"][name] - then["counts"][name]) / calls, 2),
@@ -132,6 +145,11 @@ class Probe:
                                  for name in set(now["tasks"]) | set(then["tasks"])
                                  if now["tasks"][name] != then["tasks"][name]}
             if TRACE:
+                # The highest the heap went since the mark (before this state's snapshot): what
+                # the offers and AI session set-ups held at once, freed since, but left to the
+                # allocator's arenas (RSS) as a high-water mark.
+                out["heap_peak_kib_per_call"] = (
+                    now["heap_peak"] - then["heap_total"]) / 1024 / calls
                 out["heap_kib_per_call"] = (now["heap_total"] - then["heap_total"]) / 1024 / calls
                 heap_now = tracemalloc.Snapshot.load(now["heap"])
                 heap_then = tracemalloc.Snapshot.load(then["heap"])
