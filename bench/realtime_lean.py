@@ -44,7 +44,25 @@ CALLER_MARK = b"RTPC"
 CALLER_MARK_FIELDS = struct.Struct("<IIQ")  # call index, frame number, send time (ns)
 DELTA_HEAD = struct.Struct("<4sQIH")  # "RTPD", send time (ns), index in response, pad -> 18 B
 FRAME_BYTES = 160
+# SO_TIMESTAMPNS (Python 3.11 has no name for it): the kernel stamps each segment's arrival,
+# and TCP's recvmsg hands over the stamp of the last segment read (socket(7)), so a caller
+# frame's latency can be taken to its arrival at this server, without this loop's own delay.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("@qq")
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def summary_us(samples_ns: list[int]) -> dict[str, float | None]:
+    """n, p50, p99 and max of nanosecond samples, in microseconds."""
+    ordered = sorted(samples_ns)
+
+    def q(fraction: float) -> float | None:
+        if not ordered:
+            return None
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1000
+
+    return {"n": len(ordered), "p50_us": q(0.5), "p99_us": q(0.99),
+            "max_us": ordered[-1] / 1000 if ordered else None}
 
 
 def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -120,6 +138,8 @@ class LeanRealtimeServer:
             "bad_auth": 0, "json_slow_path": 0,
         }
         self.latencies: list[int] = []  # RTP send -> append read, ns, inside the window
+        self.arrivals: list[int] = []  # RTP send -> the append's arrival (kernel), ns, same
+        self.chunk_arrived_ns = 0  # the kernel's stamp of what readable() read last
         self.frames_per_call: dict[int, int] = {}
 
     def new_id(self, prefix: str) -> str:
@@ -187,12 +207,14 @@ class LeanRealtimeServer:
                     "n": len(latencies), "p50_us": q(0.5), "p99_us": q(0.99),
                     "max_us": latencies[-1] / 1000 if latencies else None,
                 },
+                "rtp_to_ws_arrival_us": summary_us(self.arrivals),
                 "frames_per_call": self.frames_per_call,
             }
             print("STATS " + json.dumps(stats), flush=True)
         elif line == "WINDOW_START":
             self.window = True
             self.latencies = []
+            self.arrivals = []
         elif line == "WINDOW_END":
             self.window = False
         elif line == "RESET":
@@ -212,6 +234,7 @@ class LeanRealtimeServer:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             session = Session(sock, self.stats["sessions_total"])
             self.stats["sessions_total"] += 1
             self.sessions[session.fd] = session
@@ -262,7 +285,7 @@ class LeanRealtimeServer:
 
     def readable(self, session: Session) -> None:
         try:
-            chunk = session.sock.recv(262144)
+            chunk, ancillary, _, _ = session.sock.recvmsg(262144, socket.CMSG_SPACE(TIMESPEC.size))
         except BlockingIOError:
             return
         except OSError as exc:
@@ -273,6 +296,11 @@ class LeanRealtimeServer:
             self.drop(session)
             return
         received_ns = time.time_ns()
+        self.chunk_arrived_ns = received_ns  # no stamp: the read's time, as before
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = TIMESPEC.unpack_from(data)
+                self.chunk_arrived_ns = seconds * 1_000_000_000 + nanoseconds
         session.inbuf += chunk
         if not session.open:
             self.handshake(session)
@@ -446,6 +474,9 @@ class LeanRealtimeServer:
             self.frames_per_call[call] = self.frames_per_call.get(call, 0) + 1
             if self.window:
                 self.latencies.append(received_ns - sent_ns)
+                # An append read with later ones is stamped with the last one's arrival: this
+                # errs late, never early.
+                self.arrivals.append(self.chunk_arrived_ns - sent_ns)
             offset = audio.find(CALLER_MARK, offset + FRAME_BYTES)
 
     def session_update(self, session: Session, update: dict) -> None:

@@ -11,8 +11,13 @@ collector's pauses), offer -> reply latency and throughput against rtpai and Deb
 ``rtpengine`` (userspace only, 127.0.0.1, a private port range), a 10,000-cycle offer/delete
 churn for memory, and (``--profile N``) a py-spy profile of rtpai under N calls.
 
+After the ``--calls`` list, up to ``--search-runs`` more N search for the largest healthy N
+(bench/targets.py). rtpai runs on one core (``--rtpai-cpus``, taskset: every thread and child
+it starts), the load side on the others.
+
 Everything runs on 127.0.0.1 and every child is stopped at the end. Results are printed and
-written as JSON to bench/build/.
+written as JSON to bench/build/; the output ends with issue 14's targets, one table read from
+that JSON (``python -m bench.targets FILE`` prints it again).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baseline
+from bench import baseline, targets
 from bench.ngload import NgClient, answer_port, caller_sdp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +172,18 @@ def run_queue_wait_s(pid: int) -> float:
         return int(handle.read().split()[1]) / 1e9
 
 
+def tree_run_queue_wait_s(pid: int) -> float:
+    """Seconds every thread of ``pid`` and its descendants waited on a run queue, ready but
+    not running (/proc/PID/task/TID/schedstat): with rtpai pinned to one core, the time
+    others took that core from it."""
+    total = 0
+    for member in process_tree(pid):
+        for stat in Path(f"/proc/{member}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(stat.read_text().split()[1])
+    return total / 1e9
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` and its descendants (the workers behind a front)."""
     total = 0
@@ -174,6 +191,70 @@ def rss_kib(pid: int) -> int:
         with contextlib.suppress(OSError), open(f"/proc/{member}/statm") as handle:
             total += int(handle.read().split()[1]) * PAGE_KIB
     return total
+
+
+def parse_cpus(text: str) -> set[int]:
+    """A CPU list as taskset(1) and /proc's Cpus_allowed_list write it: ``0``, ``0,2-3``."""
+    cpus: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def cpu_list(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+def thread_affinity(pid: int) -> dict[str, Any]:
+    """Every thread of ``pid`` and its descendants: how many, and the CPUs any may run on
+    (proc(5): Cpus_allowed_list), to show that the pinning held for threads started late."""
+    threads = 0
+    allowed: set[int] = set()
+    for member in process_tree(pid):
+        for status in Path(f"/proc/{member}/task").glob("*/status"):
+            with contextlib.suppress(OSError):
+                for line in status.read_text().splitlines():
+                    if line.startswith("Cpus_allowed_list:"):
+                        allowed |= parse_cpus(line.partition(":")[2])
+                        threads += 1
+    return {"threads": threads, "cpus_allowed": cpu_list(allowed)}
+
+
+# ``--rtpai-cpus``: the CPUs rtpai (and rtpengine, for the offer comparison) may run on, or
+# None for no pinning. taskset(1) sets the affinity before the interpreter starts, and every
+# thread and child inherits it, so a thread started later (a media thread, workers) is held
+# to the same core. The driver pins itself, and so its children (the AI server, the load
+# generator), to LOAD_CPUS.
+RTPAI_CPUS: set[int] | None = None
+LOAD_CPUS: set[int] | None = None
+
+
+def pinned(argv: list[str]) -> list[str]:
+    if RTPAI_CPUS is None:
+        return argv
+    return ["taskset", "-c", cpu_list(RTPAI_CPUS), *argv]
+
+
+def choose_pinning(spec: str, workers: int) -> tuple[set[int] | None, set[int] | None, str]:
+    """(rtpai's CPUs, the load side's, what the report says about it).
+
+    ``auto``: one rtpai process on CPU 0 and everything else on the other CPUs, when there
+    are at least two and one rtpai process (the issue's "N on one core"; with workers the
+    figure is the machine's, not a core's). ``none``: no pinning. Otherwise a CPU list.
+    """
+    every = os.sched_getaffinity(0)
+    if spec == "none" or (spec == "auto" and (len(every) < 2 or workers > 1)):
+        why = "asked" if spec == "none" else (
+            "one CPU" if len(every) < 2 else f"{workers} workers")
+        return None, None, f"not pinned ({why}): rtpai shares every core with the load side"
+    mine = {min(every)} if spec == "auto" else parse_cpus(spec)
+    if not mine <= every:
+        raise SystemExit(f"--rtpai-cpus {spec}: this process may use CPUs {cpu_list(every)}")
+    rest = every - mine or every  # one CPU asked for everything: share it, and say so
+    return mine, rest, (f"rtpai, all its threads and processes, on CPU {cpu_list(mine)} "
+                        f"(taskset); AI server, load generator and driver on CPU "
+                        f"{cpu_list(rest)}; loopback's receive work runs on the sender's CPU")
 
 
 def start_server(interval: float = 3.0) -> tuple[Child, str]:
@@ -268,7 +349,7 @@ def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
     metrics_port = free_tcp_port() if METRICS else None
     if metrics_port is not None:
         env["METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
-    rtpai = Child("rtpai", [sys.executable, "-m", "ctl.daemon"], env=env, stdin=False,
+    rtpai = Child("rtpai", pinned([sys.executable, "-m", "ctl.daemon"]), env=env, stdin=False,
                   stderr_path=log_path, cwd=RTPAI_TREE)
     rtpai.metrics_port = metrics_port
     client = NgClient(("127.0.0.1", ng_port))
@@ -287,7 +368,8 @@ def start_rtpengine(log_path: Path) -> tuple[Child, NgClient] | None:
         f"--port-min={RTPENGINE_PORTS[0]}", f"--port-max={RTPENGINE_PORTS[1]}",
         "--no-redis-required", "--pidfile=/dev/null",
     ]
-    engine = Child("rtpengine", argv, stdin=False, stderr_path=log_path)
+    # On rtpai's CPU too: the two engines compared on the same footing.
+    engine = Child("rtpengine", pinned(argv), stdin=False, stderr_path=log_path)
     client = NgClient(("127.0.0.1", ng_port))
     try:
         client.wait_ready(15)
@@ -336,24 +418,25 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
                                     str(args.warmup), "--duration", str(args.duration),
                                     *(["--wake-on-receive"] if args.gen_wake else [])])
         caller_port = int(loadgen.expect("PORT", 5))
-        targets = []
+        rtp_ports = []
         offer_times = []
         for i in range(n):
             started = time.perf_counter()
             reply = ng.command("offer", **{"call-id": f"bench-{n}-{i}", "from-tag": f"ft{i}",
                                            "sdp": caller_sdp(caller_port)})
             offer_times.append(time.perf_counter() - started)
-            targets.append(answer_port(reply))
+            rtp_ports.append(answer_port(reply))
         deadline = time.monotonic() + 30
         while server_stats(server)["sessions_open"] < n:
             if time.monotonic() > deadline:
                 raise TimeoutError("AI sessions did not all open")
             time.sleep(0.2)
-        loadgen.write("TARGETS " + " ".join(map(str, targets)))
+        loadgen.write("TARGETS " + " ".join(map(str, rtp_ports)))
         loadgen.expect("WINDOW_START", args.warmup + 10)
         server.write("WINDOW_START")
         cpu0 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
         split0 = tree_cpu_times(rtpai.pid)
+        waited0 = tree_run_queue_wait_s(rtpai.pid)
         machine0 = machine_cpu()
         t0 = time.monotonic()
         if profile:
@@ -367,8 +450,10 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         window = time.monotonic() - t0
         cpu1 = {p.name: cpu_seconds(p.pid) for p in (rtpai, server, loadgen)}
         split1 = tree_cpu_times(rtpai.pid)
+        waited1 = tree_run_queue_wait_s(rtpai.pid)
         machine1 = machine_cpu()
         rss_loaded = rss_kib(rtpai.pid)
+        threads = thread_affinity(rtpai.pid)
         server.write("WINDOW_END")
         gen = json.loads(loadgen.expect("SUMMARY", 10))
         srv = server_stats(server)
@@ -402,7 +487,11 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         "metrics": scrapes,  # None: [metrics] off; else the scraper's figures
         "workers": WORKERS,
         "window_s": round(window, 2),
+        # utime+stime of every rtpai process over the window: /proc/PID/stat counts all the
+        # process's threads (tests/test_bench_run.py holds that), so a media thread is in it.
         "rtpai_cpu_ms_per_call_s": round(1000 * cpu["rtpai"] / call_seconds, 3),
+        "rtpai_threads": threads["threads"],
+        "rtpai_cpus_allowed": threads["cpus_allowed"],
         "rtpai_cpu_percent": round(100 * cpu["rtpai"] / window, 1),
         "rtpai_user_percent": round(100 * (split1[0] - split0[0]) / window, 1),
         "rtpai_system_percent": round(100 * (split1[1] - split0[1]) / window, 1),
@@ -413,6 +502,8 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         "others_cpu_percent": round(100 * (machine1["processes"] - machine0["processes"]
                                            - sum(cpu.values())) / window, 1),
         "others_before_start_percent": load_before,
+        # Ready to run but not running: time other processes held rtpai's core.
+        "rtpai_run_queue_wait_percent": round(max(0.0, 100 * (waited1 - waited0) / window), 1),
         "irq_softirq_percent": round(100 * (machine1["irq"] - machine0["irq"]) / window, 1),
         "steal_percent": round(100 * (machine1["steal"] - machine0["steal"]) / window, 1),
         "rss_idle_kib": rss_idle,
@@ -424,10 +515,12 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         "lost_in": lost_in,
         "dups_out": gen["dups"],
         "caller_packets_sent": gen["sent"],
+        "caller_speech_frames_sent": gen["sent_speech"],
         "caller_frames_at_server": srv["caller_frames"],
         "caller_frames_at_server_pct": round(
             100 * srv["caller_frames"] / max(1, gen["sent_speech"]), 3),
-        "rtp_to_ws_us": srv["rtp_to_ws_us"],
+        "rtp_to_ws_us": srv["rtp_to_ws_us"],  # to the AI server's read of the append
+        "rtp_to_ws_arrival_us": srv.get("rtp_to_ws_arrival_us"),  # to its arrival there
         "delta_to_first_rtp_us": gen["delta_first"],
         "delta_to_first_rtp_excess_us": gen["delta_excess"],
         "delta_missed_slot": gen["missed_slot"],
@@ -444,14 +537,49 @@ def run_calls(n: int, args: argparse.Namespace, *, profile: bool = False) -> dic
         "loadgen": {k: gen[k] for k in ("send_errors", "sendmmsg_calls", "recvmmsg_calls",
                                         "recv_window", "unknown_src", "silent_calls")},
     }
+    result["health_failures"] = targets.health_failures(result)
     return result
 
 
-def healthy(r: dict[str, Any]) -> bool:
-    """The issue's bar: p99 gap error < 5 ms, no loss either way, every caller frame delivered."""
-    return (r["gap_err_us"]["p99_us"] is not None and r["gap_err_us"]["p99_us"] < 5000
-            and r["lost_out"] == 0 and r["lost_in"] == 0
-            and r["caller_frames_at_server"] >= r["caller_packets_sent"])
+healthy = targets.healthy  # the issue's bar, spelled out in bench/targets.py
+
+
+def calls_or_failure(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One N-calls run; a run that fails (AI sessions that never all open, a generator that
+    never ends its window) is an unhealthy N, recorded, and the bench goes on."""
+    try:
+        result = run_calls(n, args)
+    except Exception as exc:  # noqa: BLE001 - the report says what failed, and goes on
+        print(f"{n} calls failed: {exc!r}", file=sys.stderr)
+        return {"calls": n, "error": repr(exc), "health_failures": [f"run failed: {exc!r}"]}
+    failures = result["health_failures"]
+    print(json.dumps(result))
+    print(f"{n} calls: {'healthy' if not failures else 'NOT healthy: ' + '; '.join(failures)}",
+          flush=True)
+    return result
+
+
+def search_top_out(args: argparse.Namespace, listed: list[dict[str, Any]]) -> dict[str, Any]:
+    """After the ``--calls`` list, more runs (at most ``--search-runs``) to find the largest
+    healthy N: growing past the list if every N was healthy, then bisecting between the
+    largest healthy N and the first unhealthy one above it (bench/targets.py)."""
+    runs: list[dict[str, Any]] = []
+    n = None
+    while len(runs) < args.search_runs:
+        outcomes = {r["calls"]: healthy(r) for r in listed + runs}
+        n = targets.next_search_n(outcomes, cap=args.search_cap)
+        if n is None:
+            break
+        low, high = targets.bracket(outcomes)
+        print(f"\n== search {len(runs) + 1}/{args.search_runs}: {n} calls (healthy: "
+              f"{'up to ' + str(low) if low else 'none yet'}; "
+              f"{'not at ' + str(high) if high else 'nothing unhealthy yet'})", flush=True)
+        runs.append(calls_or_failure(n, args))
+    outcomes = {r["calls"]: healthy(r) for r in listed + runs}
+    low, high = targets.bracket(outcomes)
+    return {"runs": runs, "budget": args.search_runs, "cap": args.search_cap,
+            "closed": targets.next_search_n(outcomes, cap=args.search_cap) is None,
+            "largest_healthy_n": low, "first_unhealthy_above": high}
 
 
 # --- calls that come and go ------------------------------------------------------------------
@@ -920,7 +1048,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RTPAI_TREE, GC_THRESHOLDS, WORKERS, RTPAI_PORTS, METRICS
+    global RTPAI_TREE, GC_THRESHOLDS, WORKERS, RTPAI_PORTS, METRICS, RTPAI_CPUS, LOAD_CPUS
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", default="50,100,200,300,500,700,1000",
@@ -929,10 +1057,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5, help="seconds before the window")
     parser.add_argument("--offers", type=int, default=1000, help="offers per engine timed")
     parser.add_argument("--churn", type=int, default=10000, help="offer/delete cycles")
+    parser.add_argument("--search-runs", type=int, default=None,
+                        help="runs after --calls to find the largest healthy N: past the list "
+                             "while every N is healthy, then bisecting (default 4; --quick 1)")
+    parser.add_argument("--search-cap", type=int, default=2000,
+                        help="the search never runs more calls than this")
+    parser.add_argument("--rtpai-cpus", default="auto", metavar="auto|none|LIST",
+                        help="the CPUs rtpai runs on (taskset; all its threads and processes); "
+                             "the load side gets the others. auto: CPU 0 with one rtpai "
+                             "process on a machine of 2+ CPUs, else none")
     parser.add_argument("--profile", type=int, default=0, help="py-spy rtpai under N calls")
     parser.add_argument("--quick", action="store_true",
-                        help="50,200 calls, 10 s windows, 300 offers, 2000 churn cycles, "
-                             "churn-media 200@20")
+                        help="50,200 calls, 10 s windows, 1 search run, 1 baseline run each, "
+                             "300 offers, 2000 churn cycles, churn-media 200@20")
     parser.add_argument("--skip", default="", help="comma list of: calls,churn-media,offers,churn")
     parser.add_argument("--churn-media", default="200@20,480@40",
                         help="comma list of N@R: N concurrent calls while R a second come and go")
@@ -942,8 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run a worktree of git REF (built, under the temporary "
                              "directory) at --baseline-calls, alternating with this tree")
     parser.add_argument("--baseline-calls", type=int, default=200)
-    parser.add_argument("--baseline-reps", type=int, default=2,
-                        help="runs per tree (A, B, A, B ...)")
+    parser.add_argument("--baseline-reps", type=int, default=None,
+                        help="runs per tree (A, B, A, B ...; default 2, --quick 1)")
     parser.add_argument("--gc-thresholds", default=None,
                         help="RTPAI_GC_THRESHOLDS for rtpai, e.g. 700,10,10 (CPython's)")
     parser.add_argument("--metrics", action="store_true",
@@ -962,6 +1099,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.calls, args.duration, args.warmup = "50,200", 10, 3
         args.offers, args.churn, args.churn_media = 300, 2000, "200@20"
+    if args.search_runs is None:
+        args.search_runs = 1 if args.quick else 4
+    if args.baseline_reps is None:
+        args.baseline_reps = 1 if args.quick else 2
     skip = set(filter(None, args.skip.split(",")))
     RTPAI_TREE, GC_THRESHOLDS = args.rtpai_tree.resolve(), args.gc_thresholds
     METRICS = args.metrics
@@ -974,6 +1115,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     BUILD.mkdir(parents=True, exist_ok=True)
+    RTPAI_CPUS, LOAD_CPUS, pin_detail = choose_pinning(args.rtpai_cpus, WORKERS)
+    if LOAD_CPUS is not None:
+        # The driver's children (AI server, load generator) inherit this; rtpai's taskset
+        # overrides it.
+        os.sched_setaffinity(0, LOAD_CPUS)
     started = time.monotonic()
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -983,23 +1129,30 @@ def main(argv: list[str] | None = None) -> int:
                      "workers": args.workers,
                      "talk_spurt": "1 s speech / 2 s silence (DTX), 50 pps while talking",
                      "ai": "2 s reply every ~3 s as 100 ms deltas at 4x real time"},
+        "pinning": {"rtpai_cpus": RTPAI_CPUS and cpu_list(RTPAI_CPUS),
+                    "load_cpus": LOAD_CPUS and cpu_list(LOAD_CPUS), "detail": pin_detail,
+                    "short": (f"on one core (CPU {cpu_list(RTPAI_CPUS)})"
+                              if RTPAI_CPUS and len(RTPAI_CPUS) == 1
+                              else f"on CPUs {cpu_list(RTPAI_CPUS)}" if RTPAI_CPUS
+                              else "(cores not pinned)")},
     }
     print(f"machine: {report['machine']}")
+    print(f"pinning: {pin_detail}")
     results: list[dict[str, Any]] = []
     if "calls" not in skip:
         for n in [int(x) for x in args.calls.split(",") if x]:
             print(f"\n== {n} calls: {args.warmup:g} s warm-up, {args.duration:g} s window",
                   flush=True)
-            result = run_calls(n, args)
-            results.append(result)
-            print(json.dumps(result))
+            results.append(calls_or_failure(n, args))
         report["calls"] = results
-        passing = [r["calls"] for r in results if healthy(r)]
-        report["largest_healthy_n"] = max(passing) if passing else None
+        report["search"] = search_top_out(args, results)
+        report["largest_healthy_n"] = report["search"]["largest_healthy_n"]
         print()
-        print_table(results)
+        print_table(sorted((r for r in results + report["search"]["runs"] if "error" not in r),
+                           key=lambda r: r["calls"]))
         print(f"largest N with p99 gap error < 5 ms, no loss, every frame delivered: "
-              f"{report['largest_healthy_n']}")
+              f"{report['largest_healthy_n']} (first unhealthy above it: "
+              f"{report['search']['first_unhealthy_above']})")
     if args.baseline:
         print(f"\n== {args.baseline_calls} calls, this tree beside {args.baseline}, "
               f"{args.baseline_reps} runs each", flush=True)
@@ -1038,10 +1191,15 @@ def main(argv: list[str] | None = None) -> int:
         if churn_profile.exists():
             report["profile_churn"] = summarise_profile(churn_profile)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
+    # The verdicts are read from the report as saved: `python -m bench.targets FILE` prints
+    # the same table again.
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = BUILD / f"results-{stamp}.json"
+    out.write_text(json.dumps(report, indent=1))  # first: a table that fails loses nothing
+    report["issue14_targets"] = targets.rows(report)
     out.write_text(json.dumps(report, indent=1))
-    print(f"\nelapsed {report['elapsed_s']} s; results in {out.relative_to(ROOT)}")
+    print(f"\nelapsed {report['elapsed_s']} s; results in {out.relative_to(ROOT)}\n")
+    print(targets.render(report))
     return 0
 
 

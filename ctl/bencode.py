@@ -57,13 +57,35 @@ def _bdecode(data: bytes, pos: int, depth: int, fold: Callable[[str], str] | Non
             raise BencodeError("nested too deep")
         pos += 1
         items = []
-        while data[pos] != 0x65:  # e
-            if not 0x30 <= data[pos] <= 0x39:
+        index = data.index
+        while (lead := data[pos]) != 0x65:  # e
+            if not 0x30 <= lead <= 0x39:
                 raise BencodeError("dictionary key is not a string")
-            key, pos = _bdecode_string(data, pos)
-            value, pos = _bdecode(data, pos, depth + 1, fold)
+            # The key and, when it is one (most ng values are), a string value are read here
+            # rather than by a call each: a request's decode is on the offer's path.
+            colon = index(b":", pos)
+            length = data[pos:colon]
+            if not length.isdigit() or (lead == 0x30 and colon - pos > 1):  # no leading zeros
+                raise BencodeError("bad string length")
+            pos = colon + 1 + int(length)
+            if pos > len(data):
+                raise BencodeError("string runs past the end")
             # Keys must be UTF-8 (rtpengine's are ASCII); a value may be any bytes.
-            items.append((key.decode("utf-8"), value))
+            key = data[colon + 1 : pos].decode("utf-8")
+            lead = data[pos]
+            if 0x30 <= lead <= 0x39:
+                colon = index(b":", pos)
+                length = data[pos:colon]
+                if not length.isdigit() or (lead == 0x30 and colon - pos > 1):
+                    raise BencodeError("bad string length")
+                start = colon + 1
+                pos = start + int(length)
+                if pos > len(data):
+                    raise BencodeError("string runs past the end")
+                items.append((key, _bytes_text(data[start:pos])))
+            else:
+                value, pos = _bdecode(data, pos, depth + 1, fold)
+                items.append((key, value))
         result = {fold(key) if fold else key: value for key, value in items}
         if len(result) < len(items):
             # Two keys name the same thing ("delete delay", "delete-delay"): as rtpengine, which

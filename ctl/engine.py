@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from functools import partial
 from typing import Any
 
@@ -75,8 +76,9 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         rtp = config["rtp"]
-        self.ports = PortPairAllocator(rtp["min_port"], rtp["max_port"])
-        self.binder = PortBinder(self.ports, rtp["bind_ip"])
+        # The range's pairs, up to [rtp] port_pool of them bound ahead (ctl/rtp_ports.py).
+        self.ports = PortBinder(PortPairAllocator(rtp["min_port"], rtp["max_port"]),
+                                rtp["bind_ip"], pool=rtp["port_pool"])
         self.media_options = MediaOptions.from_config(rtp)  # every call's [rtp] behaviour
         # The AI flavor, through the registry (media/flavor.py): ctl/ names none of its classes.
         self.flavor = flavors.get(FLAVOR)
@@ -87,6 +89,9 @@ class Engine:
         self.started = time.time()
         self.totals = {"calls": 0, "ended": 0, "timeouts": 0, "ai failures": 0,
                        "hangup failures": 0, "hangup timeouts": 0, "hangup retries": 0}
+        # Ended calls by every EndReason (statistics: totalstatistics.endreasons), as the
+        # metrics count them, so a new reason is in the ng totals the day it is added.
+        self.ended_by: Counter[EndReason] = Counter()
         self.dispatcher = Dispatcher(
             {
                 "ping": self.ping,
@@ -139,6 +144,7 @@ class Engine:
             await nursery.start(self.clock.run)
             await nursery.start(self.poller.run)
             await nursery.start(self.archive.run)
+            await nursery.start(self.ports.run)  # the pool, filled before the first offer
             nursery.start_soon(self._housekeeping)
             if self.config["metrics"]["listen"] is not None:  # ([metrics] listen; not a thread)
                 await nursery.start(self.metrics.serve, self.config["metrics"]["listen"])
@@ -210,7 +216,7 @@ class Engine:
             raise NgLoadLimit()
         offer, negotiated = offers.negotiate(request, self.config["rtp"]["codecs"])
 
-        rtp_port, sockets = self.binder.bind()
+        rtp_port, sockets = self.ports.bind()
         rtp_config = self.config["rtp"]
         advertised = rtp_config["ip"]
         # RFC 4566 s5.2 asks only that o= be unique; it is no secret (the answer carries it),
@@ -222,7 +228,7 @@ class Engine:
                 session_id=session_id, session_version=1,
             )
         except BaseException:
-            self.binder.unbind(rtp_port, sockets)
+            self.ports.unbind(rtp_port, sockets)
             raise
 
         def start_call() -> None:
@@ -257,7 +263,7 @@ class Engine:
                 # scheduler passes for nothing the proxy needs.
                 self._calls_nursery.start_soon(call.run)
             except BaseException:
-                self.binder.unbind(rtp_port, sockets)
+                self.ports.unbind(rtp_port, sockets)
                 raise
             # From here the call's own task closes its sockets and releases its ports, also
             # when it is deleted (or the engine stops) before that task has run at all.
@@ -364,7 +370,9 @@ class Engine:
 
     def _count_end(self, call: Call) -> None:
         self.totals["ended"] += 1
-        total = TOTALS_BY_END.get(call.end_kind) if call.end_kind else None
+        kind = call.end_kind or EndReason.SHUTDOWN  # (as ctl/metrics.py counts it)
+        self.ended_by[kind] += 1
+        total = TOTALS_BY_END.get(kind)
         if total is not None:
             self.totals[total] += 1
 
@@ -401,6 +409,6 @@ class Engine:
     def statistics(self, request: NgRequest | None) -> dict[str, Any]:
         return queries.statistics(
             self.calls, started=self.started, ports=self.ports, rtp=self.config["rtp"],
-            totals=self.totals, dispatcher=self.dispatcher,
+            totals=self.totals, ended_by=self.ended_by, dispatcher=self.dispatcher,
             **self.archive.statistics(),
         )

@@ -12,8 +12,13 @@ offers and deletes the worker then tells the front the outcome.
 What the front does itself:
 
 - ``[ng] allow``: datagrams from other sources are dropped here, never reaching a worker.
-- ``ping`` answers ``pong`` as long as the front serves; ``list`` and ``statistics`` ask every
-  live worker (each answer waited for at most GATHER_TIMEOUT) and merge the parts.
+- ``ping`` answers ``pong`` while at least one worker is up, and an error while none is: the
+  proxies' liveness probe (Kamailio's and OpenSIPS's rtpengine modules disable an engine
+  whose ping gets anything but ``pong``, at once, and fail over to the rest of the set; a
+  ping left unanswered costs the proxy's worker its whole retransmit timeout first). Any other
+  request while no worker is up gets an error at once (an offer: ``load limit``), never
+  silence. ``list`` and ``statistics`` ask every live worker and merge the parts
+  (ctl/host_wide.py, which also answers their retransmits from a reply cache).
 - ``load limit`` counts the host: an offer for a new call is refused when the workers' calls
   (each reply and each STATUS carries its worker's count) plus the offers on their way reach
   ``[ng] max_sessions``; the proxy then tries the next engine of its set.
@@ -38,33 +43,16 @@ from typing import Any
 import trio
 
 from ctl.acl import SourceFilter
-from ctl.channel import (
-    HEADER,
-    ChannelClosed,
-    Envelope,
-    Kind,
-    pack,
-    pktinfo_ancillary,
-    unpack,
-)
+from ctl.channel import HEADER, Envelope, Kind, pack, pktinfo_ancillary, unpack
 from ctl.config import Config, load_config
-from ctl.ng import (
-    REASON_SESSION_LIMIT,
-    NgError,
-    decode_reply,
-    decode_request,
-    encode_reply,
-)
+from ctl.host_wide import REASON_NO_WORKER, HostWide
+from ctl.ng import REASON_SESSION_LIMIT, NgError, decode_request, encode_reply
 from ctl.ng_server import IP_PKTINFO, MAX_DATAGRAM, reply_from
-from ctl.routing import HOST_WIDE, Route, Unroutable, merge_lists, merge_statistics, owner, peek
+from ctl.routing import HOST_WIDE, Route, Unroutable, owner, peek
 from ctl.workers import WORKER_START_TIMEOUT, WorkerPool, WorkerProcess
 
 log = logging.getLogger("rtpai.front")
 
-# How long `list`/`statistics` wait for each worker's part (the proxy modules wait 1 s).
-GATHER_TIMEOUT = 0.5
-# Host-wide requests under way at once; more are dropped (the proxy asks again).
-MAX_GATHERS = 16
 # Datagrams taken per wake-up (as ctl/ng_server.py's RECEIVE_BATCH).
 RECEIVE_BATCH = 16
 REASON_WORKER_DOWN = "rtpai worker restarting"
@@ -86,9 +74,7 @@ class Front:
         self.dropped = 0  # datagrams a full channel could not take (the proxy retransmits)
         self._tags = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, Route, bool]] = {}  # tag -> (w, r, new)
-        self._gathers: dict[int, tuple[list[bytes], int]] = {}  # tag -> (parts, expected)
-        self._gathered: dict[int, trio.Event] = {}
-        self._gather_slots = trio.CapacityLimiter(MAX_GATHERS)
+        self.host_wide = HostWide(self.workers, self._send, self._add_figures, self._tags)
         self._sock: socket.socket | None = None
         self._wildcard = False
         self._writable = trio.Lock()
@@ -117,13 +103,19 @@ class Front:
                     self._nursery = nursery
                     for worker in self.workers:
                         nursery.start_soon(self.pool.supervise, worker, nursery)
+                    # Served at once, also while the workers start: until one is up, a ping
+                    # gets an error and an offer `load limit`, at once (a proxy waiting for
+                    # replies that do not come would disable us only after its timeouts).
+                    nursery.start_soon(self._receive, sock)
                     with trio.move_on_after(WORKER_START_TIMEOUT):
                         for worker in self.workers:
-                            await worker.ready.wait()
+                            await worker.settled.wait()
                     log.info("ng: listening on %s:%s; %d workers ready of %d", bound[0],
-                             bound[1], sum(w.alive for w in self.workers), len(self.workers))
+                             bound[1], self.live_workers(), len(self.workers))
+                    if not self.live_workers():
+                        log.error("ng: no worker is up: ping is answered with an error (the "
+                                  "proxy uses the other engines of its set) until one is")
                     task_status.started(bound)
-                    await self._receive(sock)
             finally:
                 await self.pool.stop()
 
@@ -165,24 +157,36 @@ class Front:
         except Unroutable:
             route = None  # a worker decodes it and answers rtpengine's exact error
         if route is not None and route.command == "ping":
-            # Answered here and now: the proxies' liveness probe, as cheap as it can be.
+            # Answered here and now: the proxies' liveness probe, as cheap as it can be. A
+            # front without a live worker is not a live engine: the error makes both proxy
+            # modules disable this engine at once (anything but `pong` fails their test; they
+            # ping again before using it, so it is back as soon as a worker is).
             as_json = body.lstrip().startswith(b"{")
-            self._send_now(encode_reply(cookie, {"result": "pong"}, as_json=as_json), source,
-                           pktinfo)
+            reply = ({"result": "pong"} if self.live_workers() else
+                     {"result": "error", "error-reason": REASON_NO_WORKER})
+            self._send_now(encode_reply(cookie, reply, as_json=as_json), source, pktinfo)
             return
         if route is not None and route.command in HOST_WIDE:
-            self._host_wide(cookie, body, source, pktinfo)
+            assert self._nursery is not None
+            self.host_wide.arrive(self._nursery, cookie, body, source, pktinfo)
             return
         if route is None or route.call_id is None:
             worker = next((w for w in self.workers if w.alive), None)
             if worker is not None:
                 self._forward(worker, datagram, source, pktinfo, 0)
+            else:  # an error now, not the proxy's timeout
+                self._refuse(cookie, body, source, pktinfo, REASON_NO_WORKER,
+                             load_limit=route is not None and route.command == "offer")
             return
         worker = self.workers[owner(route.call_id, len(self.workers))]
-        new_call = route.command == "offer" and route.call_id not in worker.book
+        new_call = (route.command == "offer" and route.call_id not in worker.book
+                    and not self._offer_on_its_way(route.call_id))
         if not worker.alive or (new_call and self._full()):
             # Refused: an offer with load limit (the proxy goes on to the next engine).
-            reason = REASON_SESSION_LIMIT if worker.alive else REASON_WORKER_DOWN
+            if worker.alive:
+                reason = REASON_SESSION_LIMIT
+            else:
+                reason = REASON_WORKER_DOWN if self.live_workers() else REASON_NO_WORKER
             self._refuse(cookie, body, source, pktinfo, reason,
                          load_limit=route.command == "offer")
             return
@@ -191,6 +195,15 @@ class Front:
             tag = next(self._tags)
             self._pending[tag] = (worker, route, new_call)
         self._forward(worker, datagram, source, pktinfo, tag)
+
+    def _offer_on_its_way(self, call_id: bytes) -> bool:
+        """An offer of ``call_id`` is with its worker, its outcome not yet read: a re-offer
+        sent as soon as its reply came (the worker replies straight to the proxy, ahead of
+        telling the front) is not a new call, whatever the host's load."""
+        return any(new and route.call_id == call_id for _, route, new in self._pending.values())
+
+    def live_workers(self) -> int:
+        return sum(w.alive for w in self.workers)
 
     def _full(self) -> bool:
         limit = self.config["ng"]["max_sessions"]
@@ -273,7 +286,7 @@ class Front:
                 worker.calls = envelope.calls
                 if envelope.kind == Kind.READY:
                     worker.alive = True
-                    worker.ready.set()
+                    worker.settled.set()
                 elif envelope.kind == Kind.ANSWERED:
                     self._on_answered(worker, envelope)
                 elif envelope.kind == Kind.REPLY:
@@ -282,12 +295,7 @@ class Front:
     async def _on_reply(self, envelope: Envelope, datagram: bytes) -> None:
         """A worker's part of a host-wide command (or, from a worker without the ng socket,
         a reply to send on)."""
-        gather = self._gathers.get(envelope.tag)
-        if gather is not None:
-            parts, expected = gather
-            parts.append(datagram)
-            if len(parts) >= expected:
-                self._gathered[envelope.tag].set()
+        if self.host_wide.on_part(envelope.tag, datagram):
             return
         if datagram:
             await self._send(datagram, envelope.source, envelope.pktinfo, envelope.copies)
@@ -308,64 +316,20 @@ class Front:
         elif route.command == "delete" and route.via_branch is None:
             worker.book.pop(route.call_id, None)
 
-    # --- host-wide commands ----------------------------------------------------------------
+    # --- host-wide commands (ctl/host_wide.py) -------------------------------------------
 
-    def _host_wide(self, cookie: bytes, body: bytes, source: tuple[str, int], pktinfo: bytes):
-        token = object()
-        try:
-            self._gather_slots.acquire_on_behalf_of_nowait(token)
-        except trio.WouldBlock:
-            self.dropped += 1  # a flood of them: the proxy asks again
-            return
-        assert self._nursery is not None
-        self._nursery.start_soon(self._answer_host_wide, cookie, body, source, pktinfo, token)
-
-    async def _answer_host_wide(self, cookie, body, source, pktinfo, token) -> None:
-        try:
-            try:
-                request = decode_request(body)
-            except NgError as exc:
-                as_json = body.lstrip().startswith(b"{")
-                reply: dict[str, Any] = {"result": "error", "error-reason": exc.reason}
-            else:
-                as_json = request.is_json
-                parts = await self._gather(source, body)
-                if request.command == "list":
-                    reply = merge_lists(parts, request.integer("limit"))
-                else:
-                    reply = merge_statistics(parts)
-                    reply.setdefault("statistics", {}).setdefault("rtpai", {})["front"] = (
-                        self.figures())
-                    control = reply["statistics"].setdefault("controlstatistics", {})
-                    control["denied"] = control.get("denied", 0) + self.denied
-            await self._send(encode_reply(cookie, reply, as_json=as_json), source, pktinfo)
-        finally:
-            self._gather_slots.release_on_behalf_of(token)
-
-    async def _gather(self, source: tuple[str, int], body: bytes) -> list[dict[str, Any]]:
-        """Every live worker's answer to ``body`` (those that answer within GATHER_TIMEOUT)."""
-        tag = next(self._tags)
-        parts: list[bytes] = []
-        live = [w for w in self.workers if w.alive and w.sender is not None]
-        self._gathers[tag], self._gathered[tag] = (parts, len(live)), trio.Event()
-        try:
-            for worker in live:
-                if worker.sender is not None:
-                    message = pack(Envelope(Kind.GATHER, source, tag), b"g%d " % tag + body)
-                    try:
-                        await worker.sender.send(message)
-                    except ChannelClosed:
-                        continue
-            with trio.move_on_after(GATHER_TIMEOUT):
-                await self._gathered[tag].wait()
-        finally:
-            del self._gathers[tag], self._gathered[tag]
-        return [decode_reply(part)[1] for part in parts if part]
+    def _add_figures(self, reply: dict[str, Any]) -> None:
+        """The front's own figures in the host's ``statistics``."""
+        reply.setdefault("statistics", {}).setdefault("rtpai", {})["front"] = self.figures()
+        control = reply["statistics"].setdefault("controlstatistics", {})
+        control["denied"] = control.get("denied", 0) + self.denied
 
     def figures(self) -> dict[str, int]:
         """The front's own counts (in `statistics` under rtpai.front)."""
-        return {"workers": len(self.workers), "alive": sum(w.alive for w in self.workers),
-                "restarts": sum(w.restarts for w in self.workers), "dropped": self.dropped,
+        return {"workers": len(self.workers), "alive": self.live_workers(),
+                "restarts": sum(w.restarts for w in self.workers),
+                "dropped": self.dropped + self.host_wide.dropped,
+                "retransmits": self.host_wide.retransmits,
                 "crash hangups": self.pool.crash_hangups}
 
     async def drain(self, grace: float) -> None:

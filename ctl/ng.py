@@ -236,11 +236,39 @@ def decode_request(body: bytes) -> NgRequest:
         raise NgError(REASON_BAD_STRING) from None
     except Exception:  # anything json or bdecode raise, RecursionError included
         raise NgError(REASON_BAD_BENCODE) from None
-    if not isinstance(params, Mapping):
+    if type(params) is not dict and not isinstance(params, Mapping):
         raise NgError(REASON_NOT_A_DICTIONARY)
     command = params.get("command")
     if not isinstance(command, str) or not command:
         raise NgError(REASON_NO_COMMAND)
+    # One pass over what the request holds (a few keys) rather than over every limit; when a
+    # string is past its limit, the limits are checked in their order, so that the error names
+    # the same key as ever.
+    limits = _LENGTH_LIMITS
+    for key, value in params.items():
+        if type(value) is str and len(value) > limits.get(key, MAX_SDP_LENGTH):
+            _check_lengths(params)
+            break
+    raw_flags = params.get("flags")
+    if not raw_flags:
+        flags: frozenset[str] = frozenset()
+    else:
+        if isinstance(raw_flags, str):
+            raw_flags = [raw_flags]
+        elif not isinstance(raw_flags, list):
+            raw_flags = []
+        if len(raw_flags) > MAX_FLAGS:
+            raise NgError(f"Too many flags (max {MAX_FLAGS})")
+        flags = frozenset(canonical_name(str(f)).lower() for f in raw_flags if isinstance(f, str))
+    return NgRequest(
+        command=canonical_name(command).lower(), params=params, flags=flags, is_json=is_json
+    )
+
+
+_LENGTH_LIMITS = {**MAX_FIELD_LENGTHS, "sdp": MAX_SDP_LENGTH}
+
+
+def _check_lengths(params: Mapping[str, Any]) -> None:
     for key, limit in MAX_FIELD_LENGTHS.items():
         value = params.get(key)
         if type(value) is str and len(value) > limit:
@@ -248,17 +276,6 @@ def decode_request(body: bytes) -> NgRequest:
     sdp = params.get("sdp")
     if type(sdp) is str and len(sdp) > MAX_SDP_LENGTH:
         raise NgError(f"Value too long for key 'sdp' (max {MAX_SDP_LENGTH})")
-    raw_flags = params.get("flags") or []
-    if isinstance(raw_flags, str):
-        raw_flags = [raw_flags]
-    elif not isinstance(raw_flags, list):
-        raw_flags = []
-    if len(raw_flags) > MAX_FLAGS:
-        raise NgError(f"Too many flags (max {MAX_FLAGS})")
-    flags = frozenset(canonical_name(str(f)).lower() for f in raw_flags if isinstance(f, str))
-    return NgRequest(
-        command=canonical_name(command).lower(), params=params, flags=flags, is_json=is_json
-    )
 
 
 def encode_reply(cookie: bytes, reply: Mapping[str, Any], *, as_json: bool = False) -> bytes:

@@ -21,7 +21,8 @@ from ctl.registry import CallRegistry
 
 if TYPE_CHECKING:
     from ctl.dispatcher import Dispatcher
-    from media.ports import PortPairAllocator
+    from ctl.rtp_ports import PortBinder
+    from media.bridge import EndReason
 
 
 def call_statistics(call: Call, *, parties: bool = True) -> dict[str, Any]:
@@ -61,9 +62,10 @@ def statistics(
     calls: CallRegistry[Call],
     *,
     started: float,
-    ports: PortPairAllocator,
+    ports: PortBinder,
     rtp: Mapping[str, Any],
     totals: dict[str, int],
+    ended_by: Mapping[EndReason, int],
     dispatcher: Dispatcher,
     recording: dict[str, int] | None = None,
     cdr: dict[str, dict[str, int]] | None = None,
@@ -72,12 +74,13 @@ def statistics(
     gc_figures = gcstats.monitor.snapshot() if gcstats.monitor is not None else {}
     return replies.engine_statistics(
         wall=time.time(), gc=gc_figures, started=started, sessions_own=active_calls(calls),
-        sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, dispatcher=dispatcher,
+        sessions_total=len(calls), ports=ports, rtp=rtp, totals=totals, ended_by=ended_by,
+        dispatcher=dispatcher,
         recording=recording or {}, cdr=cdr or {},
     )
 
 
-def state_line(calls: CallRegistry[Call], ports: PortPairAllocator, requests_under_way: int,
+def state_line(calls: CallRegistry[Call], ports: PortBinder, requests_under_way: int,
                draining: bool) -> str:
     """The SIGUSR1 line: calls by state, ports in use, AI sessions by state, requests to the
     proxy under way."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from media.bridge import EndReason
+
 if TYPE_CHECKING:
     from ctl.call import Call
     from ctl.dispatcher import Dispatcher
-    from media.ports import PortPairAllocator
+    from ctl.rtp_ports import PortBinder
 
 _EMPTY_TOTALS = {"packets": 0, "bytes": 0, "errors": 0}
 
@@ -186,9 +188,10 @@ def engine_statistics(
     started: float,
     sessions_own: int,
     sessions_total: int,
-    ports: PortPairAllocator,
+    ports: PortBinder,
     rtp: Mapping[str, Any],
     totals: dict[str, int],
+    ended_by: Mapping[EndReason, int],
     dispatcher: Dispatcher,
     recording: dict[str, int] | None = None,
     cdr: dict[str, dict[str, int]] | None = None,
@@ -198,8 +201,9 @@ def engine_statistics(
     ``wall`` is the wall-clock time (for the uptime since ``started``); ``gc`` the cycle
     collector's figures (ctl/gcstats.py), empty when it is not monitored; ``sessions_own`` the
     calls not yet ended, ``sessions_total`` every call the registry holds; ``rtp`` the [rtp]
-    section; ``totals`` the engine's counters; ``dispatcher`` counts the commands;
-    ``recording`` and ``cdr`` the recordings' and call records' counters (docs/recording.md).
+    section; ``totals`` the engine's counters; ``ended_by`` its ended calls by EndReason;
+    ``dispatcher`` counts the commands; ``recording`` and ``cdr`` the recordings' and call
+    records' counters (docs/recording.md).
     """
     return {
         "statistics": {
@@ -224,6 +228,10 @@ def engine_statistics(
                 "hangupfailures": totals["hangup failures"],
                 "hanguptimeouts": totals["hangup timeouts"],
                 "hangupretries": totals["hangup retries"],  # refusals asked again
+                # Ended calls by why, every EndReason listed (0 included) by the name the
+                # metrics' `reason` label uses; timeoutsessions and aifailures above are two
+                # of these under rtpengine's names.
+                "endreasons": {reason.value: ended_by.get(reason, 0) for reason in EndReason},
             },
             "controlstatistics": {
                 "proxies": [],

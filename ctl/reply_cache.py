@@ -122,3 +122,7 @@ class ReplyCache:
         self._put(key, reply, now)
         self._expire(now)
         return duplicates
+
+    def forget(self, key: tuple[Any, bytes]) -> None:
+        """Drop ``key`` (a request begun and then not handled: its retransmit is new)."""
+        self._pop(key)

@@ -185,8 +185,10 @@ _MERGED_BY = {"uptime": max, "min": min, "max": max}
 
 
 def _merge_values(values: list[Any], key: str | None = None) -> Any:
+    if not values:
+        return None
     first = values[0]
-    if isinstance(first, bool) or not values:
+    if isinstance(first, bool):
         return first
     if isinstance(first, Mapping):
         keys: dict[str, None] = {}
@@ -211,7 +213,7 @@ def _merge_values(values: list[Any], key: str | None = None) -> Any:
 
 def merge_statistics(replies: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The host's ``statistics``: counts summed, uptime the oldest, port ranges spanned."""
-    merged = _merge_values(list(replies))
+    merged = _merge_values(list(replies)) or {}
     for interface in merged.get("statistics", {}).get("interfaces", []):
         ports = interface.get("ports", {})
         if ports.get("totals"):

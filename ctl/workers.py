@@ -76,7 +76,9 @@ class WorkerProcess:
         self.channel: socket.socket | None = None
         self.sender: Sender | None = None
         self.alive = False  # READY said, not exited: requests may be sent
-        self.ready = trio.Event()  # the first READY (the front's own start waits for it)
+        # The first start settled: READY said, or the process exited without it (the front's
+        # own start waits for this, not for a READY that may never come).
+        self.settled = trio.Event()
         self.calls = 0  # as last reported by the worker
         self.restarts = 0
         self.book: OrderedDict[bytes, tuple[str, str | None, str | None]] = OrderedDict()
@@ -120,6 +122,7 @@ class WorkerProcess:
     def stopped(self) -> None:
         """The process has exited: no more requests until it is started again."""
         self.alive = False
+        self.settled.set()
         if self.channel is not None:
             self.channel.close()
         self.channel = self.sender = None

@@ -209,20 +209,29 @@ def build_answer(
 
 
 def _answer_audio(negotiated: Negotiated, local_port: int) -> list[str]:
+    head, tail = _audio_lines(negotiated.protocol, negotiated.codec, negotiated.telephone_event,
+                              negotiated.ptime, negotiated.rtcp_mux, negotiated.answer_direction)
+    return [f"m=audio {local_port} {head}", *tail]
+
+
+# The audio section's text but for the port depends on a handful of values that repeat from
+# call to call (a phone model's codecs, ptime, direction): made once per combination (it is on
+# the offer's path to its reply). Codec is a frozen value, so the key is exact.
+@functools.lru_cache(maxsize=256)
+def _audio_lines(
+    protocol: str, codec: Codec, event: Codec | None, ptime: int, rtcp_mux: bool, direction: str
+) -> tuple[str, tuple[str, ...]]:
+    """The m=audio line after its port, and the lines after it."""
     # One codec only: with no transcoding, a single format leaves the peer nothing to switch to
     # mid-call. No CN (RFC 3389): we send real silence, and comfort noise is not worth a codec.
-    codecs = [negotiated.codec]
-    if negotiated.telephone_event is not None:
-        codecs.append(negotiated.telephone_event)
+    codecs = [codec] if event is None else [codec, event]
     payload_types = " ".join(str(c.payload_type) for c in codecs)
-    lines = [f"m=audio {local_port} {negotiated.protocol} {payload_types}"]
-    lines.extend(f"a=rtpmap:{c.rtpmap}" for c in codecs)
-    event = negotiated.telephone_event
+    lines = [f"a=rtpmap:{c.rtpmap}" for c in codecs]
     if event is not None and event.fmtp:
         # RFC 4733 s7.1.1: echo the offered event list; without an fmtp, 0-15 is implied.
         lines.append(f"a=fmtp:{event.payload_type} {event.fmtp}")
-    lines.append(f"a=ptime:{negotiated.ptime}")
-    if negotiated.rtcp_mux:
+    lines.append(f"a=ptime:{ptime}")
+    if rtcp_mux:
         lines.append("a=rtcp-mux")  # RFC 5761 s5.1.1: the answer confirms mux
-    lines.append(f"a={negotiated.answer_direction}")
-    return lines
+    lines.append(f"a={direction}")
+    return f"{protocol} {payload_types}", tuple(lines)

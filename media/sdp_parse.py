@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from media import sdp_limits
 from media.sdp_model import (
@@ -77,21 +76,18 @@ def _parse_ptime(attributes: Sequence[tuple[str, str | None]], name: str) -> int
 # Codecs are immutable and few distinct ones are ever offered: share them instead of building
 # the same ones for every offer.
 _codec = functools.lru_cache(maxsize=256)(Codec)
-
-
-@dataclass(frozen=True, slots=True)
-class _SessionDefaults:
-    """What an m= section inherits from the session level when it does not say itself."""
-
-    family: str | None
-    address: str | None
-    direction: str | None
-    ptime: int | None
+_UNREAD = object()
 
 
 def _parse_media(
-    m_value: str, lines: Sequence[tuple[str, str]], session: _SessionDefaults
+    m_value: str,
+    lines: Sequence[tuple[str, str]],
+    session_family: str | None,
+    session_address: str | None,
+    session_direction: str | None,
+    session_ptime: int | None,
 ) -> MediaDescription:
+    """One m= section; what it does not say it inherits from the session level (arguments)."""
     sdp_limits.check_m_line(m_value)
     tokens = m_value.split()
     # RFC 4566 s5.14 wants at least one format; a format-less rejected line is tolerated.
@@ -115,12 +111,18 @@ def _parse_media(
     fmtps: dict[int, str] = {}
     direction = None  # the last direction attribute wins
     rtcp_mux = False
+    # The first a=ptime / a=maxptime of a valid form and the first non-empty a=rtcp count
+    # (_UNREAD until one is seen).
+    ptime: int | None | object = _UNREAD
+    maxptime: int | None | object = _UNREAD
+    rtcp_port: int | None | object = _UNREAD
     for letter, value in lines:
         if letter == "a":
             name, colon, rest = value.partition(":")
             name = name.strip()
             if colon:
                 rest = rest.strip()
+                attributes.append((name, rest))
                 if name == "rtpmap":
                     if m := _RTPMAP.fullmatch(rest):
                         pt, encoding, clock_rate, channels = m.groups()
@@ -128,10 +130,26 @@ def _parse_media(
                             int(pt),
                             (encoding.upper(), int(clock_rate), int(channels) if channels else 1),
                         )
-                elif name == "fmtp" and (m := _FMTP.fullmatch(rest)):
-                    pt, parameters = m.groups()
-                    fmtps.setdefault(int(pt), parameters.strip())
-                attributes.append((name, rest))
+                    continue
+                if name == "fmtp":
+                    if m := _FMTP.fullmatch(rest):
+                        pt, parameters = m.groups()
+                        fmtps.setdefault(int(pt), parameters.strip())
+                    continue
+                if name == "ptime":
+                    if ptime is _UNREAD and (m := _PTIME.fullmatch(rest)):
+                        ptime = int(m.group(1)) or None
+                    continue
+                if name == "maxptime":
+                    if maxptime is _UNREAD and (m := _PTIME.fullmatch(rest)):
+                        maxptime = int(m.group(1)) or None
+                    continue
+                if name == "rtcp":
+                    if rtcp_port is _UNREAD and rest:
+                        rtcp_port = _uint(rest.split()[0])
+                        if rtcp_port is not None and not 0 < rtcp_port <= 65535:
+                            rtcp_port = None
+                    continue
             else:
                 attributes.append((name, None))
             if name in DIRECTIONS:
@@ -145,21 +163,16 @@ def _parse_media(
     if connection is not None:
         family, address = connection
     else:
-        family, address = session.family or "IP4", session.address
-
-    rtcp_port = None
-    for name, value in attributes:
-        if name == "rtcp" and value:
-            rtcp_port = _uint(value.split()[0])
-            if rtcp_port is not None and not 0 < rtcp_port <= 65535:
-                rtcp_port = None
-            break
+        family, address = session_family or "IP4", session_address
 
     codecs = []
     if "RTP/" in protocol.upper():  # else (udptl, TCP/MSRP...) formats are not payload types
         for fmt in formats:
-            pt = _uint(fmt)
-            if pt is None or pt > 127:  # RTP payload types are 7 bits (RFC 3550 s5.1)
+            # RTP payload types are 7 bits (RFC 3550 s5.1); ASCII digits only (see _uint).
+            if not (fmt.isascii() and fmt.isdigit() and len(fmt) <= 10):
+                continue
+            pt = int(fmt)
+            if pt > 127:
                 continue
             known = rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
             if known is not None:
@@ -167,7 +180,6 @@ def _parse_media(
                 codecs.append(_codec(pt, encoding, clock_rate, channels, fmtps.get(pt)))
 
     # RFC 4566 puts ptime at media level; some phones write it at session level, so inherit.
-    ptime = _parse_ptime(attributes, "ptime") or session.ptime
     return MediaDescription(
         kind=kind,
         port=port,
@@ -176,11 +188,11 @@ def _parse_media(
         codecs=tuple(codecs),
         connection_address=address,
         address_family=family,
-        direction=direction or session.direction or "sendrecv",
-        ptime=ptime,
-        maxptime=_parse_ptime(attributes, "maxptime"),
+        direction=direction or session_direction or "sendrecv",
+        ptime=(None if ptime is _UNREAD else ptime) or session_ptime,
+        maxptime=None if maxptime is _UNREAD else maxptime,
         rtcp_mux=rtcp_mux,
-        rtcp_port=rtcp_port,
+        rtcp_port=None if rtcp_port is _UNREAD else rtcp_port,
         attributes=tuple(attributes),
         port_count=port_count,
     )
@@ -244,7 +256,7 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
     direction = _last_direction(attributes)
     family, address = connection if connection is not None else (None, None)
 
-    inherited = _SessionDefaults(family, address, direction, _parse_ptime(attributes, "ptime"))
+    ptime = _parse_ptime(attributes, "ptime")
     return SessionDescription(
         origin=origin,
         session_name=session_name,
@@ -252,6 +264,7 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
         address_family=family,
         direction=direction,
         attributes=attributes,
-        media=tuple([_parse_media(m, section, inherited) for m, section in media_sections]),
+        media=tuple([_parse_media(m, section, family, address, direction, ptime)
+                     for m, section in media_sections]),
     )
 

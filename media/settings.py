@@ -128,6 +128,9 @@ RTP_SETTINGS: tuple[Setting, ...] = (
             help="address the RTP/RTCP sockets bind to"),
     Setting("rtp", "min_port", "RTP_MIN_PORT", "30000", int_range(1024, 65534)),
     Setting("rtp", "max_port", "RTP_MAX_PORT", "40000", int_range(1025, 65535)),
+    Setting("rtp", "port_pool", "RTP_PORT_POOL", "16", int_range(0, 1024),
+            help="port pairs of the range kept bound ahead, so that an offer does not wait "
+                 "for two binds (0: each offer binds its own)"),
     Setting("rtp", "timeout", "RTP_TIMEOUT", "60", int_range(0, 86400),
             help="seconds without caller RTP before the call is ended (0 = never)"),
     Setting("rtp", "codecs", "RTP_CODECS", "offer", codec_preference,

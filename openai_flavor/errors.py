@@ -1,4 +1,4 @@
-"""How a Realtime connection ends, and when the session gives up: sans-IO.
+"""How a Realtime (or GPT-Live) connection ends, and when the session gives up: sans-IO.
 
 A connection's end is a :class:`ConnectionLost` whatever ended it (the handshake, the server's
 close, a watchdog bound, a fatal error event); :func:`lost_from` turns the WebSocket's
@@ -35,6 +35,13 @@ class ConnectionLost(Exception):
         self.since = since
 
 
+def api_name(shape: str) -> str:
+    """The API a session of ``shape`` (settings' ``shape``, stats' ``dialect``) speaks, as its
+    log lines and loss reasons name it: an operator reading of a GPT-Live call's reconnects
+    must not be sent looking at the Realtime API (xAI's has the Realtime shape)."""
+    return "GPT-Live API" if shape == "live" else "Realtime API"
+
+
 def redact(text: str, secret: str | None) -> str:
     """Servers echo parts of a bad key in error messages; never let a key reach a log."""
     if secret and len(secret) >= 4:
@@ -42,11 +49,12 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
-def lost_from(exc: Exception) -> ConnectionLost | None:
-    """What a WebSocket (or socket) exception means for the session; None if it is not one."""
+def lost_from(exc: Exception, api: str = "Realtime API") -> ConnectionLost | None:
+    """What a WebSocket (or socket) exception means for the session; None if it is not one.
+    ``api`` names the server in the reason (:func:`api_name`)."""
     if isinstance(exc, HandshakeRejected):
         return ConnectionLost(
-            f"the Realtime API rejected the connection (HTTP {exc.status})",
+            f"the {api} rejected the connection (HTTP {exc.status})",
             fatal=exc.status in events.FATAL_HTTP_STATUS,
         )
     if isinstance(exc, HandshakeTimeout):
@@ -56,9 +64,9 @@ def lost_from(exc: Exception) -> ConnectionLost | None:
         if exc.local:
             what = f"rtpai closed the session: the server broke the protocol ({detail})"
         elif exc.code == CLOSE_ABNORMAL:  # no close frame: a network or back-pressure loss
-            what = f"the connection to the Realtime API was lost ({exc.reason})"
+            what = f"the connection to the {api} was lost ({exc.reason})"
         else:
-            what = f"the Realtime API closed the session ({detail})"
+            what = f"the {api} closed the session ({detail})"
         return ConnectionLost(what, fatal=exc.code in events.FATAL_CLOSE_CODES)
     if isinstance(exc, InvalidRequestHeader):
         # Our own request cannot be sent: no retry would send a different one.
@@ -67,5 +75,5 @@ def lost_from(exc: Exception) -> ConnectionLost | None:
         return ConnectionLost(f"WebSocket handshake failed: {exc}")
     if isinstance(exc, OSError):
         return ConnectionLost(
-            f"cannot reach the Realtime API: {exc.strerror or type(exc).__name__}")
+            f"cannot reach the {api}: {exc.strerror or type(exc).__name__}")
     return None

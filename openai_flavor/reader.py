@@ -22,7 +22,7 @@ import trio
 
 from media.poller import MediaPoller
 from openai_flavor import events
-from openai_flavor.errors import ConnectionLost
+from openai_flavor.errors import ConnectionLost, api_name
 from openai_flavor.stats import RealtimeStats
 from openai_flavor.turns import IllegalTransition
 from openai_flavor.watchdog import FLOOD_BURST, FLOOD_RATE, Watchdog
@@ -30,7 +30,7 @@ from openai_flavor.websocket import WebSocket
 
 log = logging.getLogger("rtpai.openai")
 
-INTERNAL_ERROR = "internal error while handling Realtime events"
+INTERNAL_ERROR = "internal error while handling the server's events"
 
 
 class EventReader:
@@ -87,8 +87,8 @@ class EventReader:
             self._read(now)
         except Exception:
             # A bug in handling this call's events: this session's, not the poller's.
-            log.exception("call %s: AI session: failed to handle Realtime events; this "
-                          "connection ends", self._call_id)
+            log.exception("call %s: AI session: failed to handle %s events; this "
+                          "connection ends", self._call_id, api_name(self._stats.dialect))
             self._stop_reading(ConnectionLost(INTERNAL_ERROR))
 
     def _read(self, now: float) -> None:
@@ -130,8 +130,9 @@ class EventReader:
         stats = self._stats
         stats.malformed_events += 1
         if stats.malformed_events <= 3 or log.isEnabledFor(logging.DEBUG):
-            log.warning("call %s: dropped a malformed Realtime event (%s; %d so far)",
-                        self._call_id, type(exc).__name__, stats.malformed_events)
+            log.warning("call %s: dropped a malformed %s event (%s; %d so far)",
+                        self._call_id, api_name(stats.dialect), type(exc).__name__,
+                        stats.malformed_events)
 
     def _poller_dropped(self) -> None:
         """The poller dropped the socket after ``_readable`` raised (it catches everything,

@@ -33,7 +33,7 @@ from media.state import Machine, Transitions
 from media.tones import reconnect_cue
 from openai_flavor import events
 from openai_flavor.conversation import Conversation
-from openai_flavor.errors import ConnectionLost, RealtimeSessionError, lost_from, redact
+from openai_flavor.errors import ConnectionLost, RealtimeSessionError, api_name, lost_from, redact
 from openai_flavor.idle import CallCap, Silence
 from openai_flavor.reconnect import Backoff
 from openai_flavor.settings import RealtimeSettings
@@ -143,14 +143,14 @@ class RealtimeSession:
                     delay = backoff.failed(trio.current_time(), working_until=lost.since)
                     if delay is None:
                         self._fail(
-                            f"the Realtime API could not be reached within "
+                            f"the {api_name(self.settings.shape)} could not be reached within "
                             f"{self.settings.reconnect_timeout:g} s ({reason})"
                         )
                     self._state.to(SessionState.RECONNECTING)
                     self.stats.reconnects += 1
                     log.warning(
-                        "call %s: Realtime connection lost (%s); reconnecting in %.1f s",
-                        self.bridge.call_id, reason, delay,
+                        "call %s: %s connection lost (%s); reconnecting in %.1f s",
+                        self.bridge.call_id, api_name(self.settings.shape), reason, delay,
                     )
                     self._play_reconnect_cue()
                     await trio.sleep(delay)
@@ -203,7 +203,7 @@ class RealtimeSession:
         except ConnectionLost:
             raise
         except Exception as exc:
-            lost = lost_from(exc)
+            lost = lost_from(exc, api_name(self.settings.shape))
             if lost is None:
                 raise
             raise lost from None

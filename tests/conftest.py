@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.peers import PROXIES, require_proxy
+from tests.peers import PROXIES, release_media_ports, require_proxy
 
 
 @pytest.fixture(params=PROXIES)
@@ -25,3 +25,12 @@ def native_path(request, monkeypatch) -> str:
 
     select(request.param, monkeypatch)
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _media_ports_released():
+    """The sipp media ports a test claimed (tests/peers unused_media_port) are free again
+    once it is over (its sipp processes are)."""
+    yield
+    release_media_ports()
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 import trio
@@ -343,3 +344,30 @@ async def test_the_shutdown_hang_up_is_the_ended_calls_own_task(autojump_clock, 
             assert proxy.owners == ["ctl.call.Call.run"]
             assert not engine.control.under_way  # the drain waited for it
             nursery.cancel_scope.cancel()
+
+
+async def test_the_ng_totals_count_ended_calls_by_every_end_reason(autojump_clock):
+    with silent_ai() as ai:
+        async with trio.open_nursery() as nursery:
+            engine = make_engine(ai)
+            await nursery.start(engine.run)
+            for kind in EndReason:
+                call = await start_call(engine, f"ended-{kind.value}")
+                call.end(kind, f"ended: {kind.value}", tell_proxy=False)
+            await trio.testing.wait_all_tasks_blocked()
+            totals = engine.statistics(NgRequest("statistics", {}))["statistics"][
+                "totalstatistics"]
+            # Every reason, each once: the totals say why every call ended, as the metrics do.
+            assert totals["endreasons"] == {kind.value: 1 for kind in EndReason}
+            assert totals["endedsessions"] == len(EndReason)
+            assert totals["timeoutsessions"] == totals["aifailures"] == 1
+            nursery.cancel_scope.cancel()
+
+
+def test_the_docs_name_every_end_reason():
+    docs = Path(__file__).parent.parent / "docs"
+    for page in ("ng-protocol.md", "operations.md"):
+        text = (docs / page).read_text()
+        assert [kind.value for kind in EndReason if f"{kind.value}," not in text
+                and f"{kind.value} " not in text and f"`{kind.value}`" not in text] == [], page
+

@@ -60,6 +60,7 @@ def per_call_state(engine: Engine) -> dict[str, Any]:
     return {
         "calls": len(engine.calls),
         "ports in use": engine.ports.in_use,
+        "pooled pairs": engine.ports.pooled,
         "poller sockets": len(engine.poller),
         "clock entries": len(engine.clock),
         "proxy notifications": len(engine.control.under_way),
@@ -128,7 +129,12 @@ async def test_offer_delete_cycles_leave_no_per_call_state_behind():
             nursery.cancel_scope.cancel()
     client.sock.close()
     assert after == before
-    assert after["calls"] == after["ports in use"] == after["rtp sockets"] == 0
+    assert after["calls"] == after["ports in use"] == 0
+    # The only sockets of the range still open are the pool's ([rtp] port_pool), and none
+    # once the engine has stopped.
+    assert after["pooled pairs"] == 16 and after["rtp sockets"] == 2 * 16
+    gc.collect()
+    assert rtp_sockets() == 0
     assert after["Call"] == after["MediaStream"] == after["RealtimeSession"] == 0
 
 

@@ -8,6 +8,7 @@ itself) and the media plane (it hands caller frames to the bridge). The fake's m
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -17,10 +18,11 @@ import trio
 from media.bridge import CallBridge
 from media.playout import PlayoutQueue
 from media.poller import SocketPoller
-from openai_flavor.errors import RealtimeSessionError
+from openai_flavor.errors import RealtimeSessionError, api_name, lost_from
 from openai_flavor.live.session import LiveSession
 from openai_flavor.live.settings import LiveSettings
 from openai_flavor.settings import RealtimeSettings
+from openai_flavor.websocket import CLOSE_ABNORMAL, ConnectionClosed, HandshakeRejected
 from tests.fakes.live import FakeLiveServer, ScriptedTurn
 from tests.fakes.realtime import tone
 from tests.fakes.session import wait_until
@@ -300,3 +302,20 @@ async def test_a_silent_caller_is_reprompted_through_an_instruction():
             reprompt = await fake.wait_for_client_event("session.instructions.append", 2)
             assert "still there" in reprompt["content"]
             assert errors(fake) == []
+
+
+async def test_a_gpt_live_sessions_losses_name_the_gpt_live_api(caplog):
+    caplog.set_level(logging.INFO, logger="rtpai")
+    server = FakeLiveServer(reply_audio=tone("pcmu", 200), speed=0, close_after_s=1.0)
+    with trio.fail_after(15):
+        async with harness(server) as h:
+            await server.wait_for_session(2)
+            await wait_until(h.session, lambda s: s.ready)
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("GPT-Live API connection lost" in line for line in lines), lines
+    assert not [line for line in lines if "Realtime" in line]
+    # The reasons a connection's end gives (in the log and the call's statistics) too.
+    for exc in (HandshakeRejected(503), ConnectionClosed(CLOSE_ABNORMAL, "reset"),
+                ConnectionClosed(1011, "server error"), ConnectionRefusedError()):
+        reason = lost_from(exc, api_name("live")).reason
+        assert "GPT-Live API" in reason and "Realtime" not in reason, reason

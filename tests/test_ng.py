@@ -119,6 +119,17 @@ def test_reply_cache_answers_retransmits_and_expires():
     assert len(cache) <= 3  # bounded whatever a peer sends
 
 
+def test_a_forgotten_request_is_new_again_and_costs_nothing():
+    # The front begins a host-wide request, then cannot take it (too many under way): its
+    # retransmit must be handled, not wait for a reply that never comes.
+    cache = ReplyCache()
+    key = (("127.0.0.1", 5060), b"c1")
+    assert cache.begin(key, now=0) is True
+    cache.forget(key)
+    assert (len(cache), cache.bytes) == (0, 0)
+    assert cache.begin(key, now=1) is True
+
+
 def test_same_cookie_from_another_source_is_another_request():
     cache = ReplyCache()
     assert cache.begin((("a", 1), b"c"), 0) is True

@@ -677,10 +677,10 @@ async def test_a_failure_handling_server_events_is_the_ai_sessions_not_the_media
             monkeypatch.undo()
             await server.wait_for_session(2)
             await wait_until(h.session, lambda s: s.ready)
-    assert h.session.stats.last_loss == "internal error while handling Realtime events"
+    assert h.session.stats.last_loss == "internal error while handling the server's events"
     assert h.ended == [] and h.failure == []
     assert not [r for r in caplog.records if r.name == "rtpai.media"]
     logged = [r for r in caplog.records if r.name == "rtpai.openai" and r.exc_info]
     assert [r.getMessage() for r in logged] == [
-        "call call-1@test: AI session: failed to handle Realtime events; this connection ends"]
+        "call call-1@test: AI session: failed to handle Realtime API events; this connection ends"]
     assert "a bug in usage accounting" in str(logged[0].exc_info[1])

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import bencode
 import pytest
@@ -24,6 +27,7 @@ from tests.peers import (
     LoopbackCapture,
     attach_filter,
     parse_loopback_frame,
+    release_media_ports,
     require_root,
     require_tool,
     run_sipp,
@@ -249,3 +253,28 @@ def test_the_capture_filter_keeps_only_udp_to_its_port_in_the_kernel():
     # Each datagram twice (lo shows it going out and coming in); nothing else at all.
     assert [d.payload for d in queued] == [b"wanted %d" % n for n in range(20) for _ in (0, 1)]
     assert {d.dst for d in queued} == {(LOOPBACK, wanted)}
+
+
+def media_port_of_another_run(only_block: int) -> subprocess.CompletedProcess[str]:
+    """``unused_media_port`` in another process, allowed one block only."""
+    code = ("import tests.peers as peers\n"
+            f"peers._media_blocks = lambda: range({only_block}, {only_block + 1})\n"
+            "print(peers.unused_media_port())")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=30)
+
+
+def test_sipp_media_ports_are_out_of_the_kernels_way_and_claimed_across_processes():
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+                 .split())
+    picked = [unused_media_port() for _ in range(20)]
+    for port in picked:
+        # Never a port a bind to port 0 or an outgoing connection can be given meanwhile.
+        assert port % 2 == 0 and not any(low <= p <= high for p in range(port, port + 4))
+    assert len({port // 4 for port in picked}) == len(picked)  # no two blocks overlap
+    # Another test run on the host, picking while this one holds its block, cannot get it.
+    mine = picked[0]
+    other = media_port_of_another_run(mine)
+    assert "no free block" in other.stderr, other
+    release_media_ports()
+    assert media_port_of_another_run(mine).stdout.strip() == str(mine)

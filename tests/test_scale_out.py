@@ -53,12 +53,13 @@ DIALOG_TIMEOUT = 4  # seconds: how long the killed instance's call lives on in K
 FULL_AT = 4  # [ng] max_sessions of the first instance
 
 
-def kamailio_pick(call_id: str, enabled: tuple[bool, ...] = (True, True, True)) -> int:
+def kamailio_pick(call_id: str, enabled: tuple[bool, ...] = (True, True, True),
+                  weights: tuple[int, ...] = WEIGHTS) -> int:
     """The engine Kamailio's rtpengine module picks for a new call (rtpengine.c
     select_rtpe_node, the default hash_algo 0): the Call-ID's byte sum, its low 8 bits,
     modulo the sum of the enabled engines' weights, walked through the set in order."""
-    cut = (sum(call_id.encode()) & 0xFF) % sum(w for w, on in zip(WEIGHTS, enabled, strict=True) if on)
-    for index, (weight, on) in enumerate(zip(WEIGHTS, enabled, strict=True)):
+    cut = (sum(call_id.encode()) & 0xFF) % sum(w for w, on in zip(weights, enabled, strict=True) if on)
+    for index, (weight, on) in enumerate(zip(weights, enabled, strict=True)):
         if not on:
             continue
         if cut < weight:
@@ -67,9 +68,9 @@ def kamailio_pick(call_id: str, enabled: tuple[bool, ...] = (True, True, True)) 
     raise AssertionError("unreachable")
 
 
-def call_id_for(index: int, prefix: str, enabled=(True, True, True)) -> str:
+def call_id_for(index: int, prefix: str, enabled=(True, True, True), weights=WEIGHTS) -> str:
     return next(f"{prefix}-{n}@sipp" for n in range(1000)
-                if kamailio_pick(f"{prefix}-{n}@sipp", enabled) == index)
+                if kamailio_pick(f"{prefix}-{n}@sipp", enabled, weights) == index)
 
 
 def spread_prefix(calls: int) -> str:

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import socket
 
 import pytest
 import trio
@@ -27,12 +28,24 @@ from ctl.config import ConfigError, load_config
 from ctl.daemon import reload_config
 from ctl.engine import Engine
 from ctl.logs import RedactSecrets
+from ctl.ng import decode_reply
 from ctl.routing import Route, Unroutable, merge_lists, merge_statistics, owner, peek, port_slice
 from ctl.workers import worker_config
 from tests.fakes.caller import FakeCaller
 from tests.fakes.daemon import running_daemon
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.realtime import FakeRealtimeServer
+from tests.peers import (
+    LOOPBACK,
+    UAC_SCENARIO,
+    require_tool,
+    run_sipp,
+    start_proxy,
+    unused_media_port,
+    unused_port,
+    write_rtp_pcap,
+)
+from tests.test_scale_out import call_id_for
 from tests.test_signals import OFFER, ng, ng_address
 
 # --------------------------------------------------------------------------- sans-IO
@@ -378,3 +391,196 @@ async def test_workers_whose_front_is_killed_end_their_calls_and_exit():
             assert hang_ups_asked(management) == sorted(calls)
             while any(os.path.exists(f"/proc/{pid}") for pid in workers):
                 await trio.sleep(0.05)  # (other processes: polled, bounded above)
+
+
+# --------------------------------------------------------------------------- no worker up
+
+
+class TakenPorts:
+    """``count`` consecutive TCP ports on 127.0.0.1, listened on until released (a worker
+    whose ``[metrics] listen`` port is taken cannot start: it exits, is restarted with a
+    backoff, and exits again, as long as the port is taken)."""
+
+    def __init__(self, count: int) -> None:
+        for _ in range(50):
+            self._holders = [socket.socket() for _ in range(count)]
+            try:
+                self._holders[0].bind((LOOPBACK, 0))
+                self.port = self._holders[0].getsockname()[1]
+                for n, holder in enumerate(self._holders[1:], 1):
+                    holder.bind((LOOPBACK, self.port + n))
+            except OSError:
+                self.release()
+                continue
+            for holder in self._holders:
+                holder.listen()
+            return
+        raise RuntimeError("no free run of TCP ports on 127.0.0.1")
+
+    def release(self) -> None:
+        for holder in self._holders:
+            holder.close()
+
+    def __enter__(self) -> TakenPorts:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+@contextlib.asynccontextmanager
+async def daemon_with_workers(ports: tuple[int, int], **extra: str):
+    """rtpai with ``[ng] workers = 2`` (or ``NG_WORKERS`` in ``extra``), its AI a fake
+    Realtime server: yields (process, log, ng address)."""
+    server = FakeRealtimeServer(api_key="w-key", respond_after_ms=None)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        async with running_daemon(workers_env(url, ports, **extra)) as (daemon, log):
+            yield daemon, log, ng_address(log)
+        nursery.cancel_scope.cancel()
+
+
+async def workers_alive(address) -> int:
+    reply = await ng(address, "statistics")
+    return reply.get("statistics", {}).get("rtpai", {}).get("front", {}).get("alive", 0)
+
+
+async def ng_twice(address, datagram: bytes) -> tuple[bytes, bytes]:
+    """One raw request sent twice from one socket, as a proxy retransmits it (the same
+    source address and port, the same cookie); the reply to each."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sock, trio.fail_after(5):
+        await sock.connect(address)
+        await sock.send(datagram)
+        first = await sock.recv(65535)
+        await sock.send(datagram)
+        return first, await sock.recv(65535)
+
+
+async def test_a_front_without_a_live_worker_says_so_at_once_and_serves_once_one_is_back():
+    with TakenPorts(2) as metrics, trio.fail_after(60):
+        async with daemon_with_workers((44100, 44199),
+                                       METRICS_LISTEN=f"{LOOPBACK}:{metrics.port}") as (
+                daemon, log, address):
+            assert b"no worker is up" in log
+            # The proxies' liveness probe: an error, not pong (both modules then disable
+            # this engine and use the rest of the set).
+            assert await ng(address, "ping") == {"result": "error",
+                                                 "error-reason": "no rtpai worker is running"}
+            # A new call: at once, load limit (the next engine) or the reason.
+            offer = {"call-id": "nobody@192.0.2.1", "from-tag": "f", "sdp": OFFER}
+            assert await ng(address, "offer", **offer, supports=["load limit"]) == {
+                "result": "load limit", "message": "no rtpai worker is running"}
+            refused = await ng(address, "offer", **offer)
+            assert refused["error-reason"] == "no rtpai worker is running"
+            # Without a call-id (nothing to route by) and host-wide: errors too.
+            assert (await ng(address, "query"))["result"] == "error"
+            for command in ("statistics", "list"):
+                reply = await ng(address, command)
+                assert reply["error-reason"] == "no rtpai worker is running"
+            metrics.release()  # the port is free: the workers start
+            while (await ng(address, "ping"))["result"] != "pong":
+                await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
+            while await workers_alive(address) != 2:
+                await trio.sleep(0.1)  # the other worker too (bounded as above)
+            assert (await ng(address, "offer", **offer))["result"] == "ok"
+
+
+async def test_a_retransmitted_host_wide_command_gets_the_reply_it_missed():
+    with trio.fail_after(60):
+        async with daemon_with_workers((44200, 44299)) as (daemon, log, address):
+            for command in (b"statistics", b"list"):
+                request = b"re%s d7:command%d:%se" % (command, len(command), command)
+                first, again = await ng_twice(address, request)
+                # A fresh gathering would differ (the workers count every statistics); the
+                # cache sends the reply the proxy missed, byte for byte.
+                assert again == first
+                assert decode_reply(first)[1]["result"] == "ok"
+            stats = (await ng(address, "statistics"))["statistics"]
+            assert stats["controlstatistics"]["commands"]["statistics"] == 2 * 2
+            assert stats["rtpai"]["front"]["retransmits"] == 2
+
+
+async def test_a_statistics_no_worker_answers_in_time_is_an_error_not_the_fronts_end():
+    with trio.fail_after(60):
+        async with daemon_with_workers((44500, 44599)) as (daemon, log, address):
+            stopped = [worker_pid(log, 0), worker_pid(log, 1)]
+            for pid in stopped:  # alive to the front, answering nothing
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                assert await ng(address, "statistics") == {
+                    "result": "error", "error-reason": "no rtpai worker answered in time"}
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            assert (await ng(address, "statistics"))["result"] == "ok"
+            assert daemon.returncode is None
+
+
+def engines_shown(shown):
+    """(url, disabled) of each engine in OpenSIPS's ``rtpengine_show`` answer."""
+    if isinstance(shown, dict):
+        if "url" in shown:
+            yield shown["url"], shown.get("disabled")
+        for value in shown.values():
+            yield from engines_shown(value)
+    elif isinstance(shown, list):
+        for value in shown:
+            yield from engines_shown(value)
+
+
+async def test_the_proxy_uses_the_other_engines_while_a_front_has_no_worker_up(tmp_path,
+                                                                              proxy_kind):
+    """A real proxy (Kamailio 5.6, OpenSIPS 3.6), two engines in its set: a front whose
+    workers cannot start (their metrics port is taken) and a single rtpai. The proxy's probe
+    of the front fails (both rtpengine modules disable an engine whose ping gets anything but
+    pong; Kamailio's `rtpengine.ping` says so), a call that hashes to the front goes to the
+    other engine, and once a worker is up the front is used again."""
+    require_tool("sipp")
+    pcap = tmp_path / "caller.pcap"
+    write_rtp_pcap(pcap, [b"\xff" * 160])
+    sip_port, front_port, other_port = unused_port(), unused_port(), unused_port()
+    both = (True, True)
+
+    async def call(call_id: str) -> None:
+        await run_sipp(UAC_SCENARIO, target=(LOOPBACK, sip_port), local_port=unused_port(),
+                       media_port=unused_media_port(), pcap=pcap, logdir=tmp_path,
+                       pause_ms=100, extra=("-cid_str", call_id))
+
+    async def managed(address) -> int:
+        return (await ng(address, "statistics"))["statistics"]["totalstatistics"][
+            "managedsessions"]
+
+    with TakenPorts(2) as metrics, trio.fail_after(120):
+        async with (
+            daemon_with_workers((44300, 44399), NG_LISTEN=f"{LOOPBACK}:{front_port}",
+                                METRICS_LISTEN=f"{LOOPBACK}:{metrics.port}") as (_, log, front),
+            daemon_with_workers((44400, 44499), NG_WORKERS="1",
+                                NG_LISTEN=f"{LOOPBACK}:{other_port}") as (_, _, other),
+            start_proxy(proxy_kind, tmp_path, sip_port=sip_port, ng_port=front_port,
+                        ng_socks=f"udp:{LOOPBACK}:{front_port}=1 "
+                                 f"udp:{LOOPBACK}:{other_port}=1") as proxy,
+        ):
+            assert b"no worker is up" in log
+            if proxy_kind == "kamailio":
+                probe = await proxy.rpc("rtpengine.ping", f"udp:{LOOPBACK}:{front_port}")
+                probe = probe[0] if isinstance(probe, list) else probe
+                assert probe["status"] == "fail", probe  # with pong: "success"
+            else:  # OpenSIPS pinged it at start-up: disabled
+                nodes = list(engines_shown(await proxy.mi("rtpengine_show")))
+                assert (f"udp:{LOOPBACK}:{front_port}", 1) in nodes, nodes
+            # A call that would go to the front (by its Call-ID) is on the other engine.
+            await call(call_id_for(0, "away", both, (1, 1)))
+            assert await managed(other) == 1
+
+            metrics.release()  # the workers can start now
+            while await workers_alive(front) != 2:
+                await trio.sleep(0.1)  # (restart backoff: bounded by fail_after)
+            # Kamailio pings a disabled engine again when a call would go to it (past
+            # rtpengine_disable_tout, 1 s in tests/peers/kamailio.cfg), OpenSIPS from a timer
+            # (1 s in tests/peers/opensips.cfg): back in use.
+            for attempt in range(30):
+                await call(call_id_for(0, f"back{attempt}", both, (1, 1)))
+                if await managed(front):
+                    break
+            assert await managed(front) == 1

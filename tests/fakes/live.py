@@ -27,22 +27,20 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import itertools
 import json
 import logging
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from tests.fakes.realtime import (
     _FUNCTION_TOOL,
     FakeSession,
+    FakeWebSocketServer,
     _anything,
     _array,
     _boolean,
@@ -111,7 +109,7 @@ class ScriptedTurn:
     after_output: bytes | None = None
 
 
-class FakeLiveServer:
+class FakeLiveServer(FakeWebSocketServer):
     """The fake server; ``url = await nursery.start(server.serve)``.
 
     :param reply_audio: what the model says on a turn (default: 1 s of a tone in the format).
@@ -125,12 +123,15 @@ class FakeLiveServer:
     :param greet_on_instructions: speak ``reply_audio`` when told to greet the caller.
     """
 
+    path = LIVE_PATH
+
     def __init__(self, *, api_key: str = "test-key", reply_audio: bytes | None = None,
                  respond_after_ms: int | None = 600, chunk_ms: int = 100, speed: float = 4.0,
                  yield_after_ms: int = 300, caller_transcript: str = "hello",
                  reply_transcript: str = "Hello! How can I help?",
                  close_after_s: float | None = None, greet_on_instructions: bool = True,
                  close_timeout_s: float = 2.0) -> None:
+        super().__init__()
         self.api_key = api_key
         self.reply_audio = reply_audio
         self.respond_after_ms = respond_after_ms
@@ -143,34 +144,9 @@ class FakeLiveServer:
         self.greet_on_instructions = greet_on_instructions
         self.close_timeout_s = close_timeout_s
         self.scripted: list[ScriptedTurn] = []
-        self.sessions: list[FakeSession] = []
-        self.connections: list[_LiveConnection] = []
-        """The open connections (tests send server events on one to script a server's end)."""
-        self.crashes: list[BaseException] = []
-        """Bugs in the fake itself; tests should assert this stays empty."""
-        self.url: str | None = None
-        self._session_added = trio.Event()
-        self._ids = itertools.count(1)
-
-    def new_id(self, prefix: str) -> str:
-        return f"{prefix}_{next(self._ids):06d}"
 
     def queue_turn(self, turn: ScriptedTurn) -> None:
         self.scripted.append(turn)
-
-    async def serve(self, *, host: str = "127.0.0.1", port: int = 0,
-                    ssl_context: ssl.SSLContext | None = None,
-                    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            ws_server = await nursery.start(partial(
-                serve_websocket, self._handle, host, port, ssl_context, handler_nursery=nursery))
-            self.url = f"ws://{host}:{ws_server.port}{LIVE_PATH}"
-            task_status.started(self.url)
-
-    async def wait_for_session(self, n: int = 1) -> FakeSession:
-        while len(self.sessions) < n:
-            await self._session_added.wait()
-        return self.sessions[n - 1]
 
     async def _handle(self, request: WebSocketRequest) -> None:
         url = urlsplit(request.path)
@@ -180,23 +156,7 @@ class FakeLiveServer:
         if url.query:  # the guide: no query parameters; the model goes in session.start
             await request.reject(400, body=b"GPT-Live takes no query parameters")
             return
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1")
-                   for name, value in request.headers}
-        ws = await request.accept()
-        fake = FakeSession(path=request.path, model=None, headers=headers)
-        self.sessions.append(fake)
-        self._session_added.set()
-        self._session_added = trio.Event()
-        connection = _LiveConnection(self, ws, fake)
-        self.connections.append(connection)
-        try:
-            await connection.run()
-        finally:
-            self.connections.remove(connection)
-            if fake.close_code is None and ws.closed is not None:
-                fake.close_code = ws.closed.code
-            fake.closed.set()
-            fake._notify()
+        await self._accept(request, None, _LiveConnection)
 
 
 class _LiveConnection:

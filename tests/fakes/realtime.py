@@ -991,7 +991,89 @@ class _Response:
     finished: trio.Event = field(default_factory=trio.Event)
 
 
-class FakeRealtimeServer:
+class FakeWebSocketServer:
+    """What the fake AI servers share (this one and tests/fakes/live.py): serving the
+    endpoint at ``path``, the sessions accepted, deterministic ids. A subclass's ``_handle``
+    checks the upgrade and hands it to :meth:`_accept` with its connection class."""
+
+    path: str  # the endpoint's path (a property where it depends on the provider)
+
+    def __init__(self) -> None:
+        self.sessions: list[FakeSession] = []
+        self.connections: list[Any] = []
+        """The open connections (tests send server events on one to script a server's end)."""
+        self.crashes: list[BaseException] = []
+        """Bugs in the fake itself; tests should assert this stays empty."""
+        self.url: str | None = None
+        self._session_added = trio.Event()
+        # Deterministic ids (item_000001, ...) keep test failures reproducible.
+        self._ids = itertools.count(1)
+
+    def new_id(self, prefix: str) -> str:
+        """A fresh id such as ``item_000007``, unique within this server."""
+        return f"{prefix}_{next(self._ids):06d}"
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; ``task_status.started(url)`` once listening.
+
+        With ``ssl_context`` it serves ``wss://`` (the test certificate in tests/fakes/tls is
+        for ``localhost``, which the URL then names). Connection handlers run in this task's
+        nursery, so cancelling ``serve`` ends them all.
+        """
+        async with trio.open_nursery() as nursery:
+            ws_server = await nursery.start(
+                partial(serve_websocket, self._handle, host, port, ssl_context,
+                        handler_nursery=nursery)
+            )
+            scheme, name = ("wss", "localhost") if ssl_context else ("ws", host)
+            self.url = f"{scheme}://{name}:{ws_server.port}{self.path}"
+            task_status.started(self.url)
+
+    async def wait_for_session(self, n: int = 1) -> FakeSession:
+        """Block until the ``n``-th connection (1-based) was accepted; return its FakeSession."""
+        while len(self.sessions) < n:
+            await self._session_added.wait()
+        return self.sessions[n - 1]
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        raise NotImplementedError
+
+    async def _accept(self, request: WebSocketRequest, model: str | None,
+                      connection_class: Callable[[Any, WebSocketConnection, FakeSession], Any]
+                      ) -> None:
+        """Accept the upgrade, record its :class:`FakeSession`, run its connection to the
+        end (``connection_class(server, ws, fake).run()``)."""
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in request.headers
+        }
+        ws = await request.accept()
+        fake = FakeSession(path=request.path, model=model, headers=headers)
+        self.sessions.append(fake)
+        self._session_added.set()
+        self._session_added = trio.Event()
+        connection = connection_class(self, ws, fake)
+        self.connections.append(connection)
+        logger.info("%s: connection %d on %s", type(self).__name__, len(self.sessions),
+                    request.path)
+        try:
+            await connection.run()
+        finally:
+            self.connections.remove(connection)
+            if fake.close_code is None and ws.closed is not None:
+                fake.close_code = ws.closed.code
+            fake.closed.set()
+            fake._notify()
+
+
+class FakeRealtimeServer(FakeWebSocketServer):
     """A strict, deterministic stand-in for ``wss://api.openai.com/v1/realtime``.
 
     :param api_key: the key ``Authorization: Bearer`` must carry.
@@ -1042,6 +1124,7 @@ class FakeRealtimeServer:
         reject_first: int = 0,
         stall_after_ms: int | None = None,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.beta = beta
         assert provider in {"openai", "azure", "xai"} and not (beta and provider == "xai")
@@ -1063,14 +1146,6 @@ class FakeRealtimeServer:
         self.scripted: list[ScriptedResponse] = []
         self.dialect: _Dialect = _XAI() if provider == "xai" else _Beta() if beta else _GA()
         self.schemas = _client_schemas(self.dialect)
-        self.sessions: list[FakeSession] = []
-        self.crashes: list[BaseException] = []
-        """Bugs in the fake itself; tests should assert this stays empty."""
-        self.url: str | None = None
-        self._connections: set[_Connection] = set()
-        self._session_added = trio.Event()
-        # Deterministic ids (item_000001, ...) keep test failures reproducible.
-        self._ids = itertools.count(1)
 
     @property
     def path(self) -> str:
@@ -1079,46 +1154,13 @@ class FakeRealtimeServer:
             return AZURE_PREVIEW_PATH if self.beta else AZURE_PATH
         return REALTIME_PATH
 
-    def new_id(self, prefix: str) -> str:
-        """A fresh id such as ``item_000007``, unique within this server."""
-        return f"{prefix}_{next(self._ids):06d}"
-
-    async def serve(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        ssl_context: ssl.SSLContext | None = None,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve until cancelled; ``task_status.started(url)`` once listening.
-
-        With ``ssl_context`` it serves ``wss://`` (the test certificate in tests/fakes/tls is
-        for ``localhost``, which the URL then names). Connection handlers run in this task's
-        nursery, so cancelling ``serve`` ends them all.
-        """
-        async with trio.open_nursery() as nursery:
-            ws_server = await nursery.start(
-                partial(serve_websocket, self._handle, host, port, ssl_context,
-                        handler_nursery=nursery)
-            )
-            scheme, name = ("wss", "localhost") if ssl_context else ("ws", host)
-            self.url = f"{scheme}://{name}:{ws_server.port}{self.path}"
-            task_status.started(self.url)
-
-    async def wait_for_session(self, n: int = 1) -> FakeSession:
-        """Block until the ``n``-th connection (1-based) was accepted; return its FakeSession."""
-        while len(self.sessions) < n:
-            await self._session_added.wait()
-        return self.sessions[n - 1]
-
     def queue_response(self, script: ScriptedResponse) -> None:
         """The next response (not an empty one) produces ``script`` instead of the default."""
         self.scripted.append(script)
 
     async def send_error_all(self, code: str, message: str, error_type: str) -> None:
         """Send an ``error`` event on every open connection (a rate limit, a server error)."""
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             with contextlib.suppress(ConnectionClosed):
                 await connection.send(
                     {"type": "error", "error": {"type": error_type, "code": code,
@@ -1132,13 +1174,13 @@ class FakeRealtimeServer:
         trio-websocket has no public way to do that, so the fake closes the TCP stream
         under the connection (a private attribute: acceptable in a test double).
         """
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             connection.fake.close_code = 1006  # "abnormal closure", never sent on the wire
             await connection.ws._close_stream()
 
     async def close_all(self, code: int = 1000, reason: str | None = None) -> None:
         """Close every open connection with ``code``, e.g. 1001 to mimic the session cap."""
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             await connection.close(code, reason)
 
     async def _handle(self, request: WebSocketRequest) -> None:
@@ -1150,10 +1192,6 @@ class FakeRealtimeServer:
         if url.path != self.path:
             await request.reject(404, body=b"not found")
             return
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in request.headers
-        }
         query = parse_qs(url.query)
         model = query.get("model", [None])[0]
         if self.provider == "azure" and self.beta:
@@ -1165,22 +1203,7 @@ class FakeRealtimeServer:
         if self.provider == "azure" and not model:
             await request.reject(404, body=b"DeploymentNotFound")  # no deployment named
             return
-        ws = await request.accept()
-        fake = FakeSession(path=request.path, model=model, headers=headers)
-        self.sessions.append(fake)
-        self._session_added.set()
-        self._session_added = trio.Event()
-        connection = _Connection(self, ws, fake)
-        self._connections.add(connection)
-        logger.info("realtime fake: connection %d on %s", len(self.sessions), request.path)
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)
-            if fake.close_code is None and ws.closed is not None:
-                fake.close_code = ws.closed.code
-            fake.closed.set()
-            fake._notify()
+        await self._accept(request, model, _Connection)
 
 
 class _Connection:

@@ -22,6 +22,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -103,21 +104,66 @@ def unused_port(kind: socket.SocketKind = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
+# sipp's media ports: it binds P (audio) and P + 2 (video); P .. P + 3 are kept for it (RTCP
+# in other builds). Taken in blocks of 4 above the kernel's ephemeral range, claimed across
+# processes by an abstract Unix socket named after the block (see unused_media_port).
+MEDIA_BLOCK = 4
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_media_claims: dict[int, socket.socket] = {}
+
+
+def _media_blocks() -> range:
+    """First ports of the 4-port blocks outside the kernel's ephemeral port range."""
+    low, high = (int(n) for n in _EPHEMERAL_RANGE.read_text().split())
+    first = (high // MEDIA_BLOCK + 1) * MEDIA_BLOCK
+    if first + MEDIA_BLOCK <= 65536:
+        return range(first, 65536 - MEDIA_BLOCK + 1, MEDIA_BLOCK)
+    return range(1024, low - MEDIA_BLOCK + 1, MEDIA_BLOCK)  # the range reaches 65535: below it
+
+
+def _udp_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
 def unused_media_port() -> int:
-    """An even UDP port P with P+2 also free: sipp binds both (audio, video)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((LOOPBACK, 0))
-            port = s.getsockname()[1]
-            if port % 2 or port + 2 > 65535:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as video:
-                try:
-                    video.bind((LOOPBACK, port + 2))
-                except OSError:
-                    continue
+    """An even UDP port P for sipp's ``-mp``, with P .. P + 3 free, that nothing else takes
+    before sipp binds P and P + 2.
+
+    A port the kernel hands out (bind to port 0) is in its ephemeral range, where any socket
+    bound to port 0 and any outgoing connection may land on P + 2 between this check and
+    sipp's bind: sipp then cannot start and the call fails (seen under load). So P is taken
+    above that range (/proc/sys/net/ipv4/ip_local_port_range), where only an explicit bind
+    can take a port, and the block is claimed across processes (another test run on the host
+    picks from the same blocks) by binding an abstract Unix socket named after it: the
+    kernel drops the claim with the process, so a killed run leaves nothing behind. The claim
+    holds until ``release_media_ports`` (tests/conftest.py, after each test).
+    """
+    blocks = _media_blocks()
+    for port in random.sample(blocks, len(blocks)):
+        if port in _media_claims:
+            continue
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            claim.bind(f"\0rtpai-test-media-{port}")
+        except OSError:  # another process has it
+            claim.close()
+            continue
+        if all(_udp_free(p) for p in range(port, port + MEDIA_BLOCK)):
+            _media_claims[port] = claim
             return port
-    raise RuntimeError("no free even UDP port pair on 127.0.0.1")
+        claim.close()
+    raise RuntimeError(f"no free block of {MEDIA_BLOCK} UDP ports above the ephemeral range")
+
+
+def release_media_ports() -> None:
+    """Give back every block ``unused_media_port`` claimed (its sipp calls are over)."""
+    while _media_claims:
+        _media_claims.popitem()[1].close()
 
 
 # --------------------------------------------------------------------------- pcap
