@@ -73,7 +73,8 @@ asan: $(STAMP)
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 RTPAI_FUZZ_EXAMPLES=$(ASAN_EXAMPLES) $(abspath $(PY)) -m pytest -q \
 		-p no:cacheprovider tests/test_fast_rtp.py tests/test_fast_ws.py tests/test_rtp.py tests/test_stream.py \
-		tests/test_fast_bencode.py tests/test_ng.py tests/test_ng_fuzz.py tests/test_fast_sdp.py tests/test_sdp.py
+		tests/test_send_thread.py tests/test_fast_bencode.py tests/test_ng.py tests/test_ng_fuzz.py \
+		tests/test_fast_sdp.py tests/test_sdp.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -22,9 +22,13 @@ LINK = shlex.split(os.environ.get("RTPAI_LDFLAGS", ""))
 setup(
     ext_modules=[
         Extension("media._fast", ["media/_fast.c", "media/_fast_packet.c",
-                                  "media/_fast_packetizer.c", "media/_fast_timer.c"],
-                  depends=["media/_fast.h"], extra_compile_args=FLAGS,
-                  extra_link_args=LINK, optional=True),
+                                  "media/_fast_packetizer.c", "media/_fast_timer.c",
+                                  "media/_fast_sendthread.c", "media/_fast_sendengine.c",
+                                  "media/_fast_sendstream.c"],
+                  depends=["media/_fast.h", "media/_fast_sendthread.h"],
+                  # -pthread: the media send thread (media/_fast_sendthread.c).
+                  extra_compile_args=FLAGS + ["-pthread"],
+                  extra_link_args=LINK + ["-pthread"], optional=True),
         Extension("openai_flavor._fast", ["openai_flavor/_fast.c"], extra_compile_args=FLAGS,
                   extra_link_args=LINK, optional=True),
         Extension("ctl._fast", ["ctl/_fast_bencode.c", "ctl/_fast_bdecode.c"],

@@ -11,7 +11,9 @@ the media clock's 1 ms lattice; each millisecond:
   AI session's consumer on the call's bridge, here a stub: the WebSocket send is not
   measured);
 * **tx**: the engine's ``MediaClock.tick_due(now)`` runs (every due call's ``tick``: a frame of
-  AI audio or silence, packetized and sent).
+  AI audio or silence, packetized and sent); with ``--media-thread``, the media send thread's
+  engine (docs/performance.md, round 5) stepped by hand instead (``run_due``, then the drain
+  of its events), every call registered with it: the same work in C.
 
 Only those two calls are measured; the harness around them (sending the callers' packets,
 queueing the AI's audio, draining what rtpai sent and what it handed the AI) is not. No trio
@@ -54,6 +56,7 @@ from media.clock import TICK, MediaClock
 from media.options import MediaOptions
 from media.playout import PlayoutQueue
 from media.poller import SocketPoller
+from media.send_thread import SendThread
 from media.stream import MediaStream, bind_pair
 
 BUILD = Path(__file__).resolve().parent / "build"
@@ -164,8 +167,15 @@ def _toggle_collect() -> ctypes.CDLL | None:
     return ctypes.CDLL(library) if library else None
 
 
+def _sent(table: list[Call]) -> int:
+    for call in table:
+        call.stream.sender.sync_stats()  # the send thread's counters, when it sends
+    return sum(call.stream.stats.rtp_out.packets for call in table)
+
+
 async def simulate(calls: int, seconds: float, warmup: float, collect: str | None,
-                   idle: float = 0.0, record: str | None = None) -> Counters:
+                   idle: float = 0.0, record: str | None = None,
+                   media_thread: bool = False) -> Counters:
     """Run ``calls`` calls for ``warmup`` + ``seconds`` of virtual time; count the window.
 
     ``idle`` seconds of real sleep between virtual milliseconds let the caches go cold between
@@ -177,6 +187,7 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
     phones.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     phones.setblocking(False)
     clock = MediaClock()
+    thread = clock.send_thread = SendThread(manual=True) if media_thread else None
     poller = SocketPoller()
     mock: trio.testing.MockClock = trio.lowlevel.current_clock()  # type: ignore[assignment]
     shim = _toggle_collect() if collect else None
@@ -203,7 +214,7 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
             poller.dispatch(trio.current_time)
             for call in by_slot[ms]:
                 call.stream.start_pacing(clock)
-            clock.tick_due(trio.current_time())
+            _tick(clock, thread, trio.current_time())
             mock.jump(TICK)
         start_ms = SLOTS
         warm_ms = start_ms + round(warmup * 1000)
@@ -218,7 +229,9 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
             for call in due:
                 phones.sendto(call.caller_packet(), call.rtp_address)
             received = sum(call.stream.stats.rtp_in.packets for call in due)
-            sent = sum(call.stream.stats.rtp_out.packets for call in table)
+            sent = _sent(table)
+            if thread is not None:
+                thread.engine.set_now(now)  # the AI's pushes just now were at ``now``
             toggle_rx = shim if counting and collect in ("rx", "none") else None
             toggle_tx = shim if counting and collect == "tx" else None
             if toggle_rx:
@@ -234,7 +247,7 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
             if toggle_tx:
                 toggle_tx.cg_toggle()
             tx_began = perf()
-            clock.tick_due(now)
+            _tick(clock, thread, now)
             tx_done = perf()
             if toggle_tx:
                 toggle_tx.cg_toggle()
@@ -242,7 +255,7 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
                 counters.rx_ns += rx_done - began
                 counters.tx_ns += tx_done - tx_began
                 counters.rx_packets += sum(c.stream.stats.rtp_in.packets for c in due) - received
-                counters.tx_packets += sum(c.stream.stats.rtp_out.packets for c in table) - sent
+                counters.tx_packets += _sent(table) - sent
             _drain(phones)
             mock.jump(TICK)
             if idle:
@@ -262,6 +275,15 @@ async def simulate(calls: int, seconds: float, warmup: float, collect: str | Non
         counters.recording_failures = writer.counters.failures
         counters.batches_dropped = writer.counters.batches_dropped
     return counters
+
+
+def _tick(clock: MediaClock, thread: SendThread | None, now: float) -> None:
+    """One wake-up's sending: the media clock's, and the send thread's when it runs."""
+    if thread is not None:
+        thread.engine.set_now(now)
+        thread.engine.run_due()
+        thread.drain()
+    clock.tick_due(now)
 
 
 def _drain(sock: socket.socket) -> int:
@@ -306,14 +328,15 @@ def syscall_floor(calls: int, rounds: int = 50) -> tuple[float, float]:
 
 
 def run_once(calls: int, seconds: float, warmup: float, collect: str | None = None,
-             idle: float = 0.0, record: str | None = None) -> Counters:
-    return trio.run(simulate, calls, seconds, warmup, collect, idle, record,
+             idle: float = 0.0, record: str | None = None,
+             media_thread: bool = False) -> Counters:
+    return trio.run(simulate, calls, seconds, warmup, collect, idle, record, media_thread,
                     clock=trio.testing.MockClock())
 
 
 def callgrind(calls: int, seconds: float, warmup: float,
-              sides: tuple[str, ...] = ("tx", "rx"), record: str | None = None
-              ) -> dict[str, float]:
+              sides: tuple[str, ...] = ("tx", "rx"), record: str | None = None,
+              media_thread: bool = False) -> dict[str, float]:
     """Instructions per packet for each side, each from its own run under callgrind."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind")
@@ -335,6 +358,7 @@ def callgrind(calls: int, seconds: float, warmup: float,
                 "--calls", str(calls), "--seconds", str(seconds), "--warmup", str(warmup),
                 "--reps", "1", "--collect", side,
                 *(["--record", record] if record else []),
+                *(["--media-thread"] if media_thread else []),
             ]
             env = dict(os.environ, MICRO_MEDIA_CG_SHIM=str(shim), PYTHONHASHSEED="0")
             run = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
@@ -363,23 +387,26 @@ def main() -> int:
     parser.add_argument("--record", metavar="DIR|null",
                         help="record every call: WAV files into DIR through the writer "
                              "thread, or 'null' (the trio thread's share only: no thread)")
+    parser.add_argument("--media-thread", action="store_true",
+                        help="send with the media send thread's engine, stepped by hand")
     parser.add_argument("--collect", choices=("tx", "rx", "none"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.collect:  # one side, under callgrind (see callgrind())
         counters = run_once(args.calls, args.seconds, args.warmup, args.collect,
-                            record=args.record)
+                            record=args.record, media_thread=args.media_thread)
         print(f"tx packets {counters.tx_packets}\nrx packets {counters.rx_packets}")
         return 0
     if args.callgrind:
         sides = (args.side,) if args.side else ("tx", "rx")
-        counts = callgrind(args.calls, args.seconds, args.warmup, sides, args.record)
+        counts = callgrind(args.calls, args.seconds, args.warmup, sides, args.record,
+                           args.media_thread)
         print(f"{args.calls} calls, instructions per packet: "
               + "  ".join(f"{side} {count:,.0f}" for side, count in counts.items()))
         return 0
     tx, rx = [], []
     for _ in range(args.reps):
         counters = run_once(args.calls, args.seconds, args.warmup, idle=args.idle_us / 1e6,
-                            record=args.record)
+                            record=args.record, media_thread=args.media_thread)
         tx.append(counters.tx_ns / counters.tx_packets / 1000)
         rx.append(counters.rx_ns / counters.rx_packets / 1000)
     if counters.recording_failures or counters.batches_dropped:

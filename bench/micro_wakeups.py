@@ -8,6 +8,8 @@ streams sending silence to one loopback socket, their grids spread over ``--phas
 points per 20 ms (20: one per millisecond, as calls starting at random times end up; fewer:
 as if grids were anchored on a coarser lattice), and reports process CPU per frame sent and
 wake-ups per second. It also times a bare wake-up every millisecond three ways.
+``--media-thread auto,off`` compares the media send thread (docs/performance.md, round 5:
+the frames sent by a C thread, its wake-ups counted with the clock's) with the Python sender.
 
 CPU time, not instructions: this depends on the machine and on what else runs on it.
 """
@@ -27,14 +29,26 @@ from media.clock import MediaClock
 PTIME = PTIME_MS / 1000
 
 
-async def paced(calls: int, phases: int, seconds: float) -> tuple[float, float]:
+def _sent(table: list[Call]) -> int:
+    for call in table:
+        call.stream.sender.sync_stats()  # the send thread's counters, if it sends
+    return sum(call.stream.stats.rtp_out.packets for call in table)
+
+
+def _wakeups(clock: MediaClock) -> int:
+    thread = clock.send_thread
+    return clock.wakeups + (thread.engine.wakeups if thread is not None else 0)
+
+
+async def paced(calls: int, phases: int, seconds: float,
+                media_thread: str = "auto") -> tuple[float, float]:
     """(CPU µs per frame, wake-ups per second) of the clock pacing ``calls`` streams."""
     phones = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     phones.bind(("127.0.0.1", 0))
     phones.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
     phones.setblocking(False)
     table = [Call(n, phones.getsockname()) for n in range(calls)]
-    clock = MediaClock()
+    clock = MediaClock(media_thread=media_thread)
     async with trio.open_nursery() as nursery:
         await nursery.start(clock.run)
         first = (int(trio.current_time() / PTIME) + 1) * PTIME
@@ -51,13 +65,13 @@ async def paced(calls: int, phases: int, seconds: float) -> tuple[float, float]:
 
         nursery.start_soon(drain)
         await trio.sleep(0.5)
-        sent = sum(call.stream.stats.rtp_out.packets for call in table)
-        wakeups = clock.wakeups
+        sent = _sent(table)
+        wakeups = _wakeups(clock)
         began = time.process_time()
         await trio.sleep(seconds)
         used = time.process_time() - began
-        sent = sum(call.stream.stats.rtp_out.packets for call in table) - sent
-        wakeups = clock.wakeups - wakeups
+        sent = _sent(table) - sent
+        wakeups = _wakeups(clock) - wakeups
         nursery.cancel_scope.cancel()
     for call in table:
         call.stream.stop_pacing()
@@ -109,12 +123,15 @@ def main() -> int:
     parser.add_argument("--phases", default="20,4", help="comma list: grids per 20 ms")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--media-thread", default="off",
+                        help="comma list of [rtp] media_thread values to run, alternating")
     args = parser.parse_args()
     for _ in range(args.reps):
-        for phases in (int(p) for p in args.phases.split(",")):
-            cost, rate = trio.run(paced, args.calls, phases, args.seconds)
-            print(f"{args.calls} calls, grids on {phases:2} points per 20 ms: "
-                  f"{cost:5.2f} us CPU per frame sent, {rate:4.0f} wake-ups/s")
+        for mode in args.media_thread.split(","):
+            for phases in (int(p) for p in args.phases.split(",")):
+                cost, rate = trio.run(paced, args.calls, phases, args.seconds, mode)
+                print(f"{args.calls} calls, media_thread={mode:4}, grids on {phases:2} points "
+                      f"per 20 ms: {cost:5.2f} us CPU per frame sent, {rate:4.0f} wake-ups/s")
     print(f"a wake-up every ms: trio cancel scope {trio.run(cancel_scope_wakeups, 2.0):.1f} us, "
           f"time.sleep {sleep_wakeups(2.0):.1f} us; "
           f"a trio checkpoint {trio.run(checkpoint_wakeups, 1.0):.1f} us (CPU each)")

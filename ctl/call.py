@@ -77,6 +77,18 @@ class CallMedia:
 class Call:
     """One caller, one AI session. Owned by the engine's nursery; ``run`` holds its tasks."""
 
+    # Slots (issue 16's per-call cost): ~40 attributes made the instance dict grow past a
+    # resize, 1.6 KB per call; nothing assigns others. __weakref__: the log handler's call map
+    # (ctl/logs.py) and the bridge's weak callbacks hold it weakly.
+    __slots__ = (
+        "call_id", "branch", "from_tag", "to_tag", "profile", "media", "answer_sdp",
+        "sdp_origin", "settings", "_lifecycle", "created", "last_signal", "end_kind",
+        "end_reason", "transfers", "hangup", "pending_reason", "ended", "_release_ports",
+        "_metrics", "_on_end", "_on_transfer", "_on_hang_up", "_on_ended", "recording",
+        "recording_files", "_nursery", "_after_end", "_owed", "_sockets", "_clock", "_poller",
+        "_scope", "_reason_at_deadline", "bridge", "stream", "ai", "__weakref__",
+    )
+
     def __init__(
         self,
         *,
@@ -308,10 +320,12 @@ class Call:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._receive_media)
-                    nursery.start_soon(self._send_rtcp)
                     nursery.start_soon(self._run_ai)
                     task_status.started()
+                    # The media side runs as the nursery's body, in this task: one task per
+                    # call fewer (issue 16's per-call cost); it ends (a media timeout) as the
+                    # task did, the nursery then waiting for the AI side.
+                    await self._receive_media()
         finally:
             self._nursery = None
             if self._scope.cancelled_caught and self.state in (CallState.OFFERED,
@@ -370,15 +384,6 @@ class Call:
         if self.stream.timed_out:
             self.hang_up(EndReason.MEDIA_TIMEOUT,
                          f"media timeout ({self.stream.options.timeout:g} s without RTP)")
-
-    async def _send_rtcp(self) -> None:
-        # A bug in a report must end this call, never escape into the engine's nursery and
-        # take every call with it (an RTCP port of 65536 once did).
-        try:
-            await self.stream.send_rtcp()
-        except Exception:
-            log.exception("call %s: RTCP failed", self.call_id)
-            self.end(EndReason.MEDIA_FAILURE, "media failure: internal error")
 
     def _media_started(self) -> None:
         """The caller's first RTP latched (a callback: no task per call waits for it)."""

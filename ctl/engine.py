@@ -124,7 +124,7 @@ class Engine:
         # Counters read at scrape time, figures recorded at events (ctl/metrics.py).
         self.metrics = EngineMetrics()
         # One clock paces every call's RTP (media/clock.py); it lives in the engine nursery.
-        self.clock = MediaClock(self.metrics.figures)
+        self.clock = MediaClock(self.metrics.figures, media_thread=rtp["media_thread"])
         # One epoll set receives every call's RTP and RTCP (media/poller.py), likewise.
         self.poller = SocketPoller(self.metrics.figures)
         self.metrics.bind(self)

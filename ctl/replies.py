@@ -29,6 +29,7 @@ def call_statistics(call: Call, *, wall: float, now: float, parties: bool = True
     tags name nobody).
     """
     stream = call.stream
+    stream.sender.sync_stats()  # the media send thread's counters, as of now
     stats = stream.stats
     media = call.media
     family = "IPv6" if ":" in media.local_address else "IPv4"

@@ -17,9 +17,11 @@
  *   timer_open() -> fd               a one-shot CLOCK_MONOTONIC timerfd, non-blocking: what the
  *   timer_arm(fd, delay)             media clock waits on (media/clock.py) instead of a trio
  *   timer_clear(fd) -> expirations   cancel scope; Python 3.11 has no os.timerfd_create
+ *   SendEngine, SendStream           the media send thread: every call's paced RTP sent by
+ *                                    one pthread without the GIL (media/send_thread.py)
  *
  * In parts: _fast_packet.c (RtpPacket, parse_rtp: the untrusted bytes), _fast_packetizer.c
- * (RtpPacketizer, send, pack_address), _fast_timer.c; this file binds them into the module.
+ * (RtpPacketizer, send, pack_address), _fast_timer.c, _fast_sendthread.c; this file binds them into the module.
  */
 #include "_fast.h"
 
@@ -56,7 +58,8 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__fast(void) {
-    if (PyType_Ready(&RtpPacketType) < 0 || PyType_Ready(&PacketizerType) < 0)
+    if (PyType_Ready(&RtpPacketType) < 0 || PyType_Ready(&PacketizerType) < 0 ||
+        PyType_Ready(&SendEngineType) < 0 || PyType_Ready(&SendStreamType) < 0)
         return NULL;
     PyObject *match_args = Py_BuildValue("(ssssss)", "payload_type", "marker", "sequence",
                                          "timestamp", "ssrc", "payload");
@@ -76,8 +79,12 @@ PyMODINIT_FUNC PyInit__fast(void) {
     }
     Py_INCREF(&RtpPacketType);
     Py_INCREF(&PacketizerType);
+    Py_INCREF(&SendEngineType);
+    Py_INCREF(&SendStreamType);
     if (PyModule_AddObject(module, "RtpPacket", (PyObject *)&RtpPacketType) < 0 ||
-        PyModule_AddObject(module, "RtpPacketizer", (PyObject *)&PacketizerType) < 0) {
+        PyModule_AddObject(module, "RtpPacketizer", (PyObject *)&PacketizerType) < 0 ||
+        PyModule_AddObject(module, "SendEngine", (PyObject *)&SendEngineType) < 0 ||
+        PyModule_AddObject(module, "SendStream", (PyObject *)&SendStreamType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

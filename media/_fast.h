@@ -24,4 +24,7 @@ PyObject *timer_open(PyObject *module, PyObject *unused);
 PyObject *timer_arm(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *timer_clear(PyObject *module, PyObject *arg);
 
+/* _fast_sendthread.c */
+extern PyTypeObject SendEngineType, SendStreamType;
+
 #endif

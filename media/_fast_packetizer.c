@@ -237,6 +237,24 @@ static PyObject *get_timestamp(PacketizerObject *self, void *c) {
     return PyLong_FromUnsignedLong(self->timestamp);
 }
 
+/* Whether the next packet carries the marker bit: read and set when a stream moves between
+ * the media send thread and this packetizer (media/sender.py). */
+static PyObject *get_marker_pending(PacketizerObject *self, void *c) {
+    (void)c;
+    return PyBool_FromLong(self->marker_pending);
+}
+static int set_marker_pending(PacketizerObject *self, PyObject *value, void *c) {
+    (void)c;
+    int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+    if (truth < 0) {
+        if (value == NULL)
+            PyErr_SetString(PyExc_AttributeError, "cannot delete marker_pending");
+        return -1;
+    }
+    self->marker_pending = (uint8_t)truth;
+    return 0;
+}
+
 static int set_field(PacketizerObject *self, PyObject *value, void *closure) {
     const char *name = closure;
     if (value == NULL) {
@@ -273,6 +291,7 @@ static PyGetSetDef packetizer_getset[] = {
     {"ssrc", (getter)get_ssrc, (setter)set_field, NULL, "ssrc"},
     {"sequence", (getter)get_sequence, (setter)set_field, NULL, "sequence"},
     {"timestamp", (getter)get_timestamp, (setter)set_field, NULL, "timestamp"},
+    {"marker_pending", (getter)get_marker_pending, (setter)set_marker_pending, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

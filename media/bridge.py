@@ -80,17 +80,30 @@ def weak_method(method: Callable[..., Any]) -> Callable[..., None]:
     """
     if getattr(method, "__self__", None) is None:
         return method  # a plain function holds no object to point back at
-    ref = weakref.WeakMethod(method)
+    return _WeakMethod(method)
 
-    def call(*args: Any) -> None:
-        bound = ref()
+
+class _WeakMethod:
+    """A slotted object, not ``weakref.WeakMethod`` in a closure (issue 16's per-call cost):
+    that was a WeakMethod, a weak reference to the function, the WeakMethod's own callback
+    closure and ours with their cells, ~450 bytes per callback and five callbacks per call.
+    This is 56 bytes, and every callback to the same object shares one weak reference
+    (CPython hands out the same ``weakref.ref`` for an object while it has no callback)."""
+
+    __slots__ = ("_ref", "_function")
+
+    def __init__(self, method: Any) -> None:
+        self._ref = weakref.ref(method.__self__)
+        self._function = method.__func__
+
+    def __call__(self, *args: Any) -> None:
+        bound = self._ref()
         if bound is not None:
-            bound(*args)
-
-    return call
+            self._function(bound, *args)
 
 
-@dataclass
+# Slotted (issue 16's per-call cost): one or more per call.
+@dataclass(slots=True)
 class CallBridge:
     """Shared by a call's media tasks and its AI session (same trio thread: no locks)."""
 
@@ -197,7 +210,7 @@ class CallBridge:
 
     def frames_sent_of(self, item: Hashable) -> int:
         """Frames of ``item`` the caller was sent: what was heard of it (for truncation)."""
-        return self.playout.frames_sent.get(item, 0)
+        return self.playout.frames_sent_of(item)
 
     @property
     def queued_bytes(self) -> int:

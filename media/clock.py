@@ -27,6 +27,11 @@ and the scope's bookkeeping: ~80 us of CPU each on this project's VM, against ~5
 task woken because a descriptor became readable (``python -m bench.micro_wakeups``), and the
 clock wakes up to 1000 times a second. Under a test's ``MockClock`` the cancel scope is used
 (a timerfd follows the real clock, not trio's).
+
+With the timerfd, the clock also runs the **media send thread** (media/send_thread.py, ``[rtp]
+media_thread = auto``): a C thread that paces and sends the RTP of every call that registers
+with it, off trio and without the GIL. A call's sender registers there when it can
+(media/sender.py) and on this clock otherwise; both run side by side.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Protocol
 
 import trio
 
-from media import native
+from media import native, send_thread
 from media.figures import UNREAD, EngineFigures
 
 log = logging.getLogger("rtpai.media")
@@ -110,9 +115,12 @@ class MediaClock:
     its slot comes up (lazy deletion: removal from the middle of a list is O(n)).
     """
 
-    def __init__(self, figures: EngineFigures = UNREAD) -> None:
+    def __init__(self, figures: EngineFigures = UNREAD, *, media_thread: str = "auto") -> None:
         # Where each wake-up's lateness goes (the engine's, for the metrics).
         self.figures = figures
+        # [rtp] media_thread: "auto" runs the send thread where it can run, "off" never.
+        self.media_thread = media_thread
+        self.send_thread: send_thread.SendThread | None = None  # while it runs
         # The timing wheel: lattice index -> the entries due then, in the order they were
         # scheduled (so streams that share their slots go in the order they first did).
         self._slots: dict[int, list[ClockEntry]] = {}
@@ -184,7 +192,26 @@ class MediaClock:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick streams until cancelled. Runs in the engine nursery."""
         if _timer_usable():
-            await self._run_on_timer(task_status)
+            offset = send_thread.trio_clock_offset()
+            if self.media_thread == "off" or offset is None or not send_thread.available():
+                await self._run_on_timer(task_status)
+                return
+            # The send thread's drain task and this clock's loop, in one nursery: both end
+            # with the engine's, and the thread is joined on the way out.
+            async with trio.open_nursery() as nursery:
+                thread = send_thread.SendThread(self.figures, offset=offset)
+                try:
+                    await nursery.start(thread.run)
+                except OSError as exc:  # no thread to be had (a process at its limit)
+                    log.warning("media send thread: not started (%s): calls paced in Python",
+                                exc)
+                else:
+                    log.info("media send thread: on (every call it can take is paced in C)")
+                    self.send_thread = thread
+                try:
+                    await self._run_on_timer(task_status)
+                finally:
+                    self.send_thread = None
             return
         task_status.started()
         while True:

@@ -3,7 +3,7 @@
 The deadline is computed, not armed per packet: a packet only records its arrival time
 (``MediaStats.last_packet``), and the stream's timer task asks :meth:`MediaTimeout.deadline`
 when it wakes, so the timeout fires exactly ``seconds`` after the last packet for one wake-up
-per period (media/stream.py, ``_keep_timers``).
+per period (media/stream.py, ``keep_timers``).
 """
 
 from __future__ import annotations

@@ -38,6 +38,14 @@ class ReorderBuffer:
     it replaced are dropped as late.
     """
 
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = (
+        "_bad_seq", "_deliver", "_expected_prior", "_gap_since", "_held", "_history",
+        "_on_restart", "_previous", "_received_prior", "base_seq", "cycles", "deadline",
+        "delivered", "depth", "duplicates", "expected", "late", "lost", "max_seq", "max_wait",
+        "received", "restarts", "ssrc", "ssrc_changes",
+    )
+
     def __init__(
         self,
         deliver: Callable[[RtpPacket], None],

@@ -109,6 +109,16 @@ class RtpPacketizer:
         """The next packet begins a talkspurt and carries the marker bit."""
         self._marker_pending = True
 
+    @property
+    def marker_pending(self) -> bool:
+        """Whether the next packet carries the marker bit (read and set when a stream moves
+        between the media send thread and this packetizer, media/sender.py)."""
+        return self._marker_pending
+
+    @marker_pending.setter
+    def marker_pending(self, value: bool) -> None:
+        self._marker_pending = bool(value)
+
     def silence_gap(self, samples: int) -> None:
         """Account for ``samples`` of silence that were not sent."""
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF

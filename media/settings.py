@@ -147,6 +147,10 @@ RTP_SETTINGS: tuple[Setting, ...] = (
                  "more; see docs/performance.md)"),
     Setting("rtp", "strict_source", "RTP_STRICT_SOURCE", "false", parse_bool,
             help="accept RTP only from the address:port of the SDP (no NAT latching)"),
+    Setting("rtp", "media_thread", "RTP_MEDIA_THREAD", "auto", one_of("auto", "off"),
+            help="auto: every call's paced RTP is sent by one C thread off the event loop "
+                 "when the compiled fast path is built (calls being recorded or with "
+                 "ai_batch_ms > 0 stay in Python); off: always the Python sender"),
     Setting("rtp", "relatch", "RTP_RELATCH", "sdp", one_of("never", "sdp", "silence"),
             help="when another source may take over a latched call: never, sdp (only the "
                  "SDP's address), silence (also any, after 2 s without the latched source)"),

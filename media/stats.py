@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
+# Slotted (issue 16's per-call cost): one or more per call.
+@dataclass(slots=True)
 class DirectionStats:
     """Packets, bytes and errors of one protocol in one direction."""
 
@@ -21,7 +22,8 @@ class DirectionStats:
         return {"packets": self.packets, "bytes": self.bytes, "errors": self.errors}
 
 
-@dataclass
+# Slotted (issue 16's per-call cost): one or more per call.
+@dataclass(slots=True)
 class MediaStats:
     """Everything counted about one call's media (docs/media.md names each counter)."""
 

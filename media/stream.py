@@ -18,6 +18,7 @@ bytes and time between them, and counts.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 import time
@@ -53,6 +54,10 @@ RTCP_INTERVAL = 5.0
 DEFAULT_OPTIONS = MediaOptions()
 
 
+def report_interval() -> float:
+    return RTCP_INTERVAL * random.uniform(0.5, 1.5)
+
+
 class MediaStream:
     """The caller's RTP in, our paced RTP out, and RTCP both ways, for one call.
 
@@ -61,6 +66,14 @@ class MediaStream:
     (RFC 4961): until the first valid packet we send to the SDP's address, then to the source
     of that packet, which is what gets through the caller's NAT.
     """
+
+    # Slots (issue 16's per-call cost): one per call, nothing assigns others.
+    __slots__ = (
+        "bridge", "rtp_socket", "rtcp_socket", "payload_type", "telephone_event", "options",
+        "latch", "stats", "events", "ai_audio", "sender", "reorder", "jitter", "dtmf", "rtcp",
+        "_wall", "_on_media_started", "_now", "_timer_scope", "_next_report", "timeout",
+        "_timed_out", "_recorder",
+    )
 
     def __init__(
         self,
@@ -119,7 +132,8 @@ class MediaStream:
         self._wall = wall_clock
         self._on_media_started = on_media_started  # told once, at the first latch
         self._now = 0.0  # trio time of the datagram being handled
-        self._timer_scope: trio.CancelScope | None = None  # media timeout, reorder gap
+        self._timer_scope: trio.CancelScope | None = None  # media timeout, gap, RTCP
+        self._next_report = math.inf  # trio time of the next RTCP report (set by run)
         self.timeout = MediaTimeout(options.timeout, caller_sends=caller_sends)
         self._timed_out = False
         self._recorder: CallRecording | None = None
@@ -178,24 +192,28 @@ class MediaStream:
 
     async def run(self, poller: SocketPoller) -> None:
         """The stream's task: its sockets are registered with ``poller`` while it runs, and it
-        keeps the stream's two timers; returns if the media timeout expires, else runs until
+        keeps the stream's timers; returns if the media timeout expires, else runs until
         cancelled.
 
         Datagrams are handled as they arrive by the engine's ``poller`` (one wake-up for all
         calls' sockets, media/poller.py), synchronously, not by this task: it only wakes for
-        the media timeout and the reorder buffer's open gap.
+        the media timeout, the reorder buffer's open gap and the RTCP reports.
         """
         try:
             poller.register(self.rtp_socket, self._rtp_readable, self._receive_failed)
             poller.register(self.rtcp_socket, self._rtcp_readable, self._receive_failed)
-            await self._keep_timers()
+            await self.keep_timers()
         finally:
             poller.unregister(self.rtp_socket)
             poller.unregister(self.rtcp_socket)
 
-    async def _keep_timers(self) -> None:
+    async def keep_timers(self) -> None:
+        """The media timeout, the reorder gap and the RTCP reports: one sleep for the three
+        (the reports had a task of their own per call before issue 16's per-call cut).
+        Returns when the media timeout expires."""
         timeout = self.timeout
-        timeout.since = trio.current_time()
+        timeout.since = now = trio.current_time()
+        self._next_report = now + report_interval()
         reorder = self.reorder
         while True:
             # The timeout's deadline is set once and moved only when it fires: a packet just
@@ -211,14 +229,16 @@ class MediaStream:
             now = trio.current_time()
             if reorder.deadline is not None:
                 reorder.expire(now)  # give up on a gap even if nothing else arrives
+            if now >= self._next_report:
+                self._report_due(now)
             if timeout.deadline(self.stats.last_packet) <= now:
                 self._timed_out = True
                 return
 
     def _next_timer(self) -> float:
-        timeout = self.timeout.deadline(self.stats.last_packet)
+        due = min(self.timeout.deadline(self.stats.last_packet), self._next_report)
         gap = self.reorder.deadline
-        return timeout if gap is None or gap > timeout else gap
+        return due if gap is None or gap > due else gap
 
     def _rtp_readable(self, now: float) -> None:
         """The poller's call: take one datagram off the RTP socket (the poller calls again
@@ -342,19 +362,26 @@ class MediaStream:
         stats.rtcp_in.packets += 1
         stats.rtcp_in.bytes += len(data)
 
-    async def send_rtcp(self) -> None:
+    def _report_due(self, now: float) -> None:
         """An SR (while we send) or RR, with SDES CNAME, every ~5 s (RFC 3550 section 6.2)."""
-        while True:
-            await trio.sleep(RTCP_INTERVAL * random.uniform(0.5, 1.5))
-            if self.latch.latched is None and self.sender.pacer is None:
-                continue  # no media either way yet (ringing): nothing to report, as rtpengine
-            self._now = trio.current_time()
+        self._next_report = now + report_interval()
+        if self.latch.latched is None and self.sender.pacer is None:
+            return  # no media either way yet (ringing): nothing to report, as rtpengine
+        self._now = now
+        try:
             self.send_report()
+        except Exception:
+            # A bug in a report must end this call, never escape into the engine's nursery
+            # and take every call with it (an RTCP port of 65536 once did); no more reports.
+            log.exception("call %s: RTCP failed", self.bridge.call_id)
+            self._next_report = math.inf
+            self.bridge.end_call(EndReason.MEDIA_FAILURE, "media failure: internal error")
 
     def send_report(self) -> None:
         """Build and send one compound RTCP report now; also samples the caller's quality."""
         sent = None
         rtp = self.sender
+        rtp.sync_stats(report=True)  # the send thread's counters, when it sends for us
         if rtp.sent_since_report:
             out = self.stats.rtp_out
             sent = (rtp.packetizer.timestamp, out.packets, out.bytes)

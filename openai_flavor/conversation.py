@@ -35,7 +35,15 @@ from media.poller import MediaPoller
 from openai_flavor import events, keypad, session_update
 from openai_flavor.barge_in import BargeInJudge, Plan
 from openai_flavor.errors import ConnectionLost
-from openai_flavor.idle import GOODBYE_BOUND, GOODBYE_TEXT, CallCap, Silence, SilenceWatch
+from openai_flavor.idle import (
+    GOODBYE_BOUND,
+    GOODBYE_TEXT,
+    UNWATCHED,
+    CallCap,
+    Silence,
+    SilenceWatch,
+    Unwatched,
+)
 from openai_flavor.reader import EventReader
 from openai_flavor.reconnect import Backoff
 from openai_flavor.server_events import ServerEvents
@@ -51,6 +59,18 @@ log = logging.getLogger("rtpai.openai")
 
 # Audio held while the connection opened goes out as appends of at most this many frames.
 MAX_FRAMES_PER_APPEND = 25  # 500 ms at 20 ms ptime
+
+
+class _NeverWaited:
+    """The length cap's "goodbye played" when there is no cap: nobody waits for it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NEVER_WAITED = _NeverWaited()
 
 
 def raise_first(ended: list[BaseException]) -> None:
@@ -71,6 +91,15 @@ def raise_first(ended: list[BaseException]) -> None:
 
 
 class Conversation(ServerEvents):
+    # Slots (issue 16's per-call cost): one per connection, nothing assigns others (GPT-Live's
+    # subclass has a dict for its own).
+    __slots__ = (
+        "_audio_bytes_at_connect", "_backoff", "_cap", "_goodbye", "_goodbye_played", "_held",
+        "_held_bytes", "_judge", "_judge_scope", "_judge_wake", "_manners", "_nursery", "_poller",
+        "_silence", "_tools", "_untold_failures", "_watch_scope", "_watchdog", "_ws", "bridge",
+        "ready", "settings", "stats", "turns",
+    )
+
     def __init__(self, ws: WebSocket, *, settings: RealtimeSettings, bridge: CallBridge,
                  poller: MediaPoller, stats: RealtimeStats, manners: WelcomeAndGoodbye,
                  backoff: Backoff, untold_failures: list[str], silence: Silence,
@@ -92,20 +121,25 @@ class Conversation(ServerEvents):
                                          response=settings.response_timeout,
                                          ping_interval=settings.ping_interval),
                                   trio.current_time())
-        self._watch_scope = trio.CancelScope()
+        # The watch task's sleep, once it runs (issue 16: no placeholder scope per connection).
+        self._watch_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._tools = ToolCalls(settings, bridge, stats)
-        self._silence = SilenceWatch(silence, bridge)
+        # Only when re-prompts are on: otherwise a shared no-op (issue 16's per-call cost).
+        self._silence: SilenceWatch | Unwatched = (
+            SilenceWatch(silence, bridge) if settings.idle_reprompt_s else UNWATCHED)
         self._cap = cap
         self._goodbye: str | None = None
-        self._goodbye_played = trio.Event()
+        # Waited for by the length cap's task only; set by ServerEvents (or GPT-Live's floor).
+        self._goodbye_played = trio.Event() if settings.max_call_s else _NEVER_WAITED
         self._judge = (BargeInJudge(settings.barge_in_min_ms,
                                     transcribed=bool(settings.transcription_model))
                        if session_update.rtpai_decides_barge_in(settings) else None)
         self._held: list[tuple[Any, bytes | None]] | None = None
         self._held_bytes = 0
         self._judge_wake = math.inf
-        self._judge_scope = trio.CancelScope()
+        # The judge timer's sleep, once it runs; None without a judge (issue 16).
+        self._judge_scope: trio.CancelScope | None = None
         # The server's audio_end_ms counts from this connection's first byte of caller audio.
         self._audio_bytes_at_connect = stats.audio_sent_bytes
 
@@ -128,13 +162,15 @@ class Conversation(ServerEvents):
     async def _converse(self, *own: Callable[[], Awaitable[None]] | None) -> None:
         """Every side of one connection in one nursery, until the connection is lost; then
         raise what ended it. The sides both protocols have, plus the protocol's ``own``."""
-        tasks = [self._read_events, self._ws.flush, self._watch]
+        # The reader and the watchdog are one task (EventReader.run's ``watch``).
+        tasks = [self._read_events, self._ws.flush]
         if self._manners.welcome_due:
             tasks.append(self._welcome)
         if self.bridge.caller_events is not None:
             tasks.append(self._forward_dtmf)
         if self.settings.idle_reprompt_s:
             # The callbacks are the task's arguments: gone with it (no reference cycle).
+            assert isinstance(self._silence, SilenceWatch)
             tasks.append(partial(self._silence.run, self._instruct, self._caller_silent))
         if self.settings.max_call_s:
             tasks.append(self._cap_length)
@@ -142,8 +178,11 @@ class Conversation(ServerEvents):
         ended: list[BaseException] = []
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for task in tasks:
+            for task in tasks[1:]:
                 nursery.start_soon(self._until_lost, task, ended)
+            # The first side runs as the nursery's body, in this task: one task per
+            # connection fewer (issue 16's per-call cost), the same scope and end.
+            await self._until_lost(tasks[0], ended)
         raise_first(ended)
 
     async def _until_lost(self, task, ended: list[BaseException]) -> None:
@@ -157,7 +196,7 @@ class Conversation(ServerEvents):
 
     async def _read_events(self) -> None:
         await EventReader(self._ws, self._poller, self._watchdog, self.stats, self.handle,
-                          self.bridge.call_id).run()
+                          self.bridge.call_id).run(self._watch)
 
     def send(self, event: dict[str, Any]) -> None:
         """Send a client event now. A broken connection surfaces in the reader and flusher
@@ -174,22 +213,29 @@ class Conversation(ServerEvents):
 
     # --- the watchdog ---------------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        """Poll the connection's watchdog when it asks to be; raise :class:`ConnectionLost`
-        when a bound expires. Keepalive pings go out from here."""
-        while True:
+    async def _watch(self, reading_ended: trio.Event) -> None:
+        """Poll the connection's watchdog when it asks to be, until the reader has ended
+        (the reader's task: EventReader.run); raise :class:`ConnectionLost` when a bound
+        expires. Keepalive pings go out from here."""
+        while not reading_ended.is_set():
             verdict = self._watchdog.poll(trio.current_time())
             if verdict.expired is not None:
                 raise ConnectionLost(verdict.expired, since=verdict.since)
             if verdict.ping is not None:
                 self._ws.send_ping(verdict.ping)
             with trio.CancelScope(deadline=verdict.wake_at) as self._watch_scope:
-                await trio.sleep_forever()
+                await reading_ended.wait()
 
     def _expect_response(self) -> None:
         """A response is due: the server's silence is bounded from now on."""
-        if self._watchdog.expect_response(trio.current_time()):
-            self._watch_scope.deadline = -math.inf  # poll now: the deadline moved earlier
+        now = trio.current_time()
+        if self._watchdog.expect_response(now) and self._watch_scope is not None:
+            # The response bound now runs: wake then (or earlier, as already set), not now.
+            # Polling at once cost a wake-up of the watch task per response (0.3 per call-
+            # second at the bench's pace, issue 16); the bound can end no earlier than this
+            # (the poll at the wake-up takes later server events into account and re-arms).
+            scope = self._watch_scope
+            scope.deadline = min(scope.deadline, now + self._watchdog.bounds.response)
 
     # --- what the caller side sends -------------------------------------------------------------
 
@@ -292,7 +338,9 @@ class Conversation(ServerEvents):
         elif plan.resume and self.turns.settled:
             self._silence.model_done()
         if plan.wake_at is not None:
-            self._judge_wake = self._judge_scope.deadline = plan.wake_at
+            self._judge_wake = plan.wake_at  # the timer's next sleep starts with it
+            if self._judge_scope is not None:
+                self._judge_scope.deadline = plan.wake_at
 
     async def _judge_timer(self) -> None:
         assert self._judge is not None

@@ -102,6 +102,26 @@ class SilenceWatch:
             reprompt(REPROMPT_TEXT)
 
 
+class Unwatched:
+    """``idle_reprompt_s`` 0: nothing waits for a silent caller, so there is nothing to tell.
+    One shared instance stands in for :class:`SilenceWatch` (issue 16's per-call cost: no two
+    Events per connection for a feature that is off)."""
+
+    __slots__ = ()
+
+    def model_done(self) -> None:
+        pass
+
+    def busy(self) -> None:
+        pass
+
+    def caller_active(self) -> None:
+        pass
+
+
+UNWATCHED = Unwatched()
+
+
 class CallCap:
     """The call's length cap: when it is reached, and whether the goodbye was asked for."""
 

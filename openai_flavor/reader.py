@@ -15,7 +15,7 @@ session reopens, so that the poller, which serves every call's media, never sees
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import trio
@@ -36,6 +36,9 @@ INTERNAL_ERROR = "internal error while handling the server's events"
 class EventReader:
     """Hands each decoded server event to ``handle(event, now)``, synchronously."""
 
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = ("_call_id", "_ended", "_handle", "_poller", "_stats", "_stop", "_watchdog", "_ws")
+
     def __init__(self, ws: WebSocket, poller: MediaPoller, watchdog: Watchdog,
                  stats: RealtimeStats, handle: Callable[[dict[str, Any], float], None],
                  call_id: str) -> None:
@@ -48,14 +51,23 @@ class EventReader:
         self._ended = trio.Event()
         self._stop: Exception | None = None
 
-    async def run(self) -> NoReturn:
+    async def run(self, watch: Callable[[trio.Event], Awaitable[None]] | None = None,
+                  ) -> NoReturn:
         """Read until the connection ends; raise what ended it (ConnectionClosed or
-        :class:`ConnectionLost`)."""
+        :class:`ConnectionLost`).
+
+        The task only waits for the end (the poller reads): ``watch(ended)``, if given, is
+        that wait, done by the connection's watchdog (conversation.py ``_watch``), which
+        returns once ``ended`` is set or raises ConnectionLost when a bound expires. One
+        task for both instead of two (issue 16's per-call cost)."""
         ws = self._ws
         self._poller.register(ws.socket, self._readable, self._poller_dropped)
         try:
             self._readable(trio.current_time())  # events that came with the 101
-            await self._ended.wait()
+            if watch is None:
+                await self._ended.wait()
+            else:
+                await watch(self._ended)
         finally:
             self._poller.unregister(ws.socket)
         # Taken off the reader before it is raised: a raised exception's traceback holds

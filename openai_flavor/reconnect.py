@@ -18,6 +18,9 @@ STABLE_AFTER = 10.0
 
 
 class Backoff:
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = ("attempt", "base", "cap", "connected_at", "failing_since", "jitter", "window")
+
     def __init__(
         self,
         window: float,

@@ -38,6 +38,8 @@ MAX_ASSISTANT_ITEMS = 64
 
 
 class ServerEvents:
+    __slots__ = ()  # the conversation's slots hold its state (issue 16's per-call cost)
+
     # What the conversation provides (openai_flavor/conversation.py).
     settings: RealtimeSettings
     bridge: CallBridge
@@ -54,7 +56,7 @@ class ServerEvents:
     _held_bytes: int
     _nursery: trio.Nursery | None
     _goodbye: str | None  # the length cap's goodbye: "asked", then its response id
-    _goodbye_played: trio.Event
+    _goodbye_played: trio.Event  # (a no-op stand-in without a length cap: conversation.py)
     _audio_bytes_at_connect: int  # caller audio sent before this connection (audio_end_ms)
 
     def send(self, event: dict[str, Any]) -> None: ...

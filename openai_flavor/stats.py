@@ -21,7 +21,8 @@ MAX_TRANSCRIPT_ENTRY_CHARS = 8000
 TRANSCRIPT_REPLY_CHARS = 16_000
 
 
-@dataclass
+# Slotted (issue 16's per-call cost): one or more per call.
+@dataclass(slots=True)
 class RealtimeStats:
     model: str = ""
     dialect: str = ""

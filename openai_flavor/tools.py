@@ -30,6 +30,9 @@ class ToolAnswers:
 
 
 class ToolCalls:
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = ("bridge", "settings", "stats")
+
     def __init__(self, settings: RealtimeSettings, bridge: CallBridge,
                  stats: RealtimeStats) -> None:
         self.settings = settings

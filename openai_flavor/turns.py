@@ -85,7 +85,8 @@ class ResponseDone:
     send_response: bool  # a response.create was wanted while this one ran: send it now
 
 
-@dataclass
+# Slotted (issue 16's per-call cost): one or more per call.
+@dataclass(slots=True)
 class Turns:
     ptime_ms: int
     bytes_per_ms: int

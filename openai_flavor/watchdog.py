@@ -60,6 +60,13 @@ class Verdict:
 
 
 class Watchdog:
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = (
+        "_last_pong", "_next_ping", "_ping_payload", "_ping_sent_at", "_pings", "_tokens",
+        "_tokens_at", "bounds", "created", "expecting_since", "last_heard", "opened_at", "phase",
+        "updated",
+    )
+
     def __init__(self, bounds: Bounds, now: float) -> None:
         self.bounds = bounds
         self.phase = Phase.SETUP

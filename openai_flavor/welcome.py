@@ -18,6 +18,9 @@ from openai_flavor.turns import ResponseDone
 
 
 class WelcomeAndGoodbye:
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = ("_hang_up_after_next", "_welcome_played", "_welcome_sent", "_welcome_wanted")
+
     def __init__(self, *, welcome: bool, guarded: bool) -> None:
         self._welcome_wanted = welcome
         self._welcome_sent = False

@@ -149,9 +149,16 @@ async def test_server_silence_while_a_response_is_expected_reconnects_then_ends(
             assert len(losses) <= 4
 
 
-async def test_response_create_unanswered_is_bounded_too(autojump_clock):
+# Late (the set-up bound's wake-up long past) and without keepalive pings (0), nothing else
+# wakes the watch task: the response.create must re-arm its sleep (conversation.py
+# _expect_response), or a mute server would hold the call for ever.
+@pytest.mark.parametrize(("ping_interval", "after_s"), [(5.0, 0), (0, 30)])
+async def test_response_create_unanswered_is_bounded_too(autojump_clock, ping_interval, after_s):
     with trio.fail_after(100):
-        async with hostile("mute-response", times=1, welcome_message="Hi") as h:
+        async with hostile("mute-response", times=1, welcome_message="Hi",
+                           ping_interval=ping_interval) as h:
+            await wait_until(h.session, lambda s: s.ready)
+            await trio.sleep(after_s)
             h.bridge.media_started.set()  # the welcome's response.create goes out at once
             start = trio.current_time()
             await wait_until(h.session, recovered)

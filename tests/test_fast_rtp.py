@@ -10,6 +10,7 @@ counter must be the same on both paths.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import socket
@@ -203,7 +204,8 @@ def receive_all(arrivals):
             stream.reorder.expire(now)
         stream.on_datagram(data, CALLER)
     stream.reorder.expire(arrivals[-1][0] + 10) if arrivals else None
-    counters = vars(stream.stats).copy()
+    stats = stream.stats  # slotted: its fields, not vars()
+    counters = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
     counters = {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in counters.items()}
     return drain(audio), [repr(e) for e in drain(events)], counters, stream.jitter.jitter
 

@@ -456,7 +456,9 @@ async def test_an_offer_on_port_65535_without_a_rtcp_gets_no_rtcp_port_65536():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_failing_rtcp_task_ends_its_call_only():
+async def test_a_failing_rtcp_report_ends_its_call_only(monkeypatch):
+    # Reports every 10 ms rather than every 2.5-7.5 s: the test's time, not the bound's.
+    monkeypatch.setattr("media.stream.report_interval", lambda: 0.01)
     async with trio.open_nursery() as nursery:
         server = FakeRealtimeServer(respond_after_ms=None)
         url = await nursery.start(server.serve)
@@ -464,16 +466,28 @@ async def test_a_failing_rtcp_task_ends_its_call_only():
         await nursery.start(engine.run)
         await offer(engine, "broken")
         await offer(engine, "healthy")
-        broken = engine.calls["broken"]
+        broken, healthy = engine.calls["broken"], engine.calls["healthy"]
+        for call in (broken, healthy):  # caller media latched: reports are due
+            call.stream.on_datagram(RtpPacketizer(0).packet(b"\xff" * 160, 160), CALLER)
 
-        async def bug() -> None:
+        def bug(*args) -> bytes:
             raise OverflowError("sendto(): port must be 0-65535.")
 
-        broken.stream.send_rtcp = bug  # before the call's tasks start
+        reports = []
+        report = healthy.stream.rtcp.report
+
+        def counted(*args) -> bytes:
+            reports.append(args)
+            return report(*args)
+
+        broken.stream.rtcp.report = bug  # before the call's tasks start
+        healthy.stream.rtcp.report = counted
         with trio.fail_after(5):
             await broken.ended.wait()
+            await trio.sleep(0.1)  # a few of the healthy call's reports
         assert broken.end_reason == "media failure: internal error"
-        assert engine.calls["healthy"].state.value == "offered"
+        assert healthy.state.value == "active"
+        assert len(reports) >= 3  # its reports go on
         assert engine.ping(request("ping")) == {"result": "pong"}
         nursery.cancel_scope.cancel()
 

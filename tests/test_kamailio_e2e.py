@@ -21,6 +21,7 @@ import socket
 import pytest
 import trio
 
+from media import send_thread
 from media.bridge import EndReason
 from media.rtp import parse_rtp
 from media.sdp import parse_sdp
@@ -150,6 +151,9 @@ async def call_through_the_proxy(tmp_path, proxy_kind: str, provider: str, *,
                 assert bytes(session.audio_in) == b"".join(payloads)
                 call = next(iter(engine.calls))
                 rtp_port = call.media.local_port
+                # Where built, the media send thread paces the reply (docs/performance.md,
+                # round 5): this is its end-to-end test as much as the Python sender's.
+                assert (call.stream.sender._native is not None) == send_thread.available()
 
                 # The model's reply reaches sipp's RTP port, paced RTP from rtpai's port.
                 heard = bytearray()

@@ -96,6 +96,12 @@ class WebSocket:
     call :meth:`send_text`.
     """
 
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = (
+        "_decoder", "_inbox", "_link", "_transport", "binary_dropped", "closed",
+        "frames_received", "pong",
+    )
+
     def __init__(self, sock: socket.socket, tls: ssl.SSLObject | None,
                  incoming: ssl.MemoryBIO | None, outgoing: ssl.MemoryBIO | None, *,
                  max_message: int = MAX_MESSAGE_BYTES, send_buffer: int = MAX_BUFFERED_BYTES,

@@ -143,6 +143,9 @@ class FrameDecoder:
     ``(opcode, payload)`` for each text/binary message (fragments joined) and each control
     frame (ping, pong, close), in arrival order. Raises :class:`ProtocolError`."""
 
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = ("_buffer", "_fragment_opcode", "_fragment_size", "_fragments", "_max")
+
     def __init__(self, *, max_message: int = MAX_MESSAGE_BYTES) -> None:
         self._buffer = bytearray()
         self._max = max_message

@@ -42,6 +42,12 @@ class TransportFailed(WebSocketError):
 class Transport:
     """One TCP connection's bytes, TLS-wrapped when ``tls`` is given (with its two BIOs)."""
 
+    # Slots (issue 16's per-call cost): one per call; nothing assigns others.
+    __slots__ = (
+        "_awaiting_writable", "_on_failure", "_pending", "_pending_changed", "_send_timeout",
+        "_sock", "_tls", "_tls_in", "_tls_out", "_wrote", "failure", "send_buffer",
+    )
+
     def __init__(self, sock: socket.socket, tls: ssl.SSLObject | None,
                  incoming: ssl.MemoryBIO | None, outgoing: ssl.MemoryBIO | None, *,
                  send_buffer: int = MAX_BUFFERED_BYTES, send_timeout: float = math.inf,
