@@ -31,7 +31,8 @@ ASAN_EXAMPLES ?= 3000
 
 # setup.py and the C sources too: `pip install -e` builds the compiled fast path in place
 # (docs/performance.md, round 4), and an edited .c must be rebuilt.
-$(STAMP): pyproject.toml setup.py $(wildcard media/_fast*.[ch]) openai_flavor/_fast.c
+$(STAMP): pyproject.toml setup.py $(wildcard media/_fast*.[ch]) openai_flavor/_fast.c \
+		$(wildcard ctl/_fast*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
@@ -72,10 +73,11 @@ asan: $(STAMP)
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 RTPAI_FUZZ_EXAMPLES=$(ASAN_EXAMPLES) $(abspath $(PY)) -m pytest -q \
 		-p no:cacheprovider tests/test_fast_rtp.py tests/test_fast_ws.py tests/test_rtp.py tests/test_stream.py \
-		tests/test_send_thread.py
+		tests/test_send_thread.py tests/test_fast_bencode.py tests/test_ng.py tests/test_ng_fuzz.py \
+		tests/test_fast_sdp.py tests/test_sdp.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info bench/build build media/*.so openai_flavor/*.so
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info bench/build build media/*.so openai_flavor/*.so ctl/*.so

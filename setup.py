@@ -1,10 +1,11 @@
-"""The compiled fast path (issue 14, docs/performance.md): two optional C extensions.
+"""The compiled fast path (issue 14, docs/performance.md): optional C extensions.
 
 Everything else about the package is in pyproject.toml; setuptools reads both. The
 extensions are *optional*: where there is no compiler or no Python headers the build says so
 and installs the pure-Python package, whose twins of the same functions (media/rtp.py,
-openai_flavor/websocket.py) then run, and rtpai logs one line at start-up saying so
-(media/native.py). Warnings are errors: a warning in code that parses untrusted bytes is a bug.
+openai_flavor/websocket.py, ctl/bencode.py) then run, and rtpai logs one line at start-up
+saying so (media/native.py). Warnings are errors: a warning in code that parses untrusted bytes
+is a bug.
 """
 
 import os
@@ -29,6 +30,11 @@ setup(
                   extra_compile_args=FLAGS + ["-pthread"],
                   extra_link_args=LINK + ["-pthread"], optional=True),
         Extension("openai_flavor._fast", ["openai_flavor/_fast.c"], extra_compile_args=FLAGS,
+                  extra_link_args=LINK, optional=True),
+        Extension("ctl._fast", ["ctl/_fast_bencode.c", "ctl/_fast_bdecode.c"],
+                  depends=["ctl/_fast.h"], extra_compile_args=FLAGS, extra_link_args=LINK,
+                  optional=True),
+        Extension("media._fast_sdp", ["media/_fast_sdp.c"], extra_compile_args=FLAGS,
                   extra_link_args=LINK, optional=True),
     ],
 )

@@ -2,6 +2,11 @@
 
 The ng layer (ctl/ng.py) frames and validates requests; this module only turns one bencoded
 value into Python values and back, with the bounds below whatever a peer sends.
+
+``py_bdecode`` and ``py_bencode`` are the reference; ``bdecode`` and ``bencode`` are their
+compiled twins (ctl/_fast_bencode.c: the same values, the same errors with the same messages)
+when built, else these (media/native.py decides, once; tests/test_fast_bencode.py holds the
+two to each other).
 """
 
 from __future__ import annotations
@@ -10,11 +15,15 @@ from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
+from media import native
+
 # Integers: rtpengine reads them into 64-bit integers (strtoll), and so do we. A bencoded
 # integer of more digits than that cannot be one, and is refused by the decoder.
 MIN_INTEGER = -(2**63)
 MAX_INTEGER = 2**63 - 1
 _MAX_INTEGER_DIGITS = 19  # of 2**63 - 1
+# A string length of more digits than that runs past the end of any buffer; said so before
+# int() reads it (which would refuse 4300 digits and more with a message of its own).
 
 # Our own codec rather than a library's: the offer's reply waits for a decode and an encode,
 # and a delete's reply (its statistics) is the largest thing the control plane encodes, so both
@@ -43,6 +52,8 @@ def _bdecode_string(data: bytes, pos: int) -> tuple[bytes, int]:
     length = data[pos:colon]
     if not length.isdigit() or (length[0] == 0x30 and len(length) > 1):  # no leading zeros
         raise BencodeError("bad string length")
+    if len(length) > _MAX_INTEGER_DIGITS:
+        raise BencodeError("string runs past the end")
     start = colon + 1
     end = start + int(length)
     if end > len(data):
@@ -67,6 +78,8 @@ def _bdecode(data: bytes, pos: int, depth: int, fold: Callable[[str], str] | Non
             length = data[pos:colon]
             if not length.isdigit() or (lead == 0x30 and colon - pos > 1):  # no leading zeros
                 raise BencodeError("bad string length")
+            if colon - pos > _MAX_INTEGER_DIGITS:
+                raise BencodeError("string runs past the end")
             pos = colon + 1 + int(length)
             if pos > len(data):
                 raise BencodeError("string runs past the end")
@@ -78,6 +91,8 @@ def _bdecode(data: bytes, pos: int, depth: int, fold: Callable[[str], str] | Non
                 length = data[pos:colon]
                 if not length.isdigit() or (lead == 0x30 and colon - pos > 1):
                     raise BencodeError("bad string length")
+                if colon - pos > _MAX_INTEGER_DIGITS:
+                    raise BencodeError("string runs past the end")
                 start = colon + 1
                 pos = start + int(length)
                 if pos > len(data):
@@ -118,7 +133,7 @@ def _bdecode(data: bytes, pos: int, depth: int, fold: Callable[[str], str] | Non
     raise BencodeError(f"unexpected byte {kind:#04x}")
 
 
-def bdecode(data: bytes, *, fold_keys: Callable[[str], str] | None = None) -> Any:
+def py_bdecode(data: bytes, *, fold_keys: Callable[[str], str] | None = None) -> Any:
     """One bencoded value; dictionary keys passed through ``fold_keys`` if given (the ng
     requests fold them with :func:`ctl.ng.canonical_name`).
 
@@ -173,9 +188,20 @@ def _bencode(value: Any, out: list[bytes]) -> None:
         raise TypeError(f"cannot bencode {kind.__name__}")
 
 
-def bencode(value: Any) -> bytes:
+def py_bencode(value: Any) -> bytes:
     """Bencode ``value``. bencode has no floats, booleans or None: floats are rounded, booleans
     are 0/1, and None values are left out of dictionaries and lists."""
     out: list[bytes] = []
     _bencode(value, out)
     return b"".join(out)
+
+
+# The compiled twins when built (media/native.py), bound to this module's error class.
+_fast = native.load("ctl._fast")
+if _fast is not None:
+    _fast.bind(BencodeError, Mapping)
+    bdecode = _fast.bdecode
+    bencode = _fast.bencode
+else:
+    bdecode = py_bdecode
+    bencode = py_bencode

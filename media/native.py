@@ -5,9 +5,9 @@ docs/performance.md round 4):
 
 * ``RTPAI_PURE_PYTHON=1`` (any value but empty or ``0``) forces the Python path (tests compare
   the two; an operator can rule the C out while investigating);
-* otherwise each extension (``media._fast``, ``openai_flavor._fast``) is used if it imports:
-  ``pip install`` builds them where a C compiler and Python's headers exist, and installs
-  without them where not (setup.py: ``optional``);
+* otherwise each extension (``media._fast``, ``openai_flavor._fast``, ``ctl._fast``,
+  ``media._fast_sdp``) is used if it imports: ``pip install`` builds them where a C compiler
+  and Python's headers exist, and installs without them where not (setup.py: ``optional``);
 * a missing or broken build falls back to Python. :func:`describe` is the one start-up log
   line that says which path runs and why (ctl/daemon.py logs it).
 
@@ -24,7 +24,7 @@ from types import ModuleType
 FORCED_PURE = os.environ.get("RTPAI_PURE_PYTHON", "") not in ("", "0")
 
 # What each extension does, for the log line.
-EXTENSIONS = ("media._fast", "openai_flavor._fast")
+EXTENSIONS = ("media._fast", "openai_flavor._fast", "ctl._fast", "media._fast_sdp")
 
 _loaded: dict[str, ModuleType | None] = {}
 _why: dict[str, str] = {}
@@ -53,7 +53,7 @@ def describe() -> tuple[bool, str]:
         load(name)
     missing = [name for name in EXTENSIONS if _loaded[name] is None]
     if not missing:
-        return True, "per-packet media and WebSocket framing: compiled (" + ", ".join(
-            EXTENSIONS) + ")"
+        return True, ("per-packet media, WebSocket framing, the ng codec and SDP lines: compiled ("
+                      + ", ".join(EXTENSIONS) + ")")
     reasons = "; ".join(f"{name}: {_why[name]}" for name in missing)
     return False, f"per-packet work in pure Python for {', '.join(missing)}: {reasons}"

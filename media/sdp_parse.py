@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Sequence
 
-from media import sdp_limits
+from media import native, sdp_limits
 from media.sdp_model import (
     DIRECTIONS,
     STATIC_PAYLOAD_TYPES,
@@ -22,6 +22,9 @@ from media.sdp_model import (
 )
 
 __all__ = ["parse_sdp"]
+
+Lines = list[tuple[str, str]]  # (letter, value) of a section's lines other than a=
+Attributes = list[tuple[str, str | None]]  # (name, value or None: no colon), a= lines
 
 _RTPMAP = re.compile(r"([0-9]{1,3})\s+([^/\s]+)/([0-9]{1,10})(?:/([0-9]{1,3}))?(?:\s.*)?")
 _FMTP = re.compile(r"([0-9]{1,3})\s+(\S.*)")
@@ -55,11 +58,6 @@ def _parse_origin(value: str) -> Origin:
     return Origin(" ".join(tokens[:-5]), *tokens[-5:])
 
 
-def _parse_attribute(value: str) -> tuple[str, str | None]:
-    name, colon, rest = value.partition(":")
-    return name.strip(), (rest.strip() if colon else None)
-
-
 def _last_direction(attributes: Sequence[tuple[str, str | None]]) -> str | None:
     found = [name for name, _ in attributes if name in DIRECTIONS]
     return found[-1] if found else None
@@ -81,7 +79,8 @@ _UNREAD = object()
 
 def _parse_media(
     m_value: str,
-    lines: Sequence[tuple[str, str]],
+    lines: Lines,
+    attributes: Attributes,
     session_family: str | None,
     session_address: str | None,
     session_direction: str | None,
@@ -102,11 +101,10 @@ def _parse_media(
     if port is None or port > 65535 or not port_count:
         raise unparseable(f"bad media port m={m_value[:60]!r}")
 
-    # One pass over the section (this is on the offer's path to its reply): the attributes
-    # as (name, value), and on the way what the answer needs of them. Attributes are read
-    # tolerantly: a malformed one is ignored, not worth failing a call over.
+    # One pass over the attributes (this is on the offer's path to its reply) for what the
+    # answer needs of them. Attributes are read tolerantly: a malformed one is ignored, not
+    # worth failing a call over.
     connection: tuple[str, str] | None = None
-    attributes: list[tuple[str, str | None]] = []
     rtpmaps: dict[int, tuple[str, int, int]] = {}
     fmtps: dict[int, str] = {}
     direction = None  # the last direction attribute wins
@@ -116,47 +114,41 @@ def _parse_media(
     ptime: int | None | object = _UNREAD
     maxptime: int | None | object = _UNREAD
     rtcp_port: int | None | object = _UNREAD
+    for name, rest in attributes:
+        if rest is not None:
+            if name == "rtpmap":
+                if m := _RTPMAP.fullmatch(rest):
+                    pt, encoding, clock_rate, channels = m.groups()
+                    rtpmaps.setdefault(
+                        int(pt),
+                        (encoding.upper(), int(clock_rate), int(channels) if channels else 1),
+                    )
+                continue
+            if name == "fmtp":
+                if m := _FMTP.fullmatch(rest):
+                    pt, parameters = m.groups()
+                    fmtps.setdefault(int(pt), parameters.strip())
+                continue
+            if name == "ptime":
+                if ptime is _UNREAD and (m := _PTIME.fullmatch(rest)):
+                    ptime = int(m.group(1)) or None
+                continue
+            if name == "maxptime":
+                if maxptime is _UNREAD and (m := _PTIME.fullmatch(rest)):
+                    maxptime = int(m.group(1)) or None
+                continue
+            if name == "rtcp":
+                if rtcp_port is _UNREAD and rest:
+                    rtcp_port = _uint(rest.split()[0])
+                    if rtcp_port is not None and not 0 < rtcp_port <= 65535:
+                        rtcp_port = None
+                continue
+        if name in DIRECTIONS:
+            direction = name
+        elif name == "rtcp-mux":
+            rtcp_mux = True
     for letter, value in lines:
-        if letter == "a":
-            name, colon, rest = value.partition(":")
-            name = name.strip()
-            if colon:
-                rest = rest.strip()
-                attributes.append((name, rest))
-                if name == "rtpmap":
-                    if m := _RTPMAP.fullmatch(rest):
-                        pt, encoding, clock_rate, channels = m.groups()
-                        rtpmaps.setdefault(
-                            int(pt),
-                            (encoding.upper(), int(clock_rate), int(channels) if channels else 1),
-                        )
-                    continue
-                if name == "fmtp":
-                    if m := _FMTP.fullmatch(rest):
-                        pt, parameters = m.groups()
-                        fmtps.setdefault(int(pt), parameters.strip())
-                    continue
-                if name == "ptime":
-                    if ptime is _UNREAD and (m := _PTIME.fullmatch(rest)):
-                        ptime = int(m.group(1)) or None
-                    continue
-                if name == "maxptime":
-                    if maxptime is _UNREAD and (m := _PTIME.fullmatch(rest)):
-                        maxptime = int(m.group(1)) or None
-                    continue
-                if name == "rtcp":
-                    if rtcp_port is _UNREAD and rest:
-                        rtcp_port = _uint(rest.split()[0])
-                        if rtcp_port is not None and not 0 < rtcp_port <= 65535:
-                            rtcp_port = None
-                    continue
-            else:
-                attributes.append((name, None))
-            if name in DIRECTIONS:
-                direction = name
-            elif name == "rtcp-mux":
-                rtcp_mux = True
-        elif letter == "c":
+        if letter == "c":
             parsed = _parse_connection(value)
             connection = connection or parsed  # several c= only for multicast layers; first wins
 
@@ -198,6 +190,54 @@ def _parse_media(
     )
 
 
+def py_split_sdp(text: str) -> tuple[Lines, Attributes, list[tuple[str, Lines, Attributes]]]:
+    """The body's lines, stripped and checked for ``<letter>=``, by session and m-section:
+    (session lines, session attributes, [(m= value, lines, attributes)]), the a= lines split
+    into (name, value or None), every list in the body's order.
+
+    The reference for media/_fast_sdp.c's ``split_sdp`` (the same result or the same SdpError,
+    tests/test_fast_sdp.py), which runs instead when built (media/native.py).
+    """
+    lines = [
+        stripped
+        for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if (stripped := line.strip())
+    ]
+    if not lines:
+        raise unparseable("empty body")
+    if lines[0] != "v=0":
+        raise unparseable(f"does not start with v=0: {lines[0][:40]!r}")
+
+    session_lines: Lines = []
+    session_attributes: Attributes = []
+    media_sections: list[tuple[str, Lines, Attributes]] = []
+    current, attributes = session_lines, session_attributes
+    for number, line in enumerate(lines, 1):
+        # RFC 4566 s5: <type>=<value>, the type one lower-case letter.
+        letter = line[0]
+        if line[1:2] != "=" or not "a" <= letter <= "z":
+            raise unparseable(f"line {number}: {line[:40]!r}")
+        value = line[2:]
+        if letter == "a":
+            name, colon, rest = value.partition(":")
+            attributes.append((name.strip(), rest.strip() if colon else None))
+        elif letter == "m":
+            sdp_limits.check_media_sections(len(media_sections))
+            current, attributes = [], []
+            media_sections.append((value, current, attributes))
+        else:
+            current.append((letter, value))
+    return session_lines, session_attributes, media_sections
+
+
+_fast = native.load("media._fast_sdp")
+if _fast is not None:
+    _fast.bind(unparseable, sdp_limits.check_media_sections)
+    split_sdp = _fast.split_sdp
+else:
+    split_sdp = py_split_sdp
+
+
 def parse_sdp(text: str | bytes) -> SessionDescription:
     """Parse an SDP body (RFC 4566). Accepts CRLF or bare LF and stray whitespace.
 
@@ -213,39 +253,14 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
         raise unparseable(f"expected text, got {type(text).__name__}")
 
     sdp_limits.check_body(text)
-    lines = [
-        stripped
-        for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        if (stripped := line.strip())
-    ]
-    if not lines:
-        raise unparseable("empty body")
-    if lines[0] != "v=0":
-        raise unparseable(f"does not start with v=0: {lines[0][:40]!r}")
-
-    session_lines: list[tuple[str, str]] = []
-    media_sections: list[tuple[str, list[tuple[str, str]]]] = []
-    current = session_lines
-    for number, line in enumerate(lines, 1):
-        # RFC 4566 s5: <type>=<value>, the type one lower-case letter.
-        letter = line[0]
-        if line[1:2] != "=" or not "a" <= letter <= "z":
-            raise unparseable(f"line {number}: {line[:40]!r}")
-        value = line[2:]
-        if letter == "m":
-            sdp_limits.check_media_sections(len(media_sections))
-            current = []
-            media_sections.append((value, current))
-        else:
-            current.append((letter, value))
+    # The compiled splitter reads ASCII only: what SDP is, but for the odd session name.
+    split = split_sdp if text.isascii() else py_split_sdp
+    session_lines, session_attributes, media_sections = split(text)
 
     # The first o=, s= and c= count; parsed in this order, so errors are reported in it.
     first: dict[str, str] = {}
-    session_attributes = []
     for letter, value in session_lines:
-        if letter == "a":
-            session_attributes.append(_parse_attribute(value))
-        elif letter not in first:
+        if letter not in first:
             first[letter] = value
     if "o" not in first:
         raise unparseable("no o= line")
@@ -264,7 +279,7 @@ def parse_sdp(text: str | bytes) -> SessionDescription:
         address_family=family,
         direction=direction,
         attributes=attributes,
-        media=tuple([_parse_media(m, section, family, address, direction, ptime)
-                     for m, section in media_sections]),
+        media=tuple([_parse_media(m, lines, media_attributes, family, address, direction, ptime)
+                     for m, lines, media_attributes in media_sections]),
     )
 

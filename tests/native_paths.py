@@ -39,6 +39,16 @@ def twins() -> list[tuple[Any, Any]]:
         from openai_flavor.websocket import framing
 
         pairs += [(framing.py_encode_frame, framing.fast_encode_frame)]
+    sdp_fast = native.load("media._fast_sdp")
+    if sdp_fast is not None:
+        from media import sdp_parse
+
+        pairs += [(sdp_parse.py_split_sdp, sdp_fast.split_sdp)]
+    ng_fast = native.load("ctl._fast")
+    if ng_fast is not None:
+        from ctl import bencode
+
+        pairs += [(bencode.py_bdecode, ng_fast.bdecode), (bencode.py_bencode, ng_fast.bencode)]
     return pairs
 
 

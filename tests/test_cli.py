@@ -115,4 +115,4 @@ async def test_the_daemon_says_once_at_start_up_which_per_packet_path_runs(pure)
     if pure:
         assert "pure Python" in lines[0] and "RTPAI_PURE_PYTHON is set" in lines[0]
     else:
-        assert "compiled (media._fast, openai_flavor._fast)" in lines[0]
+        assert "compiled (media._fast, openai_flavor._fast, ctl._fast, media._fast_sdp)" in lines[0]

@@ -25,6 +25,9 @@ from ctl.ng import bencode as bencode_value
 from ctl.reply_cache import REPLY_CACHE_ENTRY_OVERHEAD, REPLY_CACHE_MAX_BYTES, ReplyCache
 from tests.fakes.ng import handle
 
+# The codec's tests run on both of its paths (ctl/bencode.py, its compiled twin ctl._fast).
+pytestmark = pytest.mark.usefixtures("native_path")
+
 # What Kamailio 5.6's rtpengine module sends for rtpengine_offer("... to-tag=$ltt(t)"): note the
 # int and string forms of the same key and the flags list.
 KAMAILIO_OFFER = b"1_2603_5 " + bencode.bencode(

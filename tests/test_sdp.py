@@ -18,6 +18,9 @@ from media.sdp import (
 )
 from tests import sdp_reference
 
+# Every SDP test runs on both paths: media/sdp_parse.py's line splitter in Python and in C.
+pytestmark = pytest.mark.usefixtures("native_path")
+
 RTPAI_ADDRESS = "203.0.113.5"
 RTPAI_PORT = 40000
 SESSION_ID = 1716800000
