@@ -56,11 +56,19 @@ def test_a_run_within_every_bar_is_healthy():
     ({"loadgen": {"silent_calls": 2}}, "2 calls got no audio"),
     ({"caller_frames_at_server": 4999}, "1 caller frames not at the AI"),
     ({"error": "TimeoutError('AI sessions did not all open')"}, "run failed"),
+    ({"rtp_to_ws_arrival_us": {"p99_us": 20000}}, "RTP->WS p99 20 ms"),
+    ({"delta_to_first_rtp_excess_us": {"p99_us": 25000}}, "delta->RTP p99 25 ms"),
 ])
 def test_each_bar_broken_alone_makes_the_run_unhealthy_and_says_why(changes, reason):
     failures = targets.health_failures(run(500, **changes))
     assert len(failures) == 1
     assert failures[0].startswith(reason)
+
+
+def test_without_the_arrival_stamp_the_servers_read_judges_the_latency():
+    old = run(500, rtp_to_ws_us={"p99_us": 30000})
+    del old["rtp_to_ws_arrival_us"]
+    assert targets.health_failures(old) == ["RTP->WS p99 30 ms (the AI hears the caller late)"]
 
 
 def test_only_speech_frames_are_owed_to_the_ai_server():
