@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -27,12 +26,11 @@ from pathlib import Path
 
 from bench.ngload import NgClient, answer_port, caller_sdp
 from bench.run import (
-    API_KEY,
     BUILD,
     LOADGEN,
-    RTPAI_PORTS,
     Child,
     free_udp_port,
+    rtpai_environment,
     server_stats,
     start_server,
 )
@@ -58,21 +56,7 @@ class ProbeClient:
 
 def start_daemon(tree: Path, url: str, *, trace: bool, compiled: bool, log: Path):
     ng_port, probe_port = free_udp_port(), free_udp_port()
-    env = {
-        **os.environ,
-        "NG_LISTEN": f"127.0.0.1:{ng_port}",
-        "RTP_BIND_IP": "127.0.0.1",
-        "RTP_MIN_PORT": str(RTPAI_PORTS[0]),
-        "RTP_MAX_PORT": str(RTPAI_PORTS[1]),
-        "RTP_TIMEOUT": "60",
-        "OPENAI_API_KEY": API_KEY,
-        "OPENAI_URL": url,
-        "LOG_LEVEL": "warning",
-        "NG_WORKERS": "1",
-        "PERCALL_PROBE": str(probe_port),
-    }
-    for name in ("OPENAI_WELCOME_MSG", "OPENAI_INSTRUCTIONS", "OPENAI_DISABLE"):
-        env.pop(name, None)
+    env = {**rtpai_environment(ng_port, url), "PERCALL_PROBE": str(probe_port)}
     env.pop("PERCALL_TRACE", None)
     if trace:
         env["PERCALL_TRACE"] = "1"

@@ -326,8 +326,8 @@ class Scraper:
 WORKERS = 1
 
 
-def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
-    ng_port = free_udp_port()
+def rtpai_environment(ng_port: int, url: str, *, workers: int = 1) -> dict[str, str]:
+    """The environment a benchmarked rtpai runs in (shared with bench/micro_percall.py)."""
     env = {
         **os.environ,
         "NG_LISTEN": f"127.0.0.1:{ng_port}",
@@ -340,10 +340,16 @@ def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
         # Per-call info lines (offer, ending) would be in the figures; production may keep
         # them, at a cost the churn figure bounds.
         "LOG_LEVEL": "warning",
-        "NG_WORKERS": str(WORKERS),
+        "NG_WORKERS": str(workers),
     }
     for name in ("OPENAI_WELCOME_MSG", "OPENAI_INSTRUCTIONS", "OPENAI_DISABLE"):
         env.pop(name, None)
+    return env
+
+
+def start_rtpai(url: str, log_path: Path) -> tuple[Child, NgClient]:
+    ng_port = free_udp_port()
+    env = rtpai_environment(ng_port, url, workers=WORKERS)
     if GC_THRESHOLDS:
         env["RTPAI_GC_THRESHOLDS"] = GC_THRESHOLDS
     metrics_port = free_tcp_port() if METRICS else None
