@@ -27,4 +27,22 @@ PyObject *timer_clear(PyObject *module, PyObject *arg);
 /* _fast_sendthread.c */
 extern PyTypeObject SendEngineType, SendStreamType;
 
+/* RFC 3550 5.1: a version-2 header with no padding, extension or CSRC, in 12 bytes at `p`;
+ * shared by the packetizer and the send thread so that the two can never differ. */
+static inline void rtp_write_header(uint8_t *p, int marker, uint8_t payload_type, uint16_t seq,
+                                    uint32_t ts, uint32_t ssrc) {
+    p[0] = 0x80;
+    p[1] = (uint8_t)((marker ? 0x80 : 0) | payload_type);
+    p[2] = (uint8_t)(seq >> 8);
+    p[3] = (uint8_t)seq;
+    p[4] = (uint8_t)(ts >> 24);
+    p[5] = (uint8_t)(ts >> 16);
+    p[6] = (uint8_t)(ts >> 8);
+    p[7] = (uint8_t)ts;
+    p[8] = (uint8_t)(ssrc >> 24);
+    p[9] = (uint8_t)(ssrc >> 16);
+    p[10] = (uint8_t)(ssrc >> 8);
+    p[11] = (uint8_t)ssrc;
+}
+
 #endif

@@ -113,18 +113,7 @@ static int samples_value(PyObject *value, uint32_t *out) {
 static void next_header(PacketizerObject *self, uint8_t *p, uint32_t samples) {
     uint16_t seq = self->sequence;
     uint32_t ts = self->timestamp, ssrc = self->ssrc;
-    p[0] = 0x80;
-    p[1] = (uint8_t)((self->marker_pending ? 0x80 : 0) | self->payload_type);
-    p[2] = (uint8_t)(seq >> 8);
-    p[3] = (uint8_t)seq;
-    p[4] = (uint8_t)(ts >> 24);
-    p[5] = (uint8_t)(ts >> 16);
-    p[6] = (uint8_t)(ts >> 8);
-    p[7] = (uint8_t)ts;
-    p[8] = (uint8_t)(ssrc >> 24);
-    p[9] = (uint8_t)(ssrc >> 16);
-    p[10] = (uint8_t)(ssrc >> 8);
-    p[11] = (uint8_t)ssrc;
+    rtp_write_header(p, self->marker_pending, self->payload_type, seq, ts, ssrc);
     self->marker_pending = 0;
     self->sequence = (uint16_t)(seq + 1);
     self->timestamp = ts + samples; /* unsigned: wraps modulo 2**32 */

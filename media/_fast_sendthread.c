@@ -263,18 +263,7 @@ static void send_frame(EngineObject *e, Stream *s, const uint8_t *payload) {
         send_phase(e);
     Outgoing *out = &e->batch[e->batch_len++];
     uint8_t *p = out->data;
-    p[0] = 0x80;
-    p[1] = (uint8_t)((marker ? 0x80 : 0) | s->payload_type);
-    p[2] = (uint8_t)(seq >> 8);
-    p[3] = (uint8_t)seq;
-    p[4] = (uint8_t)(ts >> 24);
-    p[5] = (uint8_t)(ts >> 16);
-    p[6] = (uint8_t)(ts >> 8);
-    p[7] = (uint8_t)ts;
-    p[8] = (uint8_t)(s->ssrc >> 24);
-    p[9] = (uint8_t)(s->ssrc >> 16);
-    p[10] = (uint8_t)(s->ssrc >> 8);
-    p[11] = (uint8_t)s->ssrc;
+    rtp_write_header(p, marker, s->payload_type, seq, ts, s->ssrc);
     if (payload != NULL)
         memcpy(p + RTP_HEADER_SIZE, payload, s->frame_bytes);
     else
