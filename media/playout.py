@@ -123,7 +123,14 @@ class PlayoutQueue:
         segment = segments[0]
         item = segment[0]
         # A frame that spans the end of an item counts for that item: it has started playing.
-        self._count_sent(item, 1)
+        # self._count_sent(item, 1), inlined for the usual case (an item already counted):
+        # this runs per frame sent on the Python path.
+        sent = self.frames_sent
+        count = sent.get(item)
+        if count is None:
+            self._count_sent(item, 1)
+        else:
+            sent[item] = count + 1
         if segment[1] > size:
             segment[1] -= size  # the frame lies inside the item: nearly every frame
             return frame
