@@ -61,7 +61,9 @@ class PlayoutQueue:
 
     def push(self, audio: bytes, item: Hashable = None) -> None:
         """Queue ``audio`` for ``item``; what does not fit in ``max_bytes`` is dropped."""
-        room = self.max_bytes - self.queued_bytes
+        # queued_bytes, without its property call on the Python path (a push per AI delta).
+        queued = len(self._buffer) if self._ring is None else self.queued_bytes
+        room = self.max_bytes - queued
         if len(audio) > room:
             self.bytes_dropped += len(audio) - max(room, 0)
             audio = audio[: max(room, 0)]
