@@ -61,7 +61,9 @@ class PlayoutQueue:
 
     def push(self, audio: bytes, item: Hashable = None) -> None:
         """Queue ``audio`` for ``item``; what does not fit in ``max_bytes`` is dropped."""
-        room = self.max_bytes - self.queued_bytes
+        # queued_bytes, without its property call on the Python path (a push per AI delta).
+        queued = len(self._buffer) if self._ring is None else self.queued_bytes
+        room = self.max_bytes - queued
         if len(audio) > room:
             self.bytes_dropped += len(audio) - max(room, 0)
             audio = audio[: max(room, 0)]
@@ -123,7 +125,14 @@ class PlayoutQueue:
         segment = segments[0]
         item = segment[0]
         # A frame that spans the end of an item counts for that item: it has started playing.
-        self._count_sent(item, 1)
+        # self._count_sent(item, 1), inlined for the usual case (an item already counted):
+        # this runs per frame sent on the Python path.
+        sent = self.frames_sent
+        count = sent.get(item)
+        if count is None:
+            self._count_sent(item, 1)
+        else:
+            sent[item] = count + 1
         if segment[1] > size:
             segment[1] -= size  # the frame lies inside the item: nearly every frame
             return frame

@@ -192,7 +192,6 @@ class PacedSender:
         bridge = self.bridge
         packetizer = self.packetizer
         samples = self._samples
-        park = False
         frame = bridge.playout.pop_frame()
         if frame is not None:
             if not self._talking:
@@ -206,18 +205,21 @@ class PacedSender:
                     bridge.figures.response_latency.observe(latency)
                     bridge.last_response_latency = latency
                     bridge.turn_ended_at = None
-            self._send_frame(frame, samples)
-            if self._recorder is not None:
-                self._recorder.played(frame, now)
+            payload: bytes | None = frame
         else:
             if self._talking:
                 self._talking = False
                 bridge.playout_ran_dry()  # e.g. a hang-up waiting for the goodbye goes now
-            if self._idle_sends_silence:
-                self._send_frame(self._silence, samples)
-            else:
-                packetizer.silence_gap(samples)  # the timestamp still advances
-                park = True
+            payload = self._silence if self._idle_sends_silence else None
+        park = payload is None  # nothing to play and no silence to send
+        if park:
+            packetizer.silence_gap(samples)  # the timestamp still advances
+        elif self._compiled:
+            self._send_frame(payload, samples)
+        else:  # the reference path: a38b145's calls per frame, no more (issue 16)
+            self._send(packetizer.packet(payload, samples))
+        if frame is not None and self._recorder is not None:
+            self._recorder.played(frame, now)
         ai_audio = self._ai_audio
         if ai_audio.batch and (park or now - ai_audio.since >= ai_audio.max_age):
             ai_audio.flush()  # the caller stopped mid-batch, or no tick will follow
@@ -251,27 +253,30 @@ class PacedSender:
                 except OSError as exc:
                     self._send_failed(exc)
                     return
-                self._sent(size)
+                self.sent_since_report = True
+                out = self.stats.rtp_out
+                out.packets += 1
+                out.bytes += size
                 return
         self._send(self.packetizer.packet(payload, samples))
 
     def _send(self, packet: bytes) -> None:
-        # Not connect()ed to the latched address and sent with send(), although that costs
-        # ~950 instructions and ~0.5 us less per packet here (Python parses no address, the
-        # kernel keeps the route; bench/micro_media): a connected UDP socket only receives from
-        # its peer, so the kernel would drop anyone else's RTP (answering with an ICMP error)
-        # where we count it as foreign_source, and the relatch policies would never see the
-        # packet that should move the call (from the SDP's address after a NAT latch, or from a
-        # new source after RELATCH_SILENCE). docs/performance.md, recommendation 6. The
-        # compiled path (_send_frame) gets the same saving from a sockaddr packed once.
-        if self._remote is None or not self._sending:
+        # Not connect()ed + send() (~950 instructions and ~0.5 us less per packet): a connected
+        # UDP socket drops anyone else's RTP, so foreign_source and the relatch policies would
+        # never see the packet that should move the call. docs/performance.md, recommendation
+        # 6. The compiled path (_send_frame) gets the same saving from a sockaddr packed once.
+        remote = self._remote
+        if remote is None or not self._sending:
             return
         try:
-            self.rtp_socket.sendto(packet, self._remote)
+            self.rtp_socket.sendto(packet, remote)
         except OSError as exc:
             self._send_failed(exc)
             return
-        self._sent(len(packet))
+        self.sent_since_report = True  # counted inline, as in _send_frame: a call fewer
+        out = self.stats.rtp_out
+        out.packets += 1
+        out.bytes += len(packet)
 
     def _send_failed(self, exc: OSError) -> None:
         # A full buffer (BlockingIOError): drop, never block; an ICMP error the caller's side
@@ -281,11 +286,6 @@ class PacedSender:
         if not self.stats.send_errors and exc.errno not in _QUIET:
             log.debug("call %s: RTP send failed: %s", self.bridge.call_id, exc)
         self.stats.send_errors += 1
-
-    def _sent(self, size: int) -> None:
-        self.sent_since_report = True
-        self.stats.rtp_out.packets += 1
-        self.stats.rtp_out.bytes += size
 
     # --- on the media send thread (media/send_thread.py) -----------------------------------
 

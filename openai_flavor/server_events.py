@@ -72,18 +72,27 @@ class ServerEvents:
         if kind not in events.NO_PROGRESS and not kind.startswith("input_audio_buffer."):
             # Progress towards a response. VAD events, errors and rate limits are not: a
             # server that hears the caller but never answers is as mute as a silent one.
-            self._watchdog.heard(now)
+            self._watchdog.last_heard = now  # Watchdog.heard, inlined: per server event
         if kind in events.AUDIO_DELTA:
+            # The most frequent event: events.field_str and bridge.play inlined (the same
+            # checks, the same queue), calls that a38b145 did not make (issue 16).
             audio = events.decode_audio_delta(event)
-            item_id = events.field_str(event, "item_id") or ""
+            item_id = event.get("item_id")
+            if not isinstance(item_id, str):
+                if item_id is not None:
+                    raise events.MalformedEvent("item_id is not a string")
+                item_id = ""
             if item_id not in turns.items and len(turns.items) >= MAX_ASSISTANT_ITEMS:
                 raise events.MalformedEvent("too many assistant items at once")
+            response_id = event.get("response_id")
+            if response_id is not None and not isinstance(response_id, str):
+                raise events.MalformedEvent("response_id is not a string")
             # False for a late delta of an interrupted response: the caller must not hear it.
-            if turns.audio_delta(events.field_str(event, "response_id"), item_id, len(audio)):
+            if turns.audio_delta(response_id, item_id, len(audio)):
                 self.stats.audio_received_bytes += len(audio)
                 self.bridge.mark("first_ai_audio")
                 if self._held is None:
-                    self.bridge.play(audio, item_id)
+                    self.bridge.playout.push(audio, item_id)
                 elif self._held_bytes + len(audio) <= self.bridge.playout.max_bytes:
                     # Paused: it waits with the rest, bounded as the playout queue is.
                     self._held.append((item_id, audio))

@@ -159,9 +159,12 @@ class Turns:
 
     def audio_delta(self, response_id: str | None, item_id: str, size: int) -> bool:
         """Account for a delta; False if it belongs to a cancelled response (drop it)."""
-        if self.is_cancelled(response_id):
+        if response_id is not None and response_id in self._cancelled:  # is_cancelled
             return False
-        audio = self.items.setdefault(item_id, ItemAudio(response_id))
+        # Per delta: no ItemAudio built (as setdefault would) unless the item is new.
+        audio = self.items.get(item_id)
+        if audio is None:
+            audio = self.items[item_id] = ItemAudio(response_id)
         audio.received_bytes += size
         return True
 

@@ -207,7 +207,7 @@ class WebSocket:
         if self._link.state is not _OPEN:
             return False
         transport = self._transport
-        if droppable and transport.backlog > transport.send_buffer:
+        if droppable and len(transport.pending) > transport.send_buffer:  # backlog, inlined
             return False
         payload = text.encode("utf-8") if isinstance(text, str) else text
         transport.write(encode_frame(OP_TEXT, payload))

@@ -44,7 +44,7 @@ class Transport:
 
     # Slots (issue 16's per-call cost): one per call; nothing assigns others.
     __slots__ = (
-        "_awaiting_writable", "_on_failure", "_pending", "_pending_changed", "_send_timeout",
+        "_awaiting_writable", "_on_failure", "pending", "_pending_changed", "_send_timeout",
         "_sock", "_tls", "_tls_in", "_tls_out", "_wrote", "failure", "send_buffer",
     )
 
@@ -62,7 +62,10 @@ class Transport:
         self.send_buffer = send_buffer
         self._send_timeout = send_timeout
         self._on_failure = on_failure
-        self._pending = bytearray()  # bytes the kernel has not taken yet (after TLS)
+        # Bytes the kernel has not taken yet (after TLS). Public, read only outside: the
+        # client's send_text checks its length per message (a frame per caller packet),
+        # where the ``backlog`` property would cost a Python call (issue 16).
+        self.pending = bytearray()
         self._pending_changed = trio.Event()  # set when output queues (wakes the flusher)
         # trio lets one task at a time wait for a socket to be writable: the flusher, or
         # whoever flushes the handshake or the close. Others wait for that one's turn.
@@ -79,7 +82,7 @@ class Transport:
     @property
     def backlog(self) -> int:
         """Bytes written but not yet taken by the kernel."""
-        return len(self._pending)
+        return len(self.pending)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -94,11 +97,11 @@ class Transport:
 
     def _send_raw(self, data: bytes) -> None:
         """Hand the kernel what it takes now; queue the rest, in order, for the flusher."""
-        if self._pending:
-            self._pending += data  # behind what is already waiting
-            if len(self._pending) > STUCK_FACTOR * self.send_buffer:
+        if self.pending:
+            self.pending += data  # behind what is already waiting
+            if len(self.pending) > STUCK_FACTOR * self.send_buffer:
                 self.fail(WebSocketError(
-                    f"{len(self._pending)} bytes of output waiting: the server is not reading"))
+                    f"{len(self.pending)} bytes of output waiting: the server is not reading"))
             return
         try:
             sent = self._sock.send(data)
@@ -108,14 +111,14 @@ class Transport:
             self.fail(exc)
             return
         if sent < len(data):
-            self._pending += data[sent:]
+            self.pending += data[sent:]
             self._pending_changed.set()
 
     def fail(self, exc: BaseException) -> None:
         """Record the first failure; nothing more is written."""
         if self.failure is None:
             self.failure = describe(exc)
-            self._pending.clear()  # never sent now: do not hold it
+            self.pending.clear()  # never sent now: do not hold it
             self._on_failure()
         self._pending_changed.set()  # wakes the flusher, which raises it
 
@@ -125,7 +128,7 @@ class Transport:
         while True:
             if self.failure is not None:
                 raise TransportFailed(self.failure)
-            if not self._pending:
+            if not self.pending:
                 self._pending_changed = trio.Event()
                 await self._pending_changed.wait()
                 continue
@@ -139,7 +142,7 @@ class Transport:
         """Wait until everything queued is written (the handshakes, the close frame)."""
         if self._tls is not None:
             self._flush_tls_output()
-        while self._pending and self.failure is None:
+        while self.pending and self.failure is None:
             await self._send_when_writable()
         if self.failure is not None:
             raise TransportFailed(self.failure)
@@ -159,13 +162,13 @@ class Transport:
 
     def _send_pending(self) -> None:
         try:
-            sent = self._sock.send(self._pending)
+            sent = self._sock.send(self.pending)
         except BlockingIOError:
             return
         except OSError as exc:
             self.fail(exc)
             return
-        del self._pending[:sent]
+        del self.pending[:sent]
 
     def _flush_tls_output(self) -> None:
         assert self._tls_out is not None

@@ -59,6 +59,7 @@ GARBAGE: tuple[bytes | str, ...] = (
     '{"type": "response.output_audio.delta", "response_id": "r", "item_id": "i", "delta": 5}',
     '{"type": "response.output_audio.delta", "delta": "%%% not base64 %%%"}',
     '{"type": "response.output_audio.delta", "item_id": ["i"], "delta": ""}',
+    '{"type": "response.output_audio.delta", "response_id": 7, "item_id": "i", "delta": ""}',
     '{"type": "response.created", "response": "x"}',
     '{"type": "response.done", "response": {"id": "never-created"}}',
     '{"type": "response.done", "response": 7}',
