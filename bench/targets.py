@@ -317,7 +317,9 @@ LEGEND = [
     "measured window, per call-second; the median of the runs, rtpai and the baseline "
     "alternating (A, B, A, B).",
     f"- healthy: p99 gap error < {GAP_P99_BAR_US // 1000} ms, no loss either way, no call "
-    "without return audio, every caller frame at the AI server. The list's N first, then "
+    "without return audio, every caller frame at the AI server, and (ours, beyond the "
+    f"issue's) RTP→WS and delta→RTP p99 < {LATENCY_HEALTH_BAR_US // 1000} ms. The list's N "
+    "first, then "
     "a search: past the list while all are healthy, then bisecting.",
     "- RTP→WS: a caller frame's send time at the generator → the arrival at the AI server "
     "(its kernel's receive stamp) of the append that carries it; \"to its read\": with the "
