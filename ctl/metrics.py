@@ -240,6 +240,9 @@ class EngineCollector:
         yield CounterMetricFamily("rtpai_playout_overflow_bytes", "AI audio dropped because a "
                                   "call's playout queue was full",
                                   value=totals["playout_overflow_bytes"])
+        yield CounterMetricFamily("rtpai_media_thread_events_lost", "Events the media send "
+                                  "thread could not post because its drain fell behind",
+                                  value=figures.send_thread_events_lost)
         yield _histogram("rtpai_pacing_lateness_seconds", "How late the media clock woke for "
                          "its due frames (per wake-up: the worst frame of it)",
                          figures.pacing_lateness)

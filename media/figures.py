@@ -88,6 +88,10 @@ class EngineFigures:
     # AI server's errors by code (the flavor maps its server's codes onto a known set first).
     ai_reconnects: int = 0
     barge_ins: int = 0
+    # Talkspurt/ran-dry events the media send thread could not post (its bounded ring was
+    # full because the drain fell behind): a lost "ran dry" delays a goodbye's hang-up to its
+    # bound, so an operator must see it, not only a log line.
+    send_thread_events_lost: int = 0
     ai_errors: Counter[str] = field(default_factory=Counter)
 
     def count_ai_error(self, code: str, known: frozenset[str]) -> None:

@@ -124,7 +124,7 @@ class SendThread:
         if lost != self.events_lost:
             log.warning("media send thread: %d events lost (the drain fell behind)",
                         lost - self.events_lost)
-            self.events_lost = lost
+            self.events_lost = self.figures.send_thread_events_lost = lost
         observe = self.figures.pacing_lateness.observe
         for late in lateness:
             observe(late)

@@ -485,7 +485,9 @@ async def test_an_address_only_sendto_resolves_moves_the_call_to_the_python_send
 def test_the_event_ring_is_bounded_and_counts_what_it_loses():
     """A drain that falls behind costs events, counted, never memory or a blocked thread."""
     require_compiled()
-    engine = send_thread.SendThread(manual=True).engine
+    figures = EngineFigures()
+    thread = send_thread.SendThread(figures, manual=True)
+    engine = thread.engine
     sock = udp()
     try:
         # register(fd, pt, ssrc, seq, ts, marker, ptime_ms, silence, ring_max, send_silence,
@@ -493,19 +495,29 @@ def test_the_event_ring_is_bounded_and_counts_what_it_loses():
         streams = [engine.register(sock.fileno(), 0, n, 0, 0, True, 20, 0xFF, 10, False, False,
                                    True, None) for n in range(200)]
         now = 0.0
-        for _ in range(25):  # each stream: a one-frame talkspurt, then dry: 2 events
-            engine.set_now(now)
-            for stream in streams:
-                stream.push(b"\x00" * 160)
-            for step in (0.0, 0.02):
-                engine.set_now(now + step)
-                engine.run_due()
-            now += 0.1
+
+        def overflow():
+            nonlocal now
+            for _ in range(25):  # each stream: a one-frame talkspurt, then dry: 2 events
+                engine.set_now(now)
+                for stream in streams:
+                    stream.push(b"\x00" * 160)
+                for step in (0.0, 0.02):
+                    engine.set_now(now + step)
+                    engine.run_due()
+                now += 0.1
+
+        overflow()
         events, lateness, lost = engine.drain()
         assert len(events) == 8192 and lost == 200 * 2 * 25 - 8192
         assert {kind for kind, _, _ in events} == {send_thread.EVENT_TALKSPURT,
                                                   send_thread.EVENT_RAN_DRY}
         assert len(lateness) == 50
+        # The count is cumulative, and the drain hands it to the metrics' figures
+        # (rtpai_media_thread_events_lost_total).
+        overflow()
+        thread.drain()
+        assert figures.send_thread_events_lost == 2 * lost
         for stream in streams:
             stream.unregister()
         assert engine.streams == 0
