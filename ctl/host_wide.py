@@ -130,14 +130,17 @@ class HostWide:
         done = trio.Event()
         self._gathers[tag] = (parts, len(live), done)
         try:
-            for worker in live:
-                if worker.sender is not None:
-                    message = pack(Envelope(Kind.GATHER, source, tag), b"g%d " % tag + body)
-                    try:
-                        await worker.sender.send(message)
-                    except ChannelClosed:
-                        continue
+            # One deadline for the whole gathering, the sends included: a stopped worker's
+            # channel fills, and a send waiting on it for ever would hold this gathering's
+            # slot for ever (after MAX_GATHERS of them, no list/statistics would be answered).
             with trio.move_on_after(GATHER_TIMEOUT):
+                for worker in live:
+                    if worker.sender is not None:
+                        message = pack(Envelope(Kind.GATHER, source, tag), b"g%d " % tag + body)
+                        try:
+                            await worker.sender.send(message)
+                        except ChannelClosed:
+                            continue
                 await done.wait()
         finally:
             del self._gathers[tag]
