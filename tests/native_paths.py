@@ -82,3 +82,23 @@ def select(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
                 continue
             if id(value) in swap and not attr.startswith(("py_", "Py", "fast_")):
                 monkeypatch.setattr(module, attr, swap[id(value)])
+
+
+def without_builds(condition: str, checks: str) -> str:
+    """Run ``checks`` (Python source) in a fresh interpreter where every module whose name
+    satisfies ``condition`` (a Python expression over ``name``) fails to import, as on a
+    machine without a compiler; returns what it printed."""
+    import subprocess
+
+    program = (
+        "import sys\n"
+        "class NoBuild:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if {condition}:\n"
+        "            raise ImportError('no compiled module here')\n"
+        "sys.meta_path.insert(0, NoBuild())\n"
+        + checks
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RTPAI_PURE_PYTHON"}
+    return subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                          text=True, check=True).stdout

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import enum
 import os
-import subprocess
-import sys
 from collections import OrderedDict
 from types import MappingProxyType
 
@@ -26,7 +24,7 @@ import ctl.ng
 from ctl.bencode import MAX_INTEGER, MIN_INTEGER, BencodeError, py_bdecode, py_bencode
 from ctl.ng import canonical_name
 from media import native
-from tests.native_paths import require_compiled
+from tests.native_paths import require_compiled, without_builds
 
 FUZZ_EXAMPLES = int(os.environ.get("RTPAI_FUZZ_EXAMPLES", "150"))
 bounded = settings(max_examples=FUZZ_EXAMPLES, deadline=None,
@@ -256,21 +254,13 @@ def test_any_value_encodes_alike(fast, value):
 
 
 def test_a_missing_build_falls_back_to_the_python_codec():
-    program = (
-        "import sys\n"
-        "class NoBuild:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'ctl._fast':\n"
-        "            raise ImportError('no compiled module here')\n"
-        "sys.meta_path.insert(0, NoBuild())\n"
+    out = without_builds(
+        "name == 'ctl._fast'",
         "import ctl.ng, ctl.bencode\n"
         "from media import native\n"
         "assert ctl.ng.bdecode is ctl.bencode.py_bdecode\n"
         "assert ctl.ng.bencode is ctl.bencode.py_bencode\n"
-        "print(native.describe()[1])\n"
+        "print(native.describe()[1])\n",
     )
-    env = {k: v for k, v in os.environ.items() if k != "RTPAI_PURE_PYTHON"}
-    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
-                         text=True, check=True).stdout
     assert out.startswith("per-packet work in pure Python for ")
     assert "ctl._fast: not built (no compiled module here)" in out

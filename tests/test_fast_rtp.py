@@ -26,7 +26,7 @@ import media.rtp
 from media import native
 from media.clock import MediaClock
 from media.rfc4733 import build_event
-from tests.native_paths import require_compiled, select
+from tests.native_paths import require_compiled, select, without_builds
 from tests.test_fuzz_media import mutations, rtp_packets
 from tests.test_stream import CALLER, drain, make_stream
 
@@ -252,25 +252,14 @@ async def test_timer_fires_once_when_due_and_not_when_disarmed(fast):
 
 def test_a_missing_build_falls_back_to_python_and_says_why():
     """As on a machine without a compiler: the extensions do not import."""
-    import subprocess
-    import sys
-
-    program = (
-        "import sys\n"
-        "class NoBuild:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.endswith('._fast'):\n"
-        "            raise ImportError('no compiled module here')\n"
-        "sys.meta_path.insert(0, NoBuild())\n"
+    out = without_builds(
+        "name.endswith('._fast')",
         "import media.rtp, media.clock\n"
         "from media import native\n"
         "assert media.rtp.parse_rtp is media.rtp.py_parse_rtp\n"
         "assert media.clock._fast is None\n"
-        "print(native.describe()[1])\n"
+        "print(native.describe()[1])\n",
     )
-    env = {k: v for k, v in os.environ.items() if k != "RTPAI_PURE_PYTHON"}
-    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
-                         text=True, check=True).stdout
     assert out.startswith("per-packet work in pure Python for media._fast, openai_flavor._fast")
     assert "not built (no compiled module here)" in out
 
