@@ -50,7 +50,7 @@ TLS_DIR = pathlib.Path(__file__).parent / "fakes" / "tls"
 
 def buffered(ws: websocket.WebSocket) -> int:
     """Bytes the client holds for the kernel: how far the connection is backed up."""
-    return ws._transport.backlog
+    return len(ws._transport.pending)
 
 
 def server_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,

@@ -64,7 +64,7 @@ class Transport:
         self._on_failure = on_failure
         # Bytes the kernel has not taken yet (after TLS). Public, read only outside: the
         # client's send_text checks its length per message (a frame per caller packet),
-        # where the ``backlog`` property would cost a Python call (issue 16).
+        # where a property would cost a Python call (issue 16).
         self.pending = bytearray()
         self._pending_changed = trio.Event()  # set when output queues (wakes the flusher)
         # trio lets one task at a time wait for a socket to be writable: the flusher, or
@@ -78,11 +78,6 @@ class Transport:
     @property
     def socket(self) -> socket.socket:
         return self._sock
-
-    @property
-    def backlog(self) -> int:
-        """Bytes written but not yet taken by the kernel."""
-        return len(self.pending)
 
     # --- writing ------------------------------------------------------------------------------
 
